@@ -1,0 +1,538 @@
+//! Command line and environment configuration.
+//!
+//! Everything jobpipe can be told lives in one clap struct, [`Cli`]: each
+//! option has a `JOBPIPE_*` environment variable (RunPod's own variables where
+//! the platform sets them), and the flag wins over the variable. [`Cli`] is
+//! parsed once into the typed [`Config`] the rest of the program uses, so
+//! validation errors surface at start-up as one clear line and exit code 2.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde_json::Value;
+
+use crate::error::ConfigError;
+
+/// How the handler process is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One long-lived handler process per slot, fed one job line after another.
+    Worker,
+    /// A fresh process per job: the job on stdin, its whole stdout is the result.
+    Oneshot,
+}
+
+/// Format of jobpipe's own log lines (on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `LEVEL | job id | message` lines for people.
+    Text,
+    /// One `{"requestId", "message", "level"}` object per line (RunPod's log viewer).
+    Json,
+}
+
+/// Command line of jobpipe. Every option can also be set by the environment
+/// variable shown; the flag wins.
+#[derive(Debug, Parser)]
+#[command(
+    name = "jobpipe",
+    version,
+    about = "Supervises a handler program and feeds it jobs over stdin/stdout.",
+    long_about = "Supervises a handler program and feeds it jobs over stdin/stdout.\n\n\
+Jobs come from RunPod serverless (when RUNPOD_WEBHOOK_GET_JOB is set), from --test-input, \
+or from ./test_input.json. The handler is executed directly (no shell); see \
+docs/handler-protocol.md for the line protocol it speaks.",
+    after_help = "Exit codes: 0 ok; 1 the test job failed or its output did not match; \
+2 invalid configuration or no job source; 3 the handler cannot start; \
+4 the RunPod key was rejected; 5 shutdown was forced and in-flight jobs were failed; \
+6 an internal or I/O error."
+)]
+pub struct Cli {
+    /// The handler command and its arguments, executed directly.
+    #[arg(last = true, value_name = "HANDLER")]
+    pub handler: Vec<String>,
+
+    /// The handler command line when none follows `--`; split into words like
+    /// a shell would, but no shell is run.
+    #[arg(long = "handler", env = "JOBPIPE_HANDLER", value_name = "COMMAND")]
+    pub handler_line: Option<String>,
+
+    /// Persistent worker processes, or one fresh process per job.
+    #[arg(long, env = "JOBPIPE_MODE", value_enum, default_value = "worker")]
+    pub mode: Mode,
+
+    /// Number of handler processes running side by side.
+    #[arg(long, env = "JOBPIPE_CONCURRENCY", default_value = "1")]
+    pub concurrency: NonZeroUsize,
+
+    /// Jobs one handler process may hold at once (for handlers that
+    /// multiplex); answers are matched by id.
+    #[arg(long, env = "JOBPIPE_JOBS_PER_HANDLER", default_value = "1")]
+    pub jobs_per_handler: NonZeroUsize,
+
+    /// How long a handler may take to print {"ready": true}; missing it is fatal.
+    #[arg(long, env = "JOBPIPE_STARTUP_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub startup_timeout: Duration,
+
+    /// Longest a job may run before it fails as timed out (default: no limit).
+    #[arg(long, env = "JOBPIPE_JOB_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub job_timeout: Option<Duration>,
+
+    /// Time between SIGTERM and SIGKILL when a handler's process group is stopped.
+    #[arg(long, env = "JOBPIPE_KILL_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub kill_grace: Duration,
+
+    /// Replace the handler process after every job (and ask RunPod to stop the pod).
+    #[arg(long, env = "JOBPIPE_REFRESH_WORKER")]
+    pub refresh_worker: bool,
+
+    /// Keep the handler process after a failed job instead of replacing it.
+    #[arg(long, env = "JOBPIPE_KEEP_HANDLER_ON_ERROR")]
+    pub keep_handler_on_error: bool,
+
+    /// Largest result accepted from the handler; a larger one fails the job.
+    #[arg(long, env = "JOBPIPE_MAX_OUTPUT_SIZE", default_value = "20MB", value_parser = parse_size)]
+    pub max_output_size: usize,
+
+    /// Pass jobpipe's secrets (RUNPOD_AI_API_KEY, JOBPIPE_API_KEY) on to the handler.
+    #[arg(long, env = "JOBPIPE_PASS_SECRETS")]
+    pub pass_secrets: bool,
+
+    /// Run this one job (JSON with an "input") and exit 0 if it succeeded, 1 if not.
+    #[arg(
+        long,
+        alias = "test_input",
+        env = "JOBPIPE_TEST_INPUT",
+        value_name = "JSON"
+    )]
+    pub test_input: Option<String>,
+
+    /// Expected output of the test job; a mismatch exits 1.
+    #[arg(
+        long,
+        alias = "test_output",
+        env = "JOBPIPE_TEST_OUTPUT",
+        value_name = "JSON"
+    )]
+    pub test_output: Option<String>,
+
+    /// Log level: DEBUG, INFO, WARN (or WARNING), ERROR [default: from
+    /// RUNPOD_LOG_LEVEL, else RUNPOD_DEBUG_LEVEL, else DEBUG].
+    #[arg(long, alias = "rp_log_level", env = "JOBPIPE_LOG_LEVEL", value_parser = parse_level)]
+    pub log_level: Option<tracing::Level>,
+
+    /// Log line format [default: json when RUNPOD_ENDPOINT_ID is set, else text].
+    #[arg(long, env = "JOBPIPE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Time the first SIGTERM/SIGINT allows in-flight jobs to finish and
+    /// their results to be delivered before jobs are failed and handlers killed.
+    #[arg(long, env = "JOBPIPE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Where results that could not be delivered by shutdown are kept until
+    /// the next start.
+    #[arg(
+        long,
+        env = "JOBPIPE_SPOOL_DIR",
+        default_value = "/var/tmp/jobpipe/spool"
+    )]
+    pub spool_dir: PathBuf,
+
+    /// Put the list of streamed partials in a streaming job's final output.
+    #[arg(long, env = "JOBPIPE_RETURN_AGGREGATE_STREAM")]
+    pub return_aggregate_stream: bool,
+
+    /// RunPod job-take URL template; setting it makes jobpipe a RunPod worker.
+    #[arg(long, env = "RUNPOD_WEBHOOK_GET_JOB", value_name = "URL")]
+    pub runpod_get_job: Option<String>,
+
+    /// RunPod job-done URL template.
+    #[arg(long, env = "RUNPOD_WEBHOOK_POST_OUTPUT", value_name = "URL")]
+    pub runpod_post_output: Option<String>,
+
+    /// RunPod job-stream URL template [default: job-done URL with /job-done/ → /job-stream/].
+    #[arg(long, env = "RUNPOD_WEBHOOK_POST_STREAM", value_name = "URL")]
+    pub runpod_post_stream: Option<String>,
+
+    /// RunPod heartbeat URL template (no heartbeat when unset).
+    #[arg(long, env = "RUNPOD_WEBHOOK_PING", value_name = "URL")]
+    pub runpod_ping: Option<String>,
+
+    /// Heartbeat period in milliseconds.
+    #[arg(
+        long,
+        env = "RUNPOD_PING_INTERVAL",
+        default_value = "10000",
+        value_name = "MS"
+    )]
+    pub runpod_ping_interval: u64,
+
+    /// RunPod API key, sent verbatim in the Authorization header; never logged.
+    #[arg(
+        long,
+        env = "RUNPOD_AI_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub runpod_api_key: Option<String>,
+
+    /// This worker's id [default: a new random id].
+    #[arg(long, env = "RUNPOD_POD_ID", value_name = "ID")]
+    pub worker_id: Option<String>,
+
+    /// Host name reported in error reports [default: the machine's host name].
+    #[arg(long, env = "RUNPOD_POD_HOSTNAME", value_name = "NAME")]
+    pub hostname: Option<String>,
+}
+
+/// Where jobs come from, decided once at start-up.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// One local test job, then exit.
+    TestInput {
+        job: Value,
+        expected_output: Option<Value>,
+    },
+    /// RunPod serverless queue.
+    Runpod(RunpodConfig),
+}
+
+/// The RunPod worker endpoints and credentials.
+#[derive(Clone)]
+pub struct RunpodConfig {
+    pub take_url: String,
+    pub done_url: String,
+    pub stream_url: String,
+    pub ping_url: Option<String>,
+    pub ping_interval: Duration,
+    pub api_key: String,
+    pub spool_dir: PathBuf,
+    pub return_aggregate_stream: bool,
+}
+
+impl std::fmt::Debug for RunpodConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunpodConfig")
+            .field("take_url", &self.take_url)
+            .field("done_url", &self.done_url)
+            .field("api_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// How handler processes are started and supervised.
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    pub argv: Vec<String>,
+    pub mode: Mode,
+    pub concurrency: usize,
+    pub jobs_per_handler: usize,
+    pub startup_timeout: Duration,
+    pub job_timeout: Option<Duration>,
+    pub kill_grace: Duration,
+    pub refresh_worker: bool,
+    pub keep_handler_on_error: bool,
+    pub max_output_size: usize,
+    pub pass_secrets: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub handler: HandlerConfig,
+    pub source: SourceConfig,
+    pub shutdown_timeout: Duration,
+    pub identity: Identity,
+}
+
+/// Who this worker is, as reported in pings and error reports.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub worker_id: String,
+    pub hostname: String,
+}
+
+impl Cli {
+    /// Validates the command line into a [`Config`]; `cwd` is where
+    /// `test_input.json` is looked for.
+    pub fn into_config(self, cwd: &Path) -> Result<Config, ConfigError> {
+        let argv = self.handler_argv()?;
+        if self.test_output.is_some() && self.test_input.is_none() && self.runpod_get_job.is_some()
+        {
+            return Err(ConfigError::Invalid(
+                "--test-output needs a test job (--test-input or ./test_input.json)".into(),
+            ));
+        }
+        let source = self.source(cwd)?;
+        let worker_id = self
+            .worker_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| format!("jobpipe-{}", uuid::Uuid::new_v4().simple()));
+        let hostname = self.hostname.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "unknown".into())
+        });
+        let handler = HandlerConfig {
+            argv,
+            mode: self.mode,
+            concurrency: self.concurrency.get(),
+            jobs_per_handler: self.jobs_per_handler.get(),
+            startup_timeout: self.startup_timeout,
+            job_timeout: self.job_timeout.filter(|t| !t.is_zero()),
+            kill_grace: self.kill_grace,
+            refresh_worker: self.refresh_worker,
+            keep_handler_on_error: self.keep_handler_on_error,
+            max_output_size: self.max_output_size,
+            pass_secrets: self.pass_secrets,
+        };
+        if handler.mode == Mode::Oneshot && handler.jobs_per_handler > 1 {
+            return Err(ConfigError::Invalid(
+                "--jobs-per-handler above 1 needs --mode worker (a one-shot process runs one job)"
+                    .into(),
+            ));
+        }
+        Ok(Config {
+            handler,
+            source,
+            shutdown_timeout: self.shutdown_timeout,
+            identity: Identity {
+                worker_id,
+                hostname,
+            },
+        })
+    }
+
+    fn handler_argv(&self) -> Result<Vec<String>, ConfigError> {
+        if !self.handler.is_empty() {
+            return Ok(self.handler.clone());
+        }
+        let Some(line) = self
+            .handler_line
+            .as_deref()
+            .filter(|l| !l.trim().is_empty())
+        else {
+            return Err(ConfigError::Invalid(
+                "no handler given: put the handler command after `--` (jobpipe -- python3 handler.py) or set JOBPIPE_HANDLER".into(),
+            ));
+        };
+        shlex::split(line).filter(|w| !w.is_empty()).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "JOBPIPE_HANDLER {line:?} has unbalanced quotes; quote it as a shell would"
+            ))
+        })
+    }
+
+    fn source(&self, cwd: &Path) -> Result<SourceConfig, ConfigError> {
+        let expected_output = self
+            .test_output
+            .as_deref()
+            .map(|text| parse_json("--test-output", text))
+            .transpose()?;
+        if let Some(text) = &self.test_input {
+            let job = test_job(parse_json("--test-input", text)?, "--test-input")?;
+            return Ok(SourceConfig::TestInput {
+                job,
+                expected_output,
+            });
+        }
+        if let Some(take_url) = &self.runpod_get_job {
+            return self.runpod_source(take_url).map(SourceConfig::Runpod);
+        }
+        let file = cwd.join("test_input.json");
+        if file.is_file() {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ConfigError::Invalid(format!("cannot read {}: {e}", file.display()))
+            })?;
+            let job = test_job(parse_json("test_input.json", &text)?, "test_input.json")?;
+            return Ok(SourceConfig::TestInput {
+                job,
+                expected_output,
+            });
+        }
+        Err(ConfigError::NoJobSource)
+    }
+
+    fn runpod_source(&self, take_url: &str) -> Result<RunpodConfig, ConfigError> {
+        let done_url = self.runpod_post_output.clone().ok_or_else(|| {
+            ConfigError::Invalid(
+                "RUNPOD_WEBHOOK_GET_JOB is set but RUNPOD_WEBHOOK_POST_OUTPUT is not: results would have nowhere to go".into(),
+            )
+        })?;
+        let api_key = self.runpod_api_key.clone().ok_or_else(|| {
+            ConfigError::Invalid(
+                "RUNPOD_WEBHOOK_GET_JOB is set but RUNPOD_AI_API_KEY is not: set the endpoint's API key".into(),
+            )
+        })?;
+        for (name, url) in [
+            ("RUNPOD_WEBHOOK_GET_JOB", take_url),
+            ("RUNPOD_WEBHOOK_POST_OUTPUT", done_url.as_str()),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be an http:// or https:// URL, got {url:?}"
+                )));
+            }
+        }
+        let stream_url = self
+            .runpod_post_stream
+            .clone()
+            .unwrap_or_else(|| done_url.replace("/job-done/", "/job-stream/"));
+        if self.runpod_ping_interval == 0 {
+            return Err(ConfigError::Invalid(
+                "RUNPOD_PING_INTERVAL must be a positive number of milliseconds".into(),
+            ));
+        }
+        Ok(RunpodConfig {
+            take_url: take_url.to_owned(),
+            done_url,
+            stream_url,
+            ping_url: self.runpod_ping.clone().filter(|u| !u.is_empty()),
+            ping_interval: Duration::from_millis(self.runpod_ping_interval),
+            api_key,
+            spool_dir: self.spool_dir.clone(),
+            return_aggregate_stream: self.return_aggregate_stream,
+        })
+    }
+}
+
+/// The log level from `--log-level`, else RunPod's variables, else DEBUG.
+pub fn log_level(cli: &Cli) -> Result<tracing::Level, ConfigError> {
+    if let Some(level) = cli.log_level {
+        return Ok(level);
+    }
+    for var in ["RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL"] {
+        if let Ok(text) = std::env::var(var) {
+            if !text.is_empty() {
+                return parse_level(&text).map_err(|e| ConfigError::Invalid(format!("{var}: {e}")));
+            }
+        }
+    }
+    Ok(tracing::Level::DEBUG)
+}
+
+/// The log format from `--log-format`, else JSON on RunPod, else text.
+pub fn log_format(cli: &Cli) -> LogFormat {
+    cli.log_format
+        .unwrap_or_else(|| match std::env::var("RUNPOD_ENDPOINT_ID") {
+            Ok(id) if !id.is_empty() => LogFormat::Json,
+            _ => LogFormat::Text,
+        })
+}
+
+fn parse_level(text: &str) -> Result<tracing::Level, String> {
+    match text.trim().to_ascii_uppercase().as_str() {
+        "DEBUG" => Ok(tracing::Level::DEBUG),
+        "INFO" => Ok(tracing::Level::INFO),
+        "WARN" | "WARNING" => Ok(tracing::Level::WARN),
+        "ERROR" => Ok(tracing::Level::ERROR),
+        "TRACE" => Ok(tracing::Level::TRACE),
+        other => Err(format!(
+            "unknown log level {other:?}; use DEBUG, INFO, WARN or ERROR"
+        )),
+    }
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text
+        .parse()
+        .map_err(|e| format!("{e}; write a size like 20MB, 512KiB or 1000000"))?;
+    usize::try_from(size.as_u64()).map_err(|_| "size too large".into())
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, ConfigError> {
+    serde_json::from_str(text)
+        .map_err(|e| ConfigError::Invalid(format!("{what} is not valid JSON: {e}")))
+}
+
+/// Checks a local test job: it must be an object with `input`; `id`
+/// defaults to `local_test`.
+fn test_job(mut job: Value, what: &str) -> Result<Value, ConfigError> {
+    let Some(obj) = job.as_object_mut() else {
+        return Err(ConfigError::Invalid(format!(
+            "{what} must be a JSON object like {{\"input\": {{...}}}}"
+        )));
+    };
+    if !obj.contains_key("input") {
+        return Err(ConfigError::Invalid(format!(
+            "{what} has no \"input\" key; write it as {{\"input\": {{...}}}}"
+        )));
+    }
+    match obj.get("id") {
+        None | Some(Value::Null) => {
+            obj.insert("id".into(), Value::from("local_test"));
+        }
+        Some(Value::String(_)) => {}
+        Some(other) => {
+            let id = other.to_string();
+            obj.insert("id".into(), Value::from(id));
+        }
+    }
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("jobpipe").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn test_input_gets_default_id_and_handler_from_after_dashes() {
+        let config = cli(&["--test-input", r#"{"input": 1}"#, "--", "echo", "hi"])
+            .into_config(Path::new("/nonexistent"))
+            .unwrap();
+        assert_eq!(config.handler.argv, ["echo", "hi"]);
+        let SourceConfig::TestInput { job, .. } = config.source else {
+            panic!("expected a test job")
+        };
+        assert_eq!(job["id"], "local_test");
+    }
+
+    #[test]
+    fn sdk_spelling_of_test_input_works() {
+        let config = cli(&["--test_input", r#"{"input": 1, "id": "a"}"#, "--", "x"])
+            .into_config(Path::new("/nonexistent"))
+            .unwrap();
+        assert!(matches!(config.source, SourceConfig::TestInput { job, .. } if job["id"] == "a"));
+    }
+
+    #[test]
+    fn job_without_input_is_rejected_with_a_hint() {
+        let err = cli(&["--test-input", r#"{"x": 1}"#, "--", "x"])
+            .into_config(Path::new("/nonexistent"))
+            .unwrap_err();
+        assert!(err.to_string().contains("no \"input\" key"), "{err}");
+    }
+
+    #[test]
+    fn no_job_source_is_its_own_error() {
+        let err = cli(&["--", "x"])
+            .into_config(Path::new("/nonexistent"))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::NoJobSource));
+    }
+
+    #[test]
+    fn handler_line_is_split_like_a_shell_without_running_one() {
+        let mut c = cli(&["--test-input", r#"{"input": 1}"#]);
+        c.handler_line = Some(r#"python3 "my handler.py" --flag"#.into());
+        let config = c.into_config(Path::new("/nonexistent")).unwrap();
+        assert_eq!(config.handler.argv, ["python3", "my handler.py", "--flag"]);
+    }
+
+    #[test]
+    fn sizes_and_levels_parse() {
+        assert_eq!(parse_size("20MB").unwrap(), 20_000_000);
+        assert_eq!(parse_size("1KiB").unwrap(), 1024);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_level("warning").unwrap(), tracing::Level::WARN);
+        assert!(parse_level("loud").is_err());
+    }
+}

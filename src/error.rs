@@ -1,0 +1,68 @@
+//! Errors, sorted by what the caller must do about them.
+//!
+//! * [`ConfigError`] and [`FatalError`] end the program: the binary maps each
+//!   to an exit code in [`FatalError::exit_code`], and nowhere else.
+//! * Per-job failures are not Rust errors at all: they become the job's
+//!   result (see [`crate::job::JobFailure`]) and the worker goes on.
+//! * Transient faults (network, 5xx, 429) are retried where they happen, with
+//!   the shared back-off in [`crate::backoff`].
+
+use std::path::PathBuf;
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const JOB_FAILED: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const HANDLER: u8 = 3;
+    pub const AUTH: u8 = 4;
+    pub const FORCED: u8 = 5;
+    pub const INTERNAL: u8 = 6;
+}
+
+/// The configuration cannot work; nothing has been started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "no job source: give one job with --test-input '{{\"input\": ...}}', put a test_input.json \
+         in the working directory, or run on RunPod (RUNPOD_WEBHOOK_GET_JOB)"
+    )]
+    NoJobSource,
+}
+
+/// Something that stops the worker as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("handler {program:?} {problem}")]
+    HandlerUnusable { program: String, problem: String },
+    #[error("handler could not start: {0}")]
+    HandlerStart(String),
+    #[error(
+        "RunPod rejected the API key (HTTP {status}); check RUNPOD_AI_API_KEY for this endpoint"
+    )]
+    KeyRejected { status: u16 },
+    #[error("cannot use the spool directory {}: {source}; set --spool-dir (JOBPIPE_SPOOL_DIR) to a writable directory", path.display())]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl FatalError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            FatalError::Config(_) => exit::CONFIG,
+            FatalError::HandlerUnusable { .. } | FatalError::HandlerStart(_) => exit::HANDLER,
+            FatalError::KeyRejected { .. } => exit::AUTH,
+            FatalError::Spool { .. } | FatalError::Internal(_) => exit::INTERNAL,
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! The actor that owns one persistent handler process.
+//!
+//! Life of an actor: start a process and wait for `{"ready": true}`, serve
+//! jobs until the process must be replaced or the pool stops, stop the
+//! process (its whole group), and start again. Everything that happens to
+//! the process (a stdout line, its exit, a job's deadline, a stop request)
+//! arrives as one [`Step`] of a `select!` and has its own `handle_*` method.
+//! Every job the actor accepts leaves through [`Serving::finish`] or one of
+//! the failure paths, each of which finishes the ticket exactly once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::lines::{clip_middle, Line};
+use super::process::HandlerProcess;
+use super::protocol::{cancel_line, parse_line, sniff_id, Frame};
+use super::ActorContext;
+use crate::backoff::{Backoff, BackoffPolicy};
+use crate::error::FatalError;
+use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
+use crate::metrics::RestartReason;
+
+/// Failed starts in a row that make a crash loop.
+const MAX_START_FAILURES: u32 = 5;
+/// Delays between restarts after a crash.
+const RESTART_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(10), 0.2);
+/// How long a closed stdout may precede the process's exit.
+const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
+/// How long, after the process exited, lines it wrote are still read.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
+
+/// Why a job is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopCause {
+    Timeout,
+    Cancel,
+}
+
+/// How a served process ended.
+enum End {
+    /// Replace the process.
+    Restart(RestartReason),
+    /// The pool is stopping: stop the process gracefully.
+    Stop,
+    /// Forced shutdown: kill the process.
+    Kill,
+}
+
+/// One event the serving loop reacts to.
+enum Step {
+    Force,
+    Exited(crate::os::ExitStatus),
+    Line(Option<Line>),
+    StopJob(String, StopCause),
+    GraceOver,
+    Job(Option<JobTicket>),
+    Shutdown,
+}
+
+/// A job the handler is running.
+struct Running {
+    ticket: JobTicket,
+    watcher: AbortHandle,
+    streamed: bool,
+    /// Set once the job was asked to stop (jobs-per-handler > 1).
+    stopping: Option<(StopCause, Instant)>,
+}
+
+/// State of one served process.
+struct Serving {
+    jobs: HashMap<String, Running>,
+    /// A restart is due once the jobs in flight are done.
+    draining: Option<RestartReason>,
+    queue_open: bool,
+    stops: mpsc::UnboundedSender<(String, StopCause)>,
+}
+
+/// Runs the actor until the pool stops or the handler cannot start.
+pub async fn run(ctx: ActorContext) {
+    let mut actor = Actor {
+        backoff: RESTART_BACKOFF.iter(),
+        ctx,
+    };
+    loop {
+        let Some(mut process) = actor.start().await else {
+            return;
+        };
+        let end = actor.serve(&mut process).await;
+        match end {
+            End::Kill => {
+                process.kill().await;
+                return;
+            }
+            End::Stop => {
+                process.stop(actor.ctx.config.kill_grace).await;
+                return;
+            }
+            End::Restart(reason) => {
+                actor.ctx.metrics.restarted(reason);
+                tracing::info!(
+                    handler = actor.ctx.index,
+                    pid = process.pid,
+                    "replacing handler process ({})",
+                    reason.name()
+                );
+                process.stop(actor.ctx.config.kill_grace).await;
+                let crashed = matches!(
+                    reason,
+                    RestartReason::Crashed
+                        | RestartReason::ExitedIdle
+                        | RestartReason::ProtocolError
+                );
+                if crashed && !actor.pause().await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Actor {
+    ctx: ActorContext,
+    backoff: Backoff,
+}
+
+/// Why a start attempt did not give a ready process.
+enum StartError {
+    Shutdown,
+    Failed(String),
+    Fatal(FatalError),
+}
+
+impl Actor {
+    fn stopping(&self) -> bool {
+        self.ctx.stop.is_cancelled() || self.ctx.force.is_cancelled()
+    }
+
+    /// Waits the next back-off delay; false if the pool stops meanwhile.
+    async fn pause(&mut self) -> bool {
+        let delay = self.backoff.next().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.ctx.stop.cancelled() => false,
+            _ = self.ctx.force.cancelled() => false,
+        }
+    }
+
+    /// Starts a process and waits until it is ready, retrying failed
+    /// starts with back-off; `None` when the pool stops or the handler can
+    /// never start (then a fatal error has been reported).
+    async fn start(&mut self) -> Option<HandlerProcess> {
+        let mut failures = 0;
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            let message = match self.try_start().await {
+                Ok(process) => return Some(process),
+                Err(StartError::Shutdown) => return None,
+                Err(StartError::Fatal(error)) => {
+                    let _ = self.ctx.fatal.send(error);
+                    return None;
+                }
+                Err(StartError::Failed(message)) => message,
+            };
+            failures += 1;
+            self.ctx.metrics.restarted(RestartReason::StartFailed);
+            if failures >= MAX_START_FAILURES {
+                let error = FatalError::HandlerStart(format!(
+                    "{message} ({failures} attempts in a row; fix the handler and start again)"
+                ));
+                let _ = self.ctx.fatal.send(error);
+                return None;
+            }
+            tracing::warn!(
+                handler = self.ctx.index,
+                "{message}; starting it again (attempt {})",
+                failures + 1
+            );
+            if !self.pause().await {
+                return None;
+            }
+        }
+    }
+
+    async fn try_start(&mut self) -> Result<HandlerProcess, StartError> {
+        let config = &self.ctx.config;
+        let started = Instant::now();
+        let mut process = HandlerProcess::spawn(config, &self.ctx.identity.worker_id, None)
+            .map_err(|e| {
+                StartError::Failed(format!("cannot execute handler {:?}: {e}", config.argv[0]))
+            })?;
+        tracing::debug!(
+            handler = self.ctx.index,
+            pid = process.pid,
+            "handler started; waiting for {{\"ready\": true}}"
+        );
+        let deadline = started + config.startup_timeout;
+        loop {
+            tokio::select! {
+                _ = self.ctx.force.cancelled() => {
+                    process.kill().await;
+                    return Err(StartError::Shutdown);
+                }
+                _ = self.ctx.stop.cancelled() => {
+                    process.stop(config.kill_grace).await;
+                    return Err(StartError::Shutdown);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let tail = process.stderr_tail().await;
+                    process.stop(config.kill_grace).await;
+                    return Err(StartError::Fatal(FatalError::HandlerStart(format!(
+                        "handler was not ready within {} (--startup-timeout); it must print {{\"ready\": true}} on stdout{}",
+                        humantime::format_duration(config.startup_timeout),
+                        stderr_note(&tail)
+                    ))));
+                }
+                status = process.exit.wait() => {
+                    let tail = process.stderr_tail().await;
+                    return Err(StartError::Failed(format!(
+                        "handler {status} before it was ready{}", stderr_note(&tail)
+                    )));
+                }
+                line = process.stdout.recv() => match line {
+                    Some(Line::Whole(bytes)) if parse_line(&bytes) == Frame::Ready => {
+                        tracing::info!(
+                            handler = self.ctx.index,
+                            pid = process.pid,
+                            "handler ready after {:.2}s",
+                            started.elapsed().as_secs_f64()
+                        );
+                        return Ok(process);
+                    }
+                    Some(line) => log_stray_line(&line),
+                    None => {
+                        let exited = tokio::time::timeout(EXIT_AFTER_EOF, process.exited()).await;
+                        let tail = process.stderr_tail().await;
+                        let what = match exited {
+                            Ok(status) => format!("handler {status} before it was ready"),
+                            Err(_) => "handler closed its stdout before it was ready".into(),
+                        };
+                        return Err(StartError::Failed(format!("{what}{}", stderr_note(&tail))));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds jobs to a ready process until it must be replaced or stopped.
+    async fn serve(&mut self, process: &mut HandlerProcess) -> End {
+        let (stops, mut stop_requests) = mpsc::unbounded_channel();
+        let mut s = Serving {
+            jobs: HashMap::new(),
+            draining: None,
+            queue_open: true,
+            stops,
+        };
+        let capacity = self.ctx.config.jobs_per_handler;
+        loop {
+            let room = s.queue_open
+                && s.draining.is_none()
+                && s.jobs.len() < capacity
+                && !self.ctx.stop.is_cancelled();
+            let grace_over = s.next_grace_deadline();
+            let step = tokio::select! {
+                biased;
+                _ = self.ctx.force.cancelled() => Step::Force,
+                line = process.stdout.recv() => Step::Line(line),
+                status = process.exit.wait() => Step::Exited(status),
+                Some((id, cause)) = stop_requests.recv() => Step::StopJob(id, cause),
+                _ = sleep_until(grace_over), if grace_over.is_some() => Step::GraceOver,
+                ticket = self.ctx.queue.recv(), if room => Step::Job(ticket.ok()),
+                _ = self.ctx.stop.cancelled(), if s.jobs.is_empty() => Step::Shutdown,
+            };
+            if let Some(end) = self.handle(step, process, &mut s).await {
+                return end;
+            }
+            if s.jobs.is_empty() {
+                if let Some(reason) = s.draining {
+                    return End::Restart(reason);
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        step: Step,
+        process: &mut HandlerProcess,
+        s: &mut Serving,
+    ) -> Option<End> {
+        match step {
+            Step::Force => {
+                s.fail_all(JobFailure::new(
+                    FailureKind::WorkerShutdown,
+                    "the worker was shut down (forced) while the job was running",
+                ));
+                Some(End::Kill)
+            }
+            Step::Shutdown => Some(End::Stop),
+            Step::Job(None) => {
+                s.queue_open = false;
+                None
+            }
+            Step::Job(Some(ticket)) => {
+                self.handle_job(ticket, process, s);
+                None
+            }
+            Step::Line(Some(line)) => self.handle_line(line, s),
+            Step::Line(None) => Some(self.handle_stdout_closed(process, s).await),
+            Step::Exited(status) => Some(self.handle_exit(status, process, s).await),
+            Step::StopJob(id, cause) => self.handle_stop(&id, cause, process, s),
+            Step::GraceOver => Some(self.handle_grace_over(s)),
+        }
+    }
+
+    fn handle_job(&mut self, ticket: JobTicket, process: &HandlerProcess, s: &mut Serving) {
+        if ticket.is_cancelled() {
+            ticket.finish(JobResult::cancelled());
+            return;
+        }
+        let id = ticket.id().to_owned();
+        tracing::debug!(job_id = %id, pid = process.pid, "job sent to handler");
+        process.send(ticket.job.line.clone());
+        let watcher = watch_job(&ticket, self.ctx.config.job_timeout, s.stops.clone());
+        s.jobs.insert(
+            id,
+            Running {
+                ticket,
+                watcher,
+                streamed: false,
+                stopping: None,
+            },
+        );
+        process.set_jobs(s.ids());
+    }
+
+    fn handle_line(&mut self, line: Line, s: &mut Serving) -> Option<End> {
+        let max = self.ctx.config.max_output_size;
+        let bytes = match line {
+            Line::TooLong { len, prefix } => return self.too_large(s, len, &prefix),
+            Line::Whole(bytes) => bytes,
+        };
+        let frame = parse_line(&bytes);
+        if bytes.len() > max && matches!(frame, Frame::Final { .. } | Frame::Stream { .. }) {
+            return self.too_large(s, bytes.len(), &bytes);
+        }
+        match frame {
+            Frame::Ready => None,
+            Frame::Other => {
+                log_stray_line(&Line::Whole(bytes));
+                None
+            }
+            Frame::Stream { id, value } => {
+                match s.jobs.get_mut(&id) {
+                    Some(job) => {
+                        job.streamed = true;
+                        job.ticket.stream(value);
+                    }
+                    None => {
+                        tracing::warn!(job_id = %id, "handler streamed for a job it is not running; ignored")
+                    }
+                }
+                None
+            }
+            Frame::Progress { id, value } => {
+                match s.jobs.get(&id) {
+                    Some(job) => job.ticket.progress(value),
+                    None => {
+                        tracing::warn!(job_id = %id, "handler sent progress for a job it is not running; ignored")
+                    }
+                }
+                None
+            }
+            Frame::Final {
+                id,
+                output,
+                error,
+                refresh_worker,
+            } => {
+                if s.jobs.contains_key(&id) {
+                    let outcome = match error {
+                        Some(error) => Outcome::Error { error, output },
+                        None => Outcome::Output(output.unwrap_or(Value::Null)),
+                    };
+                    let result = JobResult {
+                        outcome,
+                        refresh_worker,
+                        streamed: false,
+                    };
+                    return self.finish(s, &id, result);
+                }
+                self.answer_for_unknown_job(s, &id)
+            }
+        }
+    }
+
+    /// Ends one job with the handler's result and decides whether the
+    /// process is replaced.
+    fn finish(&mut self, s: &mut Serving, id: &str, mut result: JobResult) -> Option<End> {
+        let running = s.jobs.remove(id)?;
+        running.watcher.abort();
+        if let Some((cause, _)) = running.stopping {
+            // The handler answered a cancel and keeps running; the job
+            // still ends as stopped.
+            self.end_stopped(running.ticket, cause);
+            return None;
+        }
+        result.streamed = running.streamed;
+        result.refresh_worker |= self.ctx.config.refresh_worker;
+        let success = result.is_success();
+        let refresh = result.refresh_worker;
+        if success {
+            self.backoff.reset();
+        }
+        running.ticket.finish(result);
+        let single = self.ctx.config.jobs_per_handler == 1;
+        let reason = if refresh {
+            Some(RestartReason::Refresh)
+        } else if !success && single && !self.ctx.config.keep_handler_on_error {
+            Some(RestartReason::JobFailed)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) if s.jobs.is_empty() => Some(End::Restart(reason)),
+            Some(reason) => {
+                s.draining = Some(reason);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn too_large(&mut self, s: &mut Serving, len: usize, prefix: &[u8]) -> Option<End> {
+        let id = if s.jobs.len() == 1 {
+            s.jobs.keys().next().cloned()
+        } else {
+            sniff_id(prefix, s.jobs.keys().map(String::as_str)).map(str::to_owned)
+        };
+        let message = format!(
+            "the handler's result is {len} bytes, more than the {} byte limit (--max-output-size); store large outputs elsewhere and return a reference",
+            self.ctx.config.max_output_size
+        );
+        let Some(id) = id else {
+            tracing::warn!("{message}; the line names no job in flight, so it is dropped");
+            return None;
+        };
+        let failure = JobFailure::new(FailureKind::OutputTooLarge, message);
+        let report = failure.report(&self.ctx.identity);
+        self.finish(s, &id, JobResult::error(report))
+    }
+
+    fn answer_for_unknown_job(&mut self, s: &mut Serving, id: &str) -> Option<End> {
+        if self.ctx.config.jobs_per_handler > 1 || s.jobs.is_empty() {
+            tracing::warn!(job_id = %id, "handler answered for a job it is not running; ignored");
+            return None;
+        }
+        let running = s.ids();
+        s.fail_all(JobFailure::new(
+            FailureKind::ProtocolError,
+            format!(
+                "protocol error: the handler answered for job {id:?} while running job {running:?}"
+            ),
+        ));
+        Some(End::Restart(RestartReason::ProtocolError))
+    }
+
+    async fn handle_exit(
+        &mut self,
+        status: crate::os::ExitStatus,
+        process: &mut HandlerProcess,
+        s: &mut Serving,
+    ) -> End {
+        // Lines written just before the exit may still be in the pipe.
+        let deadline = Instant::now() + DRAIN_AFTER_EXIT;
+        while !s.jobs.is_empty() {
+            match tokio::time::timeout_at(deadline, process.stdout.recv()).await {
+                Ok(Some(line)) => {
+                    self.handle_line(line, s);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if s.jobs.is_empty() {
+            tracing::warn!(pid = process.pid, "handler {status} while idle");
+            return End::Restart(RestartReason::ExitedIdle);
+        }
+        let tail = process.stderr_tail().await;
+        tracing::warn!(pid = process.pid, jobs = %s.ids(), "handler {status} while running jobs");
+        s.fail_all(
+            JobFailure::new(FailureKind::HandlerCrashed, format!("handler {status}"))
+                .with_stderr(tail),
+        );
+        End::Restart(RestartReason::Crashed)
+    }
+
+    async fn handle_stdout_closed(&mut self, process: &mut HandlerProcess, s: &mut Serving) -> End {
+        if let Ok(status) = tokio::time::timeout(EXIT_AFTER_EOF, process.exited()).await {
+            return self.handle_exit(status, process, s).await;
+        }
+        let tail = process.stderr_tail().await;
+        s.fail_all(
+            JobFailure::new(
+                FailureKind::ProtocolError,
+                "protocol error: the handler closed its stdout but kept running",
+            )
+            .with_stderr(tail),
+        );
+        End::Restart(RestartReason::ProtocolError)
+    }
+
+    fn handle_stop(
+        &mut self,
+        id: &str,
+        cause: StopCause,
+        process: &HandlerProcess,
+        s: &mut Serving,
+    ) -> Option<End> {
+        let grace = self.ctx.config.kill_grace;
+        let job = s.jobs.get_mut(id)?;
+        if job.stopping.is_some() {
+            return None;
+        }
+        tracing::info!(job_id = %id, "stopping job ({})", cause_name(cause));
+        if self.ctx.config.jobs_per_handler == 1 {
+            let running = s.jobs.remove(id).expect("present");
+            self.end_stopped(running.ticket, cause);
+            return Some(End::Restart(cause_reason(cause)));
+        }
+        job.stopping = Some((cause, Instant::now() + grace));
+        process.send(cancel_line(id));
+        None
+    }
+
+    fn handle_grace_over(&mut self, s: &mut Serving) -> End {
+        let now = Instant::now();
+        let overdue: Vec<String> = s
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.stopping.is_some_and(|(_, at)| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut reason = RestartReason::Timeout;
+        for id in &overdue {
+            let running = s.jobs.remove(id).expect("present");
+            let (cause, _) = running.stopping.expect("stopping");
+            reason = cause_reason(cause);
+            running.watcher.abort();
+            self.end_stopped(running.ticket, cause);
+        }
+        s.fail_all(JobFailure::new(
+            FailureKind::HandlerRestarted,
+            format!(
+                "the handler process was restarted because job {} did not stop within {} of being cancelled",
+                overdue.join(", "),
+                humantime::format_duration(self.ctx.config.kill_grace)
+            ),
+        ));
+        End::Restart(reason)
+    }
+}
+
+impl Actor {
+    /// Ends a job that was stopped: nothing for a cancel, an error for a
+    /// timeout.
+    fn end_stopped(&self, ticket: JobTicket, cause: StopCause) {
+        match cause {
+            StopCause::Cancel => ticket.finish(JobResult::cancelled()),
+            StopCause::Timeout => {
+                let limit = self.ctx.config.job_timeout.unwrap_or_default();
+                ticket.fail(JobFailure::new(
+                    FailureKind::Timeout,
+                    format!(
+                        "job timed out after {} (--job-timeout)",
+                        humantime::format_duration(limit)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+impl Serving {
+    fn ids(&self) -> String {
+        let mut ids: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.join(",")
+    }
+
+    fn next_grace_deadline(&self) -> Option<Instant> {
+        self.jobs
+            .values()
+            .filter_map(|job| job.stopping.map(|(_, at)| at))
+            .min()
+    }
+
+    fn fail_all(&mut self, failure: JobFailure) {
+        for (_, running) in self.jobs.drain() {
+            running.watcher.abort();
+            running.ticket.fail(failure.clone());
+        }
+    }
+}
+
+/// Spawns the task that reports when a job is cancelled or times out.
+fn watch_job(
+    ticket: &JobTicket,
+    timeout: Option<Duration>,
+    stops: mpsc::UnboundedSender<(String, StopCause)>,
+) -> AbortHandle {
+    let cancel = ticket.cancel.clone();
+    let id = ticket.id().to_owned();
+    tokio::spawn(async move {
+        let cause = tokio::select! {
+            _ = cancel.cancelled() => StopCause::Cancel,
+            _ = sleep_for(timeout) => StopCause::Timeout,
+        };
+        let _ = stops.send((id, cause));
+    })
+    .abort_handle()
+}
+
+async fn sleep_for(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn cause_name(cause: StopCause) -> &'static str {
+    match cause {
+        StopCause::Timeout => "timed out",
+        StopCause::Cancel => "stop requested",
+    }
+}
+
+fn cause_reason(cause: StopCause) -> RestartReason {
+    match cause {
+        StopCause::Timeout => RestartReason::Timeout,
+        StopCause::Cancel => RestartReason::Cancelled,
+    }
+}
+
+fn stderr_note(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n{tail}")
+    }
+}
+
+fn log_stray_line(line: &Line) {
+    match line {
+        Line::Whole(bytes) => {
+            tracing::info!(
+                "handler stdout (not a protocol line): {}",
+                clip_middle(&String::from_utf8_lossy(bytes), 4096)
+            );
+        }
+        Line::TooLong { len, .. } => {
+            tracing::warn!("handler wrote a {len} byte line to stdout outside any job; dropped");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! A line reader that never breaks on a long line.
+//!
+//! A handler may write a line of any length. Lines up to the cap are
+//! returned whole; a longer one is reported as [`Line::TooLong`] with its
+//! length and its first bytes (to find the job it answers), and the reader
+//! goes on with the next line. Memory stays bounded by the cap.
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// How much of an over-long line is kept to identify it.
+const PREFIX_KEPT: usize = 4096;
+
+/// One line read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line without its newline.
+    Whole(Vec<u8>),
+    /// A line longer than the cap: its total length and first bytes.
+    TooLong { len: usize, prefix: Vec<u8> },
+}
+
+/// Reads one line of at most `cap` bytes; `None` at end of input. A last
+/// line without a newline still counts as a line.
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    cap: usize,
+) -> std::io::Result<Option<Line>> {
+    let mut buf = Vec::new();
+    let mut len = 0usize;
+    let mut too_long = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            if len == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let (take, done) = match memchr(chunk) {
+            Some(pos) => (pos, true),
+            None => (chunk.len(), false),
+        };
+        len += take;
+        if !too_long {
+            if len > cap {
+                too_long = true;
+                let room = PREFIX_KEPT.saturating_sub(buf.len());
+                buf.truncate(PREFIX_KEPT);
+                buf.extend_from_slice(&chunk[..take.min(room)]);
+            } else {
+                buf.extend_from_slice(&chunk[..take]);
+            }
+        }
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Some(Line::TooLong { len, prefix: buf }));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(Line::Whole(buf)))
+}
+
+fn memchr(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+/// Shortens text for a log line by cutting out its middle.
+pub fn clip_middle(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let half = max / 2;
+    let mut head = half;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - half;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} …[{} bytes cut]… {}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::BufReader;
+
+    async fn all_lines(input: &[u8], cap: usize, buffer: usize) -> Vec<Line> {
+        let mut reader = BufReader::with_capacity(buffer, input);
+        let mut lines = Vec::new();
+        while let Some(line) = read_line(&mut reader, cap).await.unwrap() {
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn lines_split_on_newline_and_last_line_needs_none() {
+        let lines = all_lines(b"a\r\nbb\n\nccc", 10, 2).await;
+        assert_eq!(
+            lines,
+            [
+                Line::Whole(b"a".to_vec()),
+                Line::Whole(b"bb".to_vec()),
+                Line::Whole(vec![]),
+                Line::Whole(b"ccc".to_vec())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_reported_and_reading_goes_on() {
+        let mut input = vec![b'x'; 100_000];
+        input.extend_from_slice(b"\nok\n");
+        let lines = all_lines(&input, 1000, 64).await;
+        assert_eq!(lines.len(), 2);
+        let Line::TooLong { len, prefix } = &lines[0] else {
+            panic!("expected TooLong")
+        };
+        assert_eq!(*len, 100_000);
+        assert!(prefix.len() <= PREFIX_KEPT && prefix.len() >= 1000);
+        assert_eq!(lines[1], Line::Whole(b"ok".to_vec()));
+    }
+
+    #[test]
+    fn clipping_keeps_both_ends() {
+        let clipped = clip_middle(&"é".repeat(1000), 100);
+        assert!(clipped.starts_with('é') && clipped.ends_with('é'));
+        assert!(clipped.contains("bytes cut"));
+        assert_eq!(clip_middle("short", 100), "short");
+    }
+}

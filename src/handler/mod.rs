@@ -1,0 +1,37 @@
+//! Handler processes: the line protocol ([`protocol`], [`lines`]), one
+//! running process ([`process`]), and the two kinds of actor that own
+//! processes: [`actor`] keeps a persistent handler warm across jobs,
+//! [`oneshot`] starts a fresh process per job.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HandlerConfig, Identity};
+use crate::error::FatalError;
+use crate::job::JobTicket;
+use crate::metrics::Metrics;
+
+pub mod actor;
+pub mod lines;
+pub mod oneshot;
+pub mod process;
+pub mod protocol;
+
+/// What every actor is given by the pool.
+pub struct ActorContext {
+    /// Position in the pool, for log lines.
+    pub index: usize,
+    pub config: Arc<HandlerConfig>,
+    pub identity: Arc<Identity>,
+    /// Jobs waiting for a handler; shared by all actors of the pool.
+    pub queue: async_channel::Receiver<JobTicket>,
+    /// Where an actor reports that its handler can never start.
+    pub fatal: mpsc::UnboundedSender<FatalError>,
+    /// Graceful stop: finish what is held, then stop the process.
+    pub stop: CancellationToken,
+    /// Forced stop: kill the process now and fail what it holds.
+    pub force: CancellationToken,
+    pub metrics: Arc<Metrics>,
+}

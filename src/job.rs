@@ -1,0 +1,337 @@
+//! Jobs, their events and their one final result.
+//!
+//! A job travels from a source into the pool as a [`JobTicket`]. Whoever holds
+//! the ticket must finish it exactly once; if a ticket is dropped unfinished
+//! (a bug, a panic, a queue torn down at shutdown), its `Drop` reports a
+//! failure, so no job can end in silence. The source reads the job's
+//! [`JobEvent`]s from the matching receiver.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Identity;
+
+/// A job as received: `id`, `input` and any other keys, passed on untouched.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    /// The whole job object, serialised once as the line the handler receives.
+    pub line: String,
+}
+
+impl Job {
+    /// Checks a job object: it must be an object with a string `id` and an
+    /// `input`. On failure returns a message and the id when there is one.
+    pub fn from_value(value: Value) -> Result<Job, (String, Option<String>)> {
+        let Value::Object(obj) = &value else {
+            return Err(("job is not a JSON object".into(), None));
+        };
+        let id = match obj.get("id") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(("job has no \"id\"".into(), None)),
+        };
+        if !obj.contains_key("input") {
+            return Err(("job has no \"input\"".into(), Some(id)));
+        }
+        let line = serde_json::to_string(&value).expect("a JSON value serialises");
+        Ok(Job { id, line })
+    }
+}
+
+/// Why a job failed, sorted for the error report's `error_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The handler process exited or was killed while running the job.
+    HandlerCrashed,
+    /// The job ran longer than `--job-timeout`.
+    Timeout,
+    /// The handler broke the line protocol.
+    ProtocolError,
+    /// The result exceeded `--max-output-size`.
+    OutputTooLarge,
+    /// The worker was shut down before the job finished.
+    WorkerShutdown,
+    /// The handler process could not be started for this job.
+    HandlerStart,
+    /// Another job in the same process made it restart.
+    HandlerRestarted,
+}
+
+impl FailureKind {
+    fn name(self) -> &'static str {
+        match self {
+            FailureKind::HandlerCrashed => "HandlerCrashed",
+            FailureKind::Timeout => "JobTimeout",
+            FailureKind::ProtocolError => "ProtocolError",
+            FailureKind::OutputTooLarge => "OutputTooLarge",
+            FailureKind::WorkerShutdown => "WorkerShutdown",
+            FailureKind::HandlerStart => "HandlerStartFailed",
+            FailureKind::HandlerRestarted => "HandlerRestarted",
+        }
+    }
+}
+
+/// A failure found by jobpipe itself (as opposed to an error the handler
+/// returned), reported in the RunPod SDK's error report shape.
+#[derive(Debug, Clone)]
+pub struct JobFailure {
+    pub kind: FailureKind,
+    pub message: String,
+    /// The tail of the handler's stderr, when it says something useful.
+    pub stderr_tail: String,
+}
+
+impl JobFailure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        JobFailure {
+            kind,
+            message: message.into(),
+            stderr_tail: String::new(),
+        }
+    }
+
+    pub fn with_stderr(mut self, tail: String) -> Self {
+        self.stderr_tail = tail;
+        self
+    }
+
+    /// The JSON text RunPod dashboards parse: `error_type`, `error_message`,
+    /// `error_traceback`, `hostname`, `worker_id` and jobpipe's version.
+    pub fn report(&self, identity: &Identity) -> String {
+        json!({
+            "error_type": self.kind.name(),
+            "error_message": self.message,
+            "error_traceback": self.stderr_tail,
+            "hostname": identity.hostname,
+            "worker_id": identity.worker_id,
+            "jobpipe_version": crate::VERSION,
+        })
+        .to_string()
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler produced an output.
+    Output(Value),
+    /// The job failed; `error` is the text reported as the job's error.
+    Error {
+        error: String,
+        output: Option<Value>,
+    },
+    /// The job was stopped on request; nothing is reported for it.
+    Cancelled,
+}
+
+/// The final result of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobResult {
+    pub outcome: Outcome,
+    /// The handler (or `--refresh-worker`) asked for a fresh process.
+    pub refresh_worker: bool,
+    /// The job sent stream partials before its final line.
+    pub streamed: bool,
+}
+
+impl JobResult {
+    pub fn output(value: Value) -> Self {
+        JobResult {
+            outcome: Outcome::Output(value),
+            refresh_worker: false,
+            streamed: false,
+        }
+    }
+
+    pub fn error(error: String) -> Self {
+        JobResult {
+            outcome: Outcome::Error {
+                error,
+                output: None,
+            },
+            refresh_worker: false,
+            streamed: false,
+        }
+    }
+
+    pub fn cancelled() -> Self {
+        JobResult {
+            outcome: Outcome::Cancelled,
+            refresh_worker: false,
+            streamed: false,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self.outcome, Outcome::Output(_))
+    }
+}
+
+/// What a source hears about a job while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    Progress(Value),
+    Stream(Value),
+    Done(JobResult),
+}
+
+/// Removes a job from the in-flight registry when it finishes.
+pub(crate) trait Registry: Send + Sync {
+    fn finished(&self, id: &str, result: &JobResult);
+}
+
+/// The right and duty to finish one job. See the module docs.
+pub struct JobTicket {
+    pub job: Job,
+    pub(crate) cancel: CancellationToken,
+    events: mpsc::UnboundedSender<JobEvent>,
+    identity: Arc<Identity>,
+    registry: Arc<dyn Registry>,
+    permit: Option<OwnedSemaphorePermit>,
+    finished: bool,
+}
+
+impl JobTicket {
+    pub(crate) fn new(
+        job: Job,
+        cancel: CancellationToken,
+        events: mpsc::UnboundedSender<JobEvent>,
+        identity: Arc<Identity>,
+        registry: Arc<dyn Registry>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        JobTicket {
+            job,
+            cancel,
+            events,
+            identity,
+            registry,
+            permit,
+            finished: false,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.job.id
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    pub fn progress(&self, value: Value) {
+        let _ = self.events.send(JobEvent::Progress(value));
+    }
+
+    pub fn stream(&self, value: Value) {
+        let _ = self.events.send(JobEvent::Stream(value));
+    }
+
+    /// Ends the job with its result.
+    pub fn finish(mut self, result: JobResult) {
+        self.complete(result);
+    }
+
+    /// Ends the job as failed by jobpipe, with an error report.
+    pub fn fail(self, failure: JobFailure) {
+        let report = failure.report(&self.identity);
+        self.finish(JobResult::error(report));
+    }
+
+    fn complete(&mut self, result: JobResult) {
+        self.finished = true;
+        self.registry.finished(&self.job.id, &result);
+        // The slot is free again before the source hears of the result, so a
+        // source that takes the next job right away finds it free.
+        self.permit.take();
+        let _ = self.events.send(JobEvent::Done(result));
+    }
+}
+
+impl Drop for JobTicket {
+    fn drop(&mut self) {
+        if !self.finished {
+            let failure = JobFailure::new(
+                FailureKind::WorkerShutdown,
+                "jobpipe stopped before this job could run to the end",
+            );
+            let report = failure.report(&self.identity);
+            self.complete(JobResult::error(report));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_needs_an_id_and_input() {
+        assert!(Job::from_value(json!({"id": "a", "input": 1})).is_ok());
+        assert_eq!(
+            Job::from_value(json!({"id": "a"})).unwrap_err(),
+            ("job has no \"input\"".to_string(), Some("a".to_string()))
+        );
+        assert_eq!(Job::from_value(json!({"input": 1})).unwrap_err().1, None);
+        assert!(Job::from_value(json!([1])).is_err());
+    }
+
+    #[test]
+    fn job_line_keeps_every_key() {
+        let job = Job::from_value(json!({"id": "a", "input": 1, "webhook": "w"})).unwrap();
+        let back: Value = serde_json::from_str(&job.line).unwrap();
+        assert_eq!(back["webhook"], "w");
+    }
+
+    #[test]
+    fn report_has_the_sdk_shape() {
+        let identity = Identity {
+            worker_id: "w1".into(),
+            hostname: "h".into(),
+        };
+        let text = JobFailure::new(FailureKind::Timeout, "job timed out after 1s")
+            .with_stderr("boom".into())
+            .report(&identity);
+        let report: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(report["error_type"], "JobTimeout");
+        assert_eq!(report["error_message"], "job timed out after 1s");
+        assert_eq!(report["error_traceback"], "boom");
+        assert_eq!(report["worker_id"], "w1");
+        assert_eq!(report["hostname"], "h");
+        assert_eq!(report["jobpipe_version"], crate::VERSION);
+    }
+
+    struct NoRegistry;
+    impl Registry for NoRegistry {
+        fn finished(&self, _: &str, _: &JobResult) {}
+    }
+
+    #[test]
+    fn dropped_ticket_still_reports_one_failure() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let identity = Arc::new(Identity {
+            worker_id: "w".into(),
+            hostname: "h".into(),
+        });
+        let job = Job::from_value(json!({"id": "a", "input": 1})).unwrap();
+        drop(JobTicket::new(
+            job,
+            CancellationToken::new(),
+            tx,
+            identity,
+            Arc::new(NoRegistry),
+            None,
+        ));
+        let Some(JobEvent::Done(result)) = rx.try_recv().ok() else {
+            panic!("no result")
+        };
+        assert!(
+            matches!(result.outcome, Outcome::Error { error, .. } if error.contains("WorkerShutdown"))
+        );
+        assert!(rx.try_recv().is_err(), "exactly one result");
+    }
+}

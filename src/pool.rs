@@ -1,0 +1,239 @@
+//! The pool of handler actors and its free-slot accounting.
+//!
+//! A slot is room for one job: `concurrency × jobs-per-handler` in all. A
+//! source first waits for free slots ([`Pool::free_slots`]), takes at most
+//! that many jobs from its queue, and submits each with its slot; the slot
+//! comes back when the job's result is out. So a worker never takes a job
+//! it cannot start. Submitted jobs wait in one queue that every actor pulls
+//! from when it is ready and has room, so a restarting handler never holds
+//! up a job another handler could run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{HandlerConfig, Identity, Mode};
+use crate::error::FatalError;
+use crate::handler::{actor, oneshot, ActorContext};
+use crate::job::{Job, JobEvent, JobResult, JobTicket, Outcome, Registry};
+use crate::metrics::Metrics;
+
+/// Room for one job, held from take to result.
+pub struct Slot(OwnedSemaphorePermit);
+
+/// A job id that is already in flight was submitted again.
+#[derive(Debug, thiserror::Error)]
+#[error("job {0} is already running on this worker; the duplicate is ignored")]
+pub struct Duplicate(pub String);
+
+/// The jobs in flight, by id, with the token that stops each.
+struct InFlight {
+    jobs: Mutex<HashMap<String, CancellationToken>>,
+    count: watch::Sender<usize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry for InFlight {
+    fn finished(&self, id: &str, result: &JobResult) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.remove(id);
+        self.count.send_replace(jobs.len());
+        if result.outcome != Outcome::Cancelled {
+            self.metrics.job_done(result.is_success());
+        }
+    }
+}
+
+/// The handler actors and the queue that feeds them.
+pub struct Pool {
+    queue: async_channel::Sender<JobTicket>,
+    /// The queue's receiving end, kept to fail what is left at shutdown.
+    queued: async_channel::Receiver<JobTicket>,
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    in_flight: Arc<InFlight>,
+    identity: Arc<Identity>,
+    /// Cancelled to stop the handlers gracefully once no job is in flight.
+    stop: CancellationToken,
+    /// Cancelled to kill every handler now and fail the jobs they hold.
+    force: CancellationToken,
+    actors: TaskTracker,
+    fatal: tokio::sync::Mutex<mpsc::UnboundedReceiver<FatalError>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    /// Starts `concurrency` handler actors.
+    pub fn start(
+        config: HandlerConfig,
+        identity: Arc<Identity>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Pool> {
+        let capacity = config.concurrency * config.jobs_per_handler;
+        let (queue_tx, queue_rx) = async_channel::unbounded();
+        let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let force = CancellationToken::new();
+        let actors = TaskTracker::new();
+        let config = Arc::new(config);
+        for index in 0..config.concurrency {
+            let ctx = ActorContext {
+                index,
+                config: config.clone(),
+                identity: identity.clone(),
+                queue: queue_rx.clone(),
+                fatal: fatal_tx.clone(),
+                stop: stop.clone(),
+                force: force.clone(),
+                metrics: metrics.clone(),
+            };
+            match config.mode {
+                Mode::Worker => actors.spawn(actor::run(ctx)),
+                Mode::Oneshot => actors.spawn(oneshot::run(ctx)),
+            };
+        }
+        actors.close();
+        Arc::new(Pool {
+            queue: queue_tx,
+            queued: queue_rx,
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            in_flight: Arc::new(InFlight {
+                jobs: Mutex::default(),
+                count: watch::channel(0).0,
+                metrics: metrics.clone(),
+            }),
+            identity,
+            stop,
+            force,
+            actors,
+            fatal: tokio::sync::Mutex::new(fatal_rx),
+            metrics,
+        })
+    }
+
+    /// Total number of slots.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Waits until at least one slot is free, then returns every free slot.
+    pub async fn free_slots(&self) -> Vec<Slot> {
+        let first = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed");
+        let mut slots = vec![Slot(first)];
+        while let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            slots.push(Slot(permit));
+        }
+        slots
+    }
+
+    /// Hands a job to the handlers. Its events, ending with exactly one
+    /// `Done`, arrive on the returned receiver.
+    pub fn submit(
+        &self,
+        slot: Slot,
+        job: Job,
+    ) -> Result<mpsc::UnboundedReceiver<JobEvent>, Duplicate> {
+        let cancel = CancellationToken::new();
+        {
+            let mut jobs = self
+                .in_flight
+                .jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if jobs.contains_key(&job.id) {
+                return Err(Duplicate(job.id));
+            }
+            jobs.insert(job.id.clone(), cancel.clone());
+            self.in_flight.count.send_replace(jobs.len());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ticket = JobTicket::new(
+            job,
+            cancel,
+            tx,
+            self.identity.clone(),
+            self.in_flight.clone(),
+            Some(slot.0),
+        );
+        // If every actor is gone the queue is closed; the returned ticket is
+        // dropped here and reports the failure itself.
+        let _ = self.queue.try_send(ticket);
+        Ok(rx)
+    }
+
+    /// Stops one job: its handler is stopped and nothing is reported for
+    /// it. Returns whether the job was in flight.
+    pub fn cancel(&self, id: &str) -> bool {
+        let jobs = self
+            .in_flight
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match jobs.get(id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ids of the jobs in flight.
+    pub fn in_flight_ids(&self) -> Vec<String> {
+        let jobs = self
+            .in_flight
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<String> = jobs.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Number of jobs in flight.
+    pub fn in_flight(&self) -> usize {
+        *self.in_flight.count.borrow()
+    }
+
+    /// Resolves when no job is in flight.
+    pub async fn idle(&self) {
+        let mut count = self.in_flight.count.subscribe();
+        let _ = count.wait_for(|n| *n == 0).await;
+    }
+
+    /// Resolves with the first fatal error of a handler (one that can
+    /// never start); pending forever if there is none.
+    pub async fn fatal(&self) -> FatalError {
+        let mut fatal = self.fatal.lock().await;
+        match fatal.recv().await {
+            Some(error) => error,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Kills every handler now; jobs they hold fail as shut down.
+    pub fn force(&self) {
+        self.force.cancel();
+    }
+
+    /// Stops the handlers (gracefully unless forced) and waits until every
+    /// handler process is gone. Jobs still queued fail as shut down.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.queue.close();
+        self.actors.wait().await;
+        // Each ticket left in the closed queue reports its own failure.
+        while let Ok(ticket) = self.queued.try_recv() {
+            drop(ticket);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The dispatcher: starts the pool and the job source, and walks the
+//! shutdown phases on stop requests, fatal errors and deadlines.
+//!
+//! Phases: running → draining (first SIGTERM/SIGINT: no new jobs, in-flight
+//! jobs may finish and deliver within `--shutdown-timeout`) → forced
+//! (second signal, SIGQUIT, the deadline, or a fatal error: handlers are
+//! killed, their jobs fail as shut down, and results get a short window to
+//! be delivered before they are spooled) → handlers stopped → exit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::error::{exit, FatalError};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::signals::ShutdownRequest;
+use crate::source::{self, Shutdown, SourceContext};
+
+/// How long results of jobs failed by a forced shutdown may try to reach
+/// their destination before they are spooled.
+const FLUSH_WINDOW: Duration = Duration::from_secs(2);
+/// How often the draining phase says what it waits for.
+const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the worker until its source ends or it is shut down; returns the
+/// exit code. `requests` carries stop requests (signals, or a test).
+pub async fn run(
+    config: Config,
+    mut requests: mpsc::UnboundedReceiver<ShutdownRequest>,
+) -> Result<u8, FatalError> {
+    crate::os::init_reaper();
+    let program = &config.handler.argv[0];
+    crate::os::check_executable(program).map_err(|problem| FatalError::HandlerUnusable {
+        program: program.clone(),
+        problem,
+    })?;
+    let identity = Arc::new(config.identity.clone());
+    let metrics = Arc::new(Metrics::default());
+    let pool = Pool::start(config.handler.clone(), identity.clone(), metrics);
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let shutdown = Shutdown::default();
+    let ctx = SourceContext {
+        pool: pool.clone(),
+        shutdown: shutdown.clone(),
+        identity,
+        fatal: fatal_tx,
+    };
+    let mut source = tokio::spawn(source::run(config.source.clone(), ctx));
+    let mut phases = Phases {
+        pool: pool.clone(),
+        shutdown,
+        shutdown_timeout: config.shutdown_timeout,
+        drain_deadline: None,
+        flush_at: None,
+        forced: false,
+        fatal: None,
+    };
+    let mut report = tokio::time::interval(DRAIN_REPORT_EVERY);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut source => break outcome,
+            error = pool.fatal() => phases.handle_fatal(error),
+            Some(error) = fatal_rx.recv() => phases.handle_fatal(error),
+            Some(request) = requests.recv() => phases.handle_request(request),
+            _ = sleep_until(phases.drain_deadline), if phases.drain_deadline.is_some() => {
+                tracing::info!("shutdown deadline passed with {} jobs in flight; forcing", pool.in_flight());
+                phases.force();
+            }
+            _ = sleep_until(phases.flush_at), if phases.flush_at.is_some() => {
+                tracing::info!("keeping undelivered results in the spool now");
+                phases.flush_at = None;
+                phases.shutdown.flush.cancel();
+            }
+            _ = report.tick(), if phases.drain_deadline.is_some() => phases.report_drain(),
+        }
+    };
+    tracing::info!("stopping handler processes");
+    if !phases.forced {
+        phases.shutdown.take.cancel();
+    }
+    pool.shutdown().await;
+    tracing::info!("all handler processes stopped");
+    if let Some(error) = phases.fatal {
+        return Err(error);
+    }
+    let code = outcome.map_err(|e| FatalError::Internal(format!("job source panicked: {e}")))??;
+    Ok(if phases.forced { exit::FORCED } else { code })
+}
+
+/// The shutdown state of one run.
+struct Phases {
+    pool: Arc<Pool>,
+    shutdown: Shutdown,
+    shutdown_timeout: Duration,
+    /// Set while draining: when the drain gives way to a forced stop.
+    drain_deadline: Option<Instant>,
+    /// Set once forced: when results still undelivered are spooled.
+    flush_at: Option<Instant>,
+    forced: bool,
+    fatal: Option<FatalError>,
+}
+
+impl Phases {
+    fn handle_request(&mut self, request: ShutdownRequest) {
+        let draining = self.shutdown.take.is_cancelled();
+        match request {
+            ShutdownRequest::Stop if !draining => {
+                self.shutdown.take.cancel();
+                let deadline = Instant::now() + self.shutdown_timeout;
+                self.drain_deadline = Some(deadline);
+                tracing::info!(
+                    "shutting down: taking no more jobs; waiting up to {} for {} jobs in flight (signal again to stop now)",
+                    humantime::format_duration(self.shutdown_timeout),
+                    self.pool.in_flight()
+                );
+            }
+            ShutdownRequest::Stop | ShutdownRequest::Quit => {
+                if !self.forced {
+                    tracing::info!("stopping now: killing handlers; {} jobs in flight will be reported as failed", self.pool.in_flight());
+                }
+                self.force();
+            }
+        }
+    }
+
+    fn handle_fatal(&mut self, error: FatalError) {
+        tracing::error!("{error}");
+        if self.fatal.is_none() {
+            self.fatal = Some(error);
+        }
+        self.force();
+        // Nothing more can be delivered once the worker itself is unusable
+        // for long; keep what is pending.
+        self.flush_at = Some(Instant::now());
+    }
+
+    fn force(&mut self) {
+        self.shutdown.take.cancel();
+        self.drain_deadline = None;
+        if self.forced {
+            return;
+        }
+        self.forced = true;
+        self.pool.force();
+        self.flush_at = Some(Instant::now() + FLUSH_WINDOW);
+    }
+
+    fn report_drain(&self) {
+        let Some(deadline) = self.drain_deadline else {
+            return;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        tracing::info!(
+            "draining: {} jobs in flight ({}); {}s left",
+            self.pool.in_flight(),
+            self.pool.in_flight_ids().join(", "),
+            left.as_secs()
+        );
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
