@@ -39,6 +39,7 @@ pub enum LogFormat {
 #[command(
     name = "jobpipe",
     version,
+    args_override_self = true,
     about = "Supervises a handler program and feeds it jobs over stdin/stdout.",
     long_about = "Supervises a handler program and feeds it jobs over stdin/stdout.\n\n\
 Jobs come from RunPod serverless (when RUNPOD_WEBHOOK_GET_JOB is set), from --test-input, \

@@ -1,1 +1,305 @@
-//! Result delivery (work in progress).
+//! Posting results with retries, and the spool that keeps what could not be
+//! posted before shutdown.
+//!
+//! The guarantee is at-least-once delivery of every final result: a post is
+//! retried with capped, jittered back-off for as long as the worker runs (a
+//! transient fault never drops a result), and a result still undelivered
+//! when the shutdown deadline comes is written to the spool, from which the
+//! next start delivers it before anything else. A result the platform
+//! refuses outright (a 4xx other than 401, 403, 408 and 429) is not retried:
+//! retrying cannot change the answer; it is logged as an error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::BackoffPolicy;
+use crate::error::FatalError;
+use crate::handler::lines::clip_middle;
+
+/// Delays between attempts of one post.
+pub const POST_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(10), 0.3);
+
+/// One HTTP post of a result or an update.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Post {
+    pub job_id: String,
+    pub kind: PostKind,
+    /// The JSON body.
+    pub body: Value,
+}
+
+/// Which endpoint a post goes to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PostKind {
+    /// The final result on job-done, with `isStream`.
+    Final { is_stream: bool },
+    /// A progress update on job-done.
+    Progress,
+    /// A partial on job-stream.
+    Stream,
+}
+
+/// What one attempt of a post came to.
+#[derive(Debug)]
+pub enum Attempt {
+    Delivered,
+    /// Worth trying again: network error, 5xx, 429, 408, 401/403.
+    Retry(String),
+    /// The platform refused this post; trying again cannot help.
+    Refused(String),
+}
+
+/// Sends posts; implemented over HTTP by the RunPod source, and by tests.
+pub trait Sender: Send + Sync + 'static {
+    fn send(&self, post: &Post) -> impl std::future::Future<Output = Attempt> + Send;
+}
+
+/// How a delivery ended.
+#[derive(Debug, PartialEq)]
+pub enum Delivery {
+    Delivered,
+    Refused,
+    /// The flush token fired first; the post was not delivered.
+    Flushed,
+}
+
+/// Posts until delivered, refused, or `flush` is cancelled. Each failed
+/// attempt is logged at WARN with the next delay.
+pub async fn deliver<S: Sender>(sender: &S, post: &Post, flush: &CancellationToken) -> Delivery {
+    let mut delays = POST_BACKOFF.iter();
+    let mut attempt = 1u32;
+    loop {
+        let outcome = tokio::select! {
+            outcome = sender.send(post) => outcome,
+            _ = flush.cancelled() => return Delivery::Flushed,
+        };
+        let why = match outcome {
+            Attempt::Delivered => return Delivery::Delivered,
+            Attempt::Refused(why) => {
+                tracing::error!(job_id = %post.job_id, "the platform refused the {} post: {why}; it is not retried", post.kind.name());
+                return Delivery::Refused;
+            }
+            Attempt::Retry(why) => why,
+        };
+        let delay = delays.next().unwrap_or_default();
+        tracing::warn!(
+            job_id = %post.job_id,
+            "{} post failed (attempt {attempt}): {why}; retrying in {}ms",
+            post.kind.name(),
+            delay.as_millis()
+        );
+        attempt += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = flush.cancelled() => return Delivery::Flushed,
+        }
+    }
+}
+
+impl PostKind {
+    fn name(self) -> &'static str {
+        match self {
+            PostKind::Final { .. } => "result",
+            PostKind::Progress => "progress",
+            PostKind::Stream => "stream",
+        }
+    }
+}
+
+/// Sorts an HTTP answer into an [`Attempt`].
+pub fn judge(status: u16, body: &str) -> Attempt {
+    match status {
+        200..=299 => Attempt::Delivered,
+        401 | 403 | 408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {status}")),
+        _ => Attempt::Refused(format!("HTTP {status}: {}", clip_middle(body, 300))),
+    }
+}
+
+/// Results kept on disk across a restart, one JSON file each.
+pub struct Spool {
+    dir: PathBuf,
+}
+
+/// A result found in the spool.
+pub struct Spooled {
+    pub path: PathBuf,
+    pub post: Post,
+}
+
+impl Spool {
+    /// Opens (creating) the spool directory.
+    pub fn open(dir: &Path) -> Result<Spool, FatalError> {
+        std::fs::create_dir_all(dir).map_err(|source| FatalError::Spool {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Spool {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Writes a result to the spool; written whole or not at all.
+    pub fn keep(&self, post: &Post) -> std::io::Result<PathBuf> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let safe: String = post
+            .job_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(80)
+            .collect();
+        let name = format!("{nanos:020}-{safe}.json");
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let text = serde_json::to_vec(post).expect("a post serialises");
+        std::fs::write(&tmp, text)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Every spooled result, oldest first. Unreadable files are logged and
+    /// left in place for a person to look at.
+    pub fn pending(&self) -> Vec<Spooled> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|path| {
+                let parsed = std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        serde_json::from_slice::<Post>(&bytes).map_err(|e| e.to_string())
+                    });
+                match parsed {
+                    Ok(post) => Some(Spooled { path, post }),
+                    Err(e) => {
+                        tracing::error!(
+                            "spooled result {} cannot be read ({e}); left in place",
+                            path.display()
+                        );
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Removes a spooled result once delivered.
+    pub fn forget(&self, path: &Path) {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(
+                "cannot remove delivered result {} from the spool: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Fails a set number of times, then delivers.
+    struct Flaky {
+        failures: usize,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Sender for Flaky {
+        async fn send(&self, _: &Post) -> Attempt {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.failures {
+                Attempt::Retry("HTTP 503".into())
+            } else {
+                Attempt::Delivered
+            }
+        }
+    }
+
+    fn post() -> Post {
+        Post {
+            job_id: "job/1".into(),
+            kind: PostKind::Final { is_stream: false },
+            body: serde_json::json!({"output": 1}),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_far_beyond_three_attempts() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let sender = Flaky {
+            failures: 20,
+            calls: calls.clone(),
+        };
+        let outcome = deliver(&sender, &post(), &CancellationToken::new()).await;
+        assert_eq!(outcome, Delivery::Delivered);
+        assert_eq!(calls.load(Ordering::SeqCst), 21);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_ends_the_retries() {
+        let sender = Flaky {
+            failures: usize::MAX,
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        let flush = CancellationToken::new();
+        let trigger = flush.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            trigger.cancel();
+        });
+        assert_eq!(deliver(&sender, &post(), &flush).await, Delivery::Flushed);
+    }
+
+    #[test]
+    fn statuses_are_sorted() {
+        assert!(matches!(judge(200, ""), Attempt::Delivered));
+        for status in [401, 403, 408, 429, 500, 503] {
+            assert!(matches!(judge(status, ""), Attempt::Retry(_)), "{status}");
+        }
+        assert!(matches!(judge(404, "gone"), Attempt::Refused(why) if why.contains("gone")));
+    }
+
+    #[test]
+    fn spool_keeps_results_in_order_and_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool")).unwrap();
+        let first = spool.keep(&post()).unwrap();
+        let mut second_post = post();
+        second_post.job_id = "job-2".into();
+        spool.keep(&second_post).unwrap();
+        let pending = spool.pending();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].post, post());
+        assert_eq!(pending[1].post.job_id, "job-2");
+        spool.forget(&first);
+        assert_eq!(spool.pending().len(), 1);
+    }
+}

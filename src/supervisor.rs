@@ -78,6 +78,10 @@ pub async fn run(
             _ = report.tick(), if phases.drain_deadline.is_some() => phases.report_drain(),
         }
     };
+    // A source may report a fatal error and end at once.
+    while let Ok(error) = fatal_rx.try_recv() {
+        phases.handle_fatal(error);
+    }
     tracing::info!("stopping handler processes");
     if !phases.forced {
         phases.shutdown.take.cancel();

@@ -1,9 +1,578 @@
-//! RunPod serverless source (work in progress).
+//! RunPod serverless: take jobs, return results, stream, heartbeat and
+//! per-job stop, speaking the worker protocol of RunPod's queue.
+//!
+//! Four kinds of task share one [`Endpoint`]: the take loop (here), one
+//! task per job that posts its updates and final result in order
+//! ([`job_task`]), the heartbeat ([`ping_loop`]) and the job-stop long poll
+//! ([`stop_loop`]). Result posts go through [`crate::delivery`], so a result
+//! is retried until delivered and spooled at shutdown, never dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use super::SourceContext;
+use crate::backoff::BackoffPolicy;
 use crate::config::RunpodConfig;
-use crate::error::FatalError;
+use crate::delivery::{self, deliver, Attempt, Delivery, Post, PostKind, Spool};
+use crate::error::{exit, FatalError};
+use crate::handler::lines::clip_middle;
+use crate::job::{Job, JobEvent, Outcome};
+use crate::pool::Pool;
 
-pub async fn run(_config: RunpodConfig, _ctx: SourceContext) -> Result<u8, FatalError> {
-    Err(FatalError::Internal("not yet".into()))
+/// Delays between failed takes (network errors, 5xx).
+const TAKE_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(500), Duration::from_secs(30), 0.5);
+/// How long RunPod may hold a take or stop poll open.
+const LONG_POLL: Duration = Duration::from_secs(90);
+/// The wait after a 429 answer.
+const RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
+/// An empty take answered faster than this did not long-poll; wait a
+/// little before the next so an endpoint that answers at once is not
+/// hammered.
+const QUICK_EMPTY: Duration = Duration::from_millis(500);
+const EMPTY_PAUSE: Duration = Duration::from_millis(200);
+/// Timeout of one result post.
+const POST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The RunPod worker endpoints, with the key and this worker's id filled in.
+pub struct Endpoint {
+    config: RunpodConfig,
+    worker_id: String,
+    /// For takes and posts.
+    http: reqwest::Client,
+    /// For pings alone, so a busy connection pool never delays a heartbeat.
+    ping_http: reqwest::Client,
+}
+
+/// What a take came to.
+enum Take {
+    Jobs(Vec<Value>),
+    /// 204 or 400: nothing to do now.
+    Empty,
+    RateLimited,
+    KeyRejected(u16),
+    Failed(String),
+}
+
+impl Endpoint {
+    fn new(config: RunpodConfig, worker_id: String) -> Result<Endpoint, FatalError> {
+        let build = |timeout: Duration| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(timeout)
+                .user_agent(concat!("jobpipe/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| FatalError::Internal(format!("cannot build the HTTP client: {e}")))
+        };
+        Ok(Endpoint {
+            http: build(LONG_POLL + Duration::from_secs(10))?,
+            ping_http: build(config.ping_interval.max(Duration::from_secs(1)))?,
+            config,
+            worker_id,
+        })
+    }
+
+    /// A take, ping or stop URL: both `$RUNPOD_POD_ID` and `$ID` mean the worker.
+    fn worker_url(&self, template: &str) -> String {
+        template
+            .replace("$RUNPOD_POD_ID", &self.worker_id)
+            .replace("$ID", &self.worker_id)
+    }
+
+    /// A done or stream URL: `$RUNPOD_POD_ID` is the worker, `$ID` the job.
+    fn job_url(&self, template: &str, job_id: &str) -> String {
+        template
+            .replace("$RUNPOD_POD_ID", &self.worker_id)
+            .replace("$ID", &encode(job_id))
+    }
+
+    async fn take(&self, count: usize, in_progress: bool) -> Take {
+        let base = self.worker_url(&self.config.take_url);
+        let flag = u8::from(in_progress);
+        let url = if count > 1 {
+            let batch = base.replacen("/job-take/", "/job-take-batch/", 1);
+            with_query(
+                &batch,
+                &format!("batch_size={count}&job_in_progress={flag}"),
+            )
+        } else {
+            with_query(&base, &format!("job_in_progress={flag}"))
+        };
+        let response = match self
+            .http
+            .get(&url)
+            .header("Authorization", &self.config.api_key)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => return Take::Failed(describe(e)),
+        };
+        let status = response.status().as_u16();
+        match status {
+            204 | 400 => return Take::Empty,
+            429 => return Take::RateLimited,
+            401 | 403 => return Take::KeyRejected(status),
+            200 => {}
+            _ => return Take::Failed(format!("HTTP {status}")),
+        }
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(e) => return Take::Failed(format!("reading the job failed: {}", describe(e))),
+        };
+        if text.trim().is_empty() {
+            return Take::Empty;
+        }
+        match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Array(jobs)) => Take::Jobs(jobs),
+            Ok(Value::Null) => Take::Empty,
+            Ok(job) => Take::Jobs(vec![job]),
+            Err(e) => {
+                tracing::error!(
+                    "RunPod sent a job that is not JSON ({e}): {}",
+                    clip_middle(&text, 500)
+                );
+                Take::Empty
+            }
+        }
+    }
+
+    async fn ping(&self, ids: &[String]) -> Result<(), String> {
+        let Some(template) = &self.config.ping_url else {
+            return Ok(());
+        };
+        let url = with_query(
+            &self.worker_url(template),
+            &format!(
+                "job_id={}&runpod_version={}",
+                encode(&ids.join(",")),
+                crate::VERSION
+            ),
+        );
+        let response = self
+            .ping_http
+            .get(&url)
+            .header("Authorization", &self.config.api_key)
+            .send()
+            .await
+            .map_err(|e| describe(e))?;
+        match response.status().as_u16() {
+            200..=299 => Ok(()),
+            status => Err(format!("HTTP {status}")),
+        }
+    }
+
+    /// One job-stop long poll: the ids to stop.
+    async fn stop_poll(&self) -> Result<Vec<String>, String> {
+        let url = self
+            .worker_url(&self.config.take_url)
+            .replacen("/job-take/", "/job-stop/", 1);
+        let response = self
+            .http
+            .get(&url)
+            .header("Authorization", &self.config.api_key)
+            .send()
+            .await
+            .map_err(|e| describe(e))?;
+        match response.status().as_u16() {
+            204 => Ok(Vec::new()),
+            200 => {
+                let body: Value = response.json().await.map_err(|e| describe(e))?;
+                Ok(body["jobsToStop"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| id.as_str().map(str::to_owned))
+                    .collect())
+            }
+            status => Err(format!("HTTP {status}")),
+        }
+    }
+}
+
+impl delivery::Sender for Endpoint {
+    async fn send(&self, post: &Post) -> Attempt {
+        let (template, query) = match post.kind {
+            PostKind::Final { is_stream } => {
+                (&self.config.done_url, format!("isStream={is_stream}"))
+            }
+            PostKind::Progress => (&self.config.done_url, "isStream=false".to_owned()),
+            PostKind::Stream => (&self.config.stream_url, "isStream=false".to_owned()),
+        };
+        let url = with_query(&self.job_url(template, &post.job_id), &query);
+        let request = self
+            .http
+            .post(&url)
+            .timeout(POST_TIMEOUT)
+            .header("Authorization", &self.config.api_key)
+            .header("X-Request-ID", &post.job_id)
+            .header("Content-Type", "application/json")
+            .body(post.body.to_string());
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                delivery::judge(status, &body)
+            }
+            Err(e) => Attempt::Retry(describe(e)),
+        }
+    }
+}
+
+/// Runs the RunPod worker until shutdown; returns the exit code.
+pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalError> {
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let endpoint = Arc::new(Endpoint::new(config, ctx.identity.worker_id.clone())?);
+    tracing::info!(worker_id = %ctx.identity.worker_id, "RunPod worker started with {} slots", ctx.pool.capacity());
+    let jobs = TaskTracker::new();
+    for spooled in spool.pending() {
+        tracing::info!(job_id = %spooled.post.job_id, "delivering a result kept in the spool by an earlier run");
+        let (endpoint, spool, flush) =
+            (endpoint.clone(), spool.clone(), ctx.shutdown.flush.clone());
+        jobs.spawn(async move {
+            if deliver(&*endpoint, &spooled.post, &flush).await != Delivery::Flushed {
+                spool.forget(&spooled.path);
+            }
+        });
+    }
+    let background = TaskTracker::new();
+    let heartbeat = background.spawn(ping_loop(endpoint.clone(), ctx.pool.clone()));
+    let stops = background.spawn(stop_loop(endpoint.clone(), ctx.pool.clone()));
+    take_loop(&endpoint, &spool, &ctx, &jobs).await;
+    tracing::info!(
+        "no longer taking jobs; waiting for {} jobs and their results",
+        ctx.pool.in_flight()
+    );
+    jobs.close();
+    jobs.wait().await;
+    heartbeat.abort();
+    stops.abort();
+    Ok(exit::OK)
+}
+
+async fn take_loop(
+    endpoint: &Arc<Endpoint>,
+    spool: &Arc<Spool>,
+    ctx: &SourceContext,
+    jobs: &TaskTracker,
+) {
+    let take = &ctx.shutdown.take;
+    let mut delays = TAKE_BACKOFF.iter();
+    loop {
+        let mut slots = tokio::select! {
+            slots = ctx.pool.free_slots() => slots,
+            _ = take.cancelled() => return,
+        };
+        let started = Instant::now();
+        let answer = tokio::select! {
+            answer = endpoint.take(slots.len(), ctx.pool.in_flight() > 0) => answer,
+            _ = take.cancelled() => return,
+        };
+        let pause = match answer {
+            Take::Jobs(values) => {
+                delays.reset();
+                for value in values {
+                    let slot = match slots.pop() {
+                        Some(slot) => slot,
+                        // More jobs than asked for: wait for room rather than drop one.
+                        None => ctx.pool.free_slots().await.swap_remove(0),
+                    };
+                    start_job(value, slot, endpoint, spool, ctx, jobs);
+                }
+                None
+            }
+            Take::Empty if started.elapsed() < QUICK_EMPTY => Some(EMPTY_PAUSE),
+            Take::Empty => None,
+            Take::RateLimited => {
+                tracing::warn!(
+                    "RunPod answered 429 (too many requests); waiting {}s",
+                    RATE_LIMIT_WAIT.as_secs()
+                );
+                Some(RATE_LIMIT_WAIT)
+            }
+            Take::KeyRejected(status) => {
+                let _ = ctx.fatal.send(FatalError::KeyRejected { status });
+                return;
+            }
+            Take::Failed(why) => {
+                let delay = delays.next().unwrap_or_default();
+                tracing::warn!(
+                    "taking a job failed: {why}; retrying in {}ms",
+                    delay.as_millis()
+                );
+                Some(delay)
+            }
+        };
+        drop(slots);
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = take.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Validates one taken job and starts it; a job that cannot run is
+/// reported as failed when it has an id.
+fn start_job(
+    value: Value,
+    slot: crate::pool::Slot,
+    endpoint: &Arc<Endpoint>,
+    spool: &Arc<Spool>,
+    ctx: &SourceContext,
+    jobs: &TaskTracker,
+) {
+    let job = match Job::from_value(value) {
+        Ok(job) => job,
+        Err((message, id)) => {
+            let Some(id) = id else {
+                tracing::error!(
+                    "RunPod sent an invalid job ({message}) without an id; it cannot be answered"
+                );
+                return;
+            };
+            tracing::error!(job_id = %id, "RunPod sent an invalid job: {message}");
+            let post = Post {
+                job_id: id,
+                kind: PostKind::Final { is_stream: false },
+                body: json!({"error": format!("invalid job: {message}")}),
+            };
+            jobs.spawn(deliver_final(
+                endpoint.clone(),
+                spool.clone(),
+                ctx.shutdown.clone(),
+                post,
+            ));
+            return;
+        }
+    };
+    let id = job.id.clone();
+    tracing::info!(job_id = %id, "job taken");
+    match ctx.pool.submit(slot, job) {
+        Ok(events) => {
+            jobs.spawn(job_task(
+                id,
+                events,
+                endpoint.clone(),
+                spool.clone(),
+                ctx.shutdown.clone(),
+            ));
+        }
+        Err(duplicate) => tracing::warn!(job_id = %id, "{duplicate}"),
+    }
+}
+
+/// Posts one job's updates in order, then its final result.
+async fn job_task(
+    id: String,
+    mut events: mpsc::UnboundedReceiver<JobEvent>,
+    endpoint: Arc<Endpoint>,
+    spool: Arc<Spool>,
+    shutdown: super::Shutdown,
+) {
+    let aggregate = endpoint.config.return_aggregate_stream;
+    let mut partials = Vec::new();
+    while let Some(event) = events.recv().await {
+        let (kind, body) = match event {
+            JobEvent::Progress(value) => (
+                PostKind::Progress,
+                json!({"status": "IN_PROGRESS", "output": value}),
+            ),
+            JobEvent::Stream(value) => {
+                if aggregate {
+                    partials.push(value.clone());
+                }
+                (PostKind::Stream, json!({"output": value}))
+            }
+            JobEvent::Done(result) => {
+                let mut body = match result.outcome {
+                    Outcome::Cancelled => {
+                        tracing::info!(job_id = %id, "job stopped on RunPod's request; nothing is posted for it");
+                        return;
+                    }
+                    Outcome::Output(_) if result.streamed && aggregate => {
+                        json!({"output": partials})
+                    }
+                    Outcome::Output(output) => json!({"output": output}),
+                    Outcome::Error { error, output } => {
+                        let mut body = json!({"error": error});
+                        if let Some(output) = output {
+                            body["output"] = output;
+                        }
+                        body
+                    }
+                };
+                if result.refresh_worker {
+                    body["stopPod"] = Value::Bool(true);
+                }
+                let post = Post {
+                    job_id: id.clone(),
+                    kind: PostKind::Final {
+                        is_stream: result.streamed,
+                    },
+                    body,
+                };
+                deliver_final(endpoint, spool, shutdown, post).await;
+                return;
+            }
+        };
+        let post = Post {
+            job_id: id.clone(),
+            kind,
+            body,
+        };
+        if deliver(&*endpoint, &post, &shutdown.flush).await == Delivery::Flushed {
+            tracing::warn!(job_id = %id, "shutting down: an undelivered {} update is dropped (only final results are kept)", if kind == PostKind::Stream { "stream" } else { "progress" });
+        }
+    }
+}
+
+/// Delivers a final result, or keeps it in the spool at shutdown.
+async fn deliver_final(
+    endpoint: Arc<Endpoint>,
+    spool: Arc<Spool>,
+    shutdown: super::Shutdown,
+    post: Post,
+) {
+    match deliver(&*endpoint, &post, &shutdown.flush).await {
+        Delivery::Delivered => tracing::debug!(job_id = %post.job_id, "result delivered"),
+        Delivery::Refused => {}
+        Delivery::Flushed => match spool.keep(&post) {
+            Ok(path) => {
+                tracing::warn!(job_id = %post.job_id, "result not delivered before shutdown; kept in {} for the next start", path.display())
+            }
+            Err(e) => {
+                tracing::error!(job_id = %post.job_id, "result not delivered and cannot be spooled ({e}); it is lost: {}", clip_middle(&post.body.to_string(), 2000))
+            }
+        },
+    }
+}
+
+/// Sends the heartbeat with the ids in flight, on its own schedule.
+async fn ping_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
+    if endpoint.config.ping_url.is_none() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(endpoint.config.ping_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let ids = pool.in_flight_ids();
+        // Each ping runs apart from the schedule, so a slow answer never
+        // delays the next heartbeat.
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            if let Err(why) = endpoint.ping(&ids).await {
+                tracing::warn!("heartbeat failed: {why}; the next one goes out on schedule");
+            }
+        });
+    }
+}
+
+/// Long-polls job-stop and stops the listed jobs.
+async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
+    let mut delays = TAKE_BACKOFF.iter();
+    loop {
+        match endpoint.stop_poll().await {
+            Ok(ids) => {
+                delays.reset();
+                for id in ids {
+                    if pool.cancel(&id) {
+                        tracing::info!(job_id = %id, "RunPod asked to stop this job");
+                    } else {
+                        tracing::debug!(job_id = %id, "RunPod asked to stop a job that is not running here");
+                    }
+                }
+            }
+            Err(why) => {
+                let delay = delays.next().unwrap_or_default();
+                tracing::debug!(
+                    "job-stop poll failed: {why}; next in {}ms",
+                    delay.as_millis()
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Appends query parameters to a URL that may already carry some.
+fn with_query(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// Percent-encodes text for a URL path segment or query value.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~,".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Describes a reqwest error without its URL's query (which never holds a
+/// secret, but is long) and with its cause.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        let config = RunpodConfig {
+            take_url: "https://h/v2/ep/job-take/$RUNPOD_POD_ID?gpu=A40".into(),
+            done_url: "https://h/v2/ep/job-done/$RUNPOD_POD_ID/$ID?gpu=A40".into(),
+            stream_url: "https://h/v2/ep/job-stream/$RUNPOD_POD_ID/$ID?gpu=A40".into(),
+            ping_url: Some("https://h/v2/ep/ping/$ID?gpu=A40".into()),
+            ping_interval: Duration::from_secs(10),
+            api_key: "k".into(),
+            spool_dir: "/tmp".into(),
+            return_aggregate_stream: false,
+        };
+        Endpoint::new(config, "pod-1".into()).unwrap()
+    }
+
+    #[test]
+    fn templates_are_filled_as_runpod_defines() {
+        let e = endpoint();
+        assert_eq!(
+            e.worker_url(&e.config.take_url),
+            "https://h/v2/ep/job-take/pod-1?gpu=A40"
+        );
+        assert_eq!(
+            e.worker_url(e.config.ping_url.as_ref().unwrap()),
+            "https://h/v2/ep/ping/pod-1?gpu=A40"
+        );
+        assert_eq!(
+            e.job_url(&e.config.done_url, "job 1/x"),
+            "https://h/v2/ep/job-done/pod-1/job%201%2Fx?gpu=A40"
+        );
+    }
+
+    #[test]
+    fn query_is_appended_with_the_right_separator() {
+        assert_eq!(with_query("http://a/b?x=1", "y=2"), "http://a/b?x=1&y=2");
+        assert_eq!(with_query("http://a/b", "y=2"), "http://a/b?y=2");
+    }
 }
