@@ -393,3 +393,8 @@ def serve(handler, init=None):
 if __name__ == "__main__":
     sys.stderr.write("jobpipe_handler.py is a library; see handlers/python/echo.py\n")
     sys.exit(2)
+
+# Protect the protocol channel as soon as the helper is imported, so that
+# output of imports that follow (a library printing a banner while it loads)
+# cannot reach it either. Import this helper before anything noisy.
+_protect_stdout()
