@@ -87,7 +87,13 @@ pub async fn run(
         phases.shutdown.take.cancel();
     }
     pool.shutdown().await;
-    tracing::info!("all handler processes stopped");
+    let totals = pool.metrics.snapshot();
+    tracing::info!(
+        "all handler processes stopped; {} jobs processed, {} failed, handler restarts: {}",
+        totals.jobs_processed,
+        totals.jobs_failed,
+        serde_json::to_string(&totals.handler_restarts).unwrap_or_default()
+    );
     if let Some(error) = phases.fatal {
         return Err(error);
     }

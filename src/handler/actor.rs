@@ -262,6 +262,7 @@ impl Actor {
             stops,
         };
         let capacity = self.ctx.config.jobs_per_handler;
+        let mut tagged = String::new();
         loop {
             let room = s.queue_open
                 && s.draining.is_none()
@@ -280,6 +281,12 @@ impl Actor {
             };
             if let Some(end) = self.handle(step, process, &mut s).await {
                 return end;
+            }
+            // Stderr lines are tagged with the jobs the process holds now.
+            let ids = s.ids();
+            if ids != tagged {
+                process.set_jobs(ids.clone());
+                tagged = ids;
             }
             if s.jobs.is_empty() {
                 if let Some(reason) = s.draining {
@@ -338,7 +345,6 @@ impl Actor {
                 stopping: None,
             },
         );
-        process.set_jobs(s.ids());
     }
 
     fn handle_line(&mut self, line: Line, s: &mut Serving) -> Option<End> {
