@@ -72,7 +72,7 @@ fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Va
     };
     println!("{line}");
     let Some(output) = output else {
-        tracing::error!(job_id = %id, "test job failed");
+        tracing::error!(job_id = %id, "test job failed: {}", describe_error(&line));
         return exit::JOB_FAILED;
     };
     match expected {
@@ -88,6 +88,30 @@ fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Va
             tracing::info!(job_id = %id, "test job succeeded");
             exit::OK
         }
+    }
+}
+
+/// The error of a failed job for a person: the message of a jobpipe error
+/// report, or the handler's own error text.
+fn describe_error(line: &Value) -> String {
+    let Some(error) = line["error"].as_str() else {
+        return "cancelled".into();
+    };
+    match serde_json::from_str::<Value>(error) {
+        Ok(report) if report["error_message"].is_string() => {
+            let traceback = report["error_traceback"].as_str().unwrap_or_default();
+            let mut text = format!(
+                "{}: {}",
+                report["error_type"].as_str().unwrap_or("Error"),
+                report["error_message"].as_str().unwrap_or_default()
+            );
+            if !traceback.is_empty() {
+                text.push_str("; handler stderr ended with:\n");
+                text.push_str(traceback);
+            }
+            text
+        }
+        _ => error.to_owned(),
     }
 }
 
