@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{HandlerConfig, Identity, Mode};
 use crate::error::FatalError;
 use crate::handler::{actor, oneshot, ActorContext};
-use crate::job::{Job, JobEvent, JobResult, JobTicket, Outcome, Registry};
+use crate::job::{FailureKind, Job, JobEvent, JobFailure, JobResult, JobTicket, Outcome, Registry};
 use crate::metrics::Metrics;
 
 /// Room for one job, held from take to result.
@@ -220,9 +220,17 @@ impl Pool {
         }
     }
 
-    /// Kills every handler now; jobs they hold fail as shut down.
+    /// Kills every handler now; jobs they hold, and jobs still waiting for
+    /// a handler, fail as shut down.
     pub fn force(&self) {
         self.force.cancel();
+        self.queue.close();
+        while let Ok(ticket) = self.queued.try_recv() {
+            ticket.fail(JobFailure::new(
+                FailureKind::WorkerShutdown,
+                "the worker was shut down (forced) before the job started",
+            ));
+        }
     }
 
     /// Stops the handlers (gracefully unless forced) and waits until every

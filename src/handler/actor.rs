@@ -132,7 +132,11 @@ struct Actor {
 /// Why a start attempt did not give a ready process.
 enum StartError {
     Shutdown,
-    Failed(String),
+    /// What went wrong, and the handler's last stderr lines.
+    Failed {
+        what: String,
+        stderr: String,
+    },
     Fatal(FatalError),
 }
 
@@ -160,28 +164,30 @@ impl Actor {
             if self.stopping() {
                 return None;
             }
-            let message = match self.try_start().await {
+            let (what, stderr) = match self.try_start().await {
                 Ok(process) => return Some(process),
                 Err(StartError::Shutdown) => return None,
                 Err(StartError::Fatal(error)) => {
                     let _ = self.ctx.fatal.send(error);
                     return None;
                 }
-                Err(StartError::Failed(message)) => message,
+                Err(StartError::Failed { what, stderr }) => (what, stderr),
             };
             failures += 1;
             self.ctx.metrics.restarted(RestartReason::StartFailed);
             if failures >= MAX_START_FAILURES {
                 let error = FatalError::HandlerStart(format!(
-                    "{message} ({failures} attempts in a row; fix the handler and start again)"
+                    "{what} ({failures} attempts in a row; fix the handler and start again){}",
+                    stderr_note(&stderr)
                 ));
                 let _ = self.ctx.fatal.send(error);
                 return None;
             }
             tracing::warn!(
                 handler = self.ctx.index,
-                "{message}; starting it again (attempt {})",
-                failures + 1
+                "{what}; starting it again (attempt {}){}",
+                failures + 1,
+                stderr_note(&stderr)
             );
             if !self.pause().await {
                 return None;
@@ -193,8 +199,9 @@ impl Actor {
         let config = &self.ctx.config;
         let started = Instant::now();
         let mut process = HandlerProcess::spawn(config, &self.ctx.identity.worker_id, None)
-            .map_err(|e| {
-                StartError::Failed(format!("cannot execute handler {:?}: {e}", config.argv[0]))
+            .map_err(|e| StartError::Failed {
+                what: format!("cannot execute handler {:?}: {e}", config.argv[0]),
+                stderr: String::new(),
             })?;
         tracing::debug!(
             handler = self.ctx.index,
@@ -222,10 +229,10 @@ impl Actor {
                     ))));
                 }
                 status = process.exit.wait() => {
-                    let tail = process.stderr_tail().await;
-                    return Err(StartError::Failed(format!(
-                        "handler {status} before it was ready{}", stderr_note(&tail)
-                    )));
+                    return Err(StartError::Failed {
+                        what: format!("handler {status} before it was ready"),
+                        stderr: process.stderr_tail().await,
+                    });
                 }
                 line = process.stdout.recv() => match line {
                     Some(Line::Whole(bytes)) if parse_line(&bytes) == Frame::Ready => {
@@ -240,12 +247,11 @@ impl Actor {
                     Some(line) => log_stray_line(&line),
                     None => {
                         let exited = tokio::time::timeout(EXIT_AFTER_EOF, process.exited()).await;
-                        let tail = process.stderr_tail().await;
                         let what = match exited {
                             Ok(status) => format!("handler {status} before it was ready"),
                             Err(_) => "handler closed its stdout before it was ready".into(),
                         };
-                        return Err(StartError::Failed(format!("{what}{}", stderr_note(&tail))));
+                        return Err(StartError::Failed { what, stderr: process.stderr_tail().await });
                     }
                 }
             }

@@ -129,10 +129,7 @@ impl HandlerProcess {
         let pgid = self.pid;
         os::signal_group(pgid, Signal::SIGTERM);
         let started = tokio::time::Instant::now();
-        let status = match tokio::time::timeout(grace, self.exited()).await {
-            Ok(status) => Some(status),
-            Err(_) => None,
-        };
+        let status = tokio::time::timeout(grace, self.exited()).await.ok();
         let left = grace.saturating_sub(started.elapsed());
         if status.is_none() || !os::wait_group_gone(pgid, left).await {
             tracing::debug!(

@@ -160,7 +160,7 @@ impl Endpoint {
             .header("Authorization", &self.config.api_key)
             .send()
             .await
-            .map_err(|e| describe(e))?;
+            .map_err(describe)?;
         match response.status().as_u16() {
             200..=299 => Ok(()),
             status => Err(format!("HTTP {status}")),
@@ -178,11 +178,11 @@ impl Endpoint {
             .header("Authorization", &self.config.api_key)
             .send()
             .await
-            .map_err(|e| describe(e))?;
+            .map_err(describe)?;
         match response.status().as_u16() {
             204 => Ok(Vec::new()),
             200 => {
-                let body: Value = response.json().await.map_err(|e| describe(e))?;
+                let body: Value = response.json().await.map_err(describe)?;
                 Ok(body["jobsToStop"]
                     .as_array()
                     .into_iter()

@@ -1,0 +1,760 @@
+//! Black-box tests of the jobpipe binary in local test mode: each runs
+//! `jobpipe --test-input ... -- HANDLER` and checks what a user sees, the
+//! result line on stdout, the log on stderr and the exit code.
+//!
+//! Most tests use `tests/fixtures/fake_handler.py`, whose behaviour is chosen
+//! by the job's input (`{"do": "crash"}`, ...). Local test mode runs a single
+//! job, so behaviour across several jobs is tested with the RunPod source.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{assert_gone, fake_handler, fake_job, jobpipe, pid_of, read_pid, repo_path, Run};
+use serde_json::{json, Value};
+
+fn python_echo() -> Vec<String> {
+    vec!["python3".into(), repo_path("handlers/python/echo.py")]
+}
+
+/// Runs the fake handler on one job doing `what`.
+fn fake(what: &str, extra: Value, flags: &[&str]) -> Run {
+    jobpipe()
+        .args(flags)
+        .test_input(&fake_job(what, extra))
+        .handler([fake_handler()])
+        .run()
+}
+
+fn assert_contains(haystack: &str, needle: &str, run: &Run) {
+    assert!(
+        haystack.contains(needle),
+        "expected {needle:?} in {haystack:?}\n{}",
+        run.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The example handlers and the test-mode options
+// ---------------------------------------------------------------------------
+
+#[test]
+fn python_echo_handler_prints_the_output_and_exits_0() {
+    let run = jobpipe()
+        .test_input(r#"{"input": {"name": "x"}}"#)
+        .handler(python_echo())
+        .run();
+    run.expect_code(0);
+    assert_eq!(
+        run.result(),
+        json!({"id": "local_test", "status": "COMPLETED", "output": {"name": "x"}})
+    );
+}
+
+#[test]
+fn handler_error_fails_the_job_and_exits_1() {
+    let run = jobpipe()
+        .test_input(r#"{"input": {"fail": "boom"}}"#)
+        .handler(python_echo())
+        .run();
+    run.expect_code(1);
+    let result = run.result();
+    assert_eq!(result["status"], "FAILED", "{}", run.describe());
+    assert_eq!(result["error"], "ValueError: boom", "{}", run.describe());
+}
+
+#[test]
+fn test_input_json_in_the_working_directory_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("test_input.json"),
+        r#"{"input": {"from": "file"}}"#,
+    )
+    .unwrap();
+    let run = jobpipe().cwd(dir.path()).handler(python_echo()).run();
+    run.expect_code(0);
+    assert_eq!(run.output(), json!({"from": "file"}));
+}
+
+#[test]
+fn matching_test_output_exits_0() {
+    let run = jobpipe()
+        .test_input(r#"{"input": {"name": "x"}}"#)
+        .args(["--test-output", r#"{"name": "x"}"#])
+        .handler(python_echo())
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.output(), json!({"name": "x"}));
+}
+
+#[test]
+fn mismatching_test_output_exits_1() {
+    let run = jobpipe()
+        .test_input(r#"{"input": {"name": "x"}}"#)
+        .args(["--test-output", r#"{"name": "y"}"#])
+        .handler(python_echo())
+        .run();
+    run.expect_code(1);
+    // The job itself completed; only the comparison failed.
+    assert_eq!(run.output(), json!({"name": "x"}));
+    assert_contains(&run.stderr, "does not match", &run);
+}
+
+#[test]
+fn sdk_spellings_of_test_input_and_test_output_work() {
+    let run = jobpipe()
+        .args(["--test_input", r#"{"input": {"n": 1}}"#])
+        .args(["--test_output", r#"{"n": 1}"#])
+        .handler(python_echo())
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.output(), json!({"n": 1}));
+
+    let run = jobpipe()
+        .args(["--test_input", r#"{"input": {"n": 1}}"#])
+        .args(["--test_output", r#"{"n": 2}"#])
+        .handler(python_echo())
+        .run();
+    run.expect_code(1);
+}
+
+#[test]
+fn node_echo_handler_works() {
+    let run = jobpipe()
+        .test_input(r#"{"input": {"name": "x", "list": [1, 2]}}"#)
+        .handler(["node".to_string(), repo_path("handlers/node/echo.js")])
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.output(), json!({"name": "x", "list": [1, 2]}));
+}
+
+#[test]
+fn oneshot_echo_script_works() {
+    let run = jobpipe()
+        .args(["--mode", "oneshot"])
+        .test_input(r#"{"input": {"name": "x"}}"#)
+        .handler([repo_path("handlers/oneshot/echo.sh")])
+        .run();
+    run.expect_code(0);
+    assert_eq!(
+        run.output(),
+        json!({"job_id": "local_test", "job": {"id": "local_test", "input": {"name": "x"}}})
+    );
+}
+
+#[test]
+fn failing_oneshot_handler_exits_1_with_its_exit_status() {
+    let run = jobpipe()
+        .args(["--mode", "oneshot"])
+        .test_input(r#"{"input": {"fail": true}}"#)
+        .handler([repo_path("handlers/oneshot/echo.sh")])
+        .run();
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "HandlerCrashed", "{report}");
+    assert_contains(
+        report["error_message"].as_str().unwrap(),
+        "exited with code 3",
+        &run,
+    );
+    assert_contains(
+        report["error_traceback"].as_str().unwrap(),
+        "echo.sh: job asked to fail",
+        &run,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Handlers that crash, hang or break the protocol
+// ---------------------------------------------------------------------------
+
+#[test]
+fn handler_exiting_with_code_3_fails_the_job_with_a_full_report() {
+    let run = fake(
+        "crash",
+        json!({"code": 3}),
+        &["--worker-id", "w-test", "--hostname", "h-test"],
+    );
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "HandlerCrashed", "{report}");
+    assert_contains(
+        report["error_message"].as_str().unwrap(),
+        "handler exited with code 3",
+        &run,
+    );
+    assert_contains(
+        report["error_traceback"].as_str().unwrap(),
+        "fake_handler: crashing with code 3",
+        &run,
+    );
+    assert_eq!(report["worker_id"], "w-test", "{report}");
+    assert_eq!(report["hostname"], "h-test", "{report}");
+    assert!(
+        !report["jobpipe_version"].as_str().unwrap().is_empty(),
+        "{report}"
+    );
+}
+
+#[test]
+fn handler_killed_by_sigkill_fails_the_job() {
+    let run = fake("sigkill-self", json!({}), &[]);
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "HandlerCrashed", "{report}");
+    assert_contains(
+        report["error_message"].as_str().unwrap(),
+        "killed by signal 9",
+        &run,
+    );
+}
+
+#[test]
+fn handler_segfault_fails_the_job() {
+    let run = fake("segfault", json!({}), &[]);
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "HandlerCrashed", "{report}");
+    assert_contains(report["error_message"].as_str().unwrap(), "signal 11", &run);
+}
+
+#[test]
+fn hanging_job_fails_as_timed_out_and_its_handler_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let run = fake(
+        "hang",
+        json!({"pidfile": pidfile}),
+        &["--job-timeout", "1s", "--kill-grace", "500ms"],
+    );
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "JobTimeout", "{report}");
+    assert_contains(report["error_message"].as_str().unwrap(), "timed out", &run);
+    assert!(
+        run.elapsed >= Duration::from_secs(1) && run.elapsed < Duration::from_secs(4),
+        "took {:?}\n{}",
+        run.elapsed,
+        run.describe()
+    );
+    assert_gone(&[read_pid(&pidfile)], Duration::from_secs(1), &run);
+}
+
+#[test]
+fn timed_out_handler_that_ignores_sigterm_is_killed_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let run = fake(
+        "ignore-term",
+        json!({"pidfile": pidfile}),
+        &["--job-timeout", "1s", "--kill-grace", "500ms"],
+    );
+    run.expect_code(1);
+    assert_eq!(run.error_report()["error_type"], "JobTimeout");
+    assert!(
+        run.elapsed < Duration::from_secs(4),
+        "took {:?}\n{}",
+        run.elapsed,
+        run.describe()
+    );
+    assert_gone(&[read_pid(&pidfile)], Duration::from_secs(1), &run);
+}
+
+#[test]
+fn garbage_on_stdout_is_skipped_and_the_answer_is_found() {
+    let run = fake("garbage", json!({}), &[]);
+    run.expect_code(0);
+    assert_eq!(run.output(), json!({"clean": true}));
+}
+
+#[test]
+fn answer_for_another_job_is_a_protocol_error() {
+    let run = fake("wrong-id", json!({}), &[]);
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "ProtocolError", "{report}");
+    assert_contains(
+        report["error_message"].as_str().unwrap(),
+        "not-this-job",
+        &run,
+    );
+}
+
+#[test]
+fn handler_closing_its_stdout_is_a_protocol_error() {
+    let run = fake("close-stdout", json!({}), &[]);
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "ProtocolError", "{report}");
+    assert_contains(
+        report["error_message"].as_str().unwrap(),
+        "closed its stdout",
+        &run,
+    );
+}
+
+#[test]
+fn grandchild_ignoring_sigterm_does_not_outlive_jobpipe() {
+    let run = fake("grandchild", json!({}), &["--kill-grace", "500ms"]);
+    run.expect_code(0);
+    let output = run.output();
+    let handler = pid_of(&output, "pid");
+    let grandchild = pid_of(&output, "grandchild");
+    assert_eq!(
+        pid_of(&output, "pgid"),
+        handler,
+        "the handler leads a process group of its own"
+    );
+    assert_gone(&[handler, grandchild], Duration::from_secs(2), &run);
+    assert!(
+        run.elapsed < Duration::from_secs(4),
+        "took {:?}\n{}",
+        run.elapsed,
+        run.describe()
+    );
+}
+
+#[test]
+fn orphan_that_escaped_the_group_is_reaped() {
+    let run = fake(
+        "orphan",
+        json!({"linger_ms": 100, "check_after_ms": 600}),
+        &[],
+    );
+    run.expect_code(0);
+    let output = run.output();
+    assert_eq!(
+        output["orphan_state"], "gone",
+        "the orphan should have been reaped by jobpipe (a child subreaper) while the job ran: {output}\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn output_over_max_output_size_fails_the_job() {
+    let run = fake("big", json!({"size": 2000}), &["--max-output-size", "1KB"]);
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "OutputTooLarge", "{report}");
+    assert_contains(
+        report["error_message"].as_str().unwrap(),
+        "--max-output-size",
+        &run,
+    );
+}
+
+#[test]
+fn two_megabyte_line_under_the_default_limit_works() {
+    let run = fake("long-line", json!({"size": 2 * 1024 * 1024}), &[]);
+    run.expect_code(0);
+    let output = run.output();
+    let data = output["data"].as_str().expect("data is a string");
+    assert_eq!(data.len(), 2 * 1024 * 1024);
+    assert!(data.bytes().all(|b| b == b'y'));
+}
+
+#[test]
+fn stderr_flood_with_a_megabyte_line_does_not_break_anything() {
+    let run = fake("stderr-flood", json!({"lines": 2000}), &[]);
+    run.expect_code(0);
+    assert_eq!(run.output(), json!("flooded"));
+    assert_contains(&run.stderr, "fake_handler: flood line 1999", &run);
+    let longest = run.stderr.lines().map(str::len).max().unwrap_or(0);
+    assert!(
+        longest < 64 * 1024,
+        "a log line of {longest} bytes: the 1 MB stderr line should be clipped"
+    );
+}
+
+#[test]
+fn error_answer_fails_the_job_with_the_handlers_message() {
+    let run = fake("error", json!({"message": "no GPU"}), &[]);
+    run.expect_code(1);
+    assert_eq!(run.error(), "no GPU");
+}
+
+#[test]
+fn streamed_partials_become_the_output() {
+    let run = fake("stream", json!({"n": 3}), &[]);
+    run.expect_code(0);
+    assert_eq!(run.output(), json!([{"n": 0}, {"n": 1}, {"n": 2}]));
+}
+
+#[test]
+fn progress_lines_are_logged_and_the_final_answer_counts() {
+    let run = fake("progress", json!({"n": 3}), &[]);
+    run.expect_code(0);
+    assert_eq!(run.output(), json!("done"));
+    assert_contains(&run.stderr, r#"{"step":2}"#, &run);
+}
+
+#[test]
+fn refresh_worker_answer_is_still_a_success() {
+    let run = fake("refresh", json!({}), &[]);
+    run.expect_code(0);
+    assert_eq!(run.output()["do"], "refresh");
+}
+
+#[test]
+fn handler_exiting_right_after_its_answer_is_fine() {
+    let run = fake("exit-after", json!({}), &[]);
+    run.expect_code(0);
+    assert_eq!(run.output()["do"], "exit-after");
+}
+
+#[test]
+fn slow_ready_within_the_startup_timeout_works() {
+    let run = jobpipe()
+        .args(["--startup-timeout", "5s"])
+        .test_input(&fake_job("echo", json!({"v": 1})))
+        .handler([fake_handler(), "--slow-ready".into(), "0.5".into()])
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.output()["v"], 1);
+}
+
+// ---------------------------------------------------------------------------
+// Handlers that cannot start
+// ---------------------------------------------------------------------------
+
+/// The handler-cannot-start failures are reported at once, in one line that
+/// names the program.
+fn assert_unusable_handler(run: &Run, program: &str, problem: &str) {
+    run.expect_code(3);
+    assert!(
+        run.elapsed < Duration::from_secs(1),
+        "took {:?}\n{}",
+        run.elapsed,
+        run.describe()
+    );
+    assert!(run.stdout.is_empty(), "{}", run.describe());
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "one error line\n{}", run.describe());
+    assert_contains(lines[0], program, run);
+    assert_contains(lines[0], problem, run);
+}
+
+#[test]
+fn missing_handler_fails_at_once_naming_it() {
+    let run = jobpipe()
+        .test_input(r#"{"input": {}}"#)
+        .handler(["/no/such/handler"])
+        .run();
+    assert_unusable_handler(&run, "/no/such/handler", "does not exist");
+}
+
+#[test]
+fn non_executable_handler_fails_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("handler.sh");
+    std::fs::write(&script, "#!/bin/sh\necho '{\"ready\": true}'\n").unwrap();
+    let program = script.to_string_lossy().into_owned();
+    let run = jobpipe()
+        .test_input(r#"{"input": {}}"#)
+        .handler([program.clone()])
+        .run();
+    assert_unusable_handler(&run, &program, "not executable");
+}
+
+#[test]
+
+fn handler_never_ready_gives_up_after_the_startup_timeout() {
+    let run = jobpipe()
+        .args(["--startup-timeout", "1s"])
+        .test_input(r#"{"input": {}}"#)
+        .handler([fake_handler(), "--never-ready".into()])
+        .deadline(Duration::from_secs(5))
+        .run();
+    run.expect_code(3);
+    assert_contains(&run.stderr, "not ready within 1s", &run);
+    assert_contains(&run.stderr, "--startup-timeout", &run);
+    assert!(
+        run.elapsed < Duration::from_secs(3),
+        "took {:?}\n{}",
+        run.elapsed,
+        run.describe()
+    );
+}
+
+#[test]
+
+fn handler_exiting_at_start_is_a_crash_loop() {
+    let run = jobpipe()
+        .test_input(r#"{"input": {}}"#)
+        .handler([fake_handler(), "--exit-at-start".into(), "3".into()])
+        .deadline(Duration::from_secs(6))
+        .run();
+    run.expect_code(3);
+    assert_contains(&run.stderr, "exited with code 3 before it was ready", &run);
+    assert_contains(&run.stderr, "5 attempts", &run);
+}
+
+// ---------------------------------------------------------------------------
+// Configuration errors and --help
+// ---------------------------------------------------------------------------
+
+#[test]
+fn no_job_source_exits_2_naming_the_ways_to_give_one() {
+    let run = jobpipe().handler(python_echo()).run();
+    run.expect_code(2);
+    assert_contains(&run.stderr, "--test-input", &run);
+    assert_contains(&run.stderr, "test_input.json", &run);
+    assert!(run.stdout.is_empty(), "{}", run.describe());
+}
+
+/// One bad setting: flags, environment, and the option the error must name.
+struct BadSetting {
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    names: &'static str,
+}
+
+#[test]
+fn invalid_flag_values_exit_2() {
+    let cases = [
+        BadSetting {
+            args: &["--job-timeout", "nonsense"],
+            env: &[],
+            names: "--job-timeout",
+        },
+        BadSetting {
+            args: &[],
+            env: &[("JOBPIPE_CONCURRENCY", "0")],
+            names: "--concurrency",
+        },
+        BadSetting {
+            args: &["--max-output-size", "lots"],
+            env: &[],
+            names: "--max-output-size",
+        },
+        BadSetting {
+            args: &["--mode", "sometimes"],
+            env: &[],
+            names: "--mode",
+        },
+        BadSetting {
+            args: &["--log-level", "loud"],
+            env: &[],
+            names: "--log-level",
+        },
+    ];
+    for case in cases {
+        let mut cmd = jobpipe().args(case.args);
+        for (name, value) in case.env {
+            cmd = cmd.env(name, value);
+        }
+        let run = cmd
+            .test_input(r#"{"input": {}}"#)
+            .handler(python_echo())
+            .run();
+        run.expect_code(2);
+        assert_contains(&run.stderr, case.names, &run);
+    }
+}
+
+#[test]
+fn invalid_test_input_exits_2() {
+    for (input, says) in [
+        ("not json", "not valid JSON"),
+        (r#"{"x": 1}"#, "\"input\""),
+        ("[1]", "JSON object"),
+    ] {
+        let run = jobpipe().test_input(input).handler(python_echo()).run();
+        run.expect_code(2);
+        assert_contains(&run.stderr, says, &run);
+    }
+}
+
+#[test]
+fn help_mentions_every_environment_variable() {
+    let run = jobpipe().arg("--help").run();
+    run.expect_code(0);
+    for var in [
+        "JOBPIPE_HANDLER",
+        "JOBPIPE_MODE",
+        "JOBPIPE_CONCURRENCY",
+        "JOBPIPE_JOBS_PER_HANDLER",
+        "JOBPIPE_STARTUP_TIMEOUT",
+        "JOBPIPE_JOB_TIMEOUT",
+        "JOBPIPE_KILL_GRACE",
+        "JOBPIPE_REFRESH_WORKER",
+        "JOBPIPE_KEEP_HANDLER_ON_ERROR",
+        "JOBPIPE_MAX_OUTPUT_SIZE",
+        "JOBPIPE_PASS_SECRETS",
+        "JOBPIPE_TEST_INPUT",
+        "JOBPIPE_TEST_OUTPUT",
+        "JOBPIPE_LOG_LEVEL",
+        "JOBPIPE_LOG_FORMAT",
+        "JOBPIPE_SHUTDOWN_TIMEOUT",
+        "JOBPIPE_SPOOL_DIR",
+        "JOBPIPE_RETURN_AGGREGATE_STREAM",
+        "RUNPOD_WEBHOOK_GET_JOB",
+        "RUNPOD_WEBHOOK_POST_OUTPUT",
+        "RUNPOD_WEBHOOK_POST_STREAM",
+        "RUNPOD_WEBHOOK_PING",
+        "RUNPOD_PING_INTERVAL",
+        "RUNPOD_AI_API_KEY",
+        "RUNPOD_POD_ID",
+        "RUNPOD_POD_HOSTNAME",
+        "RUNPOD_LOG_LEVEL",
+        "RUNPOD_ENDPOINT_ID",
+    ] {
+        assert_contains(&run.stdout, var, &run);
+    }
+    assert_contains(&run.stdout, "Exit codes", &run);
+}
+
+// ---------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------
+
+/// Runs `env` as a one-shot handler; returns the run and the handler's
+/// environment.
+fn handler_env(flags: &[&str]) -> (Run, HashMap<String, String>) {
+    let run = jobpipe()
+        .env("RUNPOD_AI_API_KEY", "secret123")
+        .env("JOBPIPE_API_KEY", "secret456")
+        .args(["--mode", "oneshot"])
+        .args(flags)
+        .test_input(r#"{"input": {}}"#)
+        .handler(["/usr/bin/env"])
+        .run();
+    run.expect_code(0);
+    let output = run.output();
+    let text = output.as_str().expect("env prints text");
+    let env = text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (run, env)
+}
+
+#[test]
+fn secrets_are_kept_from_the_handler() {
+    let (run, env) = handler_env(&[]);
+    assert!(!env.contains_key("RUNPOD_AI_API_KEY"), "{}", run.describe());
+    assert!(!env.contains_key("JOBPIPE_API_KEY"), "{}", run.describe());
+    assert!(!run.stdout.contains("secret123"), "{}", run.describe());
+    assert!(
+        env.get("JOBPIPE_WORKER_ID")
+            .is_some_and(|id| !id.is_empty()),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        env.get("JOBPIPE_JOB_ID").map(String::as_str),
+        Some("local_test")
+    );
+    assert!(!run.stderr.contains("secret123"), "{}", run.describe());
+    assert!(!run.stderr.contains("secret456"), "{}", run.describe());
+}
+
+#[test]
+fn pass_secrets_gives_the_handler_the_secrets() {
+    let (run, env) = handler_env(&["--pass-secrets"]);
+    assert_eq!(
+        env.get("RUNPOD_AI_API_KEY").map(String::as_str),
+        Some("secret123"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        env.get("JOBPIPE_API_KEY").map(String::as_str),
+        Some("secret456")
+    );
+    assert!(!run.stderr.contains("secret123"), "{}", run.describe());
+}
+
+#[test]
+fn help_does_not_show_the_api_key() {
+    let run = jobpipe()
+        .env("RUNPOD_AI_API_KEY", "secret123")
+        .arg("--help")
+        .run();
+    run.expect_code(0);
+    assert!(!run.stdout.contains("secret123"), "{}", run.describe());
+}
+
+// ---------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------
+
+#[test]
+fn logs_are_json_lines_on_runpod() {
+    let run = jobpipe()
+        .env("RUNPOD_ENDPOINT_ID", "x")
+        .test_input(r#"{"input": {"name": "x"}}"#)
+        .handler(python_echo())
+        .run();
+    run.expect_code(0);
+    let lines = run.stderr_lines();
+    assert!(!lines.is_empty(), "{}", run.describe());
+    let mut for_the_job = 0;
+    for line in lines {
+        let entry: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line {line:?} is not JSON ({e})\n{}", run.describe()));
+        assert!(entry.get("requestId").is_some(), "{line}");
+        assert!(entry["message"].is_string(), "{line}");
+        assert!(entry["level"].is_string(), "{line}");
+        if entry["requestId"] == "local_test" {
+            for_the_job += 1;
+        }
+    }
+    assert!(
+        for_the_job > 0,
+        "no log line names the job\n{}",
+        run.describe()
+    );
+    // The handler's own stderr is logged too.
+    assert_contains(&run.stderr, "echo handler loading...", &run);
+}
+
+#[test]
+fn log_level_error_suppresses_info_lines() {
+    // Text format.
+    let run = jobpipe()
+        .args(["--log-level", "ERROR"])
+        .test_input(r#"{"input": {"fail": "boom"}}"#)
+        .handler(python_echo())
+        .run();
+    run.expect_code(1);
+    let lines = run.stderr_lines();
+    assert!(
+        !lines.is_empty(),
+        "the failure is logged\n{}",
+        run.describe()
+    );
+    for line in lines {
+        assert!(line.starts_with("ERROR"), "{line:?}\n{}", run.describe());
+    }
+
+    // JSON format.
+    let run = jobpipe()
+        .env("RUNPOD_ENDPOINT_ID", "x")
+        .args(["--log-level", "ERROR"])
+        .test_input(r#"{"input": {"name": "x"}}"#)
+        .handler(python_echo())
+        .run();
+    run.expect_code(0);
+    for line in run.stderr_lines() {
+        let entry: Value = serde_json::from_str(line).expect("JSON log line");
+        assert_eq!(entry["level"], "ERROR", "{line}\n{}", run.describe());
+    }
+}
+
+#[test]
+fn runpod_log_level_variable_sets_the_level() {
+    let run = jobpipe()
+        .env("RUNPOD_LOG_LEVEL", "ERROR")
+        .test_input(r#"{"input": {"name": "x"}}"#)
+        .handler(python_echo())
+        .run();
+    run.expect_code(0);
+    assert!(
+        run.stderr_lines().is_empty(),
+        "a successful job logs nothing at ERROR\n{}",
+        run.describe()
+    );
+}
