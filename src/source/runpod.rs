@@ -91,6 +91,15 @@ impl Endpoint {
             .replace("$ID", &encode(job_id))
     }
 
+    /// A GET with the worker's key, which RunPod takes verbatim (no `Bearer`).
+    async fn get(&self, client: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
+        client
+            .get(url)
+            .header("Authorization", &self.config.api_key)
+            .send()
+            .await
+    }
+
     async fn take(&self, count: usize, in_progress: bool) -> Take {
         let base = self.worker_url(&self.config.take_url);
         let flag = u8::from(in_progress);
@@ -103,13 +112,7 @@ impl Endpoint {
         } else {
             with_query(&base, &format!("job_in_progress={flag}"))
         };
-        let response = match self
-            .http
-            .get(&url)
-            .header("Authorization", &self.config.api_key)
-            .send()
-            .await
-        {
+        let response = match self.get(&self.http, &url).await {
             Ok(response) => response,
             Err(e) => return Take::Failed(describe(e)),
         };
@@ -154,13 +157,7 @@ impl Endpoint {
                 crate::VERSION
             ),
         );
-        let response = self
-            .ping_http
-            .get(&url)
-            .header("Authorization", &self.config.api_key)
-            .send()
-            .await
-            .map_err(describe)?;
+        let response = self.get(&self.ping_http, &url).await.map_err(describe)?;
         match response.status().as_u16() {
             200..=299 => Ok(()),
             status => Err(format!("HTTP {status}")),
@@ -172,13 +169,7 @@ impl Endpoint {
         let url = self
             .worker_url(&self.config.take_url)
             .replacen("/job-take/", "/job-stop/", 1);
-        let response = self
-            .http
-            .get(&url)
-            .header("Authorization", &self.config.api_key)
-            .send()
-            .await
-            .map_err(describe)?;
+        let response = self.get(&self.http, &url).await.map_err(describe)?;
         match response.status().as_u16() {
             204 => Ok(Vec::new()),
             200 => {
