@@ -1,11 +1,11 @@
 //! The actor that owns one persistent handler process.
 //!
-//! Life of an actor: start a process and wait for `{"ready": true}`, serve
-//! jobs until the process must be replaced or the pool stops, stop the
-//! process (its whole group), and start again. Everything that happens to
+//! Life of an actor: start a process and wait until it is ready (see
+//! [`super::startup`]), serve jobs until the process must be replaced or
+//! the pool stops, stop the process (its whole group), and start again. Everything that happens to
 //! the process (a stdout line, its exit, a job's deadline, a stop request)
 //! arrives as one [`Step`] of a `select!` and has its own `handle_*` method.
-//! Every job the actor accepts leaves through [`Serving::finish`] or one of
+//! Every job the actor accepts leaves through `Actor::finish` or one of
 //! the failure paths, each of which finishes the ticket exactly once.
 
 use std::collections::HashMap;
@@ -16,22 +16,20 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::lines::{clip_middle, Line};
+use super::lines::Line;
 use super::process::HandlerProcess;
 use super::protocol::{cancel_line, parse_line, sniff_id, Frame};
+use super::startup::log_stray_line;
 use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
-use crate::error::FatalError;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
 use crate::metrics::RestartReason;
 
-/// Failed starts in a row that make a crash loop.
-const MAX_START_FAILURES: u32 = 5;
 /// Delays between restarts after a crash.
 const RESTART_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(10), 0.2);
 /// How long a closed stdout may precede the process's exit.
-const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
+pub(super) const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
 /// How long, after the process exited, lines it wrote are still read.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 
@@ -124,140 +122,12 @@ pub async fn run(ctx: ActorContext) {
     }
 }
 
-struct Actor {
-    ctx: ActorContext,
-    backoff: Backoff,
-}
-
-/// Why a start attempt did not give a ready process.
-enum StartError {
-    Shutdown,
-    /// What went wrong, and the handler's last stderr lines.
-    Failed {
-        what: String,
-        stderr: String,
-    },
-    Fatal(FatalError),
+pub(super) struct Actor {
+    pub(super) ctx: ActorContext,
+    pub(super) backoff: Backoff,
 }
 
 impl Actor {
-    fn stopping(&self) -> bool {
-        self.ctx.stop.is_cancelled() || self.ctx.force.is_cancelled()
-    }
-
-    /// Waits the next back-off delay; false if the pool stops meanwhile.
-    async fn pause(&mut self) -> bool {
-        let delay = self.backoff.next().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = self.ctx.stop.cancelled() => false,
-            _ = self.ctx.force.cancelled() => false,
-        }
-    }
-
-    /// Starts a process and waits until it is ready, retrying failed
-    /// starts with back-off; `None` when the pool stops or the handler can
-    /// never start (then a fatal error has been reported).
-    async fn start(&mut self) -> Option<HandlerProcess> {
-        let mut failures = 0;
-        loop {
-            if self.stopping() {
-                return None;
-            }
-            let (what, stderr) = match self.try_start().await {
-                Ok(process) => return Some(process),
-                Err(StartError::Shutdown) => return None,
-                Err(StartError::Fatal(error)) => {
-                    let _ = self.ctx.fatal.send(error);
-                    return None;
-                }
-                Err(StartError::Failed { what, stderr }) => (what, stderr),
-            };
-            failures += 1;
-            self.ctx.metrics.restarted(RestartReason::StartFailed);
-            if failures >= MAX_START_FAILURES {
-                let error = FatalError::HandlerStart(format!(
-                    "{what} ({failures} attempts in a row; fix the handler and start again){}",
-                    stderr_note(&stderr)
-                ));
-                let _ = self.ctx.fatal.send(error);
-                return None;
-            }
-            tracing::warn!(
-                handler = self.ctx.index,
-                "{what}; starting it again (attempt {}){}",
-                failures + 1,
-                stderr_note(&stderr)
-            );
-            if !self.pause().await {
-                return None;
-            }
-        }
-    }
-
-    async fn try_start(&mut self) -> Result<HandlerProcess, StartError> {
-        let config = &self.ctx.config;
-        let started = Instant::now();
-        let mut process = HandlerProcess::spawn(config, &self.ctx.identity.worker_id, None)
-            .map_err(|e| StartError::Failed {
-                what: format!("cannot execute handler {:?}: {e}", config.argv[0]),
-                stderr: String::new(),
-            })?;
-        tracing::debug!(
-            handler = self.ctx.index,
-            pid = process.pid,
-            "handler started; waiting for {{\"ready\": true}}"
-        );
-        let deadline = started + config.startup_timeout;
-        loop {
-            tokio::select! {
-                _ = self.ctx.force.cancelled() => {
-                    process.kill().await;
-                    return Err(StartError::Shutdown);
-                }
-                _ = self.ctx.stop.cancelled() => {
-                    process.stop(config.kill_grace).await;
-                    return Err(StartError::Shutdown);
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let tail = process.stderr_tail().await;
-                    process.stop(config.kill_grace).await;
-                    return Err(StartError::Fatal(FatalError::HandlerStart(format!(
-                        "handler was not ready within {} (--startup-timeout); it must print {{\"ready\": true}} on stdout{}",
-                        humantime::format_duration(config.startup_timeout),
-                        stderr_note(&tail)
-                    ))));
-                }
-                status = process.exit.wait() => {
-                    return Err(StartError::Failed {
-                        what: format!("handler {status} before it was ready"),
-                        stderr: process.stderr_tail().await,
-                    });
-                }
-                line = process.stdout.recv() => match line {
-                    Some(Line::Whole(bytes)) if parse_line(&bytes) == Frame::Ready => {
-                        tracing::info!(
-                            handler = self.ctx.index,
-                            pid = process.pid,
-                            "handler ready after {:.2}s",
-                            started.elapsed().as_secs_f64()
-                        );
-                        return Ok(process);
-                    }
-                    Some(line) => log_stray_line(&line),
-                    None => {
-                        let exited = tokio::time::timeout(EXIT_AFTER_EOF, process.exited()).await;
-                        let what = match exited {
-                            Ok(status) => format!("handler {status} before it was ready"),
-                            Err(_) => "handler closed its stdout before it was ready".into(),
-                        };
-                        return Err(StartError::Failed { what, stderr: process.stderr_tail().await });
-                    }
-                }
-            }
-        }
-    }
-
     /// Feeds jobs to a ready process until it must be replaced or stopped.
     async fn serve(&mut self, process: &mut HandlerProcess) -> End {
         let (stops, mut stop_requests) = mpsc::unbounded_channel();
@@ -664,27 +534,5 @@ fn cause_reason(cause: StopCause) -> RestartReason {
     match cause {
         StopCause::Timeout => RestartReason::Timeout,
         StopCause::Cancel => RestartReason::Cancelled,
-    }
-}
-
-fn stderr_note(tail: &str) -> String {
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("; its stderr ended with:\n{tail}")
-    }
-}
-
-fn log_stray_line(line: &Line) {
-    match line {
-        Line::Whole(bytes) => {
-            tracing::info!(
-                "handler stdout (not a protocol line): {}",
-                clip_middle(&String::from_utf8_lossy(bytes), 4096)
-            );
-        }
-        Line::TooLong { len, .. } => {
-            tracing::warn!("handler wrote a {len} byte line to stdout outside any job; dropped");
-        }
     }
 }

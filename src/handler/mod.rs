@@ -1,7 +1,8 @@
 //! Handler processes: the line protocol ([`protocol`], [`lines`]), one
 //! running process ([`process`]), and the two kinds of actor that own
 //! processes: [`actor`] keeps a persistent handler warm across jobs,
-//! [`oneshot`] starts a fresh process per job.
+//! [`oneshot`] starts a fresh process per job; [`startup`] brings a
+//! persistent handler to ready.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub mod lines;
 pub mod oneshot;
 pub mod process;
 pub mod protocol;
+mod startup;
 
 /// What every actor is given by the pool.
 pub struct ActorContext {
