@@ -55,11 +55,11 @@ pub async fn run(
         shutdown,
         shutdown_timeout: config.shutdown_timeout,
         drain_deadline: None,
+        next_report: None,
         flush_at: None,
         forced: false,
         fatal: None,
     };
-    let mut report = tokio::time::interval(DRAIN_REPORT_EVERY);
     let outcome = loop {
         tokio::select! {
             outcome = &mut source => break outcome,
@@ -75,7 +75,7 @@ pub async fn run(
                 phases.flush_at = None;
                 phases.shutdown.flush.cancel();
             }
-            _ = report.tick(), if phases.drain_deadline.is_some() => phases.report_drain(),
+            _ = sleep_until(phases.next_report), if phases.next_report.is_some() => phases.report_drain(),
         }
     };
     // A source may report a fatal error and end at once.
@@ -108,6 +108,8 @@ struct Phases {
     shutdown_timeout: Duration,
     /// Set while draining: when the drain gives way to a forced stop.
     drain_deadline: Option<Instant>,
+    /// Set while draining: when to say again what the drain waits for.
+    next_report: Option<Instant>,
     /// Set once forced: when results still undelivered are spooled.
     flush_at: Option<Instant>,
     forced: bool,
@@ -120,8 +122,9 @@ impl Phases {
         match request {
             ShutdownRequest::Stop if !draining => {
                 self.shutdown.take.cancel();
-                let deadline = Instant::now() + self.shutdown_timeout;
-                self.drain_deadline = Some(deadline);
+                let now = Instant::now();
+                self.drain_deadline = Some(now + self.shutdown_timeout);
+                self.next_report = Some(now);
                 tracing::info!(
                     "shutting down: taking no more jobs; waiting up to {} for {} jobs in flight (signal again to stop now)",
                     humantime::format_duration(self.shutdown_timeout),
@@ -151,6 +154,7 @@ impl Phases {
     fn force(&mut self) {
         self.shutdown.take.cancel();
         self.drain_deadline = None;
+        self.next_report = None;
         if self.forced {
             return;
         }
@@ -159,10 +163,11 @@ impl Phases {
         self.flush_at = Some(Instant::now() + FLUSH_WINDOW);
     }
 
-    fn report_drain(&self) {
+    fn report_drain(&mut self) {
         let Some(deadline) = self.drain_deadline else {
             return;
         };
+        self.next_report = Some(Instant::now() + DRAIN_REPORT_EVERY);
         let left = deadline.saturating_duration_since(Instant::now());
         tracing::info!(
             "draining: {} jobs in flight ({}); {}s left",

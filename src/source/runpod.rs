@@ -29,6 +29,10 @@ const TAKE_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(500), Duration::from_secs(30), 0.5);
 /// How long RunPod may hold a take or stop poll open.
 const LONG_POLL: Duration = Duration::from_secs(90);
+/// How long a take already in flight at shutdown may still answer: enough
+/// for an answer already on the wire, short enough that a shutdown still
+/// ends an idle long poll at once.
+const TAKE_GRACE: Duration = Duration::from_millis(250);
 /// The wait after a 429 answer.
 const RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
 /// An empty take answered faster than this did not long-poll; wait a
@@ -260,9 +264,19 @@ async fn take_loop(
             _ = take.cancelled() => return,
         };
         let started = Instant::now();
+        let call = endpoint.take(slots.len(), ctx.pool.in_flight() > 0);
+        tokio::pin!(call);
         let answer = tokio::select! {
-            answer = endpoint.take(slots.len(), ctx.pool.in_flight() > 0) => answer,
-            _ = take.cancelled() => return,
+            answer = &mut call => answer,
+            _ = take.cancelled() => {
+                // RunPod may be handing out a job at this very moment; the
+                // take in flight gets a moment to answer so that job is not
+                // lost with the connection.
+                match tokio::time::timeout(TAKE_GRACE, &mut call).await {
+                    Ok(answer) => answer,
+                    Err(_) => return,
+                }
+            }
         };
         let pause = match answer {
             Take::Jobs(values) => {
