@@ -163,7 +163,7 @@ async fn failed_posts_and_an_outage_lose_nothing() {
     }
     let worker = start(&fake, &[]);
     fake.wait_until(WAIT, |f| !f.results().is_empty()).await;
-    fake.outage_for(Duration::from_secs(3));
+    fake.outage_for(Duration::from_secs(5));
     for i in 10..20 {
         fake.push_job(job(&format!("j{i}"), json!({"n": i})));
     }
@@ -176,6 +176,17 @@ async fn failed_posts_and_an_outage_lose_nothing() {
     for i in 0..20 {
         assert_eq!(final_body(&fake, &format!("j{i}"))["output"]["n"], i);
     }
+    let refused = |status: u16| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path.contains("/job-done/") && r.status == Some(status))
+            .count()
+    };
+    assert!(refused(500) >= 5, "the five failed posts were retried");
+    assert!(
+        refused(503) >= 1,
+        "result posts met the outage and were retried"
+    );
     worker.stop().await.unwrap();
 }
 
