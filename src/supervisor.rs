@@ -146,9 +146,6 @@ impl Phases {
             self.fatal = Some(error);
         }
         self.force();
-        // Nothing more can be delivered once the worker itself is unusable
-        // for long; keep what is pending.
-        self.flush_at = Some(Instant::now());
     }
 
     fn force(&mut self) {

@@ -425,11 +425,7 @@ async fn sigterm_lets_the_running_test_job_finish() {
         "exited {took:?} after SIGTERM"
     );
     assert!(!handler_alive(pid, &tag), "handler {pid} still running");
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,11 +483,7 @@ async fn sigterm_delivers_the_running_runpod_job_and_ends_the_long_poll_at_once(
         .collect();
     assert!(late_takes.is_empty(), "takes after SIGTERM: {late_takes:?}");
     assert!(!handler_alive(pid, &tag), "handler {pid} still running");
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,11 +557,7 @@ async fn second_sigint_fails_the_test_job_and_kills_its_handler() {
         "exited {took:?} after the second SIGINT"
     );
     assert!(!handler_alive(pid, &tag), "handler {pid} still running");
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,11 +608,7 @@ async fn second_sigint_fails_the_runpod_job_and_kills_its_handler() {
         finals[0]
     );
     assert!(!handler_alive(pid, &tag), "handler {pid} still running");
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 // ---------------------------------------------------------------------------
@@ -683,11 +667,7 @@ async fn job_timeout_sends_sigterm_then_sigkill_after_the_grace() {
         jp.logs()
     );
     assert!(jp.stderr().contains("got SIGTERM"), "{}", jp.logs());
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,11 +717,7 @@ async fn graceful_shutdown_sigkills_a_handler_that_survives_sigterm_after_the_gr
         jp.logs()
     );
     assert_eq!(fake.results_for("job-3").len(), 1);
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 // ---------------------------------------------------------------------------
@@ -767,11 +743,7 @@ async fn sigkilled_jobpipe_takes_its_handler_along() {
         "handler {pid} still running 1 s after jobpipe was SIGKILLed: {:?}",
         tagged_processes(&tag)
     );
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 // ---------------------------------------------------------------------------
@@ -811,11 +783,7 @@ async fn orphans_are_reaped_by_jobpipe_as_pid_1() {
     let orphan = line["output"]["orphan"].as_i64().unwrap_or(i64::MAX);
     assert!(orphan < 100, "not in a new PID namespace: {line}");
     assert_eq!(status.code(), Some(0), "{}", jp.logs());
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,11 +800,7 @@ async fn orphans_are_reaped_by_jobpipe_as_a_subreaper() {
         "orphan not reaped: {line}"
     );
     assert_eq!(status.code(), Some(0), "{}", jp.logs());
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 // ---------------------------------------------------------------------------
@@ -934,11 +898,7 @@ async fn sigterm_while_a_take_answer_is_in_flight_loses_no_job() {
         "job-in-flight was handed out to jobpipe: {delivered} results delivered, {kept} spooled\n{}",
         jp.logs()
     );
-    assert!(
-        tagged_processes(&tag).is_empty(),
-        "{:?}",
-        tagged_processes(&tag)
-    );
+    assert_nothing_left(&tag);
 }
 
 // ---------------------------------------------------------------------------
@@ -1246,4 +1206,10 @@ async fn chaos_every_taken_job_gets_exactly_one_final_result() {
         "took {stopping:?} to stop after SIGTERM\n{}",
         jp.logs()
     );
+}
+
+/// Fails if any process started with this run's tag is still there.
+fn assert_nothing_left(tag: &str) {
+    let left = tagged_processes(tag);
+    assert!(left.is_empty(), "handler processes left behind: {left:?}");
 }
