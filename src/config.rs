@@ -34,8 +34,9 @@ pub enum LogFormat {
 }
 
 /// Command line of jobpipe. Every option can also be set by the environment
-/// variable shown; the flag wins.
-#[derive(Debug, Parser)]
+/// variable shown; the flag wins. Deliberately not `Debug`: it holds the
+/// API key.
+#[derive(Parser)]
 #[command(
     name = "jobpipe",
     version,
