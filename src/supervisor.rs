@@ -86,7 +86,16 @@ pub async fn run(
     if !phases.forced {
         phases.shutdown.take.cancel();
     }
-    pool.shutdown().await;
+    // Stopping handlers takes up to the kill grace; a second signal then
+    // still means now.
+    let stopping = pool.shutdown();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            _ = &mut stopping => break,
+            Some(request) = requests.recv() => phases.handle_request(request),
+        }
+    }
     let totals = pool.metrics.snapshot();
     tracing::info!(
         "all handler processes stopped; {} jobs processed, {} failed, handler restarts: {}",
@@ -118,9 +127,11 @@ struct Phases {
 
 impl Phases {
     fn handle_request(&mut self, request: ShutdownRequest) {
-        let draining = self.shutdown.take.is_cancelled();
+        // The first stop request drains even when the source already
+        // ended on its own; only a second one forces.
+        let asked_before = self.drain_deadline.is_some() || self.forced;
         match request {
-            ShutdownRequest::Stop if !draining => {
+            ShutdownRequest::Stop if !asked_before => {
                 self.shutdown.take.cancel();
                 let now = Instant::now();
                 self.drain_deadline = Some(now + self.shutdown_timeout);

@@ -1213,3 +1213,39 @@ fn assert_nothing_left(tag: &str) {
     let left = tagged_processes(tag);
     assert!(left.is_empty(), "handler processes left behind: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_while_handlers_stop_kills_them_at_once() {
+    let dir = tempdir();
+    let tag = new_tag();
+    let pidfile = dir.path().join("handler.pid");
+    // The job succeeds; the handler then shrugs off SIGTERM, so stopping it
+    // would take the whole 30 s grace.
+    let job =
+        json!({"id": "t-7", "input": {"do": "trap-term", "answer": true, "pidfile": pidfile}});
+    let args = test_mode_args(&job, &["--kill-grace", "30s"], &tag);
+    let mut jp = Jobpipe::start(BIN, &args, &[], dir.path());
+    let pid = read_pid(&pidfile, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("the job never started\n{}", jp.logs()));
+    eventually(Duration::from_secs(10), || {
+        jp.stderr().contains("got SIGTERM")
+    })
+    .await
+    .unwrap_or_else(|| panic!("the handler was never asked to stop\n{}", jp.logs()));
+    jp.signal(Signal::SIGINT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(handler_alive(pid, &tag), "the first signal only drains");
+    jp.signal(Signal::SIGINT);
+    let signalled = std::time::Instant::now();
+    let status = jp.wait(Duration::from_secs(5)).await;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "exited {:?} after the second SIGINT",
+        signalled.elapsed()
+    );
+    assert_eq!(status.code(), Some(5), "{}", jp.logs());
+    assert_eq!(jp.result_line()["status"], "COMPLETED");
+    assert!(!handler_alive(pid, &tag), "handler {pid} still running");
+    assert_nothing_left(&tag);
+}

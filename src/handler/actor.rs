@@ -96,7 +96,9 @@ pub async fn run(ctx: ActorContext) {
                 return;
             }
             End::Stop => {
-                process.stop(actor.ctx.config.kill_grace).await;
+                process
+                    .stop(actor.ctx.config.kill_grace, &actor.ctx.force)
+                    .await;
                 return;
             }
             End::Restart(reason) => {
@@ -107,7 +109,9 @@ pub async fn run(ctx: ActorContext) {
                     "replacing handler process ({})",
                     reason.name()
                 );
-                process.stop(actor.ctx.config.kill_grace).await;
+                process
+                    .stop(actor.ctx.config.kill_grace, &actor.ctx.force)
+                    .await;
                 let crashed = matches!(
                     reason,
                     RestartReason::Crashed

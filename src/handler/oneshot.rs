@@ -105,7 +105,7 @@ async fn run_job(ctx: &ActorContext, ticket: JobTicket) {
             return;
         }
         Some(Interrupt::Cancel) => {
-            process.stop(config.kill_grace).await;
+            process.stop(config.kill_grace, &ctx.force).await;
             ticket.finish(JobResult::cancelled());
             return;
         }
@@ -121,13 +121,13 @@ async fn run_job(ctx: &ActorContext, ticket: JobTicket) {
                 )
                 .with_stderr(tail),
             );
-            process.stop(config.kill_grace).await;
+            process.stop(config.kill_grace, &ctx.force).await;
             return;
         }
     };
     let tail = process.stderr_tail().await;
     // Whatever the handler left behind in its group goes with it.
-    process.stop(Duration::ZERO).await;
+    process.stop(Duration::ZERO, &ctx.force).await;
     if status != crate::os::ExitStatus::Code(0) {
         ticket.fail(
             JobFailure::new(FailureKind::HandlerCrashed, format!("handler {status}"))

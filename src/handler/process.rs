@@ -17,6 +17,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::lines::{clip_middle, read_line, Line};
 use crate::config::HandlerConfig;
@@ -122,20 +123,30 @@ impl HandlerProcess {
     }
 
     /// Stops the process and everything in its group; see the module docs.
+    /// A forced shutdown (`force` cancelled) cuts the grace period short.
     /// Returns how the handler itself ended.
-    pub async fn stop(mut self, grace: Duration) -> ExitStatus {
+    pub async fn stop(mut self, grace: Duration, force: &CancellationToken) -> ExitStatus {
         self.close_stdin();
         self.writer.abort();
         let pgid = self.pid;
         os::signal_group(pgid, Signal::SIGTERM);
-        let started = tokio::time::Instant::now();
-        let status = tokio::time::timeout(grace, self.exited()).await.ok();
-        let left = grace.saturating_sub(started.elapsed());
-        if status.is_none() || !os::wait_group_gone(pgid, left).await {
-            tracing::debug!(
-                pid = pgid,
-                "handler group still running after {grace:?}; sending SIGKILL"
-            );
+        let deadline = tokio::time::Instant::now() + grace;
+        let graceful = async {
+            tokio::time::timeout_at(deadline, self.exit.wait())
+                .await
+                .is_ok()
+                && os::wait_group_gone(
+                    pgid,
+                    deadline.saturating_duration_since(tokio::time::Instant::now()),
+                )
+                .await
+        };
+        let gone = tokio::select! {
+            gone = graceful => gone,
+            _ = force.cancelled() => false,
+        };
+        if !gone {
+            tracing::debug!(pid = pgid, "handler group still running; sending SIGKILL");
             os::signal_group(pgid, Signal::SIGKILL);
         }
         self.finish(pgid).await

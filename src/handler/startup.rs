@@ -101,12 +101,12 @@ impl Actor {
                     return Err(StartError::Shutdown);
                 }
                 _ = self.ctx.stop.cancelled() => {
-                    process.stop(config.kill_grace).await;
+                    process.stop(config.kill_grace, &self.ctx.force).await;
                     return Err(StartError::Shutdown);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let tail = process.stderr_tail().await;
-                    process.stop(config.kill_grace).await;
+                    process.stop(config.kill_grace, &self.ctx.force).await;
                     return Err(StartError::Fatal(FatalError::HandlerStart(format!(
                         "handler was not ready within {} (--startup-timeout); it must print {{\"ready\": true}} on stdout{}",
                         humantime::format_duration(config.startup_timeout),
