@@ -530,6 +530,15 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_id_is_invented_when_none_is_given() {
+        let config = cli(&["--test-input", r#"{"input": 1}"#, "--", "x"])
+            .into_config(Path::new("/nonexistent"))
+            .unwrap();
+        assert!(config.identity.worker_id.starts_with("jobpipe-"));
+        assert!(config.identity.worker_id.len() > 20);
+    }
+
+    #[test]
     fn sizes_and_levels_parse() {
         assert_eq!(parse_size("20MB").unwrap(), 20_000_000);
         assert_eq!(parse_size("1KiB").unwrap(), 1024);

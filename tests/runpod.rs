@@ -430,3 +430,29 @@ async fn undelivered_results_are_spooled_and_delivered_first_at_the_next_start()
         "the spool is emptied"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_400_means_no_job_and_429_backs_off_five_seconds() {
+    let fake = FakeRunpod::start(KEY).await;
+    fake.set_take_status(Some(400));
+    let worker = start(&fake, &[]);
+    assert!(
+        fake.wait_until(WAIT, |f| f.takes().len() >= 3).await,
+        "400 is no job: takes go on"
+    );
+    fake.set_take_status(Some(429));
+    let limited = |f: &FakeRunpod| f.takes().iter().any(|t| t.status == Some(429));
+    assert!(fake.wait_until(WAIT, limited).await);
+    fake.set_take_status(None);
+    fake.push_job(job("after-429", json!({"do": "echo"})));
+    fake.wait_for_results(1, WAIT).await;
+    let takes = fake.takes();
+    let first_429 = takes.iter().position(|t| t.status == Some(429)).unwrap();
+    let gap = takes[first_429 + 1].at - takes[first_429].at;
+    assert!(
+        gap >= Duration::from_millis(4500),
+        "next take {gap:?} after a 429"
+    );
+    assert!(final_body(&fake, "after-429")["output"]["pid"].is_number());
+    worker.stop().await.unwrap();
+}
