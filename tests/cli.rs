@@ -490,6 +490,32 @@ fn handler_exiting_at_start_is_a_crash_loop() {
     assert_contains(&run.stderr, "5 attempts", &run);
 }
 
+#[test]
+fn a_handler_that_dies_before_ready_leaves_no_process_of_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("grandchildren");
+    let run = jobpipe()
+        .test_input(r#"{"input": {}}"#)
+        .args(["--kill-grace", "200ms"])
+        .handler([
+            fake_handler(),
+            "--grandchild-pids".into(),
+            pids_file.display().to_string(),
+            "--exit-at-start".into(),
+            "3".into(),
+        ])
+        .deadline(Duration::from_secs(8))
+        .run();
+    run.expect_code(3);
+    let pids: Vec<i32> = std::fs::read_to_string(&pids_file)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 5, "one grandchild per start attempt");
+    assert_gone(&pids, Duration::from_secs(1), &run);
+}
+
 // ---------------------------------------------------------------------------
 // Configuration errors and --help
 // ---------------------------------------------------------------------------

@@ -80,9 +80,11 @@ impl Actor {
         }
     }
 
+    /// Starts one process and waits for it to be ready. A process that
+    /// does not get there is stopped as a whole group before this returns,
+    /// so nothing it started can outlive the attempt.
     async fn try_start(&mut self) -> Result<HandlerProcess, StartError> {
         let config = &self.ctx.config;
-        let started = Instant::now();
         let mut process = HandlerProcess::spawn(config, &self.ctx.identity.worker_id, None)
             .map_err(|e| StartError::Failed {
                 what: format!("cannot execute handler {:?}: {e}", config.argv[0]),
@@ -93,20 +95,25 @@ impl Actor {
             pid = process.pid,
             "handler started; waiting for {{\"ready\": true}}"
         );
+        match self.wait_ready(&mut process).await {
+            Ok(()) => Ok(process),
+            Err(error) => {
+                process.stop(config.kill_grace, &self.ctx.force).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn wait_ready(&self, process: &mut HandlerProcess) -> Result<(), StartError> {
+        let config = &self.ctx.config;
+        let started = Instant::now();
         let deadline = started + config.startup_timeout;
         loop {
             tokio::select! {
-                _ = self.ctx.force.cancelled() => {
-                    process.kill().await;
-                    return Err(StartError::Shutdown);
-                }
-                _ = self.ctx.stop.cancelled() => {
-                    process.stop(config.kill_grace, &self.ctx.force).await;
-                    return Err(StartError::Shutdown);
-                }
+                _ = self.ctx.force.cancelled() => return Err(StartError::Shutdown),
+                _ = self.ctx.stop.cancelled() => return Err(StartError::Shutdown),
                 _ = tokio::time::sleep_until(deadline) => {
                     let tail = process.stderr_tail().await;
-                    process.stop(config.kill_grace, &self.ctx.force).await;
                     return Err(StartError::Fatal(FatalError::HandlerStart(format!(
                         "handler was not ready within {} (--startup-timeout); it must print {{\"ready\": true}} on stdout{}",
                         humantime::format_duration(config.startup_timeout),
@@ -127,7 +134,7 @@ impl Actor {
                             "handler ready after {:.2}s",
                             started.elapsed().as_secs_f64()
                         );
-                        return Ok(process);
+                        return Ok(());
                     }
                     Some(line) => log_stray_line(&line),
                     None => {
