@@ -262,12 +262,6 @@ impl Cli {
     /// `test_input.json` is looked for.
     pub fn into_config(self, cwd: &Path) -> Result<Config, ConfigError> {
         let argv = self.handler_argv()?;
-        if self.test_output.is_some() && self.test_input.is_none() && self.runpod_get_job.is_some()
-        {
-            return Err(ConfigError::Invalid(
-                "--test-output needs a test job (--test-input or ./test_input.json)".into(),
-            ));
-        }
         let source = self.source(cwd)?;
         let worker_id = self
             .worker_id
@@ -343,6 +337,11 @@ impl Cli {
             });
         }
         if let Some(take_url) = &self.runpod_get_job {
+            if expected_output.is_some() {
+                return Err(ConfigError::Invalid(
+                    "--test-output needs a test job (--test-input); RunPod jobs have no expected output".into(),
+                ));
+            }
             return self.runpod_source(take_url).map(SourceConfig::Runpod);
         }
         let file = cwd.join("test_input.json");

@@ -102,7 +102,7 @@ pub async fn deliver<S: Sender>(sender: &S, post: &Post, flush: &CancellationTok
 }
 
 impl PostKind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             PostKind::Final { .. } => "result",
             PostKind::Progress => "progress",

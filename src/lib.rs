@@ -35,6 +35,7 @@ pub mod pool;
 pub mod signals;
 pub mod source;
 pub mod supervisor;
+pub mod timer;
 
 pub use config::Config;
 

@@ -61,20 +61,20 @@ pub struct Pool {
     /// Cancelled to kill every handler now and fail the jobs they hold.
     force: CancellationToken,
     actors: TaskTracker,
-    fatal: tokio::sync::Mutex<mpsc::UnboundedReceiver<FatalError>>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Pool {
-    /// Starts `concurrency` handler actors.
+    /// Starts `concurrency` handler actors. A handler that can never start
+    /// is reported on `fatal`.
     pub fn start(
         config: HandlerConfig,
         identity: Arc<Identity>,
         metrics: Arc<Metrics>,
+        fatal: mpsc::UnboundedSender<FatalError>,
     ) -> Arc<Pool> {
         let capacity = config.concurrency * config.jobs_per_handler;
         let (queue_tx, queue_rx) = async_channel::unbounded();
-        let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let force = CancellationToken::new();
         let actors = TaskTracker::new();
@@ -85,7 +85,7 @@ impl Pool {
                 config: config.clone(),
                 identity: identity.clone(),
                 queue: queue_rx.clone(),
-                fatal: fatal_tx.clone(),
+                fatal: fatal.clone(),
                 stop: stop.clone(),
                 force: force.clone(),
                 metrics: metrics.clone(),
@@ -110,7 +110,6 @@ impl Pool {
             stop,
             force,
             actors,
-            fatal: tokio::sync::Mutex::new(fatal_rx),
             metrics,
         })
     }
@@ -210,26 +209,18 @@ impl Pool {
         let _ = count.wait_for(|n| *n == 0).await;
     }
 
-    /// Resolves with the first fatal error of a handler (one that can
-    /// never start); pending forever if there is none.
-    pub async fn fatal(&self) -> FatalError {
-        let mut fatal = self.fatal.lock().await;
-        match fatal.recv().await {
-            Some(error) => error,
-            None => std::future::pending().await,
-        }
-    }
-
     /// Kills every handler now; jobs they hold, and jobs still waiting for
     /// a handler, fail as shut down.
     pub fn force(&self) {
         self.force.cancel();
+        self.fail_queued("the worker was shut down (forced) before the job started");
+    }
+
+    /// Closes the queue and fails every job still in it.
+    fn fail_queued(&self, why: &str) {
         self.queue.close();
         while let Ok(ticket) = self.queued.try_recv() {
-            ticket.fail(JobFailure::new(
-                FailureKind::WorkerShutdown,
-                "the worker was shut down (forced) before the job started",
-            ));
+            ticket.fail(JobFailure::new(FailureKind::WorkerShutdown, why));
         }
     }
 
@@ -239,9 +230,6 @@ impl Pool {
         self.stop.cancel();
         self.queue.close();
         self.actors.wait().await;
-        // Each ticket left in the closed queue reports its own failure.
-        while let Ok(ticket) = self.queued.try_recv() {
-            drop(ticket);
-        }
+        self.fail_queued("the worker shut down before the job started");
     }
 }

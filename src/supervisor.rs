@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::signals::ShutdownRequest;
 use crate::source::{self, Shutdown, SourceContext};
+use crate::timer::sleep_until;
 
 /// How long results of jobs failed by a forced shutdown may try to reach
 /// their destination before they are spooled.
@@ -40,8 +41,15 @@ pub async fn run(
     })?;
     let identity = Arc::new(config.identity.clone());
     let metrics = Arc::new(Metrics::default());
-    let pool = Pool::start(config.handler.clone(), identity.clone(), metrics);
+    // Handlers that can never start and sources whose key is rejected
+    // report on the same channel.
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let pool = Pool::start(
+        config.handler.clone(),
+        identity.clone(),
+        metrics,
+        fatal_tx.clone(),
+    );
     let shutdown = Shutdown::default();
     let ctx = SourceContext {
         pool: pool.clone(),
@@ -63,7 +71,6 @@ pub async fn run(
     let outcome = loop {
         tokio::select! {
             outcome = &mut source => break outcome,
-            error = pool.fatal() => phases.handle_fatal(error),
             Some(error) = fatal_rx.recv() => phases.handle_fatal(error),
             Some(request) = requests.recv() => phases.handle_request(request),
             _ = sleep_until(phases.drain_deadline), if phases.drain_deadline.is_some() => {
@@ -78,7 +85,7 @@ pub async fn run(
             _ = sleep_until(phases.next_report), if phases.next_report.is_some() => phases.report_drain(),
         }
     };
-    // A source may report a fatal error and end at once.
+    // A source or a handler may report a fatal error and end at once.
     while let Ok(error) = fatal_rx.try_recv() {
         phases.handle_fatal(error);
     }
@@ -183,12 +190,5 @@ impl Phases {
             self.pool.in_flight_ids().join(", "),
             left.as_secs()
         );
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -39,7 +39,9 @@ fn start(config: HandlerConfig) -> Arc<Pool> {
         worker_id: "w".into(),
         hostname: "h".into(),
     });
-    Pool::start(config, identity, Arc::new(Metrics::default()))
+    // A fatal error would show as a job that never ends; these handlers start.
+    let (fatal, _) = mpsc::unbounded_channel();
+    Pool::start(config, identity, Arc::new(Metrics::default()), fatal)
 }
 
 async fn submit(pool: &Pool, id: &str, input: Value) -> mpsc::UnboundedReceiver<JobEvent> {

@@ -2,11 +2,12 @@
 //!
 //! Life of an actor: start a process and wait until it is ready (see
 //! [`super::startup`]), serve jobs until the process must be replaced or
-//! the pool stops, stop the process (its whole group), and start again. Everything that happens to
-//! the process (a stdout line, its exit, a job's deadline, a stop request)
-//! arrives as one [`Step`] of a `select!` and has its own `handle_*` method.
-//! Every job the actor accepts leaves through `Actor::finish` or one of
-//! the failure paths, each of which finishes the ticket exactly once.
+//! the pool stops, stop the process (its whole group), and start again.
+//! Everything that happens to the process (a stdout line, its exit, a
+//! job's deadline, a stop request) arrives as one [`Step`] of a `select!`
+//! and has its own `handle_*` method. Every job the actor accepts leaves
+//! through `Actor::finish` or one of the failure paths, each of which
+//! finishes the ticket exactly once.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
 use crate::metrics::RestartReason;
+use crate::timer::{sleep_for, sleep_until};
 
 /// Delays between restarts after a crash.
 const RESTART_BACKOFF: BackoffPolicy =
@@ -511,20 +513,6 @@ fn watch_job(
         let _ = stops.send((id, cause));
     })
     .abort_handle()
-}
-
-async fn sleep_for(limit: Option<Duration>) {
-    match limit {
-        Some(limit) => tokio::time::sleep(limit).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn cause_name(cause: StopCause) -> &'static str {

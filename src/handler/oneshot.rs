@@ -13,6 +13,7 @@ use super::lines::Line;
 use super::process::HandlerProcess;
 use super::ActorContext;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
+use crate::timer::sleep_for;
 
 /// How long stdout may stay open (held by a grandchild) after the handler
 /// exited before the output is taken as complete.
@@ -193,13 +194,6 @@ pub fn parse_output(stdout: &[u8]) -> JobResult {
         outcome,
         refresh_worker,
         streamed: false,
-    }
-}
-
-async fn sleep_for(limit: Option<Duration>) {
-    match limit {
-        Some(limit) => tokio::time::sleep(limit).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -29,7 +29,7 @@ const SECRETS: &[&str] = &["RUNPOD_AI_API_KEY", "JOBPIPE_API_KEY"];
 const TAIL_LINES: usize = 20;
 const TAIL_BYTES: usize = 4096;
 /// Longest stderr or stdout line that is logged whole.
-const LOG_LINE_MAX: usize = 4096;
+pub(super) const LOG_LINE_MAX: usize = 4096;
 
 /// A running handler process.
 pub struct HandlerProcess {

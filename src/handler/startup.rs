@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use super::actor::{Actor, EXIT_AFTER_EOF};
 use super::lines::{clip_middle, Line};
-use super::process::HandlerProcess;
+use super::process::{HandlerProcess, LOG_LINE_MAX};
 use super::protocol::{parse_line, Frame};
 use crate::error::FatalError;
 use crate::metrics::RestartReason;
@@ -164,7 +164,7 @@ pub(super) fn log_stray_line(line: &Line) {
         Line::Whole(bytes) => {
             tracing::info!(
                 "handler stdout (not a protocol line): {}",
-                clip_middle(&String::from_utf8_lossy(bytes), 4096)
+                clip_middle(&String::from_utf8_lossy(bytes), LOG_LINE_MAX)
             );
         }
         Line::TooLong { len, .. } => {

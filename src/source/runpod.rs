@@ -433,7 +433,7 @@ async fn job_task(
             body,
         };
         if deliver(&*endpoint, &post, &shutdown.flush).await == Delivery::Flushed {
-            tracing::warn!(job_id = %id, "shutting down: an undelivered {} update is dropped (only final results are kept)", if kind == PostKind::Stream { "stream" } else { "progress" });
+            tracing::warn!(job_id = %id, "shutting down: an undelivered {} update is dropped (only final results are kept)", kind.name());
         }
     }
 }
