@@ -384,3 +384,28 @@ pub fn pid_of(value: &Value, key: &str) -> i32 {
         .as_i64()
         .unwrap_or_else(|| panic!("no pid {key:?} in {value}")) as i32
 }
+
+/// The C example handler, compiled with gcc once per test binary into the
+/// target directory; returns the executable's path.
+pub fn c_echo() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| compile_c("handlers/c/echo.c")).clone()
+}
+
+/// Compiles one C file of the repository with gcc. Each test binary builds
+/// its own copy, named with its process id, so binaries running side by
+/// side never execute a file another one is still writing.
+pub fn compile_c(source: &str) -> String {
+    let stem = Path::new(source).file_stem().unwrap().to_string_lossy();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c-handlers");
+    std::fs::create_dir_all(&dir).expect("create the C build directory");
+    let out = dir.join(format!("{stem}-{}", std::process::id()));
+    let status = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(repo_path(source))
+        .status()
+        .expect("gcc runs (a C compiler is needed for these tests)");
+    assert!(status.success(), "gcc could not compile {source}");
+    out.to_string_lossy().into_owned()
+}
