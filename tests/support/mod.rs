@@ -1,2 +1,3 @@
 #![allow(dead_code)]
 pub mod fake_runpod;
+pub mod postgres;
