@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::BackoffPolicy;
 use crate::error::FatalError;
 use crate::handler::lines::clip_middle;
+use crate::runner::ResultSink;
 
 /// Delays between attempts of one post.
 pub const POST_BACKOFF: BackoffPolicy =
@@ -29,8 +30,23 @@ pub const POST_BACKOFF: BackoffPolicy =
 pub struct Post {
     pub job_id: String,
     pub kind: PostKind,
-    /// The JSON body.
+    /// The JSON body (see [`crate::runner::ResultSink`] for its shape).
     pub body: Value,
+    /// The job asked for a fresh worker after it (final results only).
+    #[serde(default)]
+    pub refresh_worker: bool,
+}
+
+impl Post {
+    /// A final result that did not stream.
+    pub fn final_result(job_id: String, body: Value) -> Post {
+        Post {
+            job_id,
+            kind: PostKind::Final { is_stream: false },
+            body,
+            refresh_worker: false,
+        }
+    }
 }
 
 /// Which endpoint a post goes to.
@@ -54,11 +70,6 @@ pub enum Attempt {
     Refused(String),
 }
 
-/// Sends posts; implemented over HTTP by the RunPod source, and by tests.
-pub trait Sender: Send + Sync + 'static {
-    fn send(&self, post: &Post) -> impl std::future::Future<Output = Attempt> + Send;
-}
-
 /// How a delivery ended.
 #[derive(Debug, PartialEq)]
 pub enum Delivery {
@@ -70,7 +81,11 @@ pub enum Delivery {
 
 /// Posts until delivered, refused, or `flush` is cancelled. Each failed
 /// attempt is logged at WARN with the next delay.
-pub async fn deliver<S: Sender>(sender: &S, post: &Post, flush: &CancellationToken) -> Delivery {
+pub async fn deliver<S: ResultSink>(
+    sender: &S,
+    post: &Post,
+    flush: &CancellationToken,
+) -> Delivery {
     let mut delays = POST_BACKOFF.iter();
     let mut attempt = 1u32;
     loop {
@@ -232,7 +247,7 @@ mod tests {
         calls: Arc<AtomicUsize>,
     }
 
-    impl Sender for Flaky {
+    impl ResultSink for Flaky {
         async fn send(&self, _: &Post) -> Attempt {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if n < self.failures {
@@ -244,11 +259,7 @@ mod tests {
     }
 
     fn post() -> Post {
-        Post {
-            job_id: "job/1".into(),
-            kind: PostKind::Final { is_stream: false },
-            body: serde_json::json!({"output": 1}),
-        }
+        Post::final_result("job/1".into(), serde_json::json!({"output": 1}))
     }
 
     #[tokio::test(start_paused = true)]

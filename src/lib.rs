@@ -15,9 +15,11 @@
 //!   for persistent handlers, [`handler::oneshot`] for a process per job),
 //!   the line protocol, and the process wrapper; [`os`] holds every process
 //!   system call (process groups, reaping, subreaper, parent-death signal).
+//! * [`runner`] carries one job from taken to delivered for every source:
+//!   validation, submission, ordered updates, the final result, retries and
+//!   the spool ([`delivery`]). A source adds only its transport.
 //! * [`source`] holds the job sources: [`source::test_input`] for local
-//!   runs and CI, [`source::runpod`] for RunPod serverless, with result
-//!   delivery, retries and the spool in [`delivery`].
+//!   runs and CI, [`source::runpod`] for RunPod serverless.
 //! * Errors are sorted in [`error`]: fatal ones end the run with an exit
 //!   code; per-job ones become the job's result; transient ones are retried
 //!   with [`backoff`].
@@ -32,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod os;
 pub mod pool;
+pub mod runner;
 pub mod signals;
 pub mod source;
 pub mod supervisor;

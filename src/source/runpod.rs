@@ -1,28 +1,26 @@
 //! RunPod serverless: take jobs, return results, stream, heartbeat and
 //! per-job stop, speaking the worker protocol of RunPod's queue.
 //!
-//! Four kinds of task share one [`Endpoint`]: the take loop (here), one
-//! task per job that posts its updates and final result in order
-//! ([`job_task`]), the heartbeat ([`ping_loop`]) and the job-stop long poll
-//! ([`stop_loop`]). Result posts go through [`crate::delivery`], so a result
-//! is retried until delivered and spooled at shutdown, never dropped.
+//! This module is RunPod's transport alone: the take loop, the heartbeat
+//! ([`ping_loop`]), the job-stop long poll ([`stop_loop`]) and one attempt
+//! of a post ([`Endpoint`] as a [`ResultSink`]). What happens to a job
+//! between take and delivered result is [`crate::runner`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::SourceContext;
 use crate::backoff::BackoffPolicy;
 use crate::config::RunpodConfig;
-use crate::delivery::{self, deliver, Attempt, Delivery, Post, PostKind, Spool};
+use crate::delivery::{self, Attempt, Post, PostKind};
 use crate::error::{exit, FatalError};
 use crate::handler::lines::clip_middle;
-use crate::job::{Job, JobEvent, Outcome};
 use crate::pool::Pool;
+use crate::runner::{ResultSink, Runner, RunnerOptions};
 
 /// Delays between failed takes (network errors, 5xx).
 const TAKE_BACKOFF: BackoffPolicy =
@@ -190,7 +188,7 @@ impl Endpoint {
     }
 }
 
-impl delivery::Sender for Endpoint {
+impl ResultSink for Endpoint {
     async fn send(&self, post: &Post) -> Attempt {
         let (template, query) = match post.kind {
             PostKind::Final { is_stream } => {
@@ -199,6 +197,7 @@ impl delivery::Sender for Endpoint {
             PostKind::Progress => (&self.config.done_url, "isStream=false".to_owned()),
             PostKind::Stream => (&self.config.stream_url, "isStream=false".to_owned()),
         };
+        let body = runpod_body(post);
         let url = with_query(&self.job_url(template, &post.job_id), &query);
         let request = self
             .http
@@ -207,7 +206,7 @@ impl delivery::Sender for Endpoint {
             .header("Authorization", &self.config.api_key)
             .header("X-Request-ID", &post.job_id)
             .header("Content-Type", "application/json")
-            .body(post.body.to_string());
+            .body(body.to_string());
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -221,47 +220,34 @@ impl delivery::Sender for Endpoint {
 
 /// Runs the RunPod worker until shutdown; returns the exit code.
 pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalError> {
-    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let options = RunnerOptions {
+        source_name: "RunPod",
+        aggregate_stream: config.return_aggregate_stream,
+        spool_dir: config.spool_dir.clone(),
+    };
     let endpoint = Arc::new(Endpoint::new(config, ctx.identity.worker_id.clone())?);
+    let runner = Arc::new(Runner::start(endpoint.clone(), &ctx, options)?);
     tracing::info!(worker_id = %ctx.identity.worker_id, "RunPod worker started with {} slots", ctx.pool.capacity());
-    let jobs = TaskTracker::new();
-    for spooled in spool.pending() {
-        tracing::info!(job_id = %spooled.post.job_id, "delivering a result kept in the spool by an earlier run");
-        let (endpoint, spool, flush) =
-            (endpoint.clone(), spool.clone(), ctx.shutdown.flush.clone());
-        jobs.spawn(async move {
-            if deliver(&*endpoint, &spooled.post, &flush).await != Delivery::Flushed {
-                spool.forget(&spooled.path);
-            }
-        });
-    }
     let background = TaskTracker::new();
-    let heartbeat = background.spawn(ping_loop(endpoint.clone(), ctx.pool.clone()));
+    let heartbeat = background.spawn(ping_loop(endpoint.clone(), runner.clone()));
     let stops = background.spawn(stop_loop(endpoint.clone(), ctx.pool.clone()));
-    take_loop(&endpoint, &spool, &ctx, &jobs).await;
+    take_loop(&endpoint, &runner, &ctx).await;
     tracing::info!(
         "no longer taking jobs; waiting for {} jobs and their results",
         ctx.pool.in_flight()
     );
-    jobs.close();
-    jobs.wait().await;
-    heartbeat.abort();
     stops.abort();
+    runner.finish().await;
+    heartbeat.abort();
     Ok(exit::OK)
 }
 
-async fn take_loop(
-    endpoint: &Arc<Endpoint>,
-    spool: &Arc<Spool>,
-    ctx: &SourceContext,
-    jobs: &TaskTracker,
-) {
+async fn take_loop(endpoint: &Arc<Endpoint>, runner: &Runner<Endpoint>, ctx: &SourceContext) {
     let take = &ctx.shutdown.take;
     let mut delays = TAKE_BACKOFF.iter();
     loop {
-        let mut slots = tokio::select! {
-            slots = ctx.pool.free_slots() => slots,
-            _ = take.cancelled() => return,
+        let Some(mut slots) = runner.slots().await else {
+            return;
         };
         let started = Instant::now();
         let call = endpoint.take(slots.len(), ctx.pool.in_flight() > 0);
@@ -287,7 +273,7 @@ async fn take_loop(
                         // More jobs than asked for: wait for room rather than drop one.
                         None => ctx.pool.free_slots().await.swap_remove(0),
                     };
-                    start_job(value, slot, endpoint, spool, ctx, jobs);
+                    runner.start_job(value, slot);
                 }
                 None
             }
@@ -323,144 +309,8 @@ async fn take_loop(
     }
 }
 
-/// Validates one taken job and starts it; a job that cannot run is
-/// reported as failed when it has an id.
-fn start_job(
-    value: Value,
-    slot: crate::pool::Slot,
-    endpoint: &Arc<Endpoint>,
-    spool: &Arc<Spool>,
-    ctx: &SourceContext,
-    jobs: &TaskTracker,
-) {
-    let job = match Job::from_value(value) {
-        Ok(job) => job,
-        Err((message, id)) => {
-            let Some(id) = id else {
-                tracing::error!(
-                    "RunPod sent an invalid job ({message}) without an id; it cannot be answered"
-                );
-                return;
-            };
-            tracing::error!(job_id = %id, "RunPod sent an invalid job: {message}");
-            let post = Post {
-                job_id: id,
-                kind: PostKind::Final { is_stream: false },
-                body: json!({"error": format!("invalid job: {message}")}),
-            };
-            jobs.spawn(deliver_final(
-                endpoint.clone(),
-                spool.clone(),
-                ctx.shutdown.clone(),
-                post,
-            ));
-            return;
-        }
-    };
-    let id = job.id.clone();
-    tracing::info!(job_id = %id, "job taken");
-    match ctx.pool.submit(slot, job) {
-        Ok(events) => {
-            jobs.spawn(job_task(
-                id,
-                events,
-                endpoint.clone(),
-                spool.clone(),
-                ctx.shutdown.clone(),
-            ));
-        }
-        Err(duplicate) => tracing::warn!(job_id = %id, "{duplicate}"),
-    }
-}
-
-/// Posts one job's updates in order, then its final result.
-async fn job_task(
-    id: String,
-    mut events: mpsc::UnboundedReceiver<JobEvent>,
-    endpoint: Arc<Endpoint>,
-    spool: Arc<Spool>,
-    shutdown: super::Shutdown,
-) {
-    let aggregate = endpoint.config.return_aggregate_stream;
-    let mut partials = Vec::new();
-    while let Some(event) = events.recv().await {
-        let (kind, body) = match event {
-            JobEvent::Progress(value) => (
-                PostKind::Progress,
-                json!({"status": "IN_PROGRESS", "output": value}),
-            ),
-            JobEvent::Stream(value) => {
-                if aggregate {
-                    partials.push(value.clone());
-                }
-                (PostKind::Stream, json!({"output": value}))
-            }
-            JobEvent::Done(result) => {
-                let mut body = match result.outcome {
-                    Outcome::Cancelled => {
-                        tracing::info!(job_id = %id, "job stopped on RunPod's request; nothing is posted for it");
-                        return;
-                    }
-                    Outcome::Output(_) if result.streamed && aggregate => {
-                        json!({"output": partials})
-                    }
-                    Outcome::Output(output) => json!({"output": output}),
-                    Outcome::Error { error, output } => {
-                        let mut body = json!({"error": error});
-                        if let Some(output) = output {
-                            body["output"] = output;
-                        }
-                        body
-                    }
-                };
-                if result.refresh_worker {
-                    body["stopPod"] = Value::Bool(true);
-                }
-                let post = Post {
-                    job_id: id.clone(),
-                    kind: PostKind::Final {
-                        is_stream: result.streamed,
-                    },
-                    body,
-                };
-                deliver_final(endpoint, spool, shutdown, post).await;
-                return;
-            }
-        };
-        let post = Post {
-            job_id: id.clone(),
-            kind,
-            body,
-        };
-        if deliver(&*endpoint, &post, &shutdown.flush).await == Delivery::Flushed {
-            tracing::warn!(job_id = %id, "shutting down: an undelivered {} update is dropped (only final results are kept)", kind.name());
-        }
-    }
-}
-
-/// Delivers a final result, or keeps it in the spool at shutdown.
-async fn deliver_final(
-    endpoint: Arc<Endpoint>,
-    spool: Arc<Spool>,
-    shutdown: super::Shutdown,
-    post: Post,
-) {
-    match deliver(&*endpoint, &post, &shutdown.flush).await {
-        Delivery::Delivered => tracing::debug!(job_id = %post.job_id, "result delivered"),
-        Delivery::Refused => {}
-        Delivery::Flushed => match spool.keep(&post) {
-            Ok(path) => {
-                tracing::warn!(job_id = %post.job_id, "result not delivered before shutdown; kept in {} for the next start", path.display())
-            }
-            Err(e) => {
-                tracing::error!(job_id = %post.job_id, "result not delivered and cannot be spooled ({e}); it is lost: {}", clip_middle(&post.body.to_string(), 2000))
-            }
-        },
-    }
-}
-
-/// Sends the heartbeat with the ids in flight, on its own schedule.
-async fn ping_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
+/// Sends the heartbeat with the ids this worker holds, on its own schedule.
+async fn ping_loop(endpoint: Arc<Endpoint>, runner: Arc<Runner<Endpoint>>) {
     if endpoint.config.ping_url.is_none() {
         return;
     }
@@ -468,7 +318,7 @@ async fn ping_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let ids = pool.in_flight_ids();
+        let ids = runner.ids();
         // Each ping runs apart from the schedule, so a slow answer never
         // delays the next heartbeat.
         let endpoint = endpoint.clone();
@@ -504,6 +354,21 @@ async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+/// A post's body as RunPod expects it: progress as an `IN_PROGRESS`
+/// status, a partial under `output`, `stopPod` for a fresh worker.
+fn runpod_body(post: &Post) -> Value {
+    match post.kind {
+        PostKind::Progress => json!({"status": "IN_PROGRESS", "output": post.body}),
+        PostKind::Stream => json!({"output": post.body}),
+        PostKind::Final { .. } if post.refresh_worker => {
+            let mut body = post.body.clone();
+            body["stopPod"] = Value::Bool(true);
+            body
+        }
+        PostKind::Final { .. } => post.body.clone(),
     }
 }
 
