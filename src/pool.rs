@@ -3,21 +3,27 @@
 //! A slot is room for one job: `concurrency × jobs-per-handler` in all. A
 //! source first waits for free slots ([`Pool::free_slots`]), takes at most
 //! that many jobs from its queue, and submits each with its slot; the slot
-//! comes back when the job's result is out. So a worker never takes a job
-//! it cannot start. Submitted jobs wait in one queue that every actor pulls
-//! from when it is ready and has room, so a restarting handler never holds
-//! up a job another handler could run.
+//! comes back when the job's result is out. Free slots are also limited to
+//! the room of handlers that are ready now (each actor reports its own from
+//! its state), so a worker never takes a job it cannot start: nothing is
+//! taken while every handler is starting or restarting. Submitted jobs wait
+//! in one queue that every actor pulls from when it is ready and has room,
+//! so a restarting handler never holds up a job another handler could run.
+//!
+//! An actor task that panics is a bug; it is reported as a fatal error so
+//! the worker drains and exits instead of waiting for an actor that is gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{HandlerConfig, Identity, Mode};
 use crate::error::FatalError;
-use crate::handler::{actor, oneshot, ActorContext};
+use crate::handler::{actor, oneshot, ActorContext, RoomShare};
 use crate::job::{FailureKind, Job, JobEvent, JobFailure, JobResult, JobTicket, Outcome, Registry};
 use crate::metrics::Metrics;
 
@@ -54,6 +60,8 @@ pub struct Pool {
     queued: async_channel::Receiver<JobTicket>,
     slots: Arc<Semaphore>,
     capacity: usize,
+    /// How many more jobs the ready handlers could start now.
+    room: Arc<watch::Sender<usize>>,
     in_flight: Arc<InFlight>,
     identity: Arc<Identity>,
     /// Cancelled to stop the handlers gracefully once no job is in flight.
@@ -79,6 +87,7 @@ impl Pool {
         let force = CancellationToken::new();
         let actors = TaskTracker::new();
         let config = Arc::new(config);
+        let room = Arc::new(watch::channel(0).0);
         for index in 0..config.concurrency {
             let ctx = ActorContext {
                 index,
@@ -89,11 +98,13 @@ impl Pool {
                 stop: stop.clone(),
                 force: force.clone(),
                 metrics: metrics.clone(),
+                room: RoomShare::new(room.clone()),
             };
-            match config.mode {
-                Mode::Worker => actors.spawn(actor::run(ctx)),
-                Mode::Oneshot => actors.spawn(oneshot::run(ctx)),
+            let task = match config.mode {
+                Mode::Worker => tokio::spawn(actor::run(ctx)),
+                Mode::Oneshot => tokio::spawn(oneshot::run(ctx)),
             };
+            actors.spawn(watch_actor(index, task, fatal.clone()));
         }
         actors.close();
         Arc::new(Pool {
@@ -101,6 +112,7 @@ impl Pool {
             queued: queue_rx,
             slots: Arc::new(Semaphore::new(capacity)),
             capacity,
+            room,
             in_flight: Arc::new(InFlight {
                 jobs: Mutex::default(),
                 count: watch::channel(0).0,
@@ -119,8 +131,10 @@ impl Pool {
         self.capacity
     }
 
-    /// Waits until at least one slot is free, then returns every free slot.
+    /// Waits until at least one slot is free and a ready handler has room,
+    /// then returns every free slot that ready handlers have room for.
     pub async fn free_slots(&self) -> Vec<Slot> {
+        let room = self.ready_room().await;
         let first = self
             .slots
             .clone()
@@ -128,10 +142,27 @@ impl Pool {
             .await
             .expect("the slot semaphore is never closed");
         let mut slots = vec![Slot(first)];
-        while let Ok(permit) = self.slots.clone().try_acquire_owned() {
+        while slots.len() < room {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
             slots.push(Slot(permit));
         }
         slots
+    }
+
+    /// Waits until ready handlers have room for a job beyond those already
+    /// queued for them; returns that room.
+    async fn ready_room(&self) -> usize {
+        let mut room = self.room.subscribe();
+        loop {
+            let free = room.borrow_and_update().saturating_sub(self.queue.len());
+            if free > 0 {
+                return free;
+            }
+            // The pool holds the sender, so the channel never closes.
+            let _ = room.changed().await;
+        }
     }
 
     /// Hands a job to the handlers. Its events, ending with exactly one
@@ -231,5 +262,49 @@ impl Pool {
         self.queue.close();
         self.actors.wait().await;
         self.fail_queued("the worker shut down before the job started");
+    }
+}
+
+/// Waits for one actor task; a panic in it is reported as a fatal error
+/// rather than leaving the worker waiting for an actor that is gone.
+async fn watch_actor(
+    index: usize,
+    task: tokio::task::JoinHandle<()>,
+    fatal: mpsc::UnboundedSender<FatalError>,
+) {
+    if let Err(error) = task.await {
+        if error.is_panic() {
+            let _ = fatal.send(FatalError::Internal(format!(
+                "the actor of handler {index} panicked ({}); this is a bug in jobpipe, please report it",
+                panic_message(error)
+            )));
+        }
+    }
+}
+
+fn panic_message(error: JoinError) -> String {
+    let payload = error.into_panic();
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "no message".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_actor_is_a_fatal_error() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async { panic!("boom") });
+        watch_actor(3, task, tx).await;
+        let error = rx.recv().await.expect("a fatal error");
+        let text = error.to_string();
+        assert!(text.contains("handler 3 panicked (boom)"), "{text}");
+        assert_eq!(error.exit_code(), crate::error::exit::INTERNAL);
     }
 }

@@ -8,6 +8,10 @@
 //! and has its own `handle_*` method. Every job the actor accepts leaves
 //! through `Actor::finish` or one of the failure paths, each of which
 //! finishes the ticket exactly once.
+//!
+//! Where the actor is in that life is its [`ActorState`]; the state alone
+//! decides how many more jobs the actor could start now, which it tells the
+//! pool so that no job is taken for a handler that is not ready.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,6 +38,35 @@ const RESTART_BACKOFF: BackoffPolicy =
 pub(super) const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
 /// How long, after the process exited, lines it wrote are still read.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
+
+/// Where an actor's handler process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorState {
+    /// A process is being started and has not said it is ready.
+    Starting,
+    /// Ready, with no job.
+    Idle,
+    /// Ready, running `jobs` jobs since `since`.
+    Busy { jobs: usize, since: Instant },
+    /// Finishing the jobs it holds and taking no more: the process is due
+    /// to be replaced, or the pool is stopping.
+    Draining { jobs: usize },
+    /// The process is being stopped (its whole group).
+    Stopping,
+    /// No process, and none will be started.
+    Exited,
+}
+
+impl ActorState {
+    /// How many more jobs an actor in this state could start now.
+    fn room(self, capacity: usize) -> usize {
+        match self {
+            ActorState::Idle => capacity,
+            ActorState::Busy { jobs, .. } => capacity.saturating_sub(jobs),
+            _ => 0,
+        }
+    }
+}
 
 /// Why a job is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,42 +119,55 @@ pub async fn run(ctx: ActorContext) {
     let mut actor = Actor {
         backoff: RESTART_BACKOFF.iter(),
         ctx,
+        state: ActorState::Starting,
     };
-    loop {
-        let Some(mut process) = actor.start().await else {
-            return;
-        };
-        let end = actor.serve(&mut process).await;
-        match end {
-            End::Kill => {
-                process.kill().await;
+    actor.life().await;
+    actor.set_state(ActorState::Exited);
+}
+
+impl Actor {
+    /// Starts, serves and replaces processes until the pool stops or the
+    /// handler cannot start.
+    async fn life(&mut self) {
+        loop {
+            self.set_state(ActorState::Starting);
+            let Some(mut process) = self.start().await else {
                 return;
-            }
-            End::Stop => {
-                process
-                    .stop(actor.ctx.config.kill_grace, &actor.ctx.force)
-                    .await;
-                return;
-            }
-            End::Restart(reason) => {
-                actor.ctx.metrics.restarted(reason);
-                tracing::info!(
-                    handler = actor.ctx.index,
-                    pid = process.pid,
-                    "replacing handler process ({})",
-                    reason.name()
-                );
-                process
-                    .stop(actor.ctx.config.kill_grace, &actor.ctx.force)
-                    .await;
-                let crashed = matches!(
-                    reason,
-                    RestartReason::Crashed
-                        | RestartReason::ExitedIdle
-                        | RestartReason::ProtocolError
-                );
-                if crashed && !actor.pause().await {
+            };
+            self.set_state(ActorState::Idle);
+            let end = self.serve(&mut process).await;
+            self.set_state(ActorState::Stopping);
+            match end {
+                End::Kill => {
+                    process.kill().await;
                     return;
+                }
+                End::Stop => {
+                    process
+                        .stop(self.ctx.config.kill_grace, &self.ctx.force)
+                        .await;
+                    return;
+                }
+                End::Restart(reason) => {
+                    self.ctx.metrics.restarted(reason);
+                    tracing::info!(
+                        handler = self.ctx.index,
+                        pid = process.pid,
+                        "replacing handler process ({})",
+                        reason.name()
+                    );
+                    process
+                        .stop(self.ctx.config.kill_grace, &self.ctx.force)
+                        .await;
+                    let crashed = matches!(
+                        reason,
+                        RestartReason::Crashed
+                            | RestartReason::ExitedIdle
+                            | RestartReason::ProtocolError
+                    );
+                    if crashed && !self.pause().await {
+                        return;
+                    }
                 }
             }
         }
@@ -131,9 +177,35 @@ pub async fn run(ctx: ActorContext) {
 pub(super) struct Actor {
     pub(super) ctx: ActorContext,
     pub(super) backoff: Backoff,
+    state: ActorState,
 }
 
 impl Actor {
+    /// Moves to `state` and tells the pool how many jobs this actor could
+    /// start now.
+    pub(super) fn set_state(&mut self, state: ActorState) {
+        self.state = state;
+        self.ctx
+            .room
+            .set(state.room(self.ctx.config.jobs_per_handler));
+    }
+
+    /// The state that matches the jobs held while serving.
+    fn serving_state(&self, s: &Serving) -> ActorState {
+        let jobs = s.jobs.len();
+        if s.draining.is_some() || !s.queue_open || self.ctx.stop.is_cancelled() {
+            return ActorState::Draining { jobs };
+        }
+        match self.state {
+            _ if jobs == 0 => ActorState::Idle,
+            ActorState::Busy { since, .. } => ActorState::Busy { jobs, since },
+            _ => ActorState::Busy {
+                jobs,
+                since: Instant::now(),
+            },
+        }
+    }
+
     /// Feeds jobs to a ready process until it must be replaced or stopped.
     async fn serve(&mut self, process: &mut HandlerProcess) -> End {
         let (stops, mut stop_requests) = mpsc::unbounded_channel();
@@ -143,13 +215,10 @@ impl Actor {
             queue_open: true,
             stops,
         };
-        let capacity = self.ctx.config.jobs_per_handler;
         let mut tagged = String::new();
         loop {
-            let room = s.queue_open
-                && s.draining.is_none()
-                && s.jobs.len() < capacity
-                && !self.ctx.stop.is_cancelled();
+            self.set_state(self.serving_state(&s));
+            let room = self.state.room(self.ctx.config.jobs_per_handler) > 0;
             let grace_over = s.next_grace_deadline();
             let step = tokio::select! {
                 biased;

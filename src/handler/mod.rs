@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HandlerConfig, Identity};
@@ -36,4 +36,36 @@ pub struct ActorContext {
     /// Forced stop: kill the process now and fail what it holds.
     pub force: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// This actor's share of the pool's room for new jobs.
+    pub room: RoomShare,
+}
+
+/// One actor's contribution to the pool's count of jobs its ready handlers
+/// could start now. The pool takes no job beyond that count, so a job is
+/// never taken for a handler that is still starting or restarting. Dropping
+/// the share (the actor ended, or panicked) withdraws it.
+pub struct RoomShare {
+    total: Arc<watch::Sender<usize>>,
+    mine: usize,
+}
+
+impl RoomShare {
+    pub(crate) fn new(total: Arc<watch::Sender<usize>>) -> Self {
+        RoomShare { total, mine: 0 }
+    }
+
+    /// Sets how many more jobs this actor could start now.
+    pub(crate) fn set(&mut self, room: usize) {
+        if room == self.mine {
+            return;
+        }
+        let old = std::mem::replace(&mut self.mine, room);
+        self.total.send_modify(|n| *n = (*n - old) + room);
+    }
+}
+
+impl Drop for RoomShare {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }

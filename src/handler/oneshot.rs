@@ -20,8 +20,11 @@ use crate::timer::sleep_for;
 const STDOUT_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// Runs jobs one after another, each in a new process, until the pool stops.
-pub async fn run(ctx: ActorContext) {
+pub async fn run(mut ctx: ActorContext) {
     loop {
+        // A fresh process per job needs no warm-up: room for one job
+        // whenever none is running.
+        ctx.room.set(1);
         let ticket = tokio::select! {
             biased;
             _ = ctx.force.cancelled() => return,
@@ -31,6 +34,7 @@ pub async fn run(ctx: ActorContext) {
                 Err(_) => return,
             },
         };
+        ctx.room.set(0);
         run_job(&ctx, ticket).await;
     }
 }
