@@ -49,7 +49,7 @@ docs/handler-protocol.md for the line protocol it speaks.",
     after_help = "Exit codes: 0 ok; 1 the test job failed or its output did not match; \
 2 invalid configuration or no job source; 3 the handler cannot start; \
 4 the RunPod key was rejected; 5 shutdown was forced and in-flight jobs were failed; \
-6 an internal or I/O error."
+6 an internal or I/O error; 7 the handler crashed or exited --max-handler-failures times in a row."
 )]
 pub struct Cli {
     /// The handler command and its arguments, executed directly.
@@ -65,26 +65,36 @@ pub struct Cli {
     #[arg(long, env = "JOBPIPE_MODE", value_enum, default_value = "worker")]
     pub mode: Mode,
 
-    /// Number of handler processes running side by side.
+    /// Number of handler processes running side by side (at most 1024, and
+    /// no more than the open-file and process limits allow).
     #[arg(long, env = "JOBPIPE_CONCURRENCY", default_value = "1")]
     pub concurrency: NonZeroUsize,
 
     /// Jobs one handler process may hold at once (for handlers that
-    /// multiplex); answers are matched by id.
+    /// multiplex); answers are matched by id. At most 10000.
     #[arg(long, env = "JOBPIPE_JOBS_PER_HANDLER", default_value = "1")]
     pub jobs_per_handler: NonZeroUsize,
 
-    /// How long a handler may take to print {"ready": true}; missing it is fatal.
-    #[arg(long, env = "JOBPIPE_STARTUP_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    /// How long a handler may take to print {"ready": true}; missing it is
+    /// fatal. At most 7 days.
+    #[arg(long, env = "JOBPIPE_STARTUP_TIMEOUT", default_value = "10m", value_parser = parse_long_duration)]
     pub startup_timeout: Duration,
 
-    /// Longest a job may run before it fails as timed out (default: no limit).
-    #[arg(long, env = "JOBPIPE_JOB_TIMEOUT", value_parser = humantime::parse_duration)]
+    /// Longest a job may run before it fails as timed out (default: no
+    /// limit). At most 7 days.
+    #[arg(long, env = "JOBPIPE_JOB_TIMEOUT", value_parser = parse_long_duration)]
     pub job_timeout: Option<Duration>,
 
-    /// Time between SIGTERM and SIGKILL when a handler's process group is stopped.
-    #[arg(long, env = "JOBPIPE_KILL_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Time between SIGTERM and SIGKILL when a handler's process group is
+    /// stopped. At most 1 hour.
+    #[arg(long, env = "JOBPIPE_KILL_GRACE", default_value = "5s", value_parser = parse_short_duration)]
     pub kill_grace: Duration,
+
+    /// Handler crashes or exits in a row, with no job succeeding in between,
+    /// after which the handler counts as failing every job: jobpipe stops
+    /// taking jobs and exits with code 7. 0 means never.
+    #[arg(long, env = "JOBPIPE_MAX_HANDLER_FAILURES", default_value = "5")]
+    pub max_handler_failures: u32,
 
     /// Replace the handler process after every job (and ask RunPod to stop the pod).
     #[arg(long, env = "JOBPIPE_REFRESH_WORKER")]
@@ -130,8 +140,9 @@ pub struct Cli {
     pub log_format: Option<LogFormat>,
 
     /// Time the first SIGTERM/SIGINT allows in-flight jobs to finish and
-    /// their results to be delivered before jobs are failed and handlers killed.
-    #[arg(long, env = "JOBPIPE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    /// their results to be delivered before jobs are failed and handlers
+    /// killed. At most 7 days.
+    #[arg(long, env = "JOBPIPE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_long_duration)]
     pub shutdown_timeout: Duration,
 
     /// Where results that could not be delivered by shutdown are kept until
@@ -163,12 +174,13 @@ pub struct Cli {
     #[arg(long, env = "RUNPOD_WEBHOOK_PING", value_name = "URL")]
     pub runpod_ping: Option<String>,
 
-    /// Heartbeat period in milliseconds.
+    /// Heartbeat period in milliseconds (at most one hour).
     #[arg(
         long,
         env = "RUNPOD_PING_INTERVAL",
         default_value = "10000",
-        value_name = "MS"
+        value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(..=3_600_000)
     )]
     pub runpod_ping_interval: u64,
 
@@ -239,6 +251,9 @@ pub struct HandlerConfig {
     pub keep_handler_on_error: bool,
     pub max_output_size: usize,
     pub pass_secrets: bool,
+    /// Unplanned handler ends in a row that make the handler count as
+    /// failing every job; `None` for no limit.
+    pub max_handler_failures: Option<u32>,
 }
 
 /// The validated configuration.
@@ -285,7 +300,14 @@ impl Cli {
             keep_handler_on_error: self.keep_handler_on_error,
             max_output_size: self.max_output_size,
             pass_secrets: self.pass_secrets,
+            max_handler_failures: Some(self.max_handler_failures).filter(|n| *n > 0),
         };
+        if handler.jobs_per_handler > MAX_JOBS_PER_HANDLER {
+            return Err(ConfigError::Invalid(format!(
+                "--jobs-per-handler {} is more than {MAX_JOBS_PER_HANDLER}; no handler multiplexes that many jobs",
+                handler.jobs_per_handler
+            )));
+        }
         if handler.mode == Mode::Oneshot && handler.jobs_per_handler > 1 {
             return Err(ConfigError::Invalid(
                 "--jobs-per-handler above 1 needs --mode worker (a one-shot process runs one job)"
@@ -438,6 +460,34 @@ fn parse_level(text: &str) -> Result<tracing::Level, String> {
     }
 }
 
+/// Longest value of a timeout that may reasonably be days: start-up, job,
+/// shutdown. A bound keeps every deadline computed from it far from overflow.
+const LONG_DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest kill grace: a handler that needs longer to stop is stuck.
+const SHORT_DURATION_MAX: Duration = Duration::from_secs(3600);
+/// Most jobs one handler process may hold.
+const MAX_JOBS_PER_HANDLER: usize = 10_000;
+
+fn parse_long_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_up_to(text, LONG_DURATION_MAX)
+}
+
+fn parse_short_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_up_to(text, SHORT_DURATION_MAX)
+}
+
+fn parse_duration_up_to(text: &str, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration like 30s, 5m or 1h30m"))?;
+    if duration > max {
+        return Err(format!(
+            "{text} is longer than the limit of {}",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
 fn parse_size(text: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = text
         .parse()
@@ -535,6 +585,25 @@ mod tests {
             .unwrap();
         assert!(config.identity.worker_id.starts_with("jobpipe-"));
         assert!(config.identity.worker_id.len() > 20);
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(
+            parse_long_duration("10m").unwrap(),
+            Duration::from_secs(600)
+        );
+        assert!(parse_long_duration("7days").is_ok());
+        let err = parse_long_duration("300000000000years").unwrap_err();
+        assert!(err.contains("longer than the limit of 7days"), "{err}");
+        assert!(parse_short_duration("2h").is_err());
+        assert!(parse_long_duration("soon")
+            .unwrap_err()
+            .contains("like 30s"));
+        let absurd = Cli::try_parse_from(["jobpipe", "--kill-grace", "1000years", "--", "x"]);
+        assert!(absurd.is_err());
+        let absurd = Cli::try_parse_from(["jobpipe", "--runpod-ping-interval", "99999999999999"]);
+        assert!(absurd.is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod exit {
     pub const AUTH: u8 = 4;
     pub const FORCED: u8 = 5;
     pub const INTERNAL: u8 = 6;
+    pub const HANDLER_FAILING: u8 = 7;
 }
 
 /// The configuration cannot work; nothing has been started.
@@ -41,6 +42,8 @@ pub enum FatalError {
     HandlerUnusable { program: String, problem: String },
     #[error("handler could not start: {0}")]
     HandlerStart(String),
+    #[error("handler fails every job: {0}")]
+    HandlerFailing(String),
     #[error(
         "RunPod rejected the API key (HTTP {status}); check RUNPOD_AI_API_KEY for this endpoint"
     )]
@@ -61,6 +64,7 @@ impl FatalError {
         match self {
             FatalError::Config(_) => exit::CONFIG,
             FatalError::HandlerUnusable { .. } | FatalError::HandlerStart(_) => exit::HANDLER,
+            FatalError::HandlerFailing(_) => exit::HANDLER_FAILING,
             FatalError::KeyRejected { .. } => exit::AUTH,
             FatalError::Spool { .. } | FatalError::Internal(_) => exit::INTERNAL,
         }

@@ -3,17 +3,29 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use jobpipe::config::{self, Cli};
 use jobpipe::error::{exit, FatalError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // First of all, so no handler can read the key from /proc/<pid>/environ.
+    jobpipe::os::make_non_dumpable();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let level = match config::log_level(&cli) {
         Ok(level) => level,
         Err(e) => return fail(&FatalError::Config(e)),
     };
     jobpipe::logging::init(level, config::log_format(&cli));
+    if matches.value_source("runpod_api_key") == Some(ValueSource::CommandLine) {
+        tracing::warn!(
+            "the API key was given with --runpod-api-key, so every user of this machine can read it in the process list; set RUNPOD_AI_API_KEY in the environment instead"
+        );
+    }
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let config = match cli.into_config(&cwd) {
         Ok(config) => config,

@@ -231,9 +231,84 @@ fn usable(path: &Path) -> Result<(), Option<String>> {
     })
 }
 
+/// Most handler processes one worker runs, whatever the machine allows.
+pub const MAX_HANDLERS: usize = 1024;
+/// File descriptors jobpipe holds for one handler process: its three pipes
+/// and room for the three more a start or a restart holds for a moment.
+const FDS_PER_HANDLER: u64 = 6;
+/// File descriptors kept for jobpipe itself: connections, logs, the spool.
+const FDS_RESERVED: u64 = 256;
+
+/// Checks that `handlers` handler processes fit the machine's limits, after
+/// raising the open-file limit to its hard limit; the error says which limit
+/// is too low.
+pub fn check_handler_limits(handlers: usize) -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    if handlers > MAX_HANDLERS {
+        return Err(format!(
+            "--concurrency {handlers} is more than {MAX_HANDLERS} handler processes; run more workers instead"
+        ));
+    }
+    let wanted = FDS_RESERVED + handlers as u64 * FDS_PER_HANDLER;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let mut files = soft;
+        if soft < wanted && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            files = hard;
+        }
+        if files != RLIM_INFINITY && files < wanted {
+            return Err(format!(
+                "--concurrency {handlers} needs about {wanted} open files but the limit (ulimit -n) is {files}; lower --concurrency or raise the limit"
+            ));
+        }
+    }
+    if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NPROC) {
+        let root = nix::unistd::getuid().is_root();
+        if soft != RLIM_INFINITY && !root {
+            let running = processes_of_this_user();
+            if running + handlers as u64 > soft {
+                return Err(format!(
+                    "--concurrency {handlers} needs {handlers} more processes but this user runs {running} of at most {soft} (ulimit -u); lower --concurrency or raise the limit"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Processes owned by this process's real user.
+fn processes_of_this_user() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::getuid().as_raw();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| e.metadata().is_ok_and(|m| m.uid() == uid))
+        .count() as u64
+}
+
+/// Makes this process non-dumpable: no core dump, and its `/proc` files
+/// (environment, memory) are readable only by a process with
+/// `CAP_SYS_PTRACE`, not by every process of the same user such as a
+/// handler. Handlers themselves are dumpable again after `exec`.
+pub fn make_non_dumpable() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!("cannot make jobpipe non-dumpable ({e}); processes of the same user can read its environment");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_handler_counts_are_refused() {
+        let err = check_handler_limits(100_000).unwrap_err();
+        assert!(err.contains("more than 1024"), "{err}");
+        assert!(check_handler_limits(2).is_ok());
+    }
 
     #[test]
     fn missing_and_non_executable_programs_are_named() {

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{HandlerConfig, Identity, Mode};
 use crate::error::FatalError;
-use crate::handler::{actor, oneshot, ActorContext, RoomShare};
+use crate::handler::{actor, oneshot, ActorContext, FailureStreak, RoomShare};
 use crate::job::{FailureKind, Job, JobEvent, JobFailure, JobResult, JobTicket, Outcome, Registry};
 use crate::metrics::Metrics;
 
@@ -88,6 +88,7 @@ impl Pool {
         let actors = TaskTracker::new();
         let config = Arc::new(config);
         let room = Arc::new(watch::channel(0).0);
+        let failures = Arc::new(FailureStreak::default());
         for index in 0..config.concurrency {
             let ctx = ActorContext {
                 index,
@@ -99,6 +100,7 @@ impl Pool {
                 force: force.clone(),
                 metrics: metrics.clone(),
                 room: RoomShare::new(room.clone()),
+                failures: failures.clone(),
             };
             let task = match config.mode {
                 Mode::Worker => tokio::spawn(actor::run(ctx)),

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::error::{exit, FatalError};
+use crate::error::{exit, ConfigError, FatalError};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::signals::ShutdownRequest;
@@ -34,6 +34,8 @@ pub async fn run(
     mut requests: mpsc::UnboundedReceiver<ShutdownRequest>,
 ) -> Result<u8, FatalError> {
     crate::os::init_reaper();
+    crate::os::check_handler_limits(config.handler.concurrency)
+        .map_err(|e| FatalError::Config(ConfigError::Invalid(e)))?;
     let program = &config.handler.argv[0];
     crate::os::check_executable(program).map_err(|problem| FatalError::HandlerUnusable {
         program: program.clone(),

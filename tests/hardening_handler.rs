@@ -110,3 +110,107 @@ async fn no_job_is_taken_while_the_handler_is_not_ready() {
         run.describe()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Failing forever is a state
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_fails_every_job_ends_the_worker() {
+    let fake = FakeRunpod::start(KEY).await;
+    for i in 0..20 {
+        fake.push_job(json!({"id": format!("job-{i}"), "input": {"do": "echo"}}));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_worker_for(
+        &fake,
+        &dir.path().join("spool"),
+        &["--max-handler-failures", "3"],
+        &python_handler(&["--exit-after-ready"]),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(run.code, Some(7), "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("crashed or exited 3 times in a row with no job succeeding"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("exiting right after ready"),
+        "the report quotes the handler's stderr\n{}",
+        run.describe()
+    );
+    let failed = fake.results().len();
+    assert!(
+        failed <= 3,
+        "{failed} jobs were failed; at most one per handler end\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        fake.queued() + failed,
+        20,
+        "every job not failed is left for another worker"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Limits on every setting
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_absurd_duration_exits_2_at_once() {
+    for (flag, value) in [
+        ("--startup-timeout", "300000000000years"),
+        ("--shutdown-timeout", "300000000000years"),
+        ("--kill-grace", "300000000000years"),
+        ("--job-timeout", "300000000000years"),
+    ] {
+        let run = common::jobpipe()
+            .args([flag, value])
+            .test_input(r#"{"input": {}}"#)
+            .handler(python_handler(&[]))
+            .deadline(Duration::from_secs(5))
+            .run();
+        run.expect_code(2);
+        assert!(
+            run.elapsed < Duration::from_secs(1),
+            "{flag}: took {:?}",
+            run.elapsed
+        );
+        assert_contains(&run.stderr, "is longer than the limit of", &run);
+    }
+    let run = common::jobpipe()
+        .env("JOBPIPE_STARTUP_TIMEOUT", "300000000000years")
+        .test_input(r#"{"input": {}}"#)
+        .handler(python_handler(&[]))
+        .deadline(Duration::from_secs(5))
+        .run();
+    run.expect_code(2);
+}
+
+#[test]
+fn an_absurd_concurrency_is_refused_with_exit_2() {
+    let run = common::jobpipe()
+        .env("JOBPIPE_CONCURRENCY", "100000")
+        .test_input(r#"{"input": {}}"#)
+        .handler(python_handler(&[]))
+        .deadline(Duration::from_secs(5))
+        .run();
+    run.expect_code(2);
+    assert_contains(&run.stderr, "--concurrency 100000", &run);
+    assert!(
+        run.elapsed < Duration::from_secs(1),
+        "took {:?}",
+        run.elapsed
+    );
+}
+
+fn assert_contains(text: &str, wanted: &str, run: &common::Run) {
+    assert!(
+        text.contains(wanted),
+        "missing {wanted:?}\n{}",
+        run.describe()
+    );
+}

@@ -31,6 +31,7 @@ fn config(jobs_per_handler: usize, job_timeout: Option<Duration>) -> HandlerConf
         keep_handler_on_error: false,
         max_output_size: 1 << 20,
         pass_secrets: false,
+        max_handler_failures: Some(5),
     }
 }
 

@@ -344,11 +344,21 @@ async fn a_stopped_job_is_killed_unreported_and_the_next_job_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_uses_batch_takes_and_runs_jobs_in_parallel() {
     let fake = FakeRunpod::start(KEY).await;
+    let worker = start(&fake, &["--concurrency", "4"]);
+    // Jobs are taken only for ready handlers: once all four are ready, the
+    // take asks for four.
+    let all_ready = fake
+        .wait_until(WAIT, |f| {
+            f.takes()
+                .iter()
+                .any(|t| query(t, "batch_size").as_deref() == Some("4"))
+        })
+        .await;
+    assert!(all_ready, "no take for four jobs");
     for i in 0..8 {
         fake.push_job(job(&format!("c{i}"), json!({"do": "sleep", "ms": 600})));
     }
     let started = std::time::Instant::now();
-    let worker = start(&fake, &["--concurrency", "4"]);
     fake.wait_for_results(8, WAIT).await;
     let batch = fake
         .takes()

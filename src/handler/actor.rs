@@ -24,9 +24,10 @@ use tokio::time::Instant;
 use super::lines::Line;
 use super::process::HandlerProcess;
 use super::protocol::{cancel_line, parse_line, sniff_id, Frame};
-use super::startup::log_stray_line;
+use super::startup::{log_stray_line, stderr_note};
 use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
+use crate::error::FatalError;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
 use crate::metrics::RestartReason;
 use crate::timer::{sleep_for, sleep_until};
@@ -120,6 +121,7 @@ pub async fn run(ctx: ActorContext) {
         backoff: RESTART_BACKOFF.iter(),
         ctx,
         state: ActorState::Starting,
+        last_end: String::new(),
     };
     actor.life().await;
     actor.set_state(ActorState::Exited);
@@ -165,6 +167,11 @@ impl Actor {
                             | RestartReason::ExitedIdle
                             | RestartReason::ProtocolError
                     );
+                    let ended =
+                        matches!(reason, RestartReason::Crashed | RestartReason::ExitedIdle);
+                    if ended && self.failing_every_job() {
+                        return;
+                    }
                     if crashed && !self.pause().await {
                         return;
                     }
@@ -178,9 +185,30 @@ pub(super) struct Actor {
     pub(super) ctx: ActorContext,
     pub(super) backoff: Backoff,
     state: ActorState,
+    /// How the last process ended by itself, for the report when the
+    /// handler turns out to fail every job.
+    last_end: String,
 }
 
 impl Actor {
+    /// Counts one more crash or exit of the handler; true (with a fatal
+    /// error reported) when that makes too many in a row.
+    fn failing_every_job(&mut self) -> bool {
+        let count = self.ctx.failures.add();
+        let Some(limit) = self.ctx.config.max_handler_failures else {
+            return false;
+        };
+        if count < limit {
+            return false;
+        }
+        let error = FatalError::HandlerFailing(format!(
+            "it crashed or exited {count} times in a row with no job succeeding (--max-handler-failures {limit}); this worker takes no more jobs so the platform can replace it. Last: {}",
+            self.last_end
+        ));
+        let _ = self.ctx.fatal.send(error);
+        true
+    }
+
     /// Moves to `state` and tells the pool how many jobs this actor could
     /// start now.
     pub(super) fn set_state(&mut self, state: ActorState) {
@@ -375,6 +403,7 @@ impl Actor {
         let refresh = result.refresh_worker;
         if success {
             self.backoff.reset();
+            self.ctx.failures.reset();
         }
         running.ticket.finish(result);
         let single = self.ctx.config.jobs_per_handler == 1;
@@ -445,11 +474,12 @@ impl Actor {
                 Ok(None) | Err(_) => break,
             }
         }
+        let tail = process.stderr_tail().await;
+        self.last_end = format!("handler {status}{}", stderr_note(&tail));
         if s.jobs.is_empty() {
             tracing::warn!(pid = process.pid, "handler {status} while idle");
             return End::Restart(RestartReason::ExitedIdle);
         }
-        let tail = process.stderr_tail().await;
         tracing::warn!(pid = process.pid, jobs = %s.ids(), "handler {status} while running jobs");
         s.fail_all(
             JobFailure::new(FailureKind::HandlerCrashed, format!("handler {status}"))

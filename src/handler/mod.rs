@@ -38,6 +38,26 @@ pub struct ActorContext {
     pub metrics: Arc<Metrics>,
     /// This actor's share of the pool's room for new jobs.
     pub room: RoomShare,
+    /// Unplanned handler ends in a row across the pool.
+    pub failures: Arc<FailureStreak>,
+}
+
+/// Counts handler crashes and exits in a row, across all actors of a pool,
+/// with no job succeeding in between. A handler that keeps doing that
+/// fails every job it is given; reaching the limit ends the worker.
+#[derive(Default)]
+pub struct FailureStreak(std::sync::atomic::AtomicU32);
+
+impl FailureStreak {
+    /// Counts one more crash or exit; returns the count.
+    pub(crate) fn add(&self) -> u32 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    /// A job succeeded: the handler works.
+    pub(crate) fn reset(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// One actor's contribution to the pool's count of jobs its ready handlers
