@@ -6,6 +6,7 @@
 //! parsed once into the typed [`Config`] the rest of the program uses, so
 //! validation errors surface at start-up as one clear line and exit code 2.
 
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -200,6 +201,11 @@ pub struct Cli {
     /// Host name reported in error reports [default: the machine's host name].
     #[arg(long, env = "RUNPOD_POD_HOSTNAME", value_name = "NAME")]
     pub hostname: Option<String>,
+
+    /// Serve GET /health, /ready and /metrics (Prometheus) on this address,
+    /// e.g. 0.0.0.0:9090 [default: off].
+    #[arg(long, env = "JOBPIPE_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Where jobs come from, decided once at start-up.
@@ -263,6 +269,8 @@ pub struct Config {
     pub source: SourceConfig,
     pub shutdown_timeout: Duration,
     pub identity: Identity,
+    /// Where health, readiness and metrics are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Who this worker is, as reported in pings and error reports.
@@ -322,6 +330,7 @@ impl Cli {
                 worker_id,
                 hostname,
             },
+            metrics_addr: self.metrics_addr,
         })
     }
 

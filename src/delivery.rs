@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::BackoffPolicy;
 use crate::error::FatalError;
 use crate::handler::lines::clip_middle;
+use crate::metrics::Metrics;
 use crate::runner::ResultSink;
 
 /// Delays between attempts of one post.
@@ -85,6 +86,24 @@ pub async fn deliver<S: ResultSink>(
     sender: &S,
     post: &Post,
     flush: &CancellationToken,
+    metrics: &Metrics,
+) -> Delivery {
+    let kind = post.kind.name();
+    let delivery = attempts(sender, post, flush, metrics).await;
+    let outcome = match delivery {
+        Delivery::Delivered => "delivered",
+        Delivery::Refused => "refused",
+        Delivery::Flushed => "flushed",
+    };
+    metrics.post_ended(kind, outcome);
+    delivery
+}
+
+async fn attempts<S: ResultSink>(
+    sender: &S,
+    post: &Post,
+    flush: &CancellationToken,
+    metrics: &Metrics,
 ) -> Delivery {
     let mut delays = POST_BACKOFF.iter();
     let mut attempt = 1u32;
@@ -109,6 +128,7 @@ pub async fn deliver<S: ResultSink>(
             delay.as_millis()
         );
         attempt += 1;
+        metrics.post_retried(post.kind.name());
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = flush.cancelled() => return Delivery::Flushed,
@@ -269,9 +289,19 @@ mod tests {
             failures: 20,
             calls: calls.clone(),
         };
-        let outcome = deliver(&sender, &post(), &CancellationToken::new()).await;
+        let metrics = Metrics::new();
+        let outcome = deliver(&sender, &post(), &CancellationToken::new(), &metrics).await;
         assert_eq!(outcome, Delivery::Delivered);
         assert_eq!(calls.load(Ordering::SeqCst), 21);
+        let text = metrics.render();
+        assert!(
+            text.contains("jobpipe_result_post_retries_total{kind=\"result\"} 20"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jobpipe_result_posts_total{kind=\"result\",outcome=\"delivered\"} 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -286,7 +316,11 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             trigger.cancel();
         });
-        assert_eq!(deliver(&sender, &post(), &flush).await, Delivery::Flushed);
+        let metrics = Metrics::new();
+        assert_eq!(
+            deliver(&sender, &post(), &flush, &metrics).await,
+            Delivery::Flushed
+        );
     }
 
     #[test]

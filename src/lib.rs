@@ -20,6 +20,8 @@
 //!   the spool ([`delivery`]). A source adds only its transport.
 //! * [`source`] holds the job sources: [`source::test_input`] for local
 //!   runs and CI, [`source::runpod`] for RunPod serverless.
+//! * [`metrics`] counts what an operator watches and [`observe`] serves it
+//!   (`/health`, `/ready`, `/metrics`) when `--metrics-addr` is set.
 //! * Errors are sorted in [`error`]: fatal ones end the run with an exit
 //!   code; per-job ones become the job's result; transient ones are retried
 //!   with [`backoff`].
@@ -32,6 +34,7 @@ pub mod handler;
 pub mod job;
 pub mod logging;
 pub mod metrics;
+pub mod observe;
 pub mod os;
 pub mod pool;
 pub mod runner;

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinError;
@@ -25,7 +26,7 @@ use crate::config::{HandlerConfig, Identity, Mode};
 use crate::error::FatalError;
 use crate::handler::{actor, oneshot, ActorContext, FailureStreak, RoomShare};
 use crate::job::{FailureKind, Job, JobEvent, JobFailure, JobResult, JobTicket, Outcome, Registry};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolView};
 
 /// Room for one job, held from take to result.
 pub struct Slot(OwnedSemaphorePermit);
@@ -37,7 +38,8 @@ pub struct Duplicate(pub String);
 
 /// The jobs in flight, by id, with the token that stops each.
 struct InFlight {
-    jobs: Mutex<HashMap<String, CancellationToken>>,
+    /// Each job's stop token and when it was submitted.
+    jobs: Mutex<HashMap<String, (CancellationToken, Instant)>>,
     count: watch::Sender<usize>,
     metrics: Arc<Metrics>,
 }
@@ -45,10 +47,14 @@ struct InFlight {
 impl Registry for InFlight {
     fn finished(&self, id: &str, result: &JobResult) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.remove(id);
+        let submitted = jobs.remove(id).map(|(_, at)| at);
         self.count.send_replace(jobs.len());
-        if result.outcome != Outcome::Cancelled {
-            self.metrics.job_done(result.is_success());
+        self.metrics.set_in_flight(jobs.len());
+        if result.outcome == Outcome::Cancelled {
+            self.metrics.job_cancelled();
+        } else {
+            let took = submitted.map(|at| at.elapsed()).unwrap_or_default();
+            self.metrics.job_done(result.is_success(), took);
         }
     }
 }
@@ -87,7 +93,14 @@ impl Pool {
         let force = CancellationToken::new();
         let actors = TaskTracker::new();
         let config = Arc::new(config);
-        let room = Arc::new(watch::channel(0).0);
+        let room = Arc::new(watch::channel(0usize).0);
+        let slots = Arc::new(Semaphore::new(capacity));
+        let (waiting, ready_room, free) = (queue_rx.clone(), room.clone(), slots.clone());
+        metrics.pool_started(capacity, move || PoolView {
+            queued: waiting.len(),
+            room: (*ready_room.borrow()).saturating_sub(waiting.len()),
+            free_slots: free.available_permits(),
+        });
         let failures = Arc::new(FailureStreak::default());
         for index in 0..config.concurrency {
             let ctx = ActorContext {
@@ -112,7 +125,7 @@ impl Pool {
         Arc::new(Pool {
             queue: queue_tx,
             queued: queue_rx,
-            slots: Arc::new(Semaphore::new(capacity)),
+            slots,
             capacity,
             room,
             in_flight: Arc::new(InFlight {
@@ -184,8 +197,9 @@ impl Pool {
             if jobs.contains_key(&job.id) {
                 return Err(Duplicate(job.id));
             }
-            jobs.insert(job.id.clone(), cancel.clone());
+            jobs.insert(job.id.clone(), (cancel.clone(), Instant::now()));
             self.in_flight.count.send_replace(jobs.len());
+            self.metrics.set_in_flight(jobs.len());
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let ticket = JobTicket::new(
@@ -211,7 +225,7 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match jobs.get(id) {
-            Some(token) => {
+            Some((token, _)) => {
                 token.cancel();
                 true
             }

@@ -33,6 +33,7 @@ use crate::delivery::{deliver, Attempt, Delivery, Post, PostKind, Spool};
 use crate::error::FatalError;
 use crate::handler::lines::clip_middle;
 use crate::job::{Job, JobEvent, Outcome};
+use crate::metrics::Metrics;
 use crate::pool::{Pool, Slot};
 use crate::source::{Shutdown, SourceContext};
 
@@ -72,6 +73,8 @@ struct Shared<S> {
     spool: Spool,
     shutdown: Shutdown,
     options: RunnerOptions,
+    /// Where posts, retries, undelivered and spooled results are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl<S: ResultSink> Runner<S> {
@@ -89,6 +92,7 @@ impl<S: ResultSink> Runner<S> {
                 spool,
                 shutdown: ctx.shutdown.clone(),
                 options,
+                metrics: ctx.pool.metrics.clone(),
             }),
             pool: ctx.pool.clone(),
             jobs: TaskTracker::new(),
@@ -98,7 +102,10 @@ impl<S: ResultSink> Runner<S> {
             let shared = runner.shared.clone();
             runner.jobs.spawn(async move {
                 let flush = &shared.shutdown.flush;
-                if deliver(&*shared.sink, &spooled.post, flush).await != Delivery::Flushed {
+                shared.metrics.result_pending();
+                let delivery = deliver(&*shared.sink, &spooled.post, flush, &shared.metrics).await;
+                shared.metrics.result_settled();
+                if delivery != Delivery::Flushed {
                     shared.spool.forget(&spooled.path);
                 }
             });
@@ -209,7 +216,9 @@ impl<S: ResultSink> Shared<S> {
                 body,
                 refresh_worker: false,
             };
-            if deliver(&*self.sink, &post, &self.shutdown.flush).await == Delivery::Flushed {
+            let delivery = deliver(&*self.sink, &post, &self.shutdown.flush, &self.metrics).await;
+            if delivery == Delivery::Flushed {
+                self.metrics.update_dropped();
                 tracing::warn!(job_id = %id, "shutting down: an undelivered {} update is dropped (only final results are kept)", kind.name());
             }
         }
@@ -217,11 +226,15 @@ impl<S: ResultSink> Shared<S> {
 
     /// Delivers a final result, or keeps it in the spool at shutdown.
     async fn deliver_final(self: Arc<Self>, post: Post) {
-        match deliver(&*self.sink, &post, &self.shutdown.flush).await {
+        self.metrics.result_pending();
+        let delivery = deliver(&*self.sink, &post, &self.shutdown.flush, &self.metrics).await;
+        self.metrics.result_settled();
+        match delivery {
             Delivery::Delivered => tracing::debug!(job_id = %post.job_id, "result delivered"),
             Delivery::Refused => {}
             Delivery::Flushed => match self.spool.keep(&post) {
                 Ok(path) => {
+                    self.metrics.result_spooled();
                     tracing::warn!(job_id = %post.job_id, "result not delivered before shutdown; kept in {} for the next start", path.display())
                 }
                 Err(e) => {

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{exit, ConfigError, FatalError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Phase};
 use crate::pool::Pool;
 use crate::signals::ShutdownRequest;
 use crate::source::{self, Shutdown, SourceContext};
@@ -43,6 +44,17 @@ pub async fn run(
     })?;
     let identity = Arc::new(config.identity.clone());
     let metrics = Arc::new(Metrics::default());
+    let observer = CancellationToken::new();
+    let _stop_observer = observer.clone().drop_guard();
+    if let Some(addr) = config.metrics_addr {
+        let listener = crate::observe::bind(addr).await.map_err(|e| {
+            ConfigError::Invalid(format!(
+                "cannot listen on --metrics-addr {addr}: {e}; pick a free address or leave it unset"
+            ))
+        })?;
+        tokio::spawn(crate::observe::serve(listener, metrics.clone(), observer));
+    }
+    metrics.set_phase(Phase::Running);
     // Handlers that can never start and sources whose key is rejected
     // report on the same channel.
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
@@ -92,6 +104,9 @@ pub async fn run(
         phases.handle_fatal(error);
     }
     tracing::info!("stopping handler processes");
+    if phases.fatal.is_none() {
+        pool.metrics.set_phase(Phase::Stopping);
+    }
     if !phases.forced {
         phases.shutdown.take.cancel();
     }
@@ -142,6 +157,7 @@ impl Phases {
         match request {
             ShutdownRequest::Stop if !asked_before => {
                 self.shutdown.take.cancel();
+                self.pool.metrics.set_phase(Phase::Draining);
                 let now = Instant::now();
                 self.drain_deadline = Some(now + self.shutdown_timeout);
                 self.next_report = Some(now);
@@ -162,6 +178,9 @@ impl Phases {
 
     fn handle_fatal(&mut self, error: FatalError) {
         tracing::error!("{error}");
+        self.pool
+            .metrics
+            .set_phase(Phase::Failing(error.to_string()));
         if self.fatal.is_none() {
             self.fatal = Some(error);
         }
@@ -176,6 +195,9 @@ impl Phases {
             return;
         }
         self.forced = true;
+        if self.fatal.is_none() {
+            self.pool.metrics.set_phase(Phase::Stopping);
+        }
         self.pool.force();
         self.flush_at = Some(Instant::now() + FLUSH_WINDOW);
     }

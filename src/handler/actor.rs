@@ -59,6 +59,11 @@ pub enum ActorState {
 }
 
 impl ActorState {
+    /// Whether the process is ready and serving (it may be full).
+    fn is_ready(self) -> bool {
+        matches!(self, ActorState::Idle | ActorState::Busy { .. })
+    }
+
     /// How many more jobs an actor in this state could start now.
     fn room(self, capacity: usize) -> usize {
         match self {
@@ -212,6 +217,11 @@ impl Actor {
     /// Moves to `state` and tells the pool how many jobs this actor could
     /// start now.
     pub(super) fn set_state(&mut self, state: ActorState) {
+        match (self.state.is_ready(), state.is_ready()) {
+            (false, true) => self.ctx.metrics.handler_up(),
+            (true, false) => self.ctx.metrics.handler_down(),
+            _ => {}
+        }
         self.state = state;
         self.ctx
             .room

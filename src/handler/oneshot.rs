@@ -21,6 +21,13 @@ const STDOUT_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// Runs jobs one after another, each in a new process, until the pool stops.
 pub async fn run(mut ctx: ActorContext) {
+    // A one-shot slot needs no warm process: it is ready from the start.
+    ctx.metrics.handler_up();
+    serve(&mut ctx).await;
+    ctx.metrics.handler_down();
+}
+
+async fn serve(ctx: &mut ActorContext) {
     loop {
         // A fresh process per job needs no warm-up: room for one job
         // whenever none is running.
@@ -35,7 +42,7 @@ pub async fn run(mut ctx: ActorContext) {
             },
         };
         ctx.room.set(0);
-        run_job(&ctx, ticket).await;
+        run_job(ctx, ticket).await;
     }
 }
 

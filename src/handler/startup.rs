@@ -128,6 +128,7 @@ impl Actor {
                 }
                 line = process.stdout.recv() => match line {
                     Some(Line::Whole(bytes)) if parse_line(&bytes) == Frame::Ready => {
+                        self.ctx.metrics.handler_started(started.elapsed());
                         tracing::info!(
                             handler = self.ctx.index,
                             pid = process.pid,
