@@ -214,3 +214,77 @@ fn assert_contains(text: &str, wanted: &str, run: &common::Run) {
         run.describe()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Every answer line ends its job
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_unreadable_answer_fails_its_job_at_once_naming_the_cause() {
+    for (kind, cause) in [
+        ("utf8", "not valid UTF-8"),
+        ("surrogate", "lone surrogate"),
+        ("nan", "contains NaN"),
+    ] {
+        let run = common::jobpipe()
+            .test_input(&common::fake_job("bad-line", json!({ "kind": kind })))
+            .args(["--kill-grace", "200ms"])
+            .handler(python_handler(&[]))
+            .deadline(Duration::from_secs(15))
+            .run();
+        run.expect_code(1);
+        let report = run.error_report();
+        assert_eq!(report["error_type"], "ProtocolError", "{kind}: {report}");
+        let message = report["error_message"].as_str().unwrap();
+        assert!(message.contains(cause), "{kind}: {message}");
+        // The handler hangs after the line: only reading it ends the job.
+        assert!(
+            run.elapsed < Duration::from_secs(5),
+            "{kind}: took {:?}\n{}",
+            run.elapsed,
+            run.describe()
+        );
+    }
+}
+
+/// Both helpers answer a result holding a lone surrogate with an error line
+/// jobpipe can read, instead of an escape it rejects.
+#[test]
+fn the_helpers_never_write_a_lone_surrogate() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = dir.path().join("handler.py");
+    std::fs::write(
+        &python,
+        format!(
+            "import sys\nsys.path.insert(0, {:?})\nimport jobpipe_handler\n\
+             jobpipe_handler.serve(lambda job: {{'text': 'a\\udc80b'}})\n",
+            common::repo_path("handlers/python")
+        ),
+    )
+    .unwrap();
+    let node = dir.path().join("handler.js");
+    std::fs::write(
+        &node,
+        format!(
+            "const {{ serve }} = require({:?});\nserve(() => ({{ text: 'a\\udc80b' }}));\n",
+            common::repo_path("handlers/node/jobpipe_handler.js")
+        ),
+    )
+    .unwrap();
+    for argv in [
+        ["python3".to_owned(), python.display().to_string()],
+        ["node".to_owned(), node.display().to_string()],
+    ] {
+        let run = common::jobpipe()
+            .test_input(r#"{"input": {}}"#)
+            .handler(argv.clone())
+            .deadline(Duration::from_secs(15))
+            .run();
+        run.expect_code(1);
+        let error = run.error();
+        assert!(
+            error.contains("lone surrogate") && error.contains("not JSON-serialisable"),
+            "{argv:?}: {error}"
+        );
+    }
+}

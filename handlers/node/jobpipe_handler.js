@@ -59,6 +59,10 @@ function has(obj, key) {
   return Object.prototype.hasOwnProperty.call(obj, key);
 }
 
+// A \udXXX surrogate escape preceded by an even number of backslashes, that
+// is, an escape and not escaped text.
+const LONE_SURROGATE = /(?<!\\)(?:\\\\)*\\ud[89a-f][0-9a-f]{2}/;
+
 // Serialise one protocol object and write it as a single line. If the value
 // cannot be serialised (BigInt, cycle, ...), a final line becomes an error
 // line for the same id and a partial line is dropped.
@@ -66,6 +70,12 @@ function send(obj) {
   let line;
   try {
     line = JSON.stringify(obj);
+    // JSON.stringify writes a lone surrogate as a \udXXX escape (paired
+    // ones as the character itself); jobpipe rejects such text as not
+    // Unicode, so it is refused here, where the job can still be answered.
+    if (LONE_SURROGATE.test(line)) {
+      throw new Error('text with a lone surrogate (\\ud800-\\udfff) is not Unicode');
+    }
   } catch (err) {
     if (!has(obj, 'id') || has(obj, 'ready')) throw err;
     const msg = errorText(err);

@@ -71,7 +71,15 @@ def _log(message):
 
 
 def _dumps(obj):
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    # jobpipe accepts only what strict JSON allows: no NaN or Infinity
+    # (allow_nan=False raises ValueError) and no lone surrogates. Text is
+    # written as UTF-8 rather than as \u escapes, so a lone surrogate (from
+    # surrogateescape-decoded bytes, say) fails to encode here, with
+    # UnicodeEncodeError (a ValueError), instead of reaching jobpipe as an
+    # escape it rejects.
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    text.encode("utf-8")
+    return text
 
 
 def _write_raw(data):
@@ -101,6 +109,8 @@ def _send(obj):
         if "id" not in obj or "ready" in obj:
             raise
         msg = "%s: %s" % (type(exc).__name__, exc)
+        if isinstance(exc, UnicodeEncodeError):
+            msg += " (text with a lone surrogate is not Unicode)"
         _log("cannot serialise answer for job %r: %s" % (obj.get("id"), msg))
         kind = "progress" if "progress" in obj else "stream" if "stream" in obj else None
         if kind is not None:

@@ -352,6 +352,7 @@ impl Actor {
                 log_stray_line(&Line::Whole(bytes));
                 None
             }
+            Frame::Unreadable(why) => self.unreadable(s, &bytes, &why),
             Frame::Stream { id, value } => {
                 match s.jobs.get_mut(&id) {
                     Some(job) => {
@@ -449,6 +450,23 @@ impl Actor {
             return None;
         };
         let failure = JobFailure::new(FailureKind::OutputTooLarge, message);
+        let report = failure.report(&self.ctx.identity);
+        self.finish(s, &id, JobResult::error(report))
+    }
+
+    /// A line that cannot be read ends the job it names at once, so the
+    /// job neither waits for an answer that already came nor hides the cause.
+    fn unreadable(&mut self, s: &mut Serving, line: &[u8], why: &str) -> Option<End> {
+        let Some(id) = sniff_id(line, s.jobs.keys().map(String::as_str)).map(str::to_owned) else {
+            log_stray_line(&Line::Whole(line.to_vec()));
+            tracing::warn!("the line above looks like a protocol line but {why}; it names no job in flight, so it is dropped");
+            return None;
+        };
+        tracing::warn!(job_id = %id, "the handler's line for this job cannot be read: {why}");
+        let failure = JobFailure::new(
+            FailureKind::ProtocolError,
+            format!("protocol error: the handler's line for this job cannot be read: {why}"),
+        );
         let report = failure.report(&self.ctx.identity);
         self.finish(s, &id, JobResult::error(report))
     }

@@ -22,14 +22,31 @@ pub enum Frame {
     Stream { id: String, value: Value },
     /// `{"id", "progress": ...}`: a progress update.
     Progress { id: String, value: Value },
+    /// A line that starts like a protocol object but cannot be read, and
+    /// why. It fails the job it names, if it names one.
+    Unreadable(String),
     /// Anything else: logged as handler output.
     Other,
 }
 
 /// Reads one stdout line.
 pub fn parse_line(line: &[u8]) -> Frame {
-    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(line) else {
-        return Frame::Other;
+    let object = line.trim_ascii_start().starts_with(b"{");
+    let text = match std::str::from_utf8(line) {
+        Ok(text) => text,
+        Err(e) if object => {
+            return Frame::Unreadable(format!(
+                "it is not valid UTF-8 (byte {} is not part of a UTF-8 character); write protocol lines as UTF-8",
+                e.valid_up_to() + 1
+            ))
+        }
+        Err(_) => return Frame::Other,
+    };
+    let mut obj = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(obj)) => obj,
+        Ok(_) => return Frame::Other,
+        Err(e) if object => return Frame::Unreadable(unreadable_json(text, &e)),
+        Err(_) => return Frame::Other,
     };
     if obj.get("ready") == Some(&Value::Bool(true)) && !obj.contains_key("id") {
         return Frame::Ready;
@@ -49,6 +66,51 @@ pub fn parse_line(line: &[u8]) -> Frame {
         return Frame::Progress { id, value };
     }
     Frame::Other
+}
+
+/// Says what is wrong with a line that looks like a protocol object but is
+/// not JSON, naming the usual causes.
+fn unreadable_json(text: &str, error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    if (message.contains("surrogate") || message.contains("hex escape"))
+        && has_surrogate_escape(text)
+    {
+        return format!(
+            "it contains a lone surrogate escape such as \\ud800, which is not Unicode text ({message}); replace or drop such characters before answering"
+        );
+    }
+    if let Some(word) = non_json_number(text) {
+        return format!(
+            "it contains {word}, which JSON does not allow ({message}); send null or a string instead"
+        );
+    }
+    format!("it is not valid JSON ({message})")
+}
+
+/// True if the text holds a `\uD800`–`\uDFFF` escape.
+fn has_surrogate_escape(text: &str) -> bool {
+    text.as_bytes().windows(4).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && w[2].eq_ignore_ascii_case(&b'd')
+            && matches!(w[3].to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f')
+    })
+}
+
+/// Finds a `NaN`, `Infinity` or `-Infinity` where a JSON value would be.
+fn non_json_number(text: &str) -> Option<&'static str> {
+    for word in ["-Infinity", "Infinity", "NaN"] {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(word) {
+            let start = from + at;
+            let before = text[..start].trim_end().chars().last();
+            if matches!(before, Some(':' | '[' | ',')) {
+                return Some(word);
+            }
+            from = start + word.len();
+        }
+    }
+    None
 }
 
 fn final_frame(id: String, mut obj: Map<String, Value>) -> Frame {
@@ -145,9 +207,28 @@ mod tests {
             br#"{"output": 1}"#,
             br#"{"ready": false}"#,
             b"\xff\xfe",
+            b"[NaN]",
         ] {
             assert_eq!(parse_line(line), Frame::Other, "{line:?}");
         }
+    }
+
+    #[test]
+    fn unreadable_objects_say_why() {
+        let why = |line: &[u8]| match parse_line(line) {
+            Frame::Unreadable(why) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(why(b"{\"id\": \"a\", \"output\": \"\xff\"}").contains("not valid UTF-8 (byte 24"));
+        assert!(why(br#"{"id": "a", "output": "\ud800"}"#).contains("lone surrogate"));
+        assert!(why(br#"{"id": "a", "output": [1, NaN]}"#).contains("contains NaN"));
+        assert!(why(br#"{"id": "a", "output": -Infinity}"#).contains("contains -Infinity"));
+        assert!(why(br#"{"id": "a", "output": "NaN" "#).contains("not valid JSON"));
+        // A surrogate pair is one character and fine.
+        assert!(matches!(
+            parse_line(br#"{"id": "a", "output": "\ud83d\ude00"}"#),
+            Frame::Final { output: Some(Value::String(s)), .. } if s == "\u{1f600}"
+        ));
     }
 
     #[test]
