@@ -199,7 +199,7 @@ pub fn check_executable(program: &str) -> Result<PathBuf, String> {
     let mut found_unusable = None;
     for candidate in candidates {
         match usable(&candidate) {
-            Ok(()) => return Ok(candidate),
+            Ok(()) => return check_interpreter(&candidate).map(|()| candidate),
             Err(Some(problem)) => found_unusable = Some(problem),
             Err(None) => {}
         }
@@ -211,6 +211,53 @@ pub fn check_executable(program: &str) -> Result<PathBuf, String> {
             "was not found on PATH".into()
         }
     }))
+}
+
+/// Checks the interpreter a script names in its `#!` line, since a missing
+/// one makes `exec` fail with a "no such file" that names the script.
+fn check_interpreter(script: &Path) -> Result<(), String> {
+    let Some(line) = shebang(script) else {
+        return Ok(());
+    };
+    let mut words = line.split_whitespace();
+    let Some(interpreter) = words.next() else {
+        return Err("has an empty #! line".into());
+    };
+    if !Path::new(interpreter).exists() {
+        return Err(format!(
+            "names the interpreter {interpreter} in its #! line, which does not exist; fix the #! line or install it"
+        ));
+    }
+    let program = words.next().filter(|w| !w.starts_with('-'));
+    if let (Some("env"), Some(program)) = (
+        Path::new(interpreter).file_name().and_then(|n| n.to_str()),
+        program,
+    ) {
+        if !program.contains('/') && check_executable_on_path(program).is_none() {
+            return Err(format!(
+                "runs `{line}` in its #! line, but {program} was not found on PATH; fix the #! line or install {program}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The text after `#!` on the first line of a file, if it starts so.
+fn shebang(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let mut file = std::fs::File::open(path).ok()?;
+    let n = file.read(&mut head).ok()?;
+    let head = head[..n].strip_prefix(b"#!")?;
+    let end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    Some(String::from_utf8_lossy(&head[..end]).trim().to_owned())
+}
+
+fn check_executable_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| usable(candidate).is_ok())
 }
 
 /// `Err(None)`: nothing there; `Err(Some(why))`: there but unusable.
@@ -326,6 +373,24 @@ mod tests {
         let err = check_executable(file.to_str().unwrap()).unwrap_err();
         assert!(err.contains("not executable"), "{err}");
         assert!(check_executable("sh").is_ok());
+    }
+
+    #[test]
+    fn a_missing_interpreter_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, first_line: &str| {
+            let file = dir.path().join(name);
+            std::fs::write(&file, format!("{first_line}\necho hi\n")).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+            file.display().to_string()
+        };
+        let err = check_executable(&script("a", "#!/usr/bin/python9")).unwrap_err();
+        assert!(err.contains("interpreter /usr/bin/python9"), "{err}");
+        let err = check_executable(&script("b", "#!/usr/bin/env python9 -u")).unwrap_err();
+        assert!(err.contains("python9 was not found on PATH"), "{err}");
+        assert!(check_executable(&script("c", "#!/bin/sh")).is_ok());
+        assert!(check_executable(&script("d", "#!/usr/bin/env -S sh -e")).is_ok());
     }
 
     #[test]

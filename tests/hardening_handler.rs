@@ -44,7 +44,9 @@ async fn run_worker_for(
     let mut cmd = tokio::process::Command::new(common::binary());
     for (name, _) in std::env::vars_os() {
         let text = name.to_string_lossy();
-        if text.starts_with("JOBPIPE_") || text.starts_with("RUNPOD_") {
+        // PYTHONUNBUFFERED would hide a handler that forgets to flush.
+        if text.starts_with("JOBPIPE_") || text.starts_with("RUNPOD_") || text == "PYTHONUNBUFFERED"
+        {
             cmd.env_remove(&name);
         }
     }
@@ -287,4 +289,70 @@ fn the_helpers_never_write_a_lone_surrogate() {
             "{argv:?}: {error}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// A start failure is reported as one
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_shebang_is_a_start_failure_naming_the_interpreter() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeRunpod::start(KEY).await;
+    fake.push_job(json!({"id": "job-1", "input": {}}));
+    for (first_line, named) in [
+        ("#!/usr/bin/python9", "/usr/bin/python9"),
+        ("#!/usr/bin/env python9", "python9 was not found on PATH"),
+    ] {
+        let script = dir.path().join("handler.py");
+        std::fs::write(
+            &script,
+            format!("{first_line}\nprint('{{\"ready\": true}}')\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let run = run_worker_for(
+            &fake,
+            &dir.path().join("spool"),
+            &[],
+            &[script.display().to_string()],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(run.code, Some(3), "{}", run.describe());
+        assert!(run.stderr.contains(named), "{}", run.describe());
+    }
+    assert!(fake.results().is_empty(), "no job was failed");
+    assert_eq!(fake.queued(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_startup_timeout_says_to_flush_stdout_and_fails_no_job() {
+    let fake = FakeRunpod::start(KEY).await;
+    fake.push_job(json!({"id": "job-1", "input": {}}));
+    let dir = tempfile::tempdir().unwrap();
+    // Python without -u buffers a print to a pipe: the ready line never leaves.
+    let script = dir.path().join("buffered.py");
+    std::fs::write(
+        &script,
+        "import time\nprint('{\"ready\": true}')\ntime.sleep(60)\n",
+    )
+    .unwrap();
+    let run = run_worker_for(
+        &fake,
+        &dir.path().join("spool"),
+        &["--startup-timeout", "1s"],
+        &["python3".to_owned(), script.display().to_string()],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(run.code, Some(3), "{}", run.describe());
+    assert!(
+        run.stderr.contains("not ready within 1s"),
+        "{}",
+        run.describe()
+    );
+    assert!(run.stderr.contains("flush"), "{}", run.describe());
+    assert!(fake.results().is_empty() && fake.takes().is_empty());
 }

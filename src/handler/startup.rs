@@ -115,14 +115,14 @@ impl Actor {
                 _ = tokio::time::sleep_until(deadline) => {
                     let tail = process.stderr_tail().await;
                     return Err(StartError::Fatal(FatalError::HandlerStart(format!(
-                        "handler was not ready within {} (--startup-timeout); it must print {{\"ready\": true}} on stdout{}",
+                        "handler was not ready within {} (--startup-timeout); it must print {{\"ready\": true}} on stdout and flush it (Python: print(..., flush=True) or python3 -u; a line left in an output buffer was never sent){}",
                         humantime::format_duration(config.startup_timeout),
                         stderr_note(&tail)
                     ))));
                 }
                 status = process.exit.wait() => {
                     return Err(StartError::Failed {
-                        what: format!("handler {status} before it was ready"),
+                        what: format!("handler {status} before it was ready{}", exit_hint(status)),
                         stderr: process.stderr_tail().await,
                     });
                 }
@@ -149,6 +149,18 @@ impl Actor {
                 }
             }
         }
+    }
+}
+
+/// What an exit status before ready usually means, when it says more than
+/// the number.
+fn exit_hint(status: crate::os::ExitStatus) -> &'static str {
+    match status {
+        crate::os::ExitStatus::Code(127) => {
+            " (127: a command it runs, or the interpreter in its #! line, was not found)"
+        }
+        crate::os::ExitStatus::Code(126) => " (126: a command it runs is not executable)",
+        _ => "",
     }
 }
 
