@@ -61,7 +61,15 @@ fn handler_error_fails_the_job_and_exits_1() {
     run.expect_code(1);
     let result = run.result();
     assert_eq!(result["status"], "FAILED", "{}", run.describe());
-    assert_eq!(result["error"], "ValueError: boom", "{}", run.describe());
+    // The Python helper reports an exception in the runpod SDK's shape.
+    let report: Value = serde_json::from_str(result["error"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("error is not a report ({e})\n{}", run.describe()));
+    assert_eq!(report["error_type"], "<class 'ValueError'>", "{report}");
+    assert_eq!(report["error_message"], "boom", "{report}");
+    assert!(report["error_traceback"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("ValueError: boom"));
 }
 
 #[test]

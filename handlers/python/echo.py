@@ -1,7 +1,7 @@
 # echo.py - example jobpipe handler (persistent mode) built on jobpipe_handler.py.
 # It returns each job's input unchanged, which makes it useful for trying out
 # jobpipe end to end:
-#   {"fail": "msg"}  -> the job fails with "ValueError: msg"
+#   {"fail": "msg"}  -> the job fails with ValueError("msg") (an error report)
 #   {"stream": N}    -> N partial results {"part": 0} .. {"part": N-1}
 # Run from the repository root:  jobpipe ... -- python3 handlers/python/echo.py
 import os

@@ -34,7 +34,10 @@ What handler(job) may return:
     * a generator (or a generator function as handler) -> every yielded value
       becomes {"id": ..., "stream": value}, followed by {"id": ..., "output": []}
     * raising an exception -> traceback on stderr and
-      {"id": ..., "error": "<ExceptionType>: <message>"}
+      {"id": ..., "error": REPORT}, where REPORT is the JSON text of the
+      runpod SDK's error report: {"error_type": "<class 'ValueError'>",
+      "error_message": ..., "error_traceback": ..., "hostname": ...,
+      "worker_id": ...}, so clients that parse the SDK's report keep working
 
 If handler is an `async def` function (or an async generator function), jobs
 run concurrently in one asyncio event loop (for --jobs-per-handler > 1) and a
@@ -47,6 +50,7 @@ import asyncio
 import inspect
 import json
 import os
+import socket
 import sys
 import threading
 import traceback
@@ -174,11 +178,25 @@ def _error_text(exc):
     return "%s: %s" % (name, message) if message else name
 
 
+def _error_report(exc):
+    """The runpod SDK's error report for an exception, as JSON text."""
+    return _dumps({
+        "error_type": str(type(exc)),
+        "error_message": str(exc),
+        "error_traceback": "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)
+        ),
+        "hostname": os.environ.get("RUNPOD_POD_HOSTNAME") or socket.gethostname(),
+        "worker_id": os.environ.get("JOBPIPE_WORKER_ID")
+        or os.environ.get("RUNPOD_POD_ID", "unknown"),
+    })
+
+
 def _report_exception(job_id, exc):
     _log("job %r raised:" % (job_id,))
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     sys.stderr.flush()
-    _send({"id": job_id, "error": _error_text(exc)})
+    _send({"id": job_id, "error": _error_report(exc)})
 
 
 # --------------------------------------------------------------------------

@@ -72,7 +72,16 @@ fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Va
     };
     println!("{line}");
     let Some(output) = output else {
-        tracing::error!(job_id = %id, "test job failed: {}", describe_error(&line));
+        let (summary, traceback) = describe_error(&line);
+        tracing::error!(job_id = %id, "test job failed: {summary}");
+        if !traceback.is_empty() {
+            // One log line per line, so line-based log readers keep every
+            // line's level and job id.
+            tracing::error!(job_id = %id, "error_traceback:");
+            for text in traceback.lines() {
+                tracing::error!(job_id = %id, "  {text}");
+            }
+        }
         return exit::JOB_FAILED;
     };
     match expected {
@@ -91,27 +100,25 @@ fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Va
     }
 }
 
-/// The error of a failed job for a person: the message of a jobpipe error
-/// report, or the handler's own error text.
-fn describe_error(line: &Value) -> String {
+/// The error of a failed job for a person, and the traceback of an error
+/// report (jobpipe's, or the runpod SDK's shape that handlers send).
+fn describe_error(line: &Value) -> (String, String) {
     let Some(error) = line["error"].as_str() else {
-        return "cancelled".into();
+        return ("cancelled".into(), String::new());
     };
     match serde_json::from_str::<Value>(error) {
         Ok(report) if report["error_message"].is_string() => {
+            let kind = report["error_type"].as_str().unwrap_or("Error");
+            // The SDK writes a Python exception's type as "<class 'ValueError'>".
+            let kind = kind
+                .strip_prefix("<class '")
+                .and_then(|k| k.strip_suffix("'>"))
+                .unwrap_or(kind);
+            let message = report["error_message"].as_str().unwrap_or_default();
             let traceback = report["error_traceback"].as_str().unwrap_or_default();
-            let mut text = format!(
-                "{}: {}",
-                report["error_type"].as_str().unwrap_or("Error"),
-                report["error_message"].as_str().unwrap_or_default()
-            );
-            if !traceback.is_empty() {
-                text.push_str("; handler stderr ended with:\n");
-                text.push_str(traceback);
-            }
-            text
+            (format!("{kind}: {message}"), traceback.to_owned())
         }
-        _ => error.to_owned(),
+        _ => (error.to_owned(), String::new()),
     }
 }
 
