@@ -16,6 +16,8 @@ use serde_json::Value;
 
 use crate::error::ConfigError;
 
+pub use crate::source::queue_config::EndpointArgs;
+
 /// How the handler process is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -206,6 +208,9 @@ pub struct Cli {
     /// e.g. 0.0.0.0:9090 [default: off].
     #[arg(long, env = "JOBPIPE_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
 }
 
 /// Where jobs come from, decided once at start-up.
@@ -218,6 +223,8 @@ pub enum SourceConfig {
     },
     /// RunPod serverless queue.
     Runpod(RunpodConfig),
+    /// Jobpipe's own queue, with the endpoint API when asked for.
+    Queue(crate::source::queue::QueueSourceConfig),
 }
 
 /// The RunPod worker endpoints and credentials.
@@ -360,6 +367,14 @@ impl Cli {
             .as_deref()
             .map(|text| parse_json("--test-output", text))
             .transpose()?;
+        if self.endpoint.serve_api {
+            if self.test_input.is_some() || expected_output.is_some() {
+                return Err(ConfigError::Invalid(
+                    "--serve-api runs an endpoint; --test-input and --test-output run one job and exit: give one or the other".into(),
+                ));
+            }
+            return self.endpoint.source().map(SourceConfig::Queue);
+        }
         if let Some(text) = &self.test_input {
             let job = test_job(parse_json("--test-input", text)?, "--test-input")?;
             return Ok(SourceConfig::TestInput {

@@ -28,7 +28,7 @@ pub enum ConfigError {
     Invalid(String),
     #[error(
         "no job source: give one job with --test-input '{{\"input\": ...}}', put a test_input.json \
-         in the working directory, or run on RunPod (RUNPOD_WEBHOOK_GET_JOB)"
+         in the working directory, run on RunPod (RUNPOD_WEBHOOK_GET_JOB), or serve the endpoint API with --serve-api"
     )]
     NoJobSource,
 }

@@ -26,22 +26,26 @@
 //!   code; per-job ones become the job's result; transient ones are retried
 //!   with [`backoff`].
 
+pub mod api;
 pub mod backoff;
 pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod handler;
+pub mod input_schema;
 pub mod job;
 pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod os;
 pub mod pool;
+pub mod queue;
 pub mod runner;
 pub mod signals;
 pub mod source;
 pub mod supervisor;
 pub mod timer;
+pub mod webhook;
 
 pub use config::Config;
 

@@ -13,6 +13,9 @@ use crate::config::{Identity, SourceConfig};
 use crate::error::FatalError;
 use crate::pool::Pool;
 
+pub mod queue;
+pub mod queue_config;
+mod queue_job;
 pub mod runpod;
 pub mod test_input;
 
@@ -46,5 +49,6 @@ pub async fn run(config: SourceConfig, ctx: SourceContext) -> Result<u8, FatalEr
             expected_output,
         } => Ok(test_input::run(job, expected_output, ctx).await),
         SourceConfig::Runpod(config) => runpod::run(config, ctx).await,
+        SourceConfig::Queue(config) => queue::run(config, ctx).await,
     }
 }

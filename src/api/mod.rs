@@ -1,0 +1,112 @@
+//! RunPod's endpoint API (`/run`, `/runsync`, `/status`, `/stream`,
+//! `/cancel`, `/retry`, `/purge-queue`, `/health`) over a [`Queue`], so the
+//! official clients work against jobpipe unchanged.
+//!
+//! Routes are mounted under `/v2/{endpoint_id}/` (any id: the clients put
+//! one in every URL) and at the root. [`router`] builds them from an
+//! [`ApiState`], so tests call it in-process and [`serve`] runs it on a
+//! listener with graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::input_schema::InputSchema;
+use crate::queue::Queue;
+
+mod auth;
+mod error;
+mod request;
+mod routes;
+
+/// Largest `/run` body, as on RunPod.
+pub const RUN_BODY_LIMIT: usize = 10 * 1024 * 1024;
+/// Largest `/runsync` body, as on RunPod.
+pub const RUNSYNC_BODY_LIMIT: usize = 20 * 1024 * 1024;
+
+/// What new jobs get when their request does not say.
+#[derive(Debug, Clone, Copy)]
+pub struct JobDefaults {
+    /// Per-attempt run time limit (none: only `--job-timeout` applies).
+    pub execution_timeout: Option<Duration>,
+    /// Longest wait in the queue before a job ends TIMED_OUT unstarted.
+    pub ttl: Duration,
+    pub max_attempts: u32,
+    /// How long a `/run` job's final status is kept.
+    pub run_retention: Duration,
+    /// How long a `/runsync` job's final status is kept.
+    pub sync_retention: Duration,
+    /// How long `/runsync` waits when no `wait` is given.
+    pub sync_wait: Duration,
+    /// The longest `wait` `/runsync` accepts.
+    pub sync_wait_max: Duration,
+}
+
+impl Default for JobDefaults {
+    /// RunPod's documented values.
+    fn default() -> Self {
+        JobDefaults {
+            execution_timeout: None,
+            ttl: Duration::from_secs(24 * 3600),
+            max_attempts: 3,
+            run_retention: Duration::from_secs(30 * 60),
+            sync_retention: Duration::from_secs(60),
+            sync_wait: Duration::from_secs(90),
+            sync_wait_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything the routes share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub queue: Arc<dyn Queue>,
+    /// Required as `Authorization: Bearer <key>` when set; never logged.
+    pub api_key: Option<Arc<str>>,
+    pub schema: Option<Arc<InputSchema>>,
+    pub defaults: JobDefaults,
+    /// Cancelled when jobpipe starts shutting down: submissions are then
+    /// refused with 503 and `/runsync` callers get their answer at once.
+    pub closing: CancellationToken,
+}
+
+/// The endpoint API's routes, under `/v2/{endpoint_id}/` and at the root.
+pub fn router(state: ApiState) -> Router {
+    let routes = || {
+        Router::new()
+            .route("/run", post(routes::run))
+            .route("/runsync", post(routes::runsync))
+            .route("/status/:job_id", get(routes::status).post(routes::status))
+            .route("/stream/:job_id", get(routes::stream).post(routes::stream))
+            .route("/cancel/:job_id", post(routes::cancel))
+            .route("/retry/:job_id", post(routes::retry))
+            .route("/purge-queue", post(routes::purge))
+            .route("/health", get(routes::health))
+    };
+    Router::new()
+        .nest("/v2/:endpoint_id", routes())
+        .merge(routes())
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled, then lets the
+/// requests in progress finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}

@@ -1,0 +1,201 @@
+//! One function per route. Each answers RunPod's JSON shape, or an
+//! [`ApiError`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method, Uri};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::ApiError;
+use super::request::parse_job;
+use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
+use crate::queue::{JobStatus, QueueEvent, RetryOutcome};
+
+type Answer = Result<Json<Value>, ApiError>;
+type Params = Path<HashMap<String, String>>;
+
+pub(crate) async fn run(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Answer {
+    if state.closing.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let body = read_body(&headers, body, RUN_BODY_LIMIT).await?;
+    let job = parse_job(
+        &body,
+        &state.defaults,
+        state.defaults.run_retention,
+        state.schema.as_deref(),
+    )?;
+    let id = job.id.clone();
+    state.queue.enqueue(job).await?;
+    Ok(Json(json!({"id": id, "status": "IN_QUEUE"})))
+}
+
+pub(crate) async fn runsync(
+    State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    if state.closing.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let wait = match query.get("wait") {
+        None => state.defaults.sync_wait,
+        Some(text) => match text.parse::<u64>() {
+            Ok(ms) => Duration::from_millis(ms).min(state.defaults.sync_wait_max),
+            Err(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "wait must be a whole number of milliseconds (at most {}), got {text:?}",
+                    state.defaults.sync_wait_max.as_millis()
+                )))
+            }
+        },
+    };
+    let body = read_body(&headers, body, RUNSYNC_BODY_LIMIT).await?;
+    let job = parse_job(
+        &body,
+        &state.defaults,
+        state.defaults.sync_retention,
+        state.schema.as_deref(),
+    )?;
+    let id = job.id.clone();
+    // Subscribed before the job exists, so its end cannot be missed.
+    let mut events = state.queue.subscribe();
+    state.queue.enqueue(job).await?;
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(QueueEvent::Finished(done)) if done == id => break,
+                Ok(_) => {}
+                // Missed events: look at the job itself.
+                Err(RecvError::Lagged(_)) => {
+                    if state.queue.status(&id).await?.is_none_or(|r| r.status.is_final()) {
+                        break;
+                    }
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = &mut deadline => break,
+            _ = state.closing.cancelled() => break,
+        }
+    }
+    match state.queue.status(&id).await? {
+        Some(record) => Ok(Json(record.to_json())),
+        None => Err(ApiError::NotFound(format!(
+            "job {id} was removed (purged) before it ended"
+        ))),
+    }
+}
+
+pub(crate) async fn status(State(state): State<ApiState>, Path(params): Params) -> Answer {
+    let id = job_id(&params);
+    match state.queue.status(id).await? {
+        Some(record) => Ok(Json(record.to_json())),
+        None => Err(unknown_job(id)),
+    }
+}
+
+pub(crate) async fn stream(State(state): State<ApiState>, Path(params): Params) -> Answer {
+    let id = job_id(&params);
+    let Some((status, partials)) = state.queue.read_stream(id).await? else {
+        return Err(unknown_job(id));
+    };
+    let stream: Vec<Value> = partials.into_iter().map(|p| json!({"output": p})).collect();
+    Ok(Json(
+        json!({"id": id, "status": status.as_str(), "stream": stream}),
+    ))
+}
+
+pub(crate) async fn cancel(State(state): State<ApiState>, Path(params): Params) -> Answer {
+    let id = job_id(&params);
+    match state.queue.cancel(id).await? {
+        Some(status) => Ok(Json(json!({"id": id, "status": status.as_str()}))),
+        None => Err(unknown_job(id)),
+    }
+}
+
+pub(crate) async fn retry(State(state): State<ApiState>, Path(params): Params) -> Answer {
+    if state.closing.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let id = job_id(&params);
+    match state.queue.retry(id).await? {
+        RetryOutcome::Requeued => Ok(Json(json!({"id": id, "status": "IN_QUEUE"}))),
+        RetryOutcome::NotFound => Err(unknown_job(id)),
+        RetryOutcome::NotRetryable(status) => Err(ApiError::Conflict(format!(
+            "job {id} is {}; only FAILED or TIMED_OUT jobs can be retried",
+            status.as_str()
+        ))),
+    }
+}
+
+pub(crate) async fn purge(State(state): State<ApiState>) -> Answer {
+    let removed = state.queue.purge().await?;
+    Ok(Json(json!({"removed": removed, "status": "completed"})))
+}
+
+pub(crate) async fn health(State(state): State<ApiState>) -> Answer {
+    let health = state.queue.health().await?;
+    Ok(Json(json!({
+        "jobs": {
+            "completed": health.count(JobStatus::Completed),
+            "failed": health.count(JobStatus::Failed),
+            "inProgress": health.count(JobStatus::InProgress),
+            "inQueue": health.count(JobStatus::InQueue),
+            "cancelled": health.count(JobStatus::Cancelled),
+            "timedOut": health.count(JobStatus::TimedOut),
+            "retried": health.retried,
+        },
+        "workers": {
+            "idle": health.idle,
+            "running": health.running,
+        },
+    })))
+}
+
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no such route: {}; the API has /run, /runsync, /status/ID, /stream/ID, /cancel/ID, /retry/ID, /purge-queue and /health, under /v2/ENDPOINT_ID/ or at the root",
+        uri.path()
+    ))
+}
+
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+fn job_id(params: &HashMap<String, String>) -> &str {
+    params.get("job_id").map_or("", String::as_str)
+}
+
+fn unknown_job(id: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no job {id:?}: it never existed, was purged, or its result passed its retention time"
+    ))
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let source = e.into_inner();
+        if source.is::<http_body_util::LengthLimitError>() {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {source}"))
+        }
+    })
+}

@@ -1,0 +1,657 @@
+//! The embedded queue: one SQLite file in WAL mode, owned by one jobpipe
+//! process (an exclusive lock file next to it says so).
+//!
+//! rusqlite with SQLite compiled in (`bundled`) means no system library is
+//! needed and every machine runs the same SQLite. Its calls block, so each
+//! runs on tokio's blocking pool behind one connection: SQLite has one
+//! writer at a time anyway, and one connection keeps transactions simple.
+//! Because the file belongs to one process, jobs found running at open were
+//! held by a previous run that died: their leases are ended at once, which
+//! counts the attempt and queues them again (or fails them).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::{
+    duration_ms, now_ms, to_ms, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob,
+    Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
+};
+
+/// Most rows one maintenance pass changes, so no transaction runs long.
+const SWEEP_BATCH: i64 = 500;
+/// A worker not heard from for this long is no longer counted.
+const WORKER_GONE_MS: i64 = 30_000;
+/// How long a webhook post taken for delivery is hidden from other takes.
+const WEBHOOK_CLAIM_MS: i64 = 60_000;
+
+/// The SQLite queue. See the module docs.
+pub struct SqliteQueue {
+    conn: Arc<Mutex<Connection>>,
+    events: broadcast::Sender<QueueEvent>,
+    /// Held for the life of the queue: one process per file.
+    _lock: Flock<File>,
+}
+
+impl SqliteQueue {
+    /// Opens (creating it and its directory if needed) the queue at `path`
+    /// and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<SqliteQueue, QueueError> {
+        let path = path.to_owned();
+        let queue = tokio::task::spawn_blocking(move || open_blocking(&path))
+            .await
+            .map_err(|e| QueueError::Database(e.to_string()))??;
+        // Jobs running when a previous process died: their leases end now.
+        queue
+            .call(|conn| {
+                conn.execute(
+                    "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'IN_PROGRESS'",
+                    [],
+                )
+            })
+            .await?;
+        let swept = queue.sweep().await?;
+        if swept.requeued + swept.ended > 0 {
+            tracing::warn!(
+                "{} jobs were running when jobpipe last stopped: {} queued again, {} out of attempts",
+                swept.requeued + swept.ended,
+                swept.requeued,
+                swept.ended
+            );
+        }
+        Ok(queue)
+    }
+
+    /// Runs `f` on the connection in the blocking pool.
+    async fn call<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| QueueError::Database(e.to_string()))?
+        .map_err(|e| QueueError::Database(e.to_string()))
+    }
+
+    /// Runs `f` in one transaction and announces the events it returns.
+    async fn write<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction, &mut Vec<QueueEvent>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (value, events) = self
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                let mut events = Vec::new();
+                let value = f(&tx, &mut events)?;
+                tx.commit()?;
+                Ok((value, events))
+            })
+            .await?;
+        for event in events {
+            let _ = self.events.send(event);
+        }
+        Ok(value)
+    }
+}
+
+fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
+    let fail = |why: String| QueueError::Open {
+        what: format!("sqlite:{}", path.display()),
+        why,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let lock_file = File::create(&lock_path)
+        .map_err(|e| fail(format!("cannot create {}: {e}", lock_path.display())))?;
+    let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        fail("another jobpipe process is using it; an embedded queue belongs to one process (use PostgreSQL to share a queue)".into())
+    })?;
+    let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .and_then(|()| conn.pragma_update(None, "journal_mode", "WAL"))
+        .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+        .map_err(|e| fail(e.to_string()))?;
+    super::sqlite_schema::migrate(&mut conn).map_err(fail)?;
+    Ok(SqliteQueue {
+        conn: Arc::new(Mutex::new(conn)),
+        events: broadcast::channel(4096).0,
+        _lock: lock,
+    })
+}
+
+fn parse_json(text: Option<String>) -> Option<Value> {
+    text.map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)))
+}
+
+fn status_of(text: &str) -> rusqlite::Result<JobStatus> {
+    JobStatus::parse(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, text.into())
+    })
+}
+
+/// Delay before a job whose attempt was lost runs again.
+fn retry_delay_ms(attempts: i64) -> i64 {
+    let exponent = attempts.clamp(1, 7) - 1;
+    (1000_i64 << exponent).min(60_000)
+}
+
+/// Writes a job's one final status and queues its webhook, in `tx`.
+fn finalize(
+    tx: &Transaction,
+    id: &str,
+    status: JobStatus,
+    output: Option<Value>,
+    error: Option<String>,
+    events: &mut Vec<QueueEvent>,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    let webhook: Option<Option<String>> = tx
+        .query_row(
+            "UPDATE jobs SET status = ?2, output = ?3, error = ?4, finished_at = ?5,
+                expires_at = ?5 + retention_ms, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = ?1 RETURNING webhook",
+            params![
+                id,
+                status.as_str(),
+                output.as_ref().map(Value::to_string),
+                error,
+                now
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(Some(url)) = webhook {
+        let body = webhook_body(id, status, &output, &error);
+        tx.execute(
+            "INSERT INTO webhooks (job_id, url, body, next_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![id, url, body.to_string(), now],
+        )?;
+    }
+    events.push(QueueEvent::Finished(id.to_owned()));
+    Ok(())
+}
+
+/// Queues a job again after a lost attempt, or fails it when none are left.
+fn requeue_or_fail(
+    tx: &Transaction,
+    id: &str,
+    why: &str,
+    events: &mut Vec<QueueEvent>,
+) -> rusqlite::Result<bool> {
+    let (attempts, max): (i64, i64) = tx.query_row(
+        "SELECT attempts, max_attempts FROM jobs WHERE id = ?1",
+        [id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    if attempts >= max {
+        let error = format!("{why} (attempt {attempts} of {max}; no attempts left)");
+        finalize(tx, id, JobStatus::Failed, None, Some(error), events)?;
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE jobs SET status = 'IN_QUEUE', run_after = ?2, lease_token = NULL,
+            lease_expires_at = NULL, output = NULL WHERE id = ?1",
+        params![id, now_ms() + retry_delay_ms(attempts)],
+    )?;
+    tx.execute("DELETE FROM stream WHERE job_id = ?1", [id])?;
+    tracing::info!(job_id = %id, "{why}; queued again (attempt {attempts} of {max} used)");
+    events.push(QueueEvent::Queued);
+    Ok(true)
+}
+
+/// Whether `token` holds the lease of running job `id`.
+fn holds(tx: &Transaction, id: &str, token: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT 1 FROM jobs WHERE id = ?1 AND lease_token = ?2 AND status = 'IN_PROGRESS'",
+        [id, token],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+}
+
+/// The partials of a job, oldest first.
+fn partials(tx: &Transaction, id: &str) -> rusqlite::Result<Vec<Value>> {
+    let mut stmt = tx.prepare_cached("SELECT output FROM stream WHERE job_id = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([id], |row| row.get::<_, String>(0))?;
+    rows.map(|text| text.map(|t| parse_json(Some(t)).unwrap_or(Value::Null)))
+        .collect()
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    fn subscribe(&self) -> broadcast::Receiver<QueueEvent> {
+        self.events.subscribe()
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
+        let id = job.id.clone();
+        let inserted = self
+            .write(move |tx, events| {
+                let now = now_ms();
+                let p = job.policy;
+                let inserted = tx.execute(
+                    "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
+                        ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after)
+                     VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
+                    params![
+                        job.id,
+                        job.payload.to_string(),
+                        job.webhook,
+                        p.execution_timeout.map(duration_ms),
+                        duration_ms(p.ttl),
+                        p.max_attempts,
+                        duration_ms(p.retention),
+                        now
+                    ],
+                )?;
+                events.push(QueueEvent::Queued);
+                Ok(inserted)
+            })
+            .await?;
+        if inserted == 0 {
+            return Err(QueueError::Duplicate(id));
+        }
+        Ok(())
+    }
+
+    async fn status(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            conn.query_row(
+                "SELECT id, status, output, error, attempts, worker_id, created_at, started_at, finished_at
+                 FROM jobs WHERE id = ?1",
+                [&id],
+                |row| {
+                    Ok(JobRecord {
+                        id: row.get(0)?,
+                        status: status_of(&row.get::<_, String>(1)?)?,
+                        output: parse_json(row.get(2)?),
+                        error: row.get(3)?,
+                        attempts: row.get(4)?,
+                        worker_id: row.get(5)?,
+                        created_at: row.get(6)?,
+                        started_at: row.get(7)?,
+                        finished_at: row.get(8)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn read_stream(&self, id: &str) -> Result<Option<(JobStatus, Vec<Value>)>, QueueError> {
+        let id = id.to_owned();
+        self.write(move |tx, _| {
+            let Some(status) = tx
+                .query_row("SELECT status FROM jobs WHERE id = ?1", [&id], |row| {
+                    row.get::<_, String>(0)
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut stmt = tx.prepare_cached(
+                "UPDATE stream SET read = 1 WHERE job_id = ?1 AND read = 0 RETURNING seq, output",
+            )?;
+            let mut rows: Vec<(i64, String)> = stmt
+                .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.sort_by_key(|(seq, _)| *seq);
+            let partials = rows
+                .into_iter()
+                .map(|(_, text)| parse_json(Some(text)).unwrap_or(Value::Null))
+                .collect();
+            Ok(Some((status_of(&status)?, partials)))
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
+        let id = id.to_owned();
+        self.write(move |tx, events| {
+            let Some(status) = tx
+                .query_row("SELECT status FROM jobs WHERE id = ?1", [&id], |row| {
+                    row.get::<_, String>(0)
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let status = status_of(&status)?;
+            if status.is_final() {
+                return Ok(Some(status));
+            }
+            finalize(tx, &id, JobStatus::Cancelled, None, None, events)?;
+            if status == JobStatus::InProgress {
+                events.push(QueueEvent::Cancelled(id.clone()));
+            }
+            Ok(Some(JobStatus::Cancelled))
+        })
+        .await
+    }
+
+    async fn retry(&self, id: &str) -> Result<RetryOutcome, QueueError> {
+        let id = id.to_owned();
+        self.write(move |tx, events| {
+            let Some(status) = tx
+                .query_row("SELECT status FROM jobs WHERE id = ?1", [&id], |row| {
+                    row.get::<_, String>(0)
+                })
+                .optional()?
+            else {
+                return Ok(RetryOutcome::NotFound);
+            };
+            let status = status_of(&status)?;
+            if !matches!(status, JobStatus::Failed | JobStatus::TimedOut) {
+                return Ok(RetryOutcome::NotRetryable(status));
+            }
+            let now = now_ms();
+            tx.execute(
+                "UPDATE jobs SET status = 'IN_QUEUE', attempts = 0, queued_at = ?2, run_after = ?2,
+                    started_at = NULL, finished_at = NULL, expires_at = NULL, worker_id = NULL,
+                    output = NULL, error = NULL WHERE id = ?1",
+                params![id, now],
+            )?;
+            tx.execute("DELETE FROM stream WHERE job_id = ?1", [&id])?;
+            events.push(QueueEvent::Queued);
+            Ok(RetryOutcome::Requeued)
+        })
+        .await
+    }
+
+    async fn purge(&self) -> Result<u64, QueueError> {
+        self.write(|tx, _| {
+            let removed = tx.execute("DELETE FROM jobs WHERE status = 'IN_QUEUE'", [])?;
+            tx.execute(
+                "DELETE FROM stream WHERE job_id NOT IN (SELECT id FROM jobs)",
+                [],
+            )?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<Health, QueueError> {
+        self.call(|conn| {
+            let mut health = Health::default();
+            let mut stmt =
+                conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (status, count) = row?;
+                health
+                    .counts
+                    .push((status_of(&status)?, count.max(0) as u64));
+            }
+            let retried: i64 =
+                conn.query_row("SELECT COUNT(*) FROM jobs WHERE attempts > 1", [], |r| {
+                    r.get(0)
+                })?;
+            health.retried = retried.max(0) as u64;
+            let (idle, running): (Option<i64>, Option<i64>) = conn.query_row(
+                "SELECT SUM(MAX(capacity - busy, 0)), SUM(busy) FROM workers WHERE seen_at > ?1",
+                [now_ms() - WORKER_GONE_MS],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            health.idle = idle.unwrap_or(0).max(0) as u64;
+            health.running = running.unwrap_or(0).max(0) as u64;
+            Ok(health)
+        })
+        .await
+    }
+
+    async fn take(
+        &self,
+        worker: &str,
+        count: usize,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let worker = worker.to_owned();
+        let lease_ms = duration_ms(lease);
+        self.write(move |tx, _| {
+            let now = now_ms();
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND run_after <= ?1
+                        AND queued_at + ttl_ms > ?1 ORDER BY queued_at, rowid LIMIT ?2",
+                )?
+                .query_map(params![now, count as i64], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut leases = Vec::with_capacity(ids.len());
+            for id in ids {
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                let lease = tx.query_row(
+                    "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, worker_id = ?2,
+                        lease_token = ?3, lease_expires_at = ?4, started_at = ?5
+                     WHERE id = ?1 RETURNING payload, attempts, execution_timeout_ms",
+                    params![id, worker, token, now + lease_ms, now],
+                    |row| {
+                        Ok(Lease {
+                            job_id: id.clone(),
+                            token: token.clone(),
+                            payload: parse_json(row.get(0)?).unwrap_or(Value::Null),
+                            attempt: row.get(1)?,
+                            execution_timeout: row
+                                .get::<_, Option<i64>>(2)?
+                                .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                        })
+                    },
+                )?;
+                leases.push(lease);
+            }
+            Ok(leases)
+        })
+        .await
+    }
+
+    async fn renew(
+        &self,
+        leases: &[(String, String)],
+        lease: Duration,
+    ) -> Result<Vec<String>, QueueError> {
+        let leases = leases.to_vec();
+        let lease_ms = duration_ms(lease);
+        self.write(move |tx, _| {
+            let until = now_ms() + lease_ms;
+            let mut lost = Vec::new();
+            for (id, token) in leases {
+                let renewed = tx.execute(
+                    "UPDATE jobs SET lease_expires_at = ?3
+                     WHERE id = ?1 AND lease_token = ?2 AND status = 'IN_PROGRESS'",
+                    params![id, token, until],
+                )?;
+                if renewed == 0 {
+                    lost.push(id);
+                }
+            }
+            Ok(lost)
+        })
+        .await
+    }
+
+    async fn progress(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
+        let (id, token) = (job_id.to_owned(), token.to_owned());
+        self.write(move |tx, _| {
+            let changed = tx.execute(
+                "UPDATE jobs SET output = ?3 WHERE id = ?1 AND lease_token = ?2 AND status = 'IN_PROGRESS'",
+                params![id, token, output.to_string()],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn stream(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
+        let (id, token) = (job_id.to_owned(), token.to_owned());
+        self.write(move |tx, events| {
+            if !holds(tx, &id, &token)? {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO stream (job_id, seq, output)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM stream WHERE job_id = ?1), ?2)",
+                params![id, output.to_string()],
+            )?;
+            events.push(QueueEvent::Streamed(id));
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn finish(&self, job_id: &str, token: &str, ending: Ending) -> Result<bool, QueueError> {
+        let (id, token) = (job_id.to_owned(), token.to_owned());
+        self.write(move |tx, events| {
+            if !holds(tx, &id, &token)? {
+                return Ok(false);
+            }
+            match ending {
+                Ending::Completed(output) => {
+                    // A streaming handler's final output is empty: the job's
+                    // output is then the list of its partials.
+                    let empty = output.is_null() || output.as_array().is_some_and(Vec::is_empty);
+                    let output = match partials(tx, &id)? {
+                        list if empty && !list.is_empty() => Value::Array(list),
+                        _ => output,
+                    };
+                    finalize(tx, &id, JobStatus::Completed, Some(output), None, events)?;
+                }
+                Ending::Failed { error, output } => {
+                    finalize(tx, &id, JobStatus::Failed, output, Some(error), events)?;
+                }
+                Ending::TimedOut(error) => {
+                    finalize(tx, &id, JobStatus::TimedOut, None, Some(error), events)?;
+                }
+                Ending::Retry(why) => {
+                    requeue_or_fail(tx, &id, &why, events)?;
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        capacity: usize,
+        busy: usize,
+    ) -> Result<(), QueueError> {
+        let worker = worker.to_owned();
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO workers (id, capacity, busy, seen_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET capacity = ?2, busy = ?3, seen_at = ?4",
+                params![worker, capacity as i64, busy as i64, now_ms()],
+            )
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn sweep(&self) -> Result<Swept, QueueError> {
+        self.write(|tx, events| {
+            let now = now_ms();
+            let mut swept = Swept::default();
+            let lost: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE status = 'IN_PROGRESS' AND lease_expires_at < ?1 LIMIT ?2",
+                )?
+                .query_map(params![now, SWEEP_BATCH], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in lost {
+                let why = "its worker stopped holding the job (lease expired)";
+                if requeue_or_fail(tx, &id, why, events)? {
+                    swept.requeued += 1;
+                } else {
+                    swept.ended += 1;
+                }
+            }
+            let expired: Vec<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, ttl_ms FROM jobs WHERE status = 'IN_QUEUE' AND queued_at + ttl_ms <= ?1 LIMIT ?2",
+                )?
+                .query_map(params![now, SWEEP_BATCH], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, ttl) in expired {
+                let error = format!("the job's ttl of {ttl} ms passed before it started; it did not run");
+                finalize(tx, &id, JobStatus::TimedOut, None, Some(error), events)?;
+                swept.ended += 1;
+            }
+            tx.execute(
+                "DELETE FROM stream WHERE job_id IN
+                    (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)",
+                params![now, SWEEP_BATCH],
+            )?;
+            swept.deleted = tx.execute(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)",
+                params![now, SWEEP_BATCH],
+            )? as u64;
+            tx.execute("DELETE FROM workers WHERE seen_at < ?1", [now - WORKER_GONE_MS])?;
+            Ok(swept)
+        })
+        .await
+    }
+
+    async fn webhooks_due(&self, limit: usize) -> Result<Vec<WebhookPost>, QueueError> {
+        self.write(move |tx, _| {
+            let now = now_ms();
+            let mut stmt = tx.prepare_cached(
+                "UPDATE webhooks SET next_at = ?1 + ?2 WHERE id IN
+                    (SELECT id FROM webhooks WHERE next_at <= ?1 ORDER BY next_at LIMIT ?3)
+                 RETURNING id, job_id, url, body, attempts, created_at",
+            )?;
+            let posts = stmt
+                .query_map(params![now, WEBHOOK_CLAIM_MS, limit as i64], |row| {
+                    Ok(WebhookPost {
+                        id: row.get(0)?,
+                        job_id: row.get(1)?,
+                        url: row.get(2)?,
+                        body: parse_json(row.get(3)?).unwrap_or(Value::Null),
+                        attempts: row.get(4)?,
+                        created_at: row.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(posts)
+        })
+        .await
+    }
+
+    async fn webhook_done(&self, id: i64) -> Result<(), QueueError> {
+        self.call(move |conn| conn.execute("DELETE FROM webhooks WHERE id = ?1", [id]))
+            .await
+            .map(drop)
+    }
+
+    async fn webhook_later(&self, id: i64, at: SystemTime) -> Result<(), QueueError> {
+        let at = to_ms(at);
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE webhooks SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1",
+                params![id, at],
+            )
+        })
+        .await
+        .map(drop)
+    }
+}

@@ -1,0 +1,96 @@
+//! The SQLite queue's schema as numbered migrations, applied in order at
+//! open. The number applied so far is kept in `PRAGMA user_version`, so a
+//! newer jobpipe upgrades an older database in place and an older jobpipe
+//! refuses a database it does not know.
+
+use rusqlite::Connection;
+
+/// Each entry is one schema version; never edit one that has shipped,
+/// append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs with leases, stream partials, webhook outbox, workers.
+    "CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        webhook TEXT,
+        execution_timeout_ms INTEGER,
+        ttl_ms INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        retention_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        queued_at INTEGER NOT NULL,
+        run_after INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        worker_id TEXT,
+        lease_token TEXT,
+        lease_expires_at INTEGER,
+        output TEXT,
+        error TEXT,
+        expires_at INTEGER
+    );
+    CREATE INDEX jobs_queued ON jobs (status, queued_at);
+    CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+    CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE stream (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        output TEXT NOT NULL,
+        read INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TABLE webhooks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX webhooks_due ON webhooks (next_at);
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        capacity INTEGER NOT NULL,
+        busy INTEGER NOT NULL,
+        seen_at INTEGER NOT NULL
+    );",
+];
+
+/// Brings the schema up to date; fails on a database from a newer jobpipe.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(format!(
+            "its schema version {current} is newer than this jobpipe knows ({known}); use a newer jobpipe or another queue file"
+        ));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", version))
+            .and_then(|()| tx.commit())
+            .map_err(|e| format!("schema migration {version} failed: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_refuse_newer_databases() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(migrate(&mut conn).unwrap_err().contains("newer"));
+    }
+}

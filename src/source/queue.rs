@@ -1,0 +1,311 @@
+//! Jobs from jobpipe's own queue, with the endpoint API in the same
+//! process: `jobpipe --serve-api -- handler`.
+//!
+//! Besides the take loop here, four tasks run for the life of the source:
+//! the API server ([`crate::api`]), lease renewal for the jobs held, upkeep
+//! (lease expiry, ttl, retention, the worker heartbeat for `/health`), and
+//! webhook delivery ([`crate::webhook`]). One task per job writes its
+//! updates and final result ([`super::queue_job`]). On the first stop
+//! request the API refuses new jobs (503), `/runsync` callers get their
+//! answer, running jobs finish, and queued jobs stay in the database.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::SourceContext;
+use crate::api::{self, ApiState, JobDefaults};
+use crate::error::{exit, ConfigError, FatalError};
+use crate::input_schema::InputSchema;
+use crate::pool::Pool;
+use crate::queue::sqlite::SqliteQueue;
+use crate::queue::{Queue, QueueEvent};
+
+/// How often queued jobs are looked for when no event says so (jobs
+/// whose retry back-off ended, missed events).
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// How often upkeep runs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long the API may finish requests in progress once jobs are done.
+const API_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the queue is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueLocation {
+    Sqlite(PathBuf),
+}
+
+impl QueueLocation {
+    pub fn parse(text: &str) -> Result<QueueLocation, ConfigError> {
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "--queue sqlite: needs a file path, like sqlite:/var/tmp/jobpipe/queue.db"
+                        .into(),
+                ));
+            }
+            return Ok(QueueLocation::Sqlite(PathBuf::from(path)));
+        }
+        Err(ConfigError::Invalid(format!(
+            "--queue {text:?} is not a queue this jobpipe knows; use sqlite:PATH"
+        )))
+    }
+}
+
+/// The validated endpoint options.
+#[derive(Clone)]
+pub struct QueueSourceConfig {
+    pub queue: QueueLocation,
+    /// Where the API listens; `None` takes jobs without serving the API.
+    pub api_addr: Option<SocketAddr>,
+    pub api_key: Option<Arc<str>>,
+    pub schema: Option<Arc<InputSchema>>,
+    pub defaults: JobDefaults,
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for QueueSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueSourceConfig")
+            .field("queue", &self.queue)
+            .field("api_addr", &self.api_addr)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the queue a configuration names; a queue that cannot be opened is
+/// a configuration error (exit 2).
+pub async fn open(location: &QueueLocation) -> Result<Arc<dyn Queue>, FatalError> {
+    match location {
+        QueueLocation::Sqlite(path) => match SqliteQueue::open(path).await {
+            Ok(queue) => Ok(Arc::new(queue)),
+            Err(e) => Err(FatalError::Config(ConfigError::Invalid(format!(
+                "{e}; set --queue (JOBPIPE_QUEUE) to sqlite:PATH in a writable directory"
+            )))),
+        },
+    }
+}
+
+/// The jobs this worker holds: id → lease token.
+pub(super) type Held = Arc<Mutex<HashMap<String, String>>>;
+
+/// Runs the endpoint until the first stop request, then drains.
+pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, FatalError> {
+    let queue = open(&config.queue).await?;
+    let tasks = TaskTracker::new();
+    let background = CancellationToken::new();
+    let api_stop = CancellationToken::new();
+    if let Some(addr) = config.api_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            FatalError::Config(ConfigError::Invalid(format!(
+                "the endpoint API cannot listen on {addr}: {e}; choose another --api-addr (JOBPIPE_API_ADDR)"
+            )))
+        })?;
+        let shown = listener.local_addr().unwrap_or(addr);
+        tracing::info!("endpoint API listening on http://{shown} (routes at the root and under /v2/ENDPOINT_ID/)");
+        let state = ApiState {
+            queue: queue.clone(),
+            api_key: config.api_key.clone(),
+            schema: config.schema.clone(),
+            defaults: config.defaults,
+            closing: ctx.shutdown.take.clone(),
+        };
+        let stop = api_stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = api::serve(listener, api::router(state), stop).await {
+                tracing::error!("endpoint API server failed: {e}");
+            }
+        });
+    }
+    let held: Held = Arc::default();
+    tasks.spawn(webhook_task(queue.clone(), background.clone()));
+    tasks.spawn(upkeep(queue.clone(), ctx.clone(), background.clone()));
+    tasks.spawn(renew_leases(
+        queue.clone(),
+        held.clone(),
+        ctx.pool.clone(),
+        config.lease,
+        background.clone(),
+    ));
+    tasks.spawn(stop_cancelled(
+        queue.clone(),
+        ctx.pool.clone(),
+        background.clone(),
+    ));
+    let jobs = TaskTracker::new();
+    take_loop(&queue, &config, &ctx, &held, &jobs).await;
+    jobs.close();
+    if !jobs.is_empty() {
+        tracing::info!(
+            "taking no more jobs; waiting for {} running",
+            ctx.pool.in_flight()
+        );
+    }
+    jobs.wait().await;
+    background.cancel();
+    api_stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(API_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            "endpoint API requests still open after {}s are cut off",
+            API_GRACE.as_secs()
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Takes queued jobs for free slots until the first stop request.
+async fn take_loop(
+    queue: &Arc<dyn Queue>,
+    config: &QueueSourceConfig,
+    ctx: &SourceContext,
+    held: &Held,
+    jobs: &TaskTracker,
+) {
+    let take = &ctx.shutdown.take;
+    let worker = ctx.identity.worker_id.clone();
+    let mut events = queue.subscribe();
+    loop {
+        let mut slots = tokio::select! {
+            slots = ctx.pool.free_slots() => slots,
+            _ = take.cancelled() => return,
+        };
+        let leases = match queue.take(&worker, slots.len(), config.lease).await {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::warn!("taking jobs failed: {e}; trying again");
+                Vec::new()
+            }
+        };
+        if leases.is_empty() {
+            drop(slots);
+            tokio::select! {
+                _ = wait_for_queued(&mut events) => {}
+                _ = tokio::time::sleep(FALLBACK_POLL) => {}
+                _ = take.cancelled() => return,
+            }
+            continue;
+        }
+        for lease in leases {
+            let slot = slots.pop().expect("no more jobs than slots are taken");
+            super::queue_job::start(lease, slot, queue.clone(), held.clone(), ctx, jobs);
+        }
+    }
+}
+
+async fn wait_for_queued(events: &mut tokio::sync::broadcast::Receiver<QueueEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(QueueEvent::Queued) | Err(RecvError::Lagged(_)) => return,
+            Ok(_) => {}
+            Err(RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+/// Renews the leases of held jobs every third of the lease; a job whose
+/// lease is gone (cancelled, or lost while renewal failed) is stopped.
+async fn renew_leases(
+    queue: Arc<dyn Queue>,
+    held: Held,
+    pool: Arc<Pool>,
+    lease: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(lease / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let leases: Vec<(String, String)> = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, token)| (id.clone(), token.clone()))
+            .collect();
+        if leases.is_empty() {
+            continue;
+        }
+        match queue.renew(&leases, lease).await {
+            Ok(lost) => {
+                for id in lost {
+                    if pool.cancel(&id) {
+                        tracing::warn!(job_id = %id, "this worker no longer holds the job's lease; stopping it");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                "renewing leases failed: {e}; retrying in {}s",
+                (lease / 3).as_secs()
+            ),
+        }
+    }
+}
+
+/// Stops the handlers of jobs cancelled through the API.
+async fn stop_cancelled(queue: Arc<dyn Queue>, pool: Arc<Pool>, stop: CancellationToken) {
+    let mut events = queue.subscribe();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = stop.cancelled() => return,
+        };
+        match event {
+            Ok(QueueEvent::Cancelled(id)) => {
+                if pool.cancel(&id) {
+                    tracing::info!(job_id = %id, "job cancelled; stopping its handler");
+                }
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(missed)) => {
+                tracing::debug!(
+                    "{missed} queue events missed; lease renewal catches cancelled jobs"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Expires leases and ttls, deletes old results, and reports this worker's
+/// slots for `/health`.
+async fn upkeep(queue: Arc<dyn Queue>, ctx: SourceContext, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let pool = &ctx.pool;
+        if let Err(e) = queue
+            .heartbeat(&ctx.identity.worker_id, pool.capacity(), pool.in_flight())
+            .await
+        {
+            tracing::warn!("worker heartbeat failed: {e}");
+        }
+        match queue.sweep().await {
+            Ok(swept) if swept.requeued + swept.ended > 0 => tracing::info!(
+                "queue upkeep: {} jobs queued again after losing their worker, {} ended (no attempts left or ttl passed)",
+                swept.requeued,
+                swept.ended
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("queue upkeep failed: {e}"),
+        }
+    }
+}
+
+async fn webhook_task(queue: Arc<dyn Queue>, stop: CancellationToken) {
+    crate::webhook::run(queue, stop).await;
+}
