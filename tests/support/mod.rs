@@ -1,4 +1,6 @@
 #![allow(dead_code)]
+pub mod endpoint;
+pub mod endpoint_routes;
 pub mod fake_runpod;
 pub mod live;
 pub mod postgres;

@@ -1,0 +1,575 @@
+//! The endpoint API's behaviour, written once and run against every queue
+//! store (see `route_tests!`): every route, every error answer, streaming,
+//! cancellation, timeouts, ttl, retries and attempts.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::endpoint::{fake, Endpoint, Store, KEY};
+
+/// Generates one `#[tokio::test]` per route test for a store.
+#[macro_export]
+macro_rules! route_tests {
+    ($store:expr, $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                support::endpoint_routes::$name(&$store).await;
+            }
+        )*
+    };
+}
+
+pub async fn run_then_status_reports_output_and_times(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let id = endpoint.submit(fake("echo", json!({"x": 7}))).await;
+    let done = endpoint.wait_for(&id, "COMPLETED").await;
+    assert_eq!(done["id"], id.as_str());
+    assert_eq!(done["output"]["x"], 7);
+    assert_eq!(done["retries"], 0);
+    assert!(done["delayTime"].as_i64().unwrap() >= 0, "{done}");
+    assert!(done["executionTime"].as_i64().unwrap() >= 0, "{done}");
+    assert!(done["workerId"].as_str().unwrap().starts_with("jobpipe-"));
+    // The same job at the root and with POST.
+    let root = endpoint
+        .http
+        .post(format!("{}/status/{id}", endpoint.root))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(root.status(), 200);
+    assert_eq!(root.json::<Value>().await.unwrap()["output"]["x"], 7);
+    endpoint.stop().await;
+}
+
+pub async fn runsync_answers_the_result_or_the_status_when_wait_runs_out(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let (code, body) = endpoint
+        .post("/runsync", fake("echo", json!({"y": 1})))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["status"], "COMPLETED", "{body}");
+    assert_eq!(body["output"]["y"], 1);
+    let (code, body) = endpoint
+        .post("/runsync", fake("error", json!({"message": "nope"})))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["status"], "FAILED");
+    assert_eq!(body["error"], "nope");
+    let (code, body) = endpoint
+        .post("/runsync?wait=200", fake("sleep", json!({"ms": 1500})))
+        .await;
+    assert_eq!(code, 200);
+    assert!(
+        ["IN_QUEUE", "IN_PROGRESS"].contains(&body["status"].as_str().unwrap()),
+        "{body}"
+    );
+    let id = body["id"].as_str().unwrap();
+    endpoint.wait_for(id, "COMPLETED").await;
+    let (code, body) = endpoint
+        .post("/runsync?wait=soon", fake("echo", json!({})))
+        .await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("wait"), "{body}");
+    endpoint.stop().await;
+}
+
+pub async fn stream_returns_unread_partials_in_order(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let id = endpoint.submit(fake("stream", json!({"n": 4}))).await;
+    let mut seen = Vec::new();
+    loop {
+        let (code, body) = endpoint.get(&format!("/stream/{id}")).await;
+        assert_eq!(code, 200, "{body}");
+        for chunk in body["stream"].as_array().unwrap() {
+            seen.push(chunk["output"]["n"].as_i64().unwrap());
+        }
+        if body["status"] == "COMPLETED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, [0, 1, 2, 3], "every partial once, in order");
+    let (_, again) = endpoint.post(&format!("/stream/{id}"), json!({})).await;
+    assert_eq!(again["stream"], json!([]), "partials are not read twice");
+    let status = endpoint.wait_for(&id, "COMPLETED").await;
+    assert_eq!(
+        status["output"],
+        json!([{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}]),
+        "the output of a stream is its partials"
+    );
+    endpoint.stop().await;
+}
+
+pub async fn progress_shows_as_the_running_jobs_output(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let id = endpoint.submit(fake("progress", json!({"n": 2}))).await;
+    let done = endpoint.wait_for(&id, "COMPLETED").await;
+    assert_eq!(done["output"], "done");
+    endpoint.stop().await;
+}
+
+pub async fn bad_requests_get_400_with_the_reason(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let raw = |body: &'static str| {
+        endpoint
+            .http
+            .post(format!("{}/run", endpoint.base))
+            .bearer_auth(KEY)
+            .body(body)
+            .send()
+    };
+    let response = raw("{not json").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+    for (body, says) in [
+        (json!({"inputs": 1}), "no \"input\""),
+        (json!([1]), "JSON object"),
+        (
+            json!({"input": 1, "policy": 5}),
+            "\"policy\" must be an object",
+        ),
+        (
+            json!({"input": 1, "policy": {"executionTimeout": "1s"}}),
+            "policy.executionTimeout",
+        ),
+        (json!({"input": 1, "policy": {"ttl": 0}}), "policy.ttl"),
+        (
+            json!({"input": 1, "policy": {"maxAttempts": 0}}),
+            "policy.maxAttempts",
+        ),
+        (
+            json!({"input": 1, "policy": {"speed": 1}}),
+            "unknown policy field \"speed\"",
+        ),
+        (json!({"input": 1, "webhook": "ftp://x"}), "webhook"),
+    ] {
+        let (code, answer) = endpoint.post("/run", body.clone()).await;
+        assert_eq!(code, 400, "{body} → {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{body} → {answer}"
+        );
+    }
+    let jobs = endpoint.jobs().await;
+    assert_eq!(
+        jobs["inQueue"], 0,
+        "a refused request queues nothing: {jobs}"
+    );
+    assert_eq!(jobs["completed"], 0, "{jobs}");
+    endpoint.stop().await;
+}
+
+pub async fn input_schema_violations_are_listed_and_nothing_is_queued(store: &Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        json!({
+            "type": "object",
+            "required": ["do", "prompt"],
+            "properties": {"prompt": {"type": "string"}, "steps": {"type": "integer", "maximum": 50}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let endpoint = Endpoint::start(store, &["--input-schema", schema.to_str().unwrap()]).await;
+    for route in ["/run", "/runsync"] {
+        let (code, body) = endpoint
+            .post(route, fake("echo", json!({"steps": 99})))
+            .await;
+        assert_eq!(code, 400, "{body}");
+        let violations = body["violations"].as_array().unwrap();
+        assert_eq!(violations.len(), 2, "{body}");
+        assert!(
+            violations
+                .iter()
+                .any(|v| v["path"] == "" && v["message"].as_str().unwrap().contains("prompt")),
+            "{body}"
+        );
+        assert!(
+            violations
+                .iter()
+                .any(|v| v["path"] == "/steps" && v["message"].as_str().unwrap().contains("50")),
+            "{body}"
+        );
+        assert!(body["error"].as_str().unwrap().contains("/steps"), "{body}");
+    }
+    assert_eq!(endpoint.jobs().await["inQueue"], 0);
+    let (code, body) = endpoint
+        .post(
+            "/runsync",
+            fake("echo", json!({"prompt": "hi", "steps": 3})),
+        )
+        .await;
+    assert_eq!(
+        (code, body["status"].clone()),
+        (200, json!("COMPLETED")),
+        "{body}"
+    );
+    endpoint.stop().await;
+}
+
+pub async fn key_unknown_routes_and_methods_get_json_errors(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let url = format!("{}/health", endpoint.base);
+    for auth in [None, Some("Bearer wrong"), Some(KEY), Some("Basic abc")] {
+        let mut request = endpoint.http.get(&url);
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{auth:?}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("Bearer"));
+    }
+    let (code, body) = endpoint.get("/no-such-route").await;
+    assert_eq!(code, 404);
+    assert!(body["error"].as_str().unwrap().contains("no such route"));
+    for path in ["/status/nope", "/stream/nope"] {
+        let (code, body) = endpoint.get(path).await;
+        assert_eq!(code, 404, "{path}");
+        assert!(body["error"].as_str().unwrap().contains("no job"), "{body}");
+    }
+    for path in ["/cancel/nope", "/retry/nope"] {
+        let (code, _) = endpoint.post(path, json!({})).await;
+        assert_eq!(code, 404, "{path}");
+    }
+    let (code, body) = endpoint.get("/run").await;
+    assert_eq!(code, 405);
+    assert!(body["error"].as_str().unwrap().contains("GET"));
+    endpoint.stop().await;
+}
+
+pub async fn oversized_bodies_get_413(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    for (route, size) in [
+        ("/run", 10 * 1024 * 1024 + 10),
+        ("/runsync", 20 * 1024 * 1024 + 10),
+    ] {
+        let body = format!("{{\"input\": \"{}\"}}", "a".repeat(size));
+        let response = endpoint
+            .http
+            .post(format!("{}{route}", endpoint.base))
+            .bearer_auth(KEY)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413, "{route}");
+        let answer: Value = response.json().await.unwrap();
+        assert!(
+            answer["error"].as_str().unwrap().contains("MiB"),
+            "{answer}"
+        );
+    }
+    // Just under the /run limit is accepted.
+    let body = json!({"input": {"do": "echo", "pad": "b".repeat(9 * 1024 * 1024)}});
+    let (code, _) = endpoint.post("/run", body).await;
+    assert_eq!(code, 200);
+    endpoint.stop().await;
+}
+
+pub async fn cancel_removes_queued_jobs_and_stops_running_ones(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let running = endpoint.submit(fake("hang", json!({}))).await;
+    endpoint.wait_for(&running, "IN_PROGRESS").await;
+    let queued = endpoint.submit(fake("echo", json!({}))).await;
+    let (code, body) = endpoint.post(&format!("/cancel/{queued}"), json!({})).await;
+    assert_eq!(
+        (code, body["status"].clone()),
+        (200, json!("CANCELLED")),
+        "{body}"
+    );
+    let (code, body) = endpoint
+        .post(&format!("/cancel/{running}"), json!({}))
+        .await;
+    assert_eq!(
+        (code, body["status"].clone()),
+        (200, json!("CANCELLED")),
+        "{body}"
+    );
+    // The hanging handler was replaced: the next job runs.
+    let (_, next) = endpoint
+        .post("/runsync", fake("echo", json!({"after": "cancel"})))
+        .await;
+    assert_eq!(next["status"], "COMPLETED", "{next}");
+    for id in [&queued, &running] {
+        let (_, body) = endpoint.get(&format!("/status/{id}")).await;
+        assert_eq!(
+            body["status"], "CANCELLED",
+            "exactly one final status: {body}"
+        );
+    }
+    // Cancelling an ended job changes nothing.
+    let (code, body) = endpoint
+        .post(
+            &format!("/cancel/{}", next["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!((code, body["status"].clone()), (200, json!("COMPLETED")));
+    endpoint.stop().await;
+}
+
+pub async fn execution_timeout_ends_timed_out_and_replaces_the_handler(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let mut body = fake("hang", json!({}));
+    body["policy"] = json!({"executionTimeout": 300});
+    let id = endpoint.submit(body).await;
+    let done = endpoint.wait_for(&id, "TIMED_OUT").await;
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("executionTimeout of 300 ms"),
+        "{done}"
+    );
+    let (_, next) = endpoint.post("/runsync", fake("echo", json!({}))).await;
+    assert_eq!(next["status"], "COMPLETED", "{next}");
+    endpoint.stop().await;
+}
+
+pub async fn ttl_ends_unstarted_jobs_and_retry_runs_them_again(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let blocker = endpoint.submit(fake("hang", json!({}))).await;
+    endpoint.wait_for(&blocker, "IN_PROGRESS").await;
+    let mut body = fake("echo", json!({"late": true}));
+    body["policy"] = json!({"ttl": 200});
+    let id = endpoint.submit(body).await;
+    let expired = endpoint.wait_for(&id, "TIMED_OUT").await;
+    assert!(
+        expired["error"].as_str().unwrap().contains("ttl"),
+        "{expired}"
+    );
+    assert!(
+        expired.get("executionTime").is_none(),
+        "it never ran: {expired}"
+    );
+    endpoint
+        .post(&format!("/cancel/{blocker}"), json!({}))
+        .await;
+    let (code, answer) = endpoint.post(&format!("/retry/{id}"), json!({})).await;
+    assert_eq!(
+        (code, answer["status"].clone()),
+        (200, json!("IN_QUEUE")),
+        "{answer}"
+    );
+    let done = endpoint.wait_for(&id, "COMPLETED").await;
+    assert_eq!(done["output"]["late"], true);
+    let (code, answer) = endpoint.post(&format!("/retry/{id}"), json!({})).await;
+    assert_eq!(code, 409, "a completed job is not retried: {answer}");
+    assert!(answer["error"].as_str().unwrap().contains("COMPLETED"));
+    endpoint.stop().await;
+}
+
+pub async fn handler_errors_are_final_and_crashes_use_attempts(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let failed = endpoint
+        .submit(fake("error", json!({"message": "bad input"})))
+        .await;
+    let body = endpoint.wait_for(&failed, "FAILED").await;
+    assert_eq!(body["error"], "bad input");
+    assert_eq!(body["retries"], 0, "a handler's error is not retried");
+    let mut crash = fake("crash", json!({}));
+    crash["policy"] = json!({"maxAttempts": 2});
+    let crashed = endpoint.submit(crash).await;
+    let body = endpoint.wait_for(&crashed, "FAILED").await;
+    assert_eq!(body["retries"], 1, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("attempt 2 of 2"),
+        "{body}"
+    );
+    let (code, _) = endpoint.post(&format!("/retry/{failed}"), json!({})).await;
+    assert_eq!(code, 200);
+    endpoint.wait_for(&failed, "FAILED").await;
+    assert!(endpoint.jobs().await["retried"].as_u64().unwrap() >= 1);
+    endpoint.stop().await;
+}
+
+pub async fn purge_drops_queued_jobs_only(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let running = endpoint.submit(fake("sleep", json!({"ms": 800}))).await;
+    endpoint.wait_for(&running, "IN_PROGRESS").await;
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(endpoint.submit(fake("echo", json!({}))).await);
+    }
+    let health = endpoint.get("/health").await.1;
+    assert_eq!(health["jobs"]["inQueue"], 3, "{health}");
+    assert_eq!(health["jobs"]["inProgress"], 1, "{health}");
+    let (code, body) = endpoint.post("/purge-queue", json!({})).await;
+    assert_eq!(code, 200);
+    assert_eq!(body, json!({"removed": 3, "status": "completed"}));
+    for id in &queued {
+        assert_eq!(endpoint.get(&format!("/status/{id}")).await.0, 404);
+    }
+    endpoint.wait_for(&running, "COMPLETED").await;
+    let health = endpoint.get("/health").await.1;
+    assert_eq!(health["jobs"]["inQueue"], 0);
+    assert_eq!(health["jobs"]["completed"], 1);
+    assert_eq!(
+        health["workers"]["idle"].as_u64().unwrap()
+            + health["workers"]["running"].as_u64().unwrap(),
+        1,
+        "{health}"
+    );
+    endpoint.stop().await;
+}
+
+pub async fn shutdown_refuses_new_jobs_answers_waiters_and_keeps_the_queue(store: &Store) {
+    let mut endpoint = Endpoint::start(store, &[]).await;
+    let running = endpoint.submit(fake("sleep", json!({"ms": 1500}))).await;
+    endpoint.wait_for(&running, "IN_PROGRESS").await;
+    let queued = endpoint.submit(fake("echo", json!({}))).await;
+    let waiter = {
+        let (http, base) = (endpoint.http.clone(), endpoint.base.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/runsync"))
+                .bearer_auth(KEY)
+                .json(&fake("echo", json!({})))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    endpoint.request_stop();
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the /runsync caller is answered")
+        .unwrap();
+    assert_eq!(answer["status"], "IN_QUEUE", "{answer}");
+    let response = endpoint
+        .http
+        .post(format!("{}/run", endpoint.base))
+        .bearer_auth(KEY)
+        .json(&fake("echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_eq!(endpoint.finished().await, 0);
+    // The running job finished; the queued ones wait for the next start.
+    let dir = tempfile::tempdir().unwrap();
+    let again = Endpoint::start_on(store, dir, endpoint.queue.clone(), &[]).await;
+    let (_, body) = again.get(&format!("/status/{running}")).await;
+    assert_eq!(body["status"], "COMPLETED", "{body}");
+    again.wait_for(&queued, "COMPLETED").await;
+    again.stop().await;
+}
+
+/// A webhook receiver that answers 500 to its first `failures` posts.
+struct Receiver {
+    url: String,
+    posts: std::sync::Arc<std::sync::Mutex<Vec<(u16, Value)>>>,
+}
+
+async fn receiver(failures: usize) -> Receiver {
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    type Posts = std::sync::Arc<std::sync::Mutex<Vec<(u16, Value)>>>;
+    let posts: Posts = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                move |State(posts): State<Posts>, body: axum::Json<Value>| async move {
+                    let mut posts = posts.lock().unwrap();
+                    let status = if posts.len() < failures { 500 } else { 200 };
+                    posts.push((status, body.0));
+                    StatusCode::from_u16(status).unwrap()
+                },
+            ),
+        )
+        .with_state(posts.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Receiver { url, posts }
+}
+
+pub async fn webhooks_are_retried_until_delivered(store: &Store) {
+    let hook = receiver(2).await;
+    let endpoint = Endpoint::start(store, &[]).await;
+    let mut body = fake("echo", json!({"hooked": 1}));
+    body["webhook"] = json!(hook.url);
+    let id = endpoint.submit(body).await;
+    endpoint.wait_for(&id, "COMPLETED").await;
+    let started = std::time::Instant::now();
+    while hook
+        .posts
+        .lock()
+        .unwrap()
+        .last()
+        .is_none_or(|(status, _)| *status != 200)
+    {
+        assert!(
+            started.elapsed() < super::endpoint::WAIT,
+            "webhook never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let posts = hook.posts.lock().unwrap().clone();
+    let statuses: Vec<u16> = posts.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        statuses,
+        [500, 500, 200],
+        "retried after failures, and not posted again once delivered"
+    );
+    for (_, body) in &posts {
+        assert_eq!(body["id"], id.as_str());
+        assert_eq!(body["status"], "COMPLETED");
+        assert_eq!(body["output"]["hooked"], 1);
+    }
+    endpoint.stop().await;
+}
+
+pub async fn webhooks_survive_a_restart(store: &Store) {
+    // The receiver is down while the job ends; the post waits in the
+    // database and goes out after a restart.
+    let port = super::endpoint::free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let mut endpoint = Endpoint::start(store, &[]).await;
+    let mut body = fake("echo", json!({}));
+    body["webhook"] = json!(url);
+    let id = endpoint.submit(body).await;
+    endpoint.wait_for(&id, "COMPLETED").await;
+    endpoint.request_stop();
+    endpoint.finished().await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| async move {
+            let _ = tx.send(body.0);
+            "ok"
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let again = Endpoint::start_on(
+        store,
+        tempfile::tempdir().unwrap(),
+        endpoint.queue.clone(),
+        &[],
+    )
+    .await;
+    let delivered = tokio::time::timeout(super::endpoint::WAIT, rx.recv())
+        .await
+        .expect("delivered after the restart")
+        .unwrap();
+    assert_eq!(delivered["id"], id.as_str());
+    again.stop().await;
+}
