@@ -252,17 +252,9 @@ pub async fn oversized_bodies_get_413(store: &Store) {
         ("/run", 10 * 1024 * 1024 + 10),
         ("/runsync", 20 * 1024 * 1024 + 10),
     ] {
-        let body = format!("{{\"input\": \"{}\"}}", "a".repeat(size));
-        let response = endpoint
-            .http
-            .post(format!("{}{route}", endpoint.base))
-            .bearer_auth(KEY)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 413, "{route}");
-        let answer: Value = response.json().await.unwrap();
+        let (status, answer) = announce_body(&endpoint, route, size).await;
+        assert_eq!(status, 413, "{route}: {answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
         assert!(
             answer["error"].as_str().unwrap().contains("MiB"),
             "{answer}"
@@ -273,6 +265,29 @@ pub async fn oversized_bodies_get_413(store: &Store) {
     let (code, _) = endpoint.post("/run", body).await;
     assert_eq!(code, 200);
     endpoint.stop().await;
+}
+
+/// Announces a body of `size` bytes with `Expect: 100-continue`, as curl
+/// does, and returns the answer's status and body: a body that is too
+/// large is refused before it is sent.
+async fn announce_body(endpoint: &Endpoint, route: &str, size: usize) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.root.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v2/e{route} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
 }
 
 pub async fn cancel_removes_queued_jobs_and_stops_running_ones(store: &Store) {
