@@ -355,7 +355,7 @@ pub async fn ttl_ends_unstarted_jobs_and_retry_runs_them_again(store: &Store) {
     let blocker = endpoint.submit(fake("hang", json!({}))).await;
     endpoint.wait_for(&blocker, "IN_PROGRESS").await;
     let mut body = fake("echo", json!({"late": true}));
-    body["policy"] = json!({"ttl": 200});
+    body["policy"] = json!({"ttl": 1000});
     let id = endpoint.submit(body).await;
     let expired = endpoint.wait_for(&id, "TIMED_OUT").await;
     assert!(
