@@ -238,6 +238,8 @@ pub struct RunpodConfig {
     pub api_key: String,
     pub spool_dir: PathBuf,
     pub return_aggregate_stream: bool,
+    /// `--input-schema`: jobs whose input breaks it fail before a handler sees them.
+    pub input_schema: Option<std::sync::Arc<crate::input_schema::InputSchema>>,
 }
 
 impl std::fmt::Debug for RunpodConfig {
@@ -373,7 +375,10 @@ impl Cli {
                     "--serve-api runs an endpoint; --test-input and --test-output run one job and exit: give one or the other".into(),
                 ));
             }
-            return self.endpoint.source().map(SourceConfig::Queue);
+            return self
+                .endpoint
+                .source(self.spool_dir.clone())
+                .map(SourceConfig::Queue);
         }
         if let Some(text) = &self.test_input {
             let job = test_job(parse_json("--test-input", text)?, "--test-input")?;
@@ -443,6 +448,7 @@ impl Cli {
             api_key,
             spool_dir: self.spool_dir.clone(),
             return_aggregate_stream: self.return_aggregate_stream,
+            input_schema: self.endpoint.schema()?,
         })
     }
 }

@@ -58,6 +58,9 @@ pub struct RunnerOptions {
     pub aggregate_stream: bool,
     /// Where undelivered final results are kept.
     pub spool_dir: std::path::PathBuf,
+    /// `--input-schema`: a job whose input breaks it fails with the list of
+    /// violations before a handler sees it.
+    pub input_schema: Option<Arc<crate::input_schema::InputSchema>>,
 }
 
 /// Carries jobs from taken to delivered. See the module docs.
@@ -126,6 +129,10 @@ impl<S: ResultSink> Runner<S> {
     /// run is answered with an error when it has an id.
     pub fn start_job(&self, value: Value, slot: Slot) {
         let name = self.shared.options.source_name;
+        let violations = match (&self.shared.options.input_schema, value.get("input")) {
+            (Some(schema), Some(input)) => schema.check(input),
+            _ => Vec::new(),
+        };
         let job = match Job::from_value(value) {
             Ok(job) => job,
             Err((message, id)) => {
@@ -143,6 +150,13 @@ impl<S: ResultSink> Runner<S> {
             }
         };
         let id = job.id.clone();
+        if !violations.is_empty() {
+            let error = crate::input_schema::describe(&violations);
+            tracing::error!(job_id = %id, "{error}");
+            let post = Post::final_result(id, json!({ "error": error }));
+            self.jobs.spawn(self.shared.clone().deliver_final(post));
+            return;
+        }
         tracing::info!(job_id = %id, "job taken");
         match self.pool.submit(slot, job) {
             Ok(events) => {

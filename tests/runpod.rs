@@ -466,3 +466,34 @@ async fn status_400_means_no_job_and_429_backs_off_five_seconds() {
     assert!(final_body(&fake, "after-429")["output"]["pid"].is_number());
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_schema_fails_runpod_jobs_before_the_handler_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    let pidfile = dir.path().join("pid");
+    std::fs::write(
+        &schema,
+        json!({"type": "object", "properties": {"n": {"type": "integer"}}}).to_string(),
+    )
+    .unwrap();
+    let fake = FakeRunpod::start(KEY).await;
+    fake.push_job(job(
+        "bad",
+        json!({"do": "echo", "n": "two", "pidfile": pidfile}),
+    ));
+    fake.push_job(job("good", json!({"do": "echo", "n": 2})));
+    let worker = start(&fake, &["--input-schema", schema.to_str().unwrap()]);
+    fake.wait_for_results(2, WAIT).await;
+    let error = final_body(&fake, "bad")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.starts_with("input does not match --input-schema: /n: "),
+        "{error}"
+    );
+    assert!(!pidfile.exists(), "the handler never saw the job");
+    assert_eq!(final_body(&fake, "good")["output"]["n"], 2);
+    worker.stop().await.unwrap();
+}

@@ -9,16 +9,16 @@
 //! request the API refuses new jobs (503), `/runsync` callers get their
 //! answer, running jobs finish, and queued jobs stay in the database.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::queue_job::{Held, QueueSink};
 use super::SourceContext;
 use crate::api::{self, ApiState, JobDefaults};
 use crate::error::{exit, ConfigError, FatalError};
@@ -26,6 +26,7 @@ use crate::input_schema::InputSchema;
 use crate::pool::Pool;
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::{Queue, QueueEvent};
+use crate::runner::{Runner, RunnerOptions};
 
 /// How often queued jobs are looked for when no event says so (jobs
 /// whose retry back-off ended, missed events).
@@ -69,6 +70,9 @@ pub struct QueueSourceConfig {
     pub schema: Option<Arc<InputSchema>>,
     pub defaults: JobDefaults,
     pub lease: Duration,
+    /// Where the end of a job is kept when the database cannot take it by
+    /// the end of shutdown.
+    pub spool_dir: PathBuf,
 }
 
 impl std::fmt::Debug for QueueSourceConfig {
@@ -93,9 +97,6 @@ pub async fn open(location: &QueueLocation) -> Result<Arc<dyn Queue>, FatalError
         },
     }
 }
-
-/// The jobs this worker holds: id → lease token.
-pub(super) type Held = Arc<Mutex<HashMap<String, String>>>;
 
 /// Runs the endpoint until the first stop request, then drains.
 pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, FatalError> {
@@ -125,7 +126,19 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             }
         });
     }
-    let held: Held = Arc::default();
+    let held = Held::default();
+    let sink = Arc::new(QueueSink {
+        queue: queue.clone(),
+        held: held.clone(),
+    });
+    let options = RunnerOptions {
+        source_name: "the queue",
+        // The queue itself makes a streaming job's output its partials.
+        aggregate_stream: false,
+        spool_dir: config.spool_dir.clone(),
+        input_schema: config.schema.clone(),
+    };
+    let runner = Runner::start(sink, &ctx, options)?;
     tasks.spawn(webhook_task(queue.clone(), background.clone()));
     tasks.spawn(upkeep(queue.clone(), ctx.clone(), background.clone()));
     tasks.spawn(renew_leases(
@@ -140,16 +153,14 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         ctx.pool.clone(),
         background.clone(),
     ));
-    let jobs = TaskTracker::new();
-    take_loop(&queue, &config, &ctx, &held, &jobs).await;
-    jobs.close();
-    if !jobs.is_empty() {
+    take_loop(&queue, &config, &ctx, &held, &runner).await;
+    if ctx.pool.in_flight() > 0 {
         tracing::info!(
             "taking no more jobs; waiting for {} running",
             ctx.pool.in_flight()
         );
     }
-    jobs.wait().await;
+    runner.finish().await;
     background.cancel();
     api_stop.cancel();
     tasks.close();
@@ -168,15 +179,14 @@ async fn take_loop(
     config: &QueueSourceConfig,
     ctx: &SourceContext,
     held: &Held,
-    jobs: &TaskTracker,
+    runner: &Runner<QueueSink>,
 ) {
     let take = &ctx.shutdown.take;
     let worker = ctx.identity.worker_id.clone();
     let mut events = queue.subscribe();
     loop {
-        let mut slots = tokio::select! {
-            slots = ctx.pool.free_slots() => slots,
-            _ = take.cancelled() => return,
+        let Some(mut slots) = runner.slots().await else {
+            return;
         };
         let leases = match queue.take(&worker, slots.len(), config.lease).await {
             Ok(leases) => leases,
@@ -196,7 +206,9 @@ async fn take_loop(
         }
         for lease in leases {
             let slot = slots.pop().expect("no more jobs than slots are taken");
-            super::queue_job::start(lease, slot, queue.clone(), held.clone(), ctx, jobs);
+            tracing::debug!(job_id = %lease.job_id, "attempt {} of this job", lease.attempt);
+            held.hold(&lease, queue, &ctx.pool);
+            runner.start_job(lease.payload, slot);
         }
     }
 }
@@ -227,12 +239,7 @@ async fn renew_leases(
             _ = ticks.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let leases: Vec<(String, String)> = held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(id, token)| (id.clone(), token.clone()))
-            .collect();
+        let leases = held.leases();
         if leases.is_empty() {
             continue;
         }

@@ -81,18 +81,23 @@ pub struct EndpointArgs {
 }
 
 impl EndpointArgs {
-    pub(crate) fn source(&self) -> Result<QueueSourceConfig, ConfigError> {
+    /// The compiled `--input-schema`, if one is given.
+    pub(crate) fn schema(&self) -> Result<Option<Arc<InputSchema>>, ConfigError> {
+        Ok(self
+            .input_schema
+            .as_deref()
+            .map(InputSchema::load)
+            .transpose()?
+            .map(Arc::new))
+    }
+
+    pub(crate) fn source(&self, spool_dir: PathBuf) -> Result<QueueSourceConfig, ConfigError> {
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::Invalid(
                 "--lease must be at least 1s: it is renewed every third of its length".into(),
             ));
         }
-        let schema = self
-            .input_schema
-            .as_deref()
-            .map(InputSchema::load)
-            .transpose()?
-            .map(Arc::new);
+        let schema = self.schema()?;
         let mut defaults = JobDefaults {
             max_attempts: self.max_attempts.get(),
             run_retention: self.result_retention,
@@ -110,6 +115,7 @@ impl EndpointArgs {
             schema,
             defaults,
             lease: self.lease,
+            spool_dir,
         })
     }
 

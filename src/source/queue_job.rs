@@ -1,28 +1,20 @@
-//! One job taken from jobpipe's queue: submitted to the pool, its updates
-//! written in order, its end written once under its lease, with its
-//! `executionTimeout` enforced.
+//! The queue's side of a job's path: the [`ResultSink`] that writes a
+//! job's updates and its end under the job's lease, and the timer that
+//! ends a job at its `executionTimeout`. Everything else a job goes through
+//! is the shared [`crate::runner`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio_util::task::TaskTracker;
+use tokio::task::AbortHandle;
 
-use super::queue::Held;
-use super::SourceContext;
-use crate::backoff::BackoffPolicy;
-use crate::job::{Job, JobEvent, JobResult, Outcome};
-use crate::pool::{Pool, Slot};
+use crate::delivery::{Attempt, Post, PostKind};
+use crate::pool::Pool;
 use crate::queue::{Ending, Lease, Queue};
-use crate::timer::sleep_for;
+use crate::runner::ResultSink;
 
-/// Delays between tries of writing a job's end when the database fails.
-const WRITE_RETRY: BackoffPolicy =
-    BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(5), 0.2);
-/// Tries of writing a job's end; after them the lease runs out and the job
-/// is queued again.
-const WRITE_TRIES: usize = 20;
 /// Failures found by jobpipe after which the job deserves another attempt:
 /// the handler, not the job, went wrong (or jobpipe stopped).
 const RETRYABLE: &[&str] = &[
@@ -32,100 +24,147 @@ const RETRYABLE: &[&str] = &[
     "WorkerShutdown",
 ];
 
-/// Submits a leased job and spawns the task that follows it.
-pub(super) fn start(
-    lease: Lease,
-    slot: Slot,
-    queue: Arc<dyn Queue>,
-    held: Held,
-    ctx: &SourceContext,
-    jobs: &TaskTracker,
-) {
-    let id = lease.job_id.clone();
-    let job = match Job::from_value(lease.payload.clone()) {
-        Ok(job) => job,
-        Err((message, _)) => {
-            let ending = Ending::Failed {
-                error: format!("invalid job: {message}"),
-                output: None,
-            };
-            jobs.spawn(async move { write_end(&*queue, &lease, ending).await });
-            return;
+/// A job this worker holds.
+struct HeldJob {
+    token: String,
+    /// The `executionTimeout` timer, stopped when the job ends first.
+    timer: Option<AbortHandle>,
+}
+
+/// The jobs this worker holds, by id.
+#[derive(Clone, Default)]
+pub(super) struct Held(Arc<Mutex<HashMap<String, HeldJob>>>);
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeldJob>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a taken job and starts its `executionTimeout` timer.
+    pub(super) fn hold(&self, lease: &Lease, queue: &Arc<dyn Queue>, pool: &Arc<Pool>) {
+        let timer = lease.execution_timeout.map(|limit| {
+            tokio::spawn(time_out(
+                lease.clone(),
+                limit,
+                queue.clone(),
+                pool.clone(),
+                self.clone(),
+            ))
+            .abort_handle()
+        });
+        let job = HeldJob {
+            token: lease.token.clone(),
+            timer,
+        };
+        self.lock().insert(lease.job_id.clone(), job);
+    }
+
+    fn token(&self, id: &str) -> Option<String> {
+        self.lock().get(id).map(|job| job.token.clone())
+    }
+
+    fn release(&self, id: &str) {
+        if let Some(job) = self.lock().remove(id) {
+            if let Some(timer) = job.timer {
+                timer.abort();
+            }
         }
-    };
-    tracing::info!(job_id = %id, "job taken (attempt {})", lease.attempt);
-    match ctx.pool.submit(slot, job) {
-        Ok(events) => {
-            held.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, lease.token.clone());
-            jobs.spawn(follow(lease, events, queue, held, ctx.pool.clone()));
-        }
-        Err(duplicate) => tracing::warn!(job_id = %id, "{duplicate}"),
+    }
+
+    /// (id, token) of every job held, for renewal.
+    pub(super) fn leases(&self) -> Vec<(String, String)> {
+        self.lock()
+            .iter()
+            .map(|(id, job)| (id.clone(), job.token.clone()))
+            .collect()
     }
 }
 
-/// Writes one job's updates in order, then its end.
-async fn follow(
+/// Ends a job that runs past its `executionTimeout` as TIMED_OUT, then
+/// stops its handler (whose own end is then not written).
+async fn time_out(
     lease: Lease,
-    mut events: mpsc::UnboundedReceiver<JobEvent>,
+    limit: Duration,
     queue: Arc<dyn Queue>,
-    held: Held,
     pool: Arc<Pool>,
+    held: Held,
 ) {
-    let id = lease.job_id.clone();
-    let mut timed_out = false;
-    let timeout = sleep_for(lease.execution_timeout);
-    tokio::pin!(timeout);
-    let result = loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
-            _ = &mut timeout, if !timed_out => {
-                timed_out = true;
-                tracing::info!(job_id = %id, "job ran past its executionTimeout; stopping its handler");
-                pool.cancel(&id);
-                continue;
-            }
-        };
-        let written = match event {
-            Some(JobEvent::Progress(value)) => queue.progress(&id, &lease.token, value).await,
-            Some(JobEvent::Stream(value)) => queue.stream(&id, &lease.token, value).await,
-            Some(JobEvent::Done(result)) => break result,
-            None => unreachable!("a ticket always sends its result before it is dropped"),
-        };
-        if let Err(e) = written {
-            tracing::warn!(job_id = %id, "an update of this job was not saved: {e}");
+    tokio::time::sleep(limit).await;
+    let id = &lease.job_id;
+    let why = format!(
+        "the job ran longer than its executionTimeout of {} ms; its handler was stopped",
+        limit.as_millis()
+    );
+    match queue.finish(id, &lease.token, Ending::TimedOut(why)).await {
+        Ok(true) => {
+            tracing::info!(job_id = %id, "job ran past its executionTimeout; stopping its handler");
+            held.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+            pool.cancel(id);
         }
-    };
-    held.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    let Some(ending) = ending(result, timed_out, lease.execution_timeout) else {
-        tracing::info!(job_id = %id, "job stopped after its cancellation");
-        return;
-    };
-    write_end(&*queue, &lease, ending).await;
+        Ok(false) => {}
+        Err(e) => tracing::warn!(job_id = %id, "cannot end the job at its executionTimeout: {e}"),
+    }
 }
 
-/// What a job's result means for the queue; `None` for a job stopped
-/// because it was cancelled (its status is already final).
-fn ending(result: JobResult, timed_out: bool, limit: Option<Duration>) -> Option<Ending> {
-    if timed_out {
-        let limit = limit.unwrap_or_default().as_millis();
-        return Some(Ending::TimedOut(format!(
-            "the job ran longer than its executionTimeout of {limit} ms; its handler was stopped"
-        )));
+/// Writes what the runner posts into the queue, under the job's lease.
+pub(super) struct QueueSink {
+    pub(super) queue: Arc<dyn Queue>,
+    pub(super) held: Held,
+}
+
+impl ResultSink for QueueSink {
+    async fn send(&self, post: &Post) -> Attempt {
+        let id = &post.job_id;
+        let is_final = matches!(post.kind, PostKind::Final { .. });
+        let Some(token) = self.held.token(id) else {
+            return Attempt::Refused("this worker no longer holds the job (it was cancelled or timed out, or its lease ran out)".into());
+        };
+        let body = post.body.clone();
+        let written = match post.kind {
+            PostKind::Progress => self.queue.progress(id, &token, body).await,
+            PostKind::Stream => self.queue.stream(id, &token, body).await,
+            PostKind::Final { .. } => self.queue.finish(id, &token, ending(body)).await,
+        };
+        match written {
+            Ok(true) => {
+                if is_final {
+                    self.held.release(id);
+                }
+                Attempt::Delivered
+            }
+            Ok(false) => {
+                self.held.release(id);
+                Attempt::Refused("this worker no longer holds the job's lease (cancelled, timed out, or the lease ran out); another status stands".into())
+            }
+            Err(e) => Attempt::Retry(e.to_string()),
+        }
     }
-    match result.outcome {
-        Outcome::Output(output) => Some(Ending::Completed(output)),
-        Outcome::Cancelled => None,
-        Outcome::Error { error, output } => Some(match failure_kind(&error) {
-            Some((kind, message)) if RETRYABLE.contains(&kind.as_str()) => {
-                Ending::Retry(format!("{kind}: {message}"))
-            }
-            Some((kind, message)) if kind == "JobTimeout" => {
-                Ending::TimedOut(format!("{kind}: {message}"))
-            }
-            _ => Ending::Failed { error, output },
-        }),
+}
+
+/// What a final result body (`{"output"}` or `{"error", "output"?}`)
+/// means for the queue.
+fn ending(body: Value) -> Ending {
+    let Value::Object(mut body) = body else {
+        return Ending::Completed(body);
+    };
+    let Some(error) = body.remove("error") else {
+        return Ending::Completed(body.remove("output").unwrap_or(Value::Null));
+    };
+    let error = match error {
+        Value::String(text) => text,
+        other => other.to_string(),
+    };
+    match failure_kind(&error) {
+        Some((kind, message)) if RETRYABLE.contains(&kind.as_str()) => {
+            Ending::Retry(format!("{kind}: {message}"))
+        }
+        Some((kind, message)) if kind == "JobTimeout" => {
+            Ending::TimedOut(format!("{kind}: {message}"))
+        }
+        _ => Ending::Failed {
+            error,
+            output: body.remove("output"),
+        },
     }
 }
 
@@ -140,31 +179,6 @@ fn failure_kind(error: &str) -> Option<(String, String)> {
     report["jobpipe_version"]
         .is_string()
         .then_some((kind, message))
-}
-
-/// Writes a job's end; a refused write means the lease was lost, so
-/// another worker (or a cancel) decides the job's status.
-async fn write_end(queue: &dyn Queue, lease: &Lease, ending: Ending) {
-    let id = &lease.job_id;
-    let mut delays = WRITE_RETRY.iter();
-    for _ in 0..WRITE_TRIES {
-        match queue.finish(id, &lease.token, ending.clone()).await {
-            Ok(true) => {
-                tracing::debug!(job_id = %id, "job's end saved");
-                return;
-            }
-            Ok(false) => {
-                tracing::warn!(job_id = %id, "this worker no longer holds the job (cancelled, or its lease ran out); its result is not saved");
-                return;
-            }
-            Err(e) => {
-                let delay = delays.next().unwrap_or_default();
-                tracing::warn!(job_id = %id, "saving the job's end failed: {e}; retrying in {}ms", delay.as_millis());
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-    tracing::error!(job_id = %id, "the job's end could not be saved; its lease will run out and it will be queued again");
 }
 
 #[cfg(test)]
@@ -184,28 +198,15 @@ mod tests {
 
     #[test]
     fn crashes_are_retried_and_handler_errors_are_final() {
-        let crash = JobResult::error(report(FailureKind::HandlerCrashed));
+        let crash = json!({"error": report(FailureKind::HandlerCrashed)});
+        assert!(matches!(ending(crash), Ending::Retry(m) if m.contains("went wrong")));
+        let own = json!({"error": "{\"error_type\": \"HandlerCrashed\"}", "output": 1});
         assert!(
-            matches!(ending(crash, false, None), Some(Ending::Retry(m)) if m.contains("went wrong"))
-        );
-        let own = JobResult::error("{\"error_type\": \"HandlerCrashed\"}".into());
-        assert!(
-            matches!(ending(own, false, None), Some(Ending::Failed { .. })),
+            matches!(ending(own), Ending::Failed { output: Some(o), .. } if o == 1),
             "a handler's own text is not a report"
         );
-        let timeout = JobResult::error(report(FailureKind::Timeout));
-        assert!(matches!(
-            ending(timeout, false, None),
-            Some(Ending::TimedOut(_))
-        ));
-        assert_eq!(
-            ending(JobResult::output(json!(1)), false, None),
-            Some(Ending::Completed(json!(1)))
-        );
-        assert_eq!(ending(JobResult::cancelled(), false, None), None);
-        assert!(matches!(
-            ending(JobResult::cancelled(), true, Some(Duration::from_millis(500))),
-            Some(Ending::TimedOut(m)) if m.contains("500 ms")
-        ));
+        let timeout = json!({"error": report(FailureKind::Timeout)});
+        assert!(matches!(ending(timeout), Ending::TimedOut(_)));
+        assert_eq!(ending(json!({"output": 1})), Ending::Completed(json!(1)));
     }
 }

@@ -224,6 +224,7 @@ pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalEr
         source_name: "RunPod",
         aggregate_stream: config.return_aggregate_stream,
         spool_dir: config.spool_dir.clone(),
+        input_schema: config.input_schema.clone(),
     };
     let endpoint = Arc::new(Endpoint::new(config, ctx.identity.worker_id.clone())?);
     let runner = Arc::new(Runner::start(endpoint.clone(), &ctx, options)?);
@@ -419,6 +420,7 @@ mod tests {
             api_key: "k".into(),
             spool_dir: "/tmp".into(),
             return_aggregate_stream: false,
+            input_schema: None,
         };
         Endpoint::new(config, "pod-1".into()).unwrap()
     }

@@ -91,6 +91,8 @@ impl Endpoint {
         .collect();
         args.extend(["--api-addr".into(), format!("127.0.0.1:{port}")]);
         args.extend(["--queue".into(), queue.clone()]);
+        let spool = dir.path().join("spool");
+        args.extend(["--spool-dir".into(), spool.display().to_string()]);
         args.extend(extra.iter().map(|s| s.to_string()));
         if !extra.contains(&"--") {
             args.extend(["--".into(), "python3".into(), fake_handler()]);
