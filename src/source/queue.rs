@@ -210,6 +210,12 @@ async fn take_loop(
             held.hold(&lease, queue, &ctx.pool);
             runner.start_job(lease.payload, slot);
         }
+        // `/health` counts busy slots from heartbeats: say so now, not at
+        // the next beat.
+        let (capacity, busy) = (ctx.pool.capacity(), ctx.pool.in_flight());
+        if let Err(e) = queue.heartbeat(&worker, capacity, busy).await {
+            tracing::warn!("worker heartbeat failed: {e}");
+        }
     }
 }
 
