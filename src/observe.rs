@@ -36,7 +36,7 @@ async fn health(State(metrics): State<Arc<Metrics>>) -> Json<crate::metrics::Sna
     Json(metrics.snapshot())
 }
 
-async fn ready(State(metrics): State<Arc<Metrics>>) -> Response {
+pub(crate) async fn ready(State(metrics): State<Arc<Metrics>>) -> Response {
     let snapshot = metrics.snapshot();
     let status = if snapshot.ready {
         StatusCode::OK
@@ -50,7 +50,7 @@ async fn ready(State(metrics): State<Arc<Metrics>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> Response {
+pub(crate) async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> Response {
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], metrics.render()).into_response()
 }
 

@@ -5,7 +5,9 @@
 //! Routes are mounted under `/v2/{endpoint_id}/` (any id: the clients put
 //! one in every URL) and at the root. [`router`] builds them from an
 //! [`ApiState`], so tests call it in-process and [`serve`] runs it on a
-//! listener with graceful shutdown.
+//! listener with graceful shutdown. When the worker's metrics are given,
+//! `/health` also carries the worker's own figures (those of
+//! [`crate::observe`]) and `/ready` and `/metrics` are served at the root.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::input_schema::InputSchema;
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 
 mod auth;
@@ -72,6 +75,9 @@ pub struct ApiState {
     /// Cancelled when jobpipe starts shutting down: submissions are then
     /// refused with 503 and `/runsync` callers get their answer at once.
     pub closing: CancellationToken,
+    /// The worker's own figures: `/health` adds them to RunPod's fields,
+    /// and `/ready` and `/metrics` are served at the root.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// The endpoint API's routes, under `/v2/{endpoint_id}/` and at the root.
@@ -87,9 +93,18 @@ pub fn router(state: ApiState) -> Router {
             .route("/purge-queue", post(routes::purge))
             .route("/health", get(routes::health))
     };
-    Router::new()
+    let mut router = Router::new()
         .nest("/v2/:endpoint_id", routes())
-        .merge(routes())
+        .merge(routes());
+    if let Some(metrics) = &state.metrics {
+        router = router.merge(
+            Router::new()
+                .route("/ready", get(crate::observe::ready))
+                .route("/metrics", get(crate::observe::metrics_text))
+                .with_state(metrics.clone()),
+        );
+    }
+    router
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

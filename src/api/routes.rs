@@ -143,7 +143,11 @@ pub(crate) async fn purge(State(state): State<ApiState>) -> Answer {
 
 pub(crate) async fn health(State(state): State<ApiState>) -> Answer {
     let health = state.queue.health().await?;
-    Ok(Json(json!({
+    let mut body = match &state.metrics {
+        Some(metrics) => serde_json::to_value(metrics.snapshot()).unwrap_or_else(|_| json!({})),
+        None => json!({}),
+    };
+    let runpod = json!({
         "jobs": {
             "completed": health.count(JobStatus::Completed),
             "failed": health.count(JobStatus::Failed),
@@ -157,7 +161,11 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Answer {
             "idle": health.idle,
             "running": health.running,
         },
-    })))
+    });
+    if let (Value::Object(body), Value::Object(runpod)) = (&mut body, runpod) {
+        body.extend(runpod);
+    }
+    Ok(Json(body))
 }
 
 pub(crate) async fn not_found(uri: Uri) -> ApiError {

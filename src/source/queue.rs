@@ -118,6 +118,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             schema: config.schema.clone(),
             defaults: config.defaults,
             closing: ctx.shutdown.take.clone(),
+            metrics: Some(ctx.pool.metrics.clone()),
         };
         let stop = api_stop.clone();
         tasks.spawn(async move {
@@ -184,6 +185,7 @@ async fn take_loop(
     let take = &ctx.shutdown.take;
     let worker = ctx.identity.worker_id.clone();
     let mut events = queue.subscribe();
+    let mut reported = None;
     loop {
         let Some(mut slots) = runner.slots().await else {
             return;
@@ -197,6 +199,7 @@ async fn take_loop(
         };
         if leases.is_empty() {
             drop(slots);
+            report_slots(queue, &worker, &ctx.pool, &mut reported).await;
             tokio::select! {
                 _ = wait_for_queued(&mut events) => {}
                 _ = tokio::time::sleep(FALLBACK_POLL) => {}
@@ -210,12 +213,25 @@ async fn take_loop(
             held.hold(&lease, queue, &ctx.pool);
             runner.start_job(lease.payload, slot);
         }
-        // `/health` counts busy slots from heartbeats: say so now, not at
-        // the next beat.
-        let (capacity, busy) = (ctx.pool.capacity(), ctx.pool.in_flight());
-        if let Err(e) = queue.heartbeat(&worker, capacity, busy).await {
-            tracing::warn!("worker heartbeat failed: {e}");
-        }
+        report_slots(queue, &worker, &ctx.pool, &mut reported).await;
+    }
+}
+
+/// `/health` counts busy slots from heartbeats: a change is reported at
+/// once rather than at the next beat.
+async fn report_slots(
+    queue: &Arc<dyn Queue>,
+    worker: &str,
+    pool: &Pool,
+    reported: &mut Option<(usize, usize)>,
+) {
+    let now = (pool.capacity(), pool.in_flight());
+    if *reported == Some(now) {
+        return;
+    }
+    match queue.heartbeat(worker, now.0, now.1).await {
+        Ok(()) => *reported = Some(now),
+        Err(e) => tracing::warn!("worker heartbeat failed: {e}"),
     }
 }
 

@@ -41,6 +41,43 @@ pub async fn run_then_status_reports_output_and_times(store: &Store) {
         .unwrap();
     assert_eq!(root.status(), 200);
     assert_eq!(root.json::<Value>().await.unwrap()["output"]["x"], 7);
+    // The root /health carries RunPod's fields and the worker's own; the
+    // slot is reported free soon after the job ends.
+    let started = std::time::Instant::now();
+    let health = loop {
+        let health: Value = endpoint
+            .http
+            .get(format!("{}/health", endpoint.root))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["workers"]["idle"] == 1 || started.elapsed() > Duration::from_secs(5) {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(health["jobs"]["completed"], 1, "{health}");
+    assert_eq!(health["workers"]["idle"], 1, "{health}");
+    assert_eq!(health["state"], "ready", "{health}");
+    assert_eq!(health["jobs_processed"], 1, "{health}");
+    for (path, says) in [
+        ("/ready", "\"ready\":true"),
+        ("/metrics", "jobpipe_jobs_total"),
+    ] {
+        let response = endpoint
+            .http
+            .get(format!("{}{path}", endpoint.root))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.text().await.unwrap().contains(says), "{path}");
+    }
     endpoint.stop().await;
 }
 
