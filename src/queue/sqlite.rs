@@ -120,7 +120,7 @@ fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
     let lock_file = File::create(&lock_path)
         .map_err(|e| fail(format!("cannot create {}: {e}", lock_path.display())))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        fail("another jobpipe process is using it; an embedded queue belongs to one process (use PostgreSQL to share a queue)".into())
+        fail("another jobpipe process is using it (an embedded queue belongs to one process); stop that one or give this one another file".into())
     })?;
     let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
     conn.busy_timeout(Duration::from_secs(5))

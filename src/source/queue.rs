@@ -92,7 +92,7 @@ pub async fn open(location: &QueueLocation) -> Result<Arc<dyn Queue>, FatalError
         QueueLocation::Sqlite(path) => match SqliteQueue::open(path).await {
             Ok(queue) => Ok(Arc::new(queue)),
             Err(e) => Err(FatalError::Config(ConfigError::Invalid(format!(
-                "{e}; set --queue (JOBPIPE_QUEUE) to sqlite:PATH in a writable directory"
+                "{e}; set --queue (JOBPIPE_QUEUE) to sqlite:PATH of a file this process may create and write"
             )))),
         },
     }
