@@ -187,6 +187,8 @@ struct Inner {
     long_poll: Duration,
     stops: Vec<String>,
     done_delay: Duration,
+    /// Job-done posts answered 200 so far.
+    done_ok: usize,
 }
 
 struct Shared {
@@ -237,6 +239,7 @@ impl FakeRunpod {
                     long_poll: DEFAULT_LONG_POLL,
                     stops: Vec::new(),
                     done_delay: Duration::ZERO,
+                    done_ok: 0,
                 }),
                 queue_changed: Notify::new(),
                 stops_changed: Notify::new(),
@@ -352,6 +355,13 @@ impl FakeRunpod {
         })
     }
 
+    /// How many job-done posts have been answered 200 so far, results and
+    /// progress updates alike, counted without copying them: cheap enough
+    /// to poll while large bodies pile up.
+    pub fn done_count(&self) -> usize {
+        self.lock().done_ok
+    }
+
     /// [`results`](Self::results) for the job `job_id`.
     pub fn results_for(&self, job_id: &str) -> Vec<Request> {
         self.results()
@@ -461,7 +471,15 @@ impl FakeRunpod {
 
     /// Notes the status a recorded request was answered with.
     fn answered(&self, index: usize, status: StatusCode) {
-        self.lock().requests[index].status = Some(status.as_u16());
+        let mut inner = self.lock();
+        let request = &mut inner.requests[index];
+        request.status = Some(status.as_u16());
+        if status == StatusCode::OK
+            && route(&request.path).is_some_and(|(route, _)| route == Route::Done)
+        {
+            inner.done_ok += 1;
+        }
+        drop(inner);
         self.touch();
     }
 
