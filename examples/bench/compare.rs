@@ -4,7 +4,7 @@
 //! falls on both alike. Prints the medians over the rounds and their ratios,
 //! and with `--goals` checks them against the performance goals.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -98,6 +98,11 @@ pub(crate) async fn run(args: &Args, jobpipe: &Path, meter: Meter) {
         fail("--rounds must be at least 1");
     }
     let reference = build("--example", "reference_worker");
+    let workers = Workers {
+        jobpipe,
+        baseline: args.baseline.as_deref(),
+        reference: &reference,
+    };
     let limit = Duration::from_secs(args.timeout);
     let work = |jobs, concurrency, payload| Workload {
         jobs,
@@ -118,7 +123,7 @@ pub(crate) async fn run(args: &Args, jobpipe: &Path, meter: Meter) {
             work: work(args.jobs, args.concurrency, args.payload),
             handler: words,
         };
-        compare(&case, jobpipe, &reference, args.rounds, meter).await;
+        compare(&case, &workers, args.rounds, meter).await;
         return;
     }
 
@@ -130,16 +135,14 @@ pub(crate) async fn run(args: &Args, jobpipe: &Path, meter: Meter) {
     };
     let one = compare(
         &case("C echo, concurrency 1, 20000 jobs", work(20_000, 1, 0)),
-        jobpipe,
-        &reference,
+        &workers,
         args.rounds,
         meter,
     )
     .await;
     let sixteen = compare(
         &case("C echo, concurrency 16, 30000 jobs", work(30_000, 16, 0)),
-        jobpipe,
-        &reference,
+        &workers,
         args.rounds,
         meter,
     )
@@ -150,8 +153,7 @@ pub(crate) async fn run(args: &Args, jobpipe: &Path, meter: Meter) {
             "C echo, 20 MB input and output, concurrency 1, 8 jobs",
             work(8, 1, payload),
         ),
-        jobpipe,
-        &reference,
+        &workers,
         args.rounds,
         meter,
     )
@@ -216,75 +218,101 @@ pub(crate) async fn run(args: &Args, jobpipe: &Path, meter: Meter) {
     }
 }
 
-/// Runs a case through both workers `rounds` times, in turns, prints the
+/// The workers a case is run through.
+pub(crate) struct Workers<'a> {
+    pub(crate) jobpipe: &'a Path,
+    /// Another jobpipe binary to compare with (`--baseline`).
+    pub(crate) baseline: Option<&'a Path>,
+    pub(crate) reference: &'a Path,
+}
+
+/// Runs a case through every worker `rounds` times, in turns, prints the
 /// medians and returns them.
-async fn compare(
-    case: &Case,
-    jobpipe: &Path,
-    reference: &PathBuf,
-    rounds: usize,
-    meter: Meter,
-) -> Medians {
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
+async fn compare(case: &Case, workers: &Workers<'_>, rounds: usize, meter: Meter) -> Medians {
+    let mut order: Vec<(&str, Option<&Path>)> = vec![("jobpipe", Some(workers.jobpipe))];
+    if let Some(baseline) = workers.baseline {
+        order.push(("baseline", Some(baseline)));
+    }
+    order.push(("reference", None));
+    let mut runs: Vec<Vec<Run>> = order.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         eprintln!("bench: {}: round {} of {rounds}", case.title, round + 1);
-        // Alternate who goes first, so neither always meets the machine
-        // as the other left it.
-        for turn in 0..2 {
-            if (round + turn) % 2 == 0 {
-                let spool = tempfile::tempdir().expect("create a temporary directory");
-                let mut words = vec!["--".to_owned()];
-                words.extend(case.handler.iter().cloned());
-                let command = jobpipe_command(jobpipe, case.work.concurrency, spool.path(), &words);
-                let run = measure("jobpipe", command, &case.work, meter).await;
-                require_clean_exit(&run);
-                ours.push(run);
-            } else {
-                let mut command = Command::new(reference);
-                command
-                    .args(["--concurrency", &case.work.concurrency.to_string(), "--"])
-                    .args(&case.handler);
-                theirs.push(measure("reference", command, &case.work, meter).await);
-            }
+        // Rotate who goes first, so none always meets the machine as
+        // another left it.
+        for turn in 0..order.len() {
+            let which = (round + turn) % order.len();
+            let (label, jobpipe) = order[which];
+            let run = match jobpipe {
+                Some(binary) => {
+                    let spool = tempfile::tempdir().expect("create a temporary directory");
+                    let mut words = vec!["--".to_owned()];
+                    words.extend(case.handler.iter().cloned());
+                    let command =
+                        jobpipe_command(binary, case.work.concurrency, spool.path(), &words);
+                    let run = measure(label, command, &case.work, meter).await;
+                    require_clean_exit(&run);
+                    run
+                }
+                None => {
+                    let mut command = Command::new(workers.reference);
+                    command
+                        .args(["--concurrency", &case.work.concurrency.to_string(), "--"])
+                        .args(&case.handler);
+                    measure(label, command, &case.work, meter).await
+                }
+            };
+            runs[which].push(run);
         }
     }
-    let medians = |runs: &[Run]| -> Vec<Option<f64>> {
-        METRICS
-            .iter()
-            .map(|m| median(runs.iter().filter_map(m.value).collect()))
-            .collect()
-    };
-    let result = Medians {
-        jobpipe: medians(&ours),
-        reference: medians(&theirs),
-        jobpipe_peak_rss_kib: median(ours.iter().map(|r| r.peak_rss_kib as f64).collect())
-            .unwrap_or(0.0),
-    };
+    let medians: Vec<Vec<Option<f64>>> = runs
+        .iter()
+        .map(|runs| {
+            METRICS
+                .iter()
+                .map(|m| median(runs.iter().filter_map(m.value).collect()))
+                .collect()
+        })
+        .collect();
     println!("\n{} (medians of {rounds} rounds)", case.title);
-    println!(
-        "  {:42} {:>16} {:>16} {:>8}",
-        "", "jobpipe", "reference", "ratio"
-    );
-    for (i, m) in METRICS.iter().enumerate() {
-        let cell = |v: Option<f64>| match v {
-            Some(v) if v >= 100.0 => format!("{v:.0} {}", m.unit),
-            Some(v) => format!("{v:.3} {}", m.unit),
-            None => "-".to_owned(),
-        };
-        let ratio = match (result.jobpipe[i], result.reference[i]) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "-".to_owned(),
-        };
-        println!(
-            "  {:42} {:>16} {:>16} {:>8}",
-            m.name,
-            cell(result.jobpipe[i]),
-            cell(result.reference[i]),
-            ratio
-        );
+    let mut header = format!("  {:34}", "");
+    for (label, _) in &order {
+        header.push_str(&format!(" {label:>14}"));
     }
-    result
+    header.push_str(&format!(" {:>9}", "/ ref"));
+    if workers.baseline.is_some() {
+        header.push_str(&format!(" {:>9}", "/ base"));
+    }
+    println!("{header}");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".to_owned(),
+    };
+    let reference = order.len() - 1;
+    for (i, m) in METRICS.iter().enumerate() {
+        let mut line = format!("  {:34}", m.name);
+        for side in &medians {
+            let cell = match side[i] {
+                Some(v) if v >= 100.0 => format!("{v:.0} {}", m.unit),
+                Some(v) => format!("{v:.3} {}", m.unit),
+                None => "-".to_owned(),
+            };
+            line.push_str(&format!(" {cell:>14}"));
+        }
+        line.push_str(&format!(
+            " {:>9}",
+            ratio(medians[0][i], medians[reference][i])
+        ));
+        if workers.baseline.is_some() {
+            line.push_str(&format!(" {:>9}", ratio(medians[0][i], medians[1][i])));
+        }
+        println!("{line}");
+    }
+    Medians {
+        jobpipe: medians[0].clone(),
+        reference: medians[reference].clone(),
+        jobpipe_peak_rss_kib: median(runs[0].iter().map(|r| r.peak_rss_kib as f64).collect())
+            .unwrap_or(0.0),
+    }
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {

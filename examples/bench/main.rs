@@ -104,6 +104,11 @@ struct Args {
     #[arg(long)]
     reference: bool,
 
+    /// With --reference or --goals: another jobpipe binary run in the same
+    /// rounds, to compare a change with what it changes.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+
     /// Rounds of the comparison with the reference worker; the figures are
     /// the medians.
     #[arg(long, default_value_t = 3)]
