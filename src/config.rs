@@ -11,7 +11,11 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use std::ffi::OsString;
+
+use clap::builder::BoolishValueParser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgMatches, CommandFactory, Parser, ValueEnum};
 use serde_json::Value;
 
 use crate::error::ConfigError;
@@ -52,7 +56,8 @@ docs/handler-protocol.md for the line protocol it speaks.",
     after_help = "Exit codes: 0 ok; 1 the test job failed or its output did not match; \
 2 invalid configuration or no job source; 3 the handler cannot start; \
 4 the RunPod key was rejected; 5 shutdown was forced and in-flight jobs were failed; \
-6 an internal or I/O error; 7 the handler crashed or exited --max-handler-failures times in a row."
+6 an internal or I/O error; 7 the handler crashed or exited --max-handler-failures times in a row.\n\n\
+On/off variables accept 1/0, true/false, yes/no and on/off."
 )]
 pub struct Cli {
     /// The handler command and its arguments, executed directly.
@@ -100,11 +105,11 @@ pub struct Cli {
     pub max_handler_failures: u32,
 
     /// Replace the handler process after every job (and ask RunPod to stop the pod).
-    #[arg(long, env = "JOBPIPE_REFRESH_WORKER")]
+    #[arg(long, env = "JOBPIPE_REFRESH_WORKER", value_parser = BoolishValueParser::new())]
     pub refresh_worker: bool,
 
     /// Keep the handler process after a failed job instead of replacing it.
-    #[arg(long, env = "JOBPIPE_KEEP_HANDLER_ON_ERROR")]
+    #[arg(long, env = "JOBPIPE_KEEP_HANDLER_ON_ERROR", value_parser = BoolishValueParser::new())]
     pub keep_handler_on_error: bool,
 
     /// Largest result accepted from the handler; a larger one fails the job.
@@ -112,7 +117,7 @@ pub struct Cli {
     pub max_output_size: usize,
 
     /// Pass jobpipe's secrets (RUNPOD_AI_API_KEY, JOBPIPE_API_KEY) on to the handler.
-    #[arg(long, env = "JOBPIPE_PASS_SECRETS")]
+    #[arg(long, env = "JOBPIPE_PASS_SECRETS", value_parser = BoolishValueParser::new())]
     pub pass_secrets: bool,
 
     /// Run this one job (JSON with an "input") and exit 0 if it succeeded, 1 if not.
@@ -133,8 +138,9 @@ pub struct Cli {
     )]
     pub test_output: Option<String>,
 
-    /// Log level: DEBUG, INFO, WARN (or WARNING), ERROR [default: from
-    /// RUNPOD_LOG_LEVEL, else RUNPOD_DEBUG_LEVEL, else DEBUG].
+    /// Log level: DEBUG, INFO, WARN (or WARNING), ERROR; NOTSET, the runpod
+    /// SDK's "no logging", keeps errors [default: from RUNPOD_LOG_LEVEL, else
+    /// RUNPOD_DEBUG_LEVEL, else DEBUG].
     #[arg(long, alias = "rp_log_level", env = "JOBPIPE_LOG_LEVEL", value_parser = parse_level)]
     pub log_level: Option<tracing::Level>,
 
@@ -158,7 +164,7 @@ pub struct Cli {
     pub spool_dir: PathBuf,
 
     /// Put the list of streamed partials in a streaming job's final output.
-    #[arg(long, env = "JOBPIPE_RETURN_AGGREGATE_STREAM")]
+    #[arg(long, env = "JOBPIPE_RETURN_AGGREGATE_STREAM", value_parser = BoolishValueParser::new())]
     pub return_aggregate_stream: bool,
 
     /// RunPod job-take URL template; setting it makes jobpipe a RunPod worker.
@@ -453,6 +459,73 @@ impl Cli {
     }
 }
 
+/// Parses the command line and the environment. A bad value that came
+/// from an environment variable is reported under the variable's name,
+/// since that is where it must be fixed.
+pub fn matches() -> Result<ArgMatches, clap::Error> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    Cli::command()
+        .try_get_matches_from(&args)
+        .map_err(|e| name_env_source(e, &args))
+}
+
+fn name_env_source(error: clap::Error, args: &[OsString]) -> clap::Error {
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return error;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        error.get(ContextKind::InvalidArg),
+        error.get(ContextKind::InvalidValue),
+    ) else {
+        return error;
+    };
+    let mut command = Cli::command();
+    let Some(spec) = command.get_arguments().find(|a| {
+        a.get_long()
+            .is_some_and(|long| arg.split(' ').next() == Some(&format!("--{long}")))
+    }) else {
+        return error;
+    };
+    let (Some(var), Some(long)) = (spec.get_env(), spec.get_long()) else {
+        return error;
+    };
+    let mut names = vec![long.to_owned()];
+    names.extend(
+        spec.get_all_aliases()
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_owned),
+    );
+    let own_args = args.iter().skip(1).take_while(|a| *a != "--");
+    let on_command_line = own_args.filter_map(|a| a.to_str()).any(|a| {
+        names
+            .iter()
+            .any(|n| a == format!("--{n}") || a.starts_with(&format!("--{n}=")))
+    });
+    if on_command_line || std::env::var_os(var).is_none() {
+        return error;
+    }
+    let why = match error.get(ContextKind::ValidValue) {
+        _ if matches!(spec.get_action(), clap::ArgAction::SetTrue) => {
+            ": use 1/0, true/false, yes/no or on/off".to_owned()
+        }
+        Some(ContextValue::Strings(valid)) => format!("; use one of {}", valid.join(", ")),
+        _ => std::error::Error::source(&error)
+            .map(|cause| format!(": {cause}"))
+            .unwrap_or_default(),
+    };
+    command.error(
+        ErrorKind::ValueValidation,
+        format!(
+            "invalid value {value:?} in the environment variable {} (for --{long}){why}",
+            var.to_string_lossy()
+        ),
+    )
+}
+
 /// The log level from `--log-level`, else RunPod's variables, else DEBUG.
 pub fn log_level(cli: &Cli) -> Result<tracing::Level, ConfigError> {
     if let Some(level) = cli.log_level {
@@ -482,7 +555,9 @@ fn parse_level(text: &str) -> Result<tracing::Level, String> {
         "DEBUG" => Ok(tracing::Level::DEBUG),
         "INFO" => Ok(tracing::Level::INFO),
         "WARN" | "WARNING" => Ok(tracing::Level::WARN),
-        "ERROR" => Ok(tracing::Level::ERROR),
+        // The runpod SDK's NOTSET turns its logging off; a worker's errors
+        // are still worth a line.
+        "ERROR" | "NOTSET" => Ok(tracing::Level::ERROR),
         "TRACE" => Ok(tracing::Level::TRACE),
         other => Err(format!(
             "unknown log level {other:?}; use DEBUG, INFO, WARN or ERROR"

@@ -7,6 +7,7 @@
 //! [`JobEvent`]s from the matching receiver.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -193,6 +194,8 @@ pub struct JobTicket {
     registry: Arc<dyn Registry>,
     permit: Option<OwnedSemaphorePermit>,
     finished: bool,
+    /// When the job was handed to the pool, for the duration in the log.
+    taken: Instant,
 }
 
 impl JobTicket {
@@ -212,6 +215,7 @@ impl JobTicket {
             registry,
             permit,
             finished: false,
+            taken: Instant::now(),
         }
     }
 
@@ -244,11 +248,36 @@ impl JobTicket {
 
     fn complete(&mut self, result: JobResult) {
         self.finished = true;
+        tracing::info!(
+            job_id = %self.job.id,
+            "job {} after {:.3}s",
+            ending(&result.outcome),
+            self.taken.elapsed().as_secs_f64()
+        );
         self.registry.finished(&self.job.id, &result);
         // The slot is free again before the source hears of the result, so a
         // source that takes the next job right away finds it free.
         self.permit.take();
         let _ = self.events.send(JobEvent::Done(result));
+    }
+}
+
+/// How a job ended, for the log: `completed`, `failed`, `failed
+/// (JobTimeout)` with the type of an error report, or `stopped`.
+fn ending(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Output(_) => "completed".into(),
+        Outcome::Error { error, .. } => {
+            let report = error
+                .starts_with('{')
+                .then(|| serde_json::from_str::<Value>(error).ok())
+                .flatten();
+            match report.as_ref().and_then(|r| r["error_type"].as_str()) {
+                Some(kind) => format!("failed ({kind})"),
+                None => "failed".into(),
+            }
+        }
+        Outcome::Cancelled => "stopped".into(),
     }
 }
 
@@ -303,6 +332,24 @@ mod tests {
         assert_eq!(report["worker_id"], "w1");
         assert_eq!(report["hostname"], "h");
         assert_eq!(report["jobpipe_version"], crate::VERSION);
+    }
+
+    #[test]
+    fn the_log_says_how_a_job_ended() {
+        assert_eq!(ending(&Outcome::Output(json!(1))), "completed");
+        assert_eq!(ending(&Outcome::Cancelled), "stopped");
+        let report = JobFailure::new(FailureKind::Timeout, "late").report(&Identity {
+            worker_id: "w".into(),
+            hostname: "h".into(),
+        });
+        assert_eq!(
+            ending(&JobResult::error(report).outcome),
+            "failed (JobTimeout)"
+        );
+        assert_eq!(
+            ending(&JobResult::error("bad input".into()).outcome),
+            "failed"
+        );
     }
 
     struct NoRegistry;

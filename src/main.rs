@@ -4,14 +4,14 @@
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use jobpipe::config::{self, Cli};
 use jobpipe::error::{exit, FatalError};
 
 fn main() -> ExitCode {
     // First of all, so no handler can read the key from /proc/<pid>/environ.
     jobpipe::os::make_non_dumpable();
-    let matches = Cli::command().get_matches();
+    let matches = config::matches().unwrap_or_else(|e| e.exit());
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
