@@ -34,6 +34,20 @@ fn booleans_in_the_environment_accept_the_usual_spellings() {
             run.describe()
         );
     }
+    // Every on/off variable reads them so.
+    for name in [
+        "JOBPIPE_KEEP_HANDLER_ON_ERROR",
+        "JOBPIPE_PASS_SECRETS",
+        "JOBPIPE_RETURN_AGGREGATE_STREAM",
+        "JOBPIPE_SERVE_API",
+    ] {
+        let run = jobpipe()
+            .env(name, "0")
+            .test_input(r#"{"input": 1}"#)
+            .handler(echo())
+            .run();
+        run.expect_code(0);
+    }
 }
 
 #[test]

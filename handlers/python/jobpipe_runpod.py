@@ -65,10 +65,10 @@ SDK_FLAGS = {
     "--test_output": (True, "give it to jobpipe: jobpipe --test-output JSON -- ..."),
     "--rp_log_level": (True, "jobpipe's level is --log-level or RUNPOD_LOG_LEVEL"),
     "--rp_debugger": (False, "the SDK's debugger timings are not available under jobpipe"),
-    "--rp_serve_api": (False, "jobpipe takes jobs from its own sources, not the SDK's local API"),
-    "--rp_api_port": (True, "the SDK's local API is not served under jobpipe"),
-    "--rp_api_host": (True, "the SDK's local API is not served under jobpipe"),
-    "--rp_api_concurrency": (True, "the SDK's local API is not served under jobpipe"),
+    "--rp_serve_api": (False, "give it to jobpipe: jobpipe --serve-api serves the endpoint API"),
+    "--rp_api_port": (True, "give it to jobpipe, with --serve-api"),
+    "--rp_api_host": (True, "give it to jobpipe, with --serve-api"),
+    "--rp_api_concurrency": (True, "jobpipe's --concurrency sets how many jobs run at once"),
 }
 
 _write_lock = threading.Lock()

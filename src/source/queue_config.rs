@@ -23,7 +23,7 @@ pub const DEFAULT_QUEUE: &str = "sqlite:/var/tmp/jobpipe/queue.db";
 pub struct EndpointArgs {
     /// Serve RunPod's endpoint API (/run, /runsync, /status, /stream,
     /// /cancel, /retry, /purge-queue, /health) and run its jobs from --queue.
-    #[arg(long, alias = "rp_serve_api", env = "JOBPIPE_SERVE_API")]
+    #[arg(long, alias = "rp_serve_api", env = "JOBPIPE_SERVE_API", value_parser = clap::builder::BoolishValueParser::new())]
     pub serve_api: bool,
 
     /// Address the endpoint API listens on.
