@@ -7,7 +7,7 @@
 //! validation errors surface at start-up as one clear line and exit code 2.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use clap::{ArgMatches, CommandFactory, Parser, ValueEnum};
 use serde_json::Value;
 
 use crate::error::ConfigError;
+use crate::fitness::Check;
 
 pub use crate::source::queue_config::EndpointArgs;
 
@@ -56,7 +57,8 @@ docs/handler-protocol.md for the line protocol it speaks.",
     after_help = "Exit codes: 0 ok; 1 the test job failed or its output did not match; \
 2 invalid configuration or no job source; 3 the handler cannot start; \
 4 the RunPod key was rejected; 5 shutdown was forced and in-flight jobs were failed; \
-6 an internal or I/O error; 7 the handler crashed or exited --max-handler-failures times in a row.\n\n\
+6 an internal or I/O error; 7 the handler crashed or exited --max-handler-failures times in a row; \
+8 a fitness check (--require-*, --fitness-check) failed before any job was taken.\n\n\
 On/off variables accept 1/0, true/false, yes/no and on/off."
 )]
 pub struct Cli {
@@ -217,6 +219,59 @@ pub struct Cli {
 
     #[command(flatten)]
     pub endpoint: EndpointArgs,
+
+    /// Replace a handler process after it has run this many jobs (for
+    /// handlers that leak) [default: never].
+    #[arg(long, env = "JOBPIPE_MAX_JOBS_PER_HANDLER", value_name = "N")]
+    pub max_jobs_per_handler: Option<NonZeroU64>,
+
+    /// Replace a handler process after a job when the resident memory of its
+    /// whole process group is above SIZE, e.g. 4GB [default: no limit].
+    #[arg(long, env = "JOBPIPE_MAX_HANDLER_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub max_handler_memory: Option<usize>,
+
+    /// A job (JSON with an "input") run once on every new handler process
+    /// after it is ready and before real jobs, e.g. to load a model's lazy
+    /// parts; an error, a crash or no answer within --startup-timeout counts
+    /// as a failed start.
+    #[arg(long, env = "JOBPIPE_WARMUP_INPUT", value_name = "JSON")]
+    pub warmup_input: Option<String>,
+
+    /// Fitness check before the first job: the file system holding PATH has
+    /// SIZE free, e.g. /tmp:10GB. Repeatable (comma-separated in the
+    /// variable). A failed check exits with code 8.
+    #[arg(
+        long,
+        env = "JOBPIPE_REQUIRE_FREE_DISK",
+        value_name = "PATH:SIZE",
+        value_delimiter = ','
+    )]
+    pub require_free_disk: Vec<String>,
+
+    /// Fitness check before the first job: at least SIZE of memory available
+    /// (MemAvailable in /proc/meminfo).
+    #[arg(long, env = "JOBPIPE_REQUIRE_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub require_memory: Option<usize>,
+
+    /// Fitness check before the first job: PATH exists (a model file, a
+    /// mounted volume). Repeatable (comma-separated in the variable).
+    #[arg(
+        long,
+        env = "JOBPIPE_REQUIRE_FILE",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub require_file: Vec<PathBuf>,
+
+    /// Fitness check before the first job: `nvidia-smi -L` lists a GPU.
+    #[arg(long, env = "JOBPIPE_REQUIRE_GPU", value_parser = BoolishValueParser::new())]
+    pub require_gpu: bool,
+
+    /// Fitness check before the first job: COMMAND exits 0 within
+    /// --startup-timeout. Split into words like a shell would, run without
+    /// one. Repeatable (one command in the variable).
+    #[arg(long, env = "JOBPIPE_FITNESS_CHECK", value_name = "COMMAND")]
+    pub fitness_check: Vec<String>,
 }
 
 /// Where jobs come from, decided once at start-up.
@@ -275,6 +330,12 @@ pub struct HandlerConfig {
     /// Unplanned handler ends in a row that make the handler count as
     /// failing every job; `None` for no limit.
     pub max_handler_failures: Option<u32>,
+    /// Jobs after which a process is replaced.
+    pub max_jobs: Option<u64>,
+    /// Resident memory of a process group above which it is replaced after a job.
+    pub max_memory: Option<u64>,
+    /// The job every new process runs before real jobs.
+    pub warmup: Option<Value>,
 }
 
 /// The validated configuration.
@@ -286,6 +347,8 @@ pub struct Config {
     pub identity: Identity,
     /// Where health, readiness and metrics are served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// What must hold before the first job.
+    pub fitness: Vec<Check>,
 }
 
 /// Who this worker is, as reported in pings and error reports.
@@ -324,6 +387,13 @@ impl Cli {
             max_output_size: self.max_output_size,
             pass_secrets: self.pass_secrets,
             max_handler_failures: Some(self.max_handler_failures).filter(|n| *n > 0),
+            max_jobs: self.max_jobs_per_handler.map(NonZeroU64::get),
+            max_memory: self.max_handler_memory.map(|size| size as u64),
+            warmup: self
+                .warmup_input
+                .as_deref()
+                .map(|text| test_job(parse_json("--warmup-input", text)?, "--warmup-input"))
+                .transpose()?,
         };
         if handler.jobs_per_handler > MAX_JOBS_PER_HANDLER {
             return Err(ConfigError::Invalid(format!(
@@ -346,7 +416,26 @@ impl Cli {
                 hostname,
             },
             metrics_addr: self.metrics_addr,
+            fitness: self.fitness_checks()?,
         })
+    }
+
+    fn fitness_checks(&self) -> Result<Vec<Check>, ConfigError> {
+        let mut checks = Vec::new();
+        for text in &self.require_free_disk {
+            checks.push(Check::free_disk(text)?);
+        }
+        if let Some(min) = self.require_memory {
+            checks.push(Check::Memory { min: min as u64 });
+        }
+        checks.extend(self.require_file.iter().cloned().map(Check::File));
+        if self.require_gpu {
+            checks.push(Check::Gpu);
+        }
+        for line in &self.fitness_check {
+            checks.push(Check::command(line)?);
+        }
+        Ok(checks)
     }
 
     fn handler_argv(&self) -> Result<Vec<String>, ConfigError> {

@@ -19,6 +19,7 @@ pub mod exit {
     pub const FORCED: u8 = 5;
     pub const INTERNAL: u8 = 6;
     pub const HANDLER_FAILING: u8 = 7;
+    pub const UNFIT: u8 = 8;
 }
 
 /// The configuration cannot work; nothing has been started.
@@ -44,6 +45,8 @@ pub enum FatalError {
     HandlerStart(String),
     #[error("handler fails every job: {0}")]
     HandlerFailing(String),
+    #[error("this machine is not fit to take jobs: {0}")]
+    Unfit(String),
     #[error(
         "RunPod rejected the API key (HTTP {status}); check RUNPOD_AI_API_KEY for this endpoint"
     )]
@@ -65,6 +68,7 @@ impl FatalError {
             FatalError::Config(_) => exit::CONFIG,
             FatalError::HandlerUnusable { .. } | FatalError::HandlerStart(_) => exit::HANDLER,
             FatalError::HandlerFailing(_) => exit::HANDLER_FAILING,
+            FatalError::Unfit(_) => exit::UNFIT,
             FatalError::KeyRejected { .. } => exit::AUTH,
             FatalError::Spool { .. } | FatalError::Internal(_) => exit::INTERNAL,
         }

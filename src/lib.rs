@@ -31,6 +31,7 @@ pub mod backoff;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod fitness;
 pub mod handler;
 pub mod input_schema;
 pub mod job;

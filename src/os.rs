@@ -346,6 +346,43 @@ pub fn make_non_dumpable() {
     }
 }
 
+/// Resident memory, in bytes, of every process in the process group
+/// `pgid`, summed from /proc (children and grandchildren a handler started
+/// count too). Processes that exit while being read are skipped.
+pub fn group_resident_memory(pgid: i32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| process_group_of(pid) == Some(pgid))
+        .filter_map(resident_memory)
+        .sum()
+}
+
+/// The process group of `pid`, from /proc/PID/stat.
+fn process_group_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMMAND) STATE PPID PGRP ...": the command may contain ") ".
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// `VmRSS` of one process, in bytes; `None` for a zombie or a process gone.
+fn resident_memory(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +428,14 @@ mod tests {
         assert!(err.contains("python9 was not found on PATH"), "{err}");
         assert!(check_executable(&script("c", "#!/bin/sh")).is_ok());
         assert!(check_executable(&script("d", "#!/usr/bin/env -S sh -e")).is_ok());
+    }
+
+    #[test]
+    fn resident_memory_of_this_process_group_is_counted() {
+        let own_group = nix::unistd::getpgrp().as_raw();
+        let resident = group_resident_memory(own_group);
+        assert!(resident > 1_000_000, "{resident} bytes");
+        assert_eq!(group_resident_memory(i32::MAX), 0);
     }
 
     #[test]

@@ -54,6 +54,21 @@ pub async fn run(
         })?;
         tokio::spawn(crate::observe::serve(listener, metrics.clone(), observer));
     }
+    if !config.fitness.is_empty() {
+        let limit = config.handler.startup_timeout;
+        tokio::select! {
+            checked = crate::fitness::check_all(&config.fitness, limit) => {
+                if let Err(why) = checked {
+                    metrics.set_phase(Phase::Failing(why.clone()));
+                    return Err(FatalError::Unfit(why));
+                }
+            }
+            Some(_) = requests.recv() => {
+                tracing::info!("stopped during the fitness checks; no job was taken");
+                return Ok(exit::OK);
+            }
+        }
+    }
     metrics.set_phase(Phase::Running);
     // Handlers that can never start and sources whose key is rejected
     // report on the same channel.

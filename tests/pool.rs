@@ -32,6 +32,9 @@ fn config(jobs_per_handler: usize, job_timeout: Option<Duration>) -> HandlerConf
         max_output_size: 1 << 20,
         pass_secrets: false,
         max_handler_failures: Some(5),
+        max_jobs: None,
+        max_memory: None,
+        warmup: None,
     }
 }
 

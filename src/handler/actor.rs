@@ -118,6 +118,10 @@ struct Serving {
     draining: Option<RestartReason>,
     queue_open: bool,
     stops: mpsc::UnboundedSender<(String, StopCause)>,
+    /// The process (and process group) id, for its memory use.
+    pid: i32,
+    /// Jobs this process has finished, for `--max-jobs-per-handler`.
+    served: u64,
 }
 
 /// Runs the actor until the pool stops or the handler cannot start.
@@ -252,6 +256,8 @@ impl Actor {
             draining: None,
             queue_open: true,
             stops,
+            pid: process.pid,
+            served: 0,
         };
         let mut tagged = String::new();
         loop {
@@ -417,11 +423,14 @@ impl Actor {
             self.ctx.failures.reset();
         }
         running.ticket.finish(result);
+        s.served += 1;
         let single = self.ctx.config.jobs_per_handler == 1;
         let reason = if refresh {
             Some(RestartReason::Refresh)
         } else if !success && single && !self.ctx.config.keep_handler_on_error {
             Some(RestartReason::JobFailed)
+        } else if s.draining.is_none() {
+            super::recycle::due(&self.ctx.config, s.served, s.pid)
         } else {
             None
         };

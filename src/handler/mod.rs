@@ -19,6 +19,7 @@ pub mod lines;
 pub mod oneshot;
 pub mod process;
 pub mod protocol;
+mod recycle;
 mod startup;
 
 /// What every actor is given by the pool.

@@ -24,7 +24,7 @@ use crate::config::HandlerConfig;
 use crate::os::{self, ExitStatus, SpawnSpec};
 
 /// Secrets of jobpipe's own that a handler does not get unless asked.
-const SECRETS: &[&str] = &["RUNPOD_AI_API_KEY", "JOBPIPE_API_KEY"];
+pub(crate) const SECRETS: &[&str] = &["RUNPOD_AI_API_KEY", "JOBPIPE_API_KEY"];
 /// How many stderr lines, and bytes, an error report quotes.
 const TAIL_LINES: usize = 20;
 const TAIL_BYTES: usize = 4096;

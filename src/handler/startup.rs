@@ -95,7 +95,11 @@ impl Actor {
             pid = process.pid,
             "handler started; waiting for {{\"ready\": true}}"
         );
-        match self.wait_ready(&mut process).await {
+        let ready = match self.wait_ready(&mut process).await {
+            Ok(()) => self.warm_up(&mut process).await,
+            Err(error) => Err(error),
+        };
+        match ready {
             Ok(()) => Ok(process),
             Err(error) => {
                 process.stop(config.kill_grace, &self.ctx.force).await;
@@ -146,6 +150,57 @@ impl Actor {
                         };
                         return Err(StartError::Failed { what, stderr: process.stderr_tail().await });
                     }
+                }
+            }
+        }
+    }
+    /// Runs the `--warmup-input` job on a process that just became ready.
+    /// An error answer, an exit or a closed stdout is a failed start; no
+    /// answer within the start-up timeout is fatal, as for the ready line.
+    async fn warm_up(&self, process: &mut HandlerProcess) -> Result<(), StartError> {
+        let config = &self.ctx.config;
+        let Some(job) = &config.warmup else {
+            return Ok(());
+        };
+        let id = format!("jobpipe-warmup-{}", process.pid);
+        let mut job = job.clone();
+        job["id"] = id.clone().into();
+        process.send(job.to_string());
+        let started = Instant::now();
+        let deadline = started + config.startup_timeout;
+        let failed = |what: String, stderr: String| Err(StartError::Failed { what, stderr });
+        loop {
+            tokio::select! {
+                _ = self.ctx.force.cancelled() => return Err(StartError::Shutdown),
+                _ = self.ctx.stop.cancelled() => return Err(StartError::Shutdown),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let tail = process.stderr_tail().await;
+                    return Err(StartError::Fatal(FatalError::HandlerStart(format!(
+                        "the warm-up job (--warmup-input) did not finish within {} (--startup-timeout){}",
+                        humantime::format_duration(config.startup_timeout),
+                        stderr_note(&tail)
+                    ))));
+                }
+                status = process.exit.wait() => {
+                    return failed(format!("handler {status} during its warm-up job"), process.stderr_tail().await);
+                }
+                line = process.stdout.recv() => match line {
+                    Some(Line::Whole(bytes)) => match parse_line(&bytes) {
+                        Frame::Final { id: answered, error, .. } if answered == id => {
+                            if let Some(error) = error {
+                                let what = format!("the warm-up job (--warmup-input) failed: {}", clip_middle(&error, LOG_LINE_MAX));
+                                return failed(what, process.stderr_tail().await);
+                            }
+                            let took = started.elapsed();
+                            self.ctx.metrics.handler_warmed_up(took);
+                            tracing::info!(handler = self.ctx.index, pid = process.pid, "warm-up job done in {:.2}s", took.as_secs_f64());
+                            return Ok(());
+                        }
+                        Frame::Progress { id: answered, .. } | Frame::Stream { id: answered, .. } if answered == id => {}
+                        _ => log_stray_line(&Line::Whole(bytes)),
+                    },
+                    Some(line) => log_stray_line(&line),
+                    None => return failed("handler closed its stdout during its warm-up job".into(), process.stderr_tail().await),
                 }
             }
         }
