@@ -153,6 +153,8 @@ pub struct Lease {
     pub attempt: u32,
     pub payload: Value,
     pub execution_timeout: Option<Duration>,
+    /// How long the job waited in the queue before this take.
+    pub waited: Duration,
 }
 
 /// How a leased job ends, as the worker reports it.

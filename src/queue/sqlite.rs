@@ -443,7 +443,7 @@ impl Queue for SqliteQueue {
                 let lease = tx.query_row(
                     "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, worker_id = ?2,
                         lease_token = ?3, lease_expires_at = ?4, started_at = ?5
-                     WHERE id = ?1 RETURNING payload, attempts, execution_timeout_ms",
+                     WHERE id = ?1 RETURNING payload, attempts, execution_timeout_ms, queued_at",
                     params![id, worker, token, now + lease_ms, now],
                     |row| {
                         Ok(Lease {
@@ -454,6 +454,7 @@ impl Queue for SqliteQueue {
                             execution_timeout: row
                                 .get::<_, Option<i64>>(2)?
                                 .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                            waited: Duration::from_millis((now - row.get::<_, i64>(3)?).max(0) as u64),
                         })
                     },
                 )?;

@@ -210,6 +210,7 @@ async fn take_loop(
         for lease in leases {
             let slot = slots.pop().expect("no more jobs than slots are taken");
             tracing::debug!(job_id = %lease.job_id, "attempt {} of this job", lease.attempt);
+            ctx.pool.metrics.queue_wait(lease.waited);
             held.hold(&lease, queue, &ctx.pool);
             runner.start_job(lease.payload, slot);
         }

@@ -66,7 +66,7 @@ pub async fn run_then_status_reports_output_and_times(store: &Store) {
     assert_eq!(health["jobs_processed"], 1, "{health}");
     for (path, says) in [
         ("/ready", "\"ready\":true"),
-        ("/metrics", "jobpipe_jobs_total"),
+        ("/metrics", "jobpipe_queue_wait_seconds_count 1"),
     ] {
         let response = endpoint
             .http
