@@ -140,12 +140,16 @@ def make_handler(jobs, log):
 
         def answer(self, status, value=None):
             data = b"" if value is None else json.dumps(value).encode()
-            self.send_response(status)
-            if value is not None:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                if value is not None:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # A worker that shuts down ends its long polls at once.
+                self.close_connection = True
 
     return Handler
 
