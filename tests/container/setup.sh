@@ -15,7 +15,8 @@
 # machine skips all but refreshing the mirrors), and a real image found under
 # an official name is used as it is.
 #
-# Sourced by smoke.sh; expects $repo, $work and $old_glibc_image to be set.
+# Sourced by smoke.sh, which sets $repo, $work and $old_glibc_image.
+# shellcheck disable=SC2154
 
 tools_venv="$work/tools"
 

@@ -89,7 +89,7 @@ has_entry() { [[ -n "$(queue_log "$@")" ]]; }
 start_queue() {
     queue_log=$work/queue-$1.log
     shift
-    local port_file=$work/queue.port args=()
+    local port_file=$work/queue.port args=() base
     rm -f "$queue_log" "$port_file"
     touch "$queue_log"
     for job in "$@"; do args+=(--job "$job"); done
@@ -97,7 +97,7 @@ start_queue() {
         "${args[@]}" &
     queue_pid=$!
     wait_for 10 "the stand-in queue" test -s "$port_file"
-    local base="http://127.0.0.1:$(cat "$port_file")/v2/ep"
+    base="http://127.0.0.1:$(cat "$port_file")/v2/ep"
     worker_env=(
         -e "RUNPOD_WEBHOOK_GET_JOB=$base/job-take/\$RUNPOD_POD_ID?gpu=none"
         -e "RUNPOD_WEBHOOK_POST_OUTPUT=$base/job-done/\$RUNPOD_POD_ID/\$ID?gpu=none"
@@ -227,11 +227,14 @@ test_forced_stop() {
         -e "JOBPIPE_METRICS_ADDR=127.0.0.1:$(free_port)" "$image" >/dev/null
     wait_for 60 "the hanging job to be taken" has_entry job-take job-hang
 
-    local health expected
-    health=$(podman healthcheck run "$c" || true)
+    local health=unhealthy expected
+    podman healthcheck run "$c" >/dev/null && health=healthy
     expected=$(expected_health)
     [[ "$health" == "$expected" ]] || fail "health check with a metrics address: $health, not $expected"
-    ok "the health check asks /health on JOBPIPE_METRICS_ADDR ($health)"
+    ! podman exec -e "JOBPIPE_METRICS_ADDR=127.0.0.1:$(free_port)" "$c" \
+        python3 /usr/local/share/jobpipe/healthcheck.py 2>/dev/null ||
+        fail "the health check passed with nothing listening at the metrics address"
+    ok "the health check asks /health on JOBPIPE_METRICS_ADDR ($health; fails when nothing answers)"
 
     podman kill --signal TERM "$c" >/dev/null
     wait_for 30 "jobpipe to start shutting down" sh -c "podman logs $c 2>&1 | grep -q 'shutting down'"
