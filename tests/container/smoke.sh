@@ -251,7 +251,7 @@ test_old_glibc() {
     podman build --pull=never -q -t "$tag" --build-arg "JOBPIPE_IMAGE=$image" \
         --build-arg "BASE_IMAGE=$old_glibc_image" "$repo/examples/add-to-image" >/dev/null ||
         fail "building examples/add-to-image/Dockerfile"
-    glibc=$(podman run --rm --entrypoint ldd "$tag" --version | head -1)
+    glibc="glibc $(podman run --rm --entrypoint ldd "$tag" --version | awk 'NR == 1 { print $NF }')"
     out=$(podman run --rm -e 'JOBPIPE_TEST_INPUT={"input": {"name": "x"}}' "$tag") ||
         fail "the copied binary exited $? on $glibc"
     [[ "$out" == *'"greeting":"hello, x"'* ]] || fail "the copied binary printed $out"
