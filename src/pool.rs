@@ -28,6 +28,9 @@ use crate::handler::{actor, oneshot, ActorContext, FailureStreak, RoomShare};
 use crate::job::{FailureKind, Job, JobEvent, JobFailure, JobResult, JobTicket, Outcome, Registry};
 use crate::metrics::{Metrics, PoolView};
 
+/// Longest time spent at shutdown killing what handlers left behind.
+const ESCAPED_KILL_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Room for one job, held from take to result.
 pub struct Slot(OwnedSemaphorePermit);
 
@@ -277,6 +280,9 @@ impl Pool {
         self.stop.cancel();
         self.queue.close();
         self.actors.wait().await;
+        // Descendants that escaped their handler's group (a daemon started
+        // with setsid) were re-parented to jobpipe; they go with it.
+        crate::os::kill_escaped(&self.identity.worker_id, ESCAPED_KILL_LIMIT).await;
         self.fail_queued("the worker shut down before the job started");
     }
 }

@@ -41,6 +41,30 @@ async fn run_worker_for(
     argv: &[String],
     limit: Duration,
 ) -> Outcome {
+    let started = Instant::now();
+    let child = spawn_worker(fake, spool, extra, argv);
+    wait_worker(child, started, limit).await
+}
+
+async fn wait_worker(child: tokio::process::Child, started: Instant, limit: Duration) -> Outcome {
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(output) => output.expect("jobpipe's output"),
+        Err(_) => panic!("jobpipe did not exit within {limit:?}"),
+    };
+    Outcome {
+        code: output.status.code(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Starts the binary as a RunPod worker of `fake`.
+fn spawn_worker(
+    fake: &FakeRunpod,
+    spool: &Path,
+    extra: &[&str],
+    argv: &[String],
+) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(common::binary());
     for (name, _) in std::env::vars_os() {
         let text = name.to_string_lossy();
@@ -61,17 +85,7 @@ async fn run_worker_for(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let started = Instant::now();
-    let child = cmd.spawn().expect("jobpipe starts");
-    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(output) => output.expect("jobpipe's output"),
-        Err(_) => panic!("jobpipe did not exit within {limit:?}"),
-    };
-    Outcome {
-        code: output.status.code(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        elapsed: started.elapsed(),
-    }
+    cmd.spawn().expect("jobpipe starts")
 }
 
 fn python_handler(args: &[&str]) -> Vec<String> {
@@ -355,4 +369,71 @@ async fn a_startup_timeout_says_to_flush_stdout_and_fails_no_job() {
     );
     assert!(run.stderr.contains("flush"), "{}", run.describe());
     assert!(fake.results().is_empty() && fake.takes().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Leftover descendants are killed
+// ---------------------------------------------------------------------------
+
+/// Runs a job whose handler starts a daemon in a session of its own (it
+/// escapes the handler's process group); returns the daemon's pid.
+async fn run_daemon_job(fake: &FakeRunpod, id: &str) -> i32 {
+    fake.push_job(
+        json!({"id": id, "input": {"do": "orphan", "linger_ms": 60000, "check_after_ms": 0}}),
+    );
+    let body = loop {
+        let results = fake.results_for(id);
+        if let Some(result) = results.first() {
+            break support::fake_runpod::parse_body(result);
+        }
+        assert!(
+            fake.wait_until(Duration::from_secs(20), |f| !f.results_for(id).is_empty())
+                .await,
+            "no result for {id}"
+        );
+    };
+    let pid = body["output"]["orphan"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{body}")) as i32;
+    assert!(common::running(pid), "the daemon runs while its job ends");
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_setsid_daemon_outlives_its_handler_or_jobpipe() {
+    let fake = FakeRunpod::start(KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let child = spawn_worker(
+        &fake,
+        &dir.path().join("spool"),
+        &["--refresh-worker"],
+        &python_handler(&[]),
+    );
+    // Replaced after its job (--refresh-worker): the daemon goes with it.
+    let first = run_daemon_job(&fake, "job-1").await;
+    let left = common::wait_gone(&[first], Duration::from_secs(5));
+    // Exit: the daemon of the last handler goes with jobpipe.
+    let second = run_daemon_job(&fake, "job-2").await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let run = wait_worker(child, started, Duration::from_secs(20)).await;
+    let left_at_exit = common::wait_gone(&[second], Duration::from_secs(2));
+    for &pid in left.iter().chain(&left_at_exit) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        left.is_empty(),
+        "daemon {first} outlived its replaced handler\n{}",
+        run.describe()
+    );
+    assert!(
+        left_at_exit.is_empty(),
+        "daemon {second} outlived jobpipe\n{}",
+        run.describe()
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
 }

@@ -37,6 +37,8 @@ const RESTART_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(10), 0.2);
 /// How long a closed stdout may precede the process's exit.
 pub(super) const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
+/// Longest time spent killing what a replaced handler left behind.
+const ESCAPED_KILL_LIMIT: Duration = Duration::from_secs(2);
 /// How long, after the process exited, lines it wrote are still read.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 
@@ -170,6 +172,7 @@ impl Actor {
                     process
                         .stop(self.ctx.config.kill_grace, &self.ctx.force)
                         .await;
+                    crate::os::kill_escaped(&self.ctx.identity.worker_id, ESCAPED_KILL_LIMIT).await;
                     let crashed = matches!(
                         reason,
                         RestartReason::Crashed

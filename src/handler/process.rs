@@ -28,6 +28,11 @@ pub(crate) const SECRETS: &[&str] = &["RUNPOD_AI_API_KEY", "JOBPIPE_API_KEY"];
 /// How many stderr lines, and bytes, an error report quotes.
 const TAIL_LINES: usize = 20;
 const TAIL_BYTES: usize = 4096;
+/// How long a process may take to exit after SIGKILL before it is left
+/// behind (a process in uninterruptible sleep cannot be killed).
+const EXIT_AFTER_KILL: Duration = Duration::from_secs(5);
+/// How long the rest of a group may take to go after SIGKILL.
+const GROUP_GONE_AFTER_KILL: Duration = Duration::from_secs(2);
 /// Longest stderr or stdout line that is logged whole.
 pub(super) const LOG_LINE_MAX: usize = 4096;
 
@@ -162,12 +167,24 @@ impl HandlerProcess {
     }
 
     async fn finish(mut self, pgid: i32) -> ExitStatus {
-        let status = self.exited().await;
+        // A process in uninterruptible sleep ignores even SIGKILL for as long
+        // as it sleeps; jobpipe does not wait for it forever.
+        let status = match tokio::time::timeout(EXIT_AFTER_KILL, self.exited()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!(
+                    pid = pgid,
+                    "handler process has not exited {}s after SIGKILL (uninterruptible sleep?); leaving it behind",
+                    EXIT_AFTER_KILL.as_secs()
+                );
+                ExitStatus::Signal(Signal::SIGKILL as i32)
+            }
+        };
         // Members of the group that outlived the leader get the same end.
         if os::group_alive(pgid) {
             os::signal_group(pgid, Signal::SIGKILL);
         }
-        if !os::wait_group_gone(pgid, Duration::from_secs(2)).await {
+        if !os::wait_group_gone(pgid, GROUP_GONE_AFTER_KILL).await {
             tracing::warn!(
                 pgid,
                 "processes of the handler's group are still present after SIGKILL"
@@ -184,6 +201,9 @@ impl Drop for HandlerProcess {
             // Dropped without a stop: make sure nothing of it survives.
             os::signal_group(self.pid, Signal::SIGKILL);
         }
+        // No signal goes to this group from now on, so its leader's pid may
+        // be reaped and reused.
+        os::release(self.pid);
     }
 }
 
