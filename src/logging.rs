@@ -4,12 +4,18 @@
 //! message`, and RunPod's log-viewer JSON, `{"requestId", "message",
 //! "level"}`, which groups lines by job. An event names its job with a
 //! `job_id` field. Very long messages are cut in the middle.
+//!
+//! Lines are handed to a writer thread through a bounded queue and never
+//! written from the runtime's threads: when stderr is a slow or stalled
+//! pipe, logging must not stall job handling. When the queue is full, lines
+//! are dropped (lossy) rather than buffered without bound.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -20,19 +26,31 @@ use crate::handler::lines::clip_middle;
 
 /// Longest message written whole.
 const MESSAGE_MAX: usize = 16 * 1024;
+/// Lines waiting for a slow stderr before new ones are dropped (at most
+/// `MESSAGE_MAX` bytes each).
+const QUEUED_LINES_MAX: usize = 4096;
 
 /// Installs the global subscriber. Events of other crates show from WARN up.
-pub fn init(level: Level, format: LogFormat) {
+/// Keep the returned guard until the end of `main`: dropping it writes the
+/// lines still queued (waiting at most a second).
+pub fn init(level: Level, format: LogFormat) -> WorkerGuard {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES_MAX)
+        .thread_name("jobpipe-log")
+        .finish(std::io::stderr());
     let ours =
         filter_fn(|meta| meta.target().starts_with("jobpipe") || *meta.level() <= Level::WARN);
-    let layer = LineLayer { format }
+    let layer = LineLayer { format, writer }
         .with_filter(LevelFilter::from_level(level))
         .with_filter(ours);
     let _ = tracing_subscriber::registry().with(layer).try_init();
+    guard
 }
 
 struct LineLayer {
     format: LogFormat,
+    writer: NonBlocking,
 }
 
 #[derive(Default)]
@@ -83,7 +101,8 @@ impl<S: Subscriber> Layer<S> for LineLayer {
                     + "\n"
             }
         };
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // One write is one queued line, so lines never interleave.
+        let _ = self.writer.clone().write_all(line.as_bytes());
     }
 }
 

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
-use clap::FromArgMatches;
+use clap::{ArgMatches, FromArgMatches};
 use jobpipe::config::{self, Cli};
 use jobpipe::error::{exit, FatalError};
 
@@ -20,38 +20,34 @@ fn main() -> ExitCode {
         Ok(level) => level,
         Err(e) => return fail(&FatalError::Config(e)),
     };
-    jobpipe::logging::init(level, config::log_format(&cli));
+    let logging = jobpipe::logging::init(level, config::log_format(&cli));
+    let outcome = run(cli, &matches);
+    // Log lines still queued go out before the final message.
+    drop(logging);
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
+}
+
+fn run(cli: Cli, matches: &ArgMatches) -> Result<u8, FatalError> {
     if matches.value_source("runpod_api_key") == Some(ValueSource::CommandLine) {
         tracing::warn!(
             "the API key was given with --runpod-api-key, so every user of this machine can read it in the process list; set RUNPOD_AI_API_KEY in the environment instead"
         );
     }
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
-    let config = match cli.into_config(&cwd) {
-        Ok(config) => config,
-        Err(e) => return fail(&FatalError::Config(e)),
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let config = cli.into_config(&cwd)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            return fail(&FatalError::Internal(format!(
-                "cannot start the runtime: {e}"
-            )))
-        }
-    };
-    let outcome = runtime.block_on(async {
+        .map_err(|e| FatalError::Internal(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
         let requests = jobpipe::signals::listen()
             .map_err(|e| FatalError::Internal(format!("cannot install signal handlers: {e}")))?;
         jobpipe::supervisor::run(config, requests).await
-    });
-    match outcome {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => fail(&e),
-    }
+    })
 }
 
 fn fail(error: &FatalError) -> ExitCode {

@@ -437,3 +437,51 @@ async fn no_setsid_daemon_outlives_its_handler_or_jobpipe() {
     );
     assert_eq!(run.code, Some(0), "{}", run.describe());
 }
+
+// ---------------------------------------------------------------------------
+// Logging never blocks
+// ---------------------------------------------------------------------------
+
+/// jobpipe's stderr is a pipe nobody reads: once it is full, log lines are
+/// dropped, and the job (whose handler floods stderr) still completes.
+#[test]
+fn a_stalled_stderr_does_not_stall_jobs() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(common::binary())
+        .args(["--log-level", "debug", "--test-input"])
+        .arg(common::fake_job("stderr-flood", json!({"lines": 20000})))
+        .arg("--")
+        .args(python_handler(&[]))
+        .env_remove("JOBPIPE_TEST_INPUT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jobpipe starts");
+    let _stalled = child.stderr.take();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().unwrap();
+    assert!(
+        status.is_some(),
+        "jobpipe stalled on its stderr; stdout: {stdout}"
+    );
+    assert!(stdout.contains(r#""output":"flooded""#), "{stdout}");
+    assert_eq!(status.unwrap().code(), Some(0));
+}
