@@ -491,7 +491,8 @@ fn handler_exiting_at_start_is_a_crash_loop() {
     let run = jobpipe()
         .test_input(r#"{"input": {}}"#)
         .handler([fake_handler(), "--exit-at-start".into(), "3".into()])
-        .deadline(Duration::from_secs(6))
+        // Five starts of Python; generous for a loaded machine.
+        .deadline(Duration::from_secs(20))
         .run();
     run.expect_code(3);
     assert_contains(&run.stderr, "exited with code 3 before it was ready", &run);
@@ -512,7 +513,7 @@ fn a_handler_that_dies_before_ready_leaves_no_process_of_its_group() {
             "--exit-at-start".into(),
             "3".into(),
         ])
-        .deadline(Duration::from_secs(8))
+        .deadline(Duration::from_secs(20))
         .run();
     run.expect_code(3);
     let pids: Vec<i32> = std::fs::read_to_string(&pids_file)
