@@ -13,7 +13,7 @@
 //!
 //! ```sh
 //! cargo run --release --example bench -- [--jobs N] [--concurrency C] \
-//!     [--handler python|oneshot] [--sdk | --no-sdk] [--sdk-jobs M]
+//!     [--handler python|oneshot|c|runpod-adapter] [--sdk | --no-sdk] [--sdk-jobs M]
 //! ```
 //!
 //! See docs/benchmark.md.
@@ -49,6 +49,10 @@ enum HandlerKind {
     /// Persistent mode: the compiled C echo handler (handlers/c/echo.c, built
     /// with `cc -O2`), so that the handler's own cost is close to nothing.
     C,
+    /// Persistent mode: the SDK's handler file benches/sdk_echo.py, unchanged,
+    /// through handlers/python/jobpipe_runpod.py (`--python` should have the
+    /// runpod package, as for the SDK run).
+    RunpodAdapter,
 }
 
 /// Benchmark jobpipe against a local stand-in of RunPod's job queue.
@@ -198,7 +202,7 @@ async fn versus_sdk(args: &Args, jobpipe: &Path, meter: Meter) {
     let spool = tempfile::tempdir().expect("create a temporary directory");
     let command = jobpipe_command(jobpipe, args.concurrency, spool.path(), &handler_args);
     let expect = match args.handler {
-        HandlerKind::Python | HandlerKind::C => Expect::Echo,
+        HandlerKind::Python | HandlerKind::C | HandlerKind::RunpodAdapter => Expect::Echo,
         HandlerKind::Oneshot => Expect::Oneshot,
     };
     let work = Workload {
@@ -268,6 +272,14 @@ fn handler(args: &Args) -> (String, Vec<String>) {
             ],
         ),
         HandlerKind::C => ("jobpipe + C echo", vec![c_echo().display().to_string()]),
+        HandlerKind::RunpodAdapter => (
+            "jobpipe + jobpipe_runpod.py sdk_echo.py",
+            vec![
+                args.python.clone(),
+                "handlers/python/jobpipe_runpod.py".into(),
+                "benches/sdk_echo.py".into(),
+            ],
+        ),
     };
     let mut words = handler;
     if args.handler != HandlerKind::Oneshot {
