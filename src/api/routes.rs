@@ -17,6 +17,9 @@ use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
 use crate::queue::{JobStatus, QueueEvent, RetryOutcome};
 
 type Answer = Result<Json<Value>, ApiError>;
+
+/// How often a waiting `/runsync` looks at its job without being told.
+const RECHECK: Duration = Duration::from_secs(1);
 type Params = Path<HashMap<String, String>>;
 
 pub(crate) async fn run(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Answer {
@@ -69,6 +72,7 @@ pub(crate) async fn runsync(
     state.queue.enqueue(job).await?;
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -84,6 +88,13 @@ pub(crate) async fn runsync(
             },
             _ = &mut deadline => break,
             _ = state.closing.cancelled() => break,
+            // A notification lost with a database connection must not
+            // leave the caller waiting: look now and then.
+            _ = recheck.tick() => {
+                if state.queue.status(&id).await?.is_none_or(|r| r.status.is_final()) {
+                    break;
+                }
+            }
         }
     }
     match state.queue.status(&id).await? {

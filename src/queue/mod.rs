@@ -3,7 +3,8 @@
 //! leases.
 //!
 //! The [`Queue`] trait is what the API routes and the queue source use; a
-//! store implements it ([`sqlite`] embedded, one process). The model is
+//! store implements it ([`sqlite`] embedded, one process; [`postgres`]
+//! shared by many processes on many machines). The model is
 //! made for many workers sharing one database:
 //!
 //! * A worker *takes* a queued job under a **lease**: an expiry time and a
@@ -31,6 +32,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+pub mod postgres;
+mod postgres_schema;
 pub mod sqlite;
 mod sqlite_schema;
 

@@ -24,6 +24,7 @@ use crate::api::{self, ApiState, JobDefaults};
 use crate::error::{exit, ConfigError, FatalError};
 use crate::input_schema::InputSchema;
 use crate::pool::Pool;
+use crate::queue::postgres::PostgresQueue;
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::{Queue, QueueEvent};
 use crate::runner::{Runner, RunnerOptions};
@@ -37,9 +38,20 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 const API_GRACE: Duration = Duration::from_secs(5);
 
 /// Where the queue is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum QueueLocation {
     Sqlite(PathBuf),
+    /// A `postgres://` URL; its password is never shown.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for QueueLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueLocation::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            QueueLocation::Postgres(url) => f.write_str(&crate::queue::postgres::redact(url)),
+        }
+    }
 }
 
 impl QueueLocation {
@@ -54,8 +66,18 @@ impl QueueLocation {
             }
             return Ok(QueueLocation::Sqlite(PathBuf::from(path)));
         }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            if text.parse::<tokio_postgres::Config>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "--queue {} is not a valid PostgreSQL URL; write postgres://USER@HOST/DATABASE",
+                    crate::queue::postgres::redact(text)
+                )));
+            }
+            return Ok(QueueLocation::Postgres(text.to_owned()));
+        }
         Err(ConfigError::Invalid(format!(
-            "--queue {text:?} is not a queue this jobpipe knows; use sqlite:PATH"
+            "--queue {} is not a queue this jobpipe knows; use sqlite:PATH or postgres://USER@HOST/DATABASE",
+            crate::queue::postgres::redact(text)
         )))
     }
 }
@@ -93,6 +115,12 @@ pub async fn open(location: &QueueLocation) -> Result<Arc<dyn Queue>, FatalError
             Ok(queue) => Ok(Arc::new(queue)),
             Err(e) => Err(FatalError::Config(ConfigError::Invalid(format!(
                 "{e}; set --queue (JOBPIPE_QUEUE) to sqlite:PATH of a file this process may create and write"
+            )))),
+        },
+        QueueLocation::Postgres(url) => match PostgresQueue::open(url).await {
+            Ok(queue) => Ok(Arc::new(queue)),
+            Err(e) => Err(FatalError::Config(ConfigError::Invalid(format!(
+                "{e}; check the URL in --queue (JOBPIPE_QUEUE), the password (in the URL or PGPASSWORD) and that the server is up"
             )))),
         },
     }

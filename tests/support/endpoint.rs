@@ -20,13 +20,42 @@ pub const WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite,
+    /// A fresh database per endpoint on the test PostgreSQL server.
+    Postgres,
 }
 
 impl Store {
-    /// The `--queue` value for a fresh queue inside `dir`.
-    pub fn queue_arg(&self, dir: &Path) -> String {
+    /// The `--queue` value for a fresh queue inside `dir`. A PostgreSQL
+    /// database is made with a client connection rather than `psql`: the
+    /// endpoints in this process reap every child process, so a `psql`
+    /// run could lose its exit status. The server's directory, databases
+    /// and all, is removed when the tests end.
+    pub async fn fresh_queue(&self, dir: &Path) -> String {
         match self {
             Store::Sqlite => format!("sqlite:{}", dir.join("queue.db").display()),
+            Store::Postgres => {
+                let server = super::postgres::server().expect("the test server runs");
+                let (client, connection) =
+                    tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+                        .await
+                        .expect("connect to the test server");
+                tokio::spawn(connection);
+                let name = format!("endpoint_{}", uuid::Uuid::new_v4().simple());
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create a test database");
+                server.url(&name)
+            }
+        }
+    }
+
+    /// Whether this store can be tested here (PostgreSQL may be missing:
+    /// the tests then say so and skip).
+    pub fn available(&self) -> bool {
+        match self {
+            Store::Sqlite => true,
+            Store::Postgres => super::postgres::server().is_some(),
         }
     }
 }
@@ -64,7 +93,7 @@ impl Endpoint {
     /// Starts an endpoint with the fake handler; `extra` are more flags.
     pub async fn start(store: &Store, extra: &[&str]) -> Endpoint {
         let dir = tempfile::tempdir().unwrap();
-        let queue = store.queue_arg(dir.path());
+        let queue = store.fresh_queue(dir.path()).await;
         Endpoint::start_on(store, dir, queue, extra).await
     }
 
