@@ -1,5 +1,6 @@
 //! Retry and back-off as data plus an iterator, shared by every caller that
-//! retries: handler restarts, job takes, result posts.
+//! retries: handler restarts, job takes, result posts; and the pause that
+//! keeps a poll answered at once from becoming a hot loop.
 
 use std::time::Duration;
 
@@ -65,6 +66,27 @@ impl Iterator for Backoff {
     }
 }
 
+/// A poll that should long-poll but may be answered at once: a poll
+/// answered quicker than `quick` waits `pause` before the next, so an
+/// endpoint that never holds the request open is not hammered.
+#[derive(Debug, Clone, Copy)]
+pub struct PollPace {
+    pub quick: Duration,
+    pub pause: Duration,
+}
+
+impl PollPace {
+    pub const fn new(quick: Duration, pause: Duration) -> Self {
+        PollPace { quick, pause }
+    }
+
+    /// The pause before the next poll, for one that started at `started`
+    /// and came back with nothing.
+    pub fn after(&self, started: tokio::time::Instant) -> Option<Duration> {
+        (started.elapsed() < self.quick).then_some(self.pause)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +105,15 @@ mod tests {
         for delay in policy.iter().take(100) {
             assert!(delay >= Duration::from_millis(500) && delay <= Duration::from_secs(1));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quick_empty_polls_pause() {
+        let pace = PollPace::new(Duration::from_millis(500), Duration::from_millis(200));
+        let started = tokio::time::Instant::now();
+        assert_eq!(pace.after(started), Some(Duration::from_millis(200)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(pace.after(started), None);
     }
 
     #[test]

@@ -165,6 +165,16 @@ pub struct Cli {
     )]
     pub spool_dir: PathBuf,
 
+    /// How many results may await delivery (retried in memory and kept in
+    /// the spool) before jobpipe stops taking jobs until delivery resumes.
+    #[arg(
+        long,
+        env = "JOBPIPE_MAX_UNDELIVERED",
+        default_value = "16",
+        value_name = "N"
+    )]
+    pub max_undelivered: NonZeroUsize,
+
     /// Put the list of streamed partials in a streaming job's final output.
     #[arg(long, env = "JOBPIPE_RETURN_AGGREGATE_STREAM", value_parser = BoolishValueParser::new())]
     pub return_aggregate_stream: bool,
@@ -298,6 +308,7 @@ pub struct RunpodConfig {
     pub ping_interval: Duration,
     pub api_key: String,
     pub spool_dir: PathBuf,
+    pub max_undelivered: usize,
     pub return_aggregate_stream: bool,
     /// `--input-schema`: jobs whose input breaks it fail before a handler sees them.
     pub input_schema: Option<std::sync::Arc<crate::input_schema::InputSchema>>,
@@ -472,7 +483,7 @@ impl Cli {
             }
             return self
                 .endpoint
-                .source(self.spool_dir.clone())
+                .source(self.spool_dir.clone(), self.max_undelivered.get())
                 .map(SourceConfig::Queue);
         }
         if let Some(text) = &self.test_input {
@@ -542,6 +553,7 @@ impl Cli {
             ping_interval: Duration::from_millis(self.runpod_ping_interval),
             api_key,
             spool_dir: self.spool_dir.clone(),
+            max_undelivered: self.max_undelivered.get(),
             return_aggregate_stream: self.return_aggregate_stream,
             input_schema: self.endpoint.schema()?,
         })

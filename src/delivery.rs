@@ -3,10 +3,10 @@
 //!
 //! The guarantee is at-least-once delivery of every final result: a post is
 //! retried with capped, jittered back-off for as long as the worker runs (a
-//! transient fault never drops a result), and a result still undelivered
-//! when the shutdown deadline comes is written to the spool, from which the
-//! next start delivers it before anything else. A result the platform
-//! refuses outright (a 4xx other than 401, 403, 408 and 429) is not retried:
+//! transient fault never drops a result), and a result whose first post
+//! fails is written to the spool at once, from which this run or the next
+//! start delivers it (see [`crate::runner`]). A result the platform refuses
+//! outright (a 4xx other than 401, 403, 408 and 429) is not retried:
 //! retrying cannot change the answer; it is logged as an error.
 
 use std::path::{Path, PathBuf};
@@ -156,6 +156,14 @@ pub fn judge(status: u16, body: &str) -> Attempt {
 }
 
 /// Results kept on disk across a restart, one JSON file each.
+///
+/// A file is written whole or not at all (a temporary file, fsynced, then
+/// renamed, then the directory fsynced), so a crash at any moment leaves
+/// either the result or nothing plus a temporary file that the next start
+/// removes. Names are made of the time, a random part and a sanitised
+/// prefix of the job id: they cannot collide and cannot leave the
+/// directory, whatever the id.
+#[derive(Clone)]
 pub struct Spool {
     dir: PathBuf,
 }
@@ -167,18 +175,47 @@ pub struct Spooled {
 }
 
 impl Spool {
-    /// Opens (creating) the spool directory.
+    /// Opens (creating) the spool directory, removes temporary files a
+    /// crash left behind, and checks that a result can be written there.
     pub fn open(dir: &Path) -> Result<Spool, FatalError> {
-        std::fs::create_dir_all(dir).map_err(|source| FatalError::Spool {
+        let fail = |source| FatalError::Spool {
             path: dir.to_owned(),
             source,
-        })?;
-        Ok(Spool {
+        };
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let spool = Spool {
             dir: dir.to_owned(),
-        })
+        };
+        spool.remove_leftovers();
+        let probe = dir.join(format!(".probe-{}.tmp", std::process::id()));
+        write_durably(&probe, b"probe").map_err(fail)?;
+        std::fs::remove_file(&probe).map_err(fail)?;
+        Ok(spool)
     }
 
-    /// Writes a result to the spool; written whole or not at all.
+    fn remove_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            let temporary = path.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with('.') && n.ends_with(".tmp")
+            });
+            if temporary {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(
+                        "removed {} left in the spool by an interrupted write",
+                        path.display()
+                    ),
+                    Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+                }
+            }
+        }
+    }
+
+    /// Writes a result to the spool, durably; blocking (call it off the
+    /// runtime's threads).
     pub fn keep(&self, post: &Post) -> std::io::Result<PathBuf> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -194,15 +231,19 @@ impl Spool {
                     '_'
                 }
             })
-            .take(80)
+            .take(40)
             .collect();
-        let name = format!("{nanos:020}-{safe}.json");
+        let unique = uuid::Uuid::new_v4().simple();
+        let name = format!("{nanos:020}-{unique}-{safe}.json");
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let text = serde_json::to_vec(post).expect("a post serialises");
-        std::fs::write(&tmp, text)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
+        if let Err(e) = write_durably(&tmp, &text) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(path)
     }
 
@@ -244,7 +285,7 @@ impl Spool {
             .collect()
     }
 
-    /// Removes a spooled result once delivered.
+    /// Removes a spooled result once delivered; blocking.
     pub fn forget(&self, path: &Path) {
         if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(
@@ -253,6 +294,17 @@ impl Spool {
             );
         }
     }
+}
+
+/// Writes a new file and fsyncs it.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 #[cfg(test)]
@@ -346,5 +398,28 @@ mod tests {
         assert_eq!(pending[1].post.job_id, "job-2");
         spool.forget(&first);
         assert_eq!(spool.pending().len(), 1);
+    }
+
+    #[test]
+    fn spool_names_never_collide_or_leave_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut paths = std::collections::HashSet::new();
+        for id in ["../../etc/x", "a/b", "a_b", "a_b", ".."] {
+            let mut p = post();
+            p.job_id = id.into();
+            let path = spool.keep(&p).unwrap();
+            assert_eq!(path.parent(), Some(dir.path()));
+            assert!(paths.insert(path));
+        }
+        assert_eq!(spool.pending().len(), 5);
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".123-x.json.tmp"), b"{").unwrap();
+        Spool::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -4,16 +4,22 @@
 //! the ticket must finish it exactly once; if a ticket is dropped unfinished
 //! (a bug, a panic, a queue torn down at shutdown), its `Drop` reports a
 //! failure, so no job can end in silence. The source reads the job's
-//! [`JobEvent`]s from the matching receiver.
+//! [`JobEvent`]s from the matching [`JobEvents`], which pushes back on the
+//! handler when the source falls behind (see [`events`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Identity;
+
+pub mod events;
+
+use events::EventSender;
+pub use events::JobEvents;
 
 /// A job as received: `id`, `input` and any other keys, passed on untouched.
 #[derive(Debug, Clone)]
@@ -189,7 +195,7 @@ pub(crate) trait Registry: Send + Sync {
 pub struct JobTicket {
     pub job: Job,
     pub(crate) cancel: CancellationToken,
-    events: mpsc::UnboundedSender<JobEvent>,
+    events: EventSender,
     identity: Arc<Identity>,
     registry: Arc<dyn Registry>,
     permit: Option<OwnedSemaphorePermit>,
@@ -202,7 +208,7 @@ impl JobTicket {
     pub(crate) fn new(
         job: Job,
         cancel: CancellationToken,
-        events: mpsc::UnboundedSender<JobEvent>,
+        events: EventSender,
         identity: Arc<Identity>,
         registry: Arc<dyn Registry>,
         permit: Option<OwnedSemaphorePermit>,
@@ -227,12 +233,16 @@ impl JobTicket {
         self.cancel.is_cancelled()
     }
 
+    /// Passes on a progress value; never waits (progress is coalesced
+    /// when the source falls behind).
     pub fn progress(&self, value: Value) {
-        let _ = self.events.send(JobEvent::Progress(value));
+        self.events.progress(value);
     }
 
-    pub fn stream(&self, value: Value) {
-        let _ = self.events.send(JobEvent::Stream(value));
+    /// Passes on a stream partial, waiting while the job's queue is full:
+    /// the caller stops reading the handler meanwhile.
+    pub async fn stream(&self, value: Value) {
+        self.events.stream(value, &self.cancel).await;
     }
 
     /// Ends the job with its result.
@@ -258,7 +268,7 @@ impl JobTicket {
         // The slot is free again before the source hears of the result, so a
         // source that takes the next job right away finds it free.
         self.permit.take();
-        let _ = self.events.send(JobEvent::Done(result));
+        self.events.finish(result);
     }
 }
 
@@ -357,9 +367,9 @@ mod tests {
         fn finished(&self, _: &str, _: &JobResult) {}
     }
 
-    #[test]
-    fn dropped_ticket_still_reports_one_failure() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+    #[tokio::test]
+    async fn dropped_ticket_still_reports_one_failure() {
+        let (tx, mut rx) = events::channel();
         let identity = Arc::new(Identity {
             worker_id: "w".into(),
             hostname: "h".into(),
@@ -373,12 +383,12 @@ mod tests {
             Arc::new(NoRegistry),
             None,
         ));
-        let Some(JobEvent::Done(result)) = rx.try_recv().ok() else {
+        let Some(JobEvent::Done(result)) = rx.recv().await else {
             panic!("no result")
         };
         assert!(
             matches!(result.outcome, Outcome::Error { error, .. } if error.contains("WorkerShutdown"))
         );
-        assert!(rx.try_recv().is_err(), "exactly one result");
+        assert!(rx.recv().await.is_none(), "exactly one result");
     }
 }

@@ -25,7 +25,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{HandlerConfig, Identity, Mode};
 use crate::error::FatalError;
 use crate::handler::{actor, oneshot, ActorContext, FailureStreak, RoomShare};
-use crate::job::{FailureKind, Job, JobEvent, JobFailure, JobResult, JobTicket, Outcome, Registry};
+use crate::job::{
+    events, FailureKind, Job, JobEvents, JobFailure, JobResult, JobTicket, Outcome, Registry,
+};
 use crate::metrics::{Metrics, PoolView};
 
 /// Longest time spent at shutdown killing what handlers left behind.
@@ -185,11 +187,7 @@ impl Pool {
 
     /// Hands a job to the handlers. Its events, ending with exactly one
     /// `Done`, arrive on the returned receiver.
-    pub fn submit(
-        &self,
-        slot: Slot,
-        job: Job,
-    ) -> Result<mpsc::UnboundedReceiver<JobEvent>, Duplicate> {
+    pub fn submit(&self, slot: Slot, job: Job) -> Result<JobEvents, Duplicate> {
         let cancel = CancellationToken::new();
         {
             let mut jobs = self
@@ -204,7 +202,7 @@ impl Pool {
             self.in_flight.count.send_replace(jobs.len());
             self.metrics.set_in_flight(jobs.len());
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = events::channel();
         let ticket = JobTicket::new(
             job,
             cancel,

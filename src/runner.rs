@@ -3,48 +3,76 @@
 //! A source adds only its transport: it takes jobs (as JSON values) from its
 //! queue and implements [`ResultSink`] to post what a job produces. The
 //! [`Runner`] does the rest, so every source keeps the same promises:
-//! the job is validated (an invalid one is answered with an error where it
-//! has an id to answer), submitted to the pool, its updates are posted in
-//! order, and its one final result is delivered with retries or kept in the
-//! spool (see [`crate::delivery`]).
+//!
+//! * a job is validated (an invalid one, or one whose id cannot be used, is
+//!   answered with an error where it has an id to answer, logged where not),
+//!   then submitted to the pool;
+//! * its progress and stream updates are posted in order, with
+//!   back-pressure: a job has a small queue of updates, and a handler whose
+//!   updates are not yet posted waits (see [`crate::job::events`]); an
+//!   update that cannot be delivered within [`UPDATE_BUDGET`] is dropped with
+//!   a warning, so the final result never waits long behind it;
+//! * its one final result is posted; if that first post fails (or has not
+//!   succeeded within [`SPOOL_AFTER`]) the result is written to the spool at
+//!   once and delivered from there, with retries, by this run or the next
+//!   start;
+//! * at most `max_undelivered` final results may be awaiting delivery:
+//!   beyond that [`Runner::slots`] waits, so the source stops taking jobs
+//!   until delivery resumes.
 //!
 //! A new source looks like this:
 //!
 //! ```ignore
 //! let runner = Runner::start(Arc::new(MySink::new(..)), &ctx, RunnerOptions { .. })?;
-//! while let Some(slots) = runner.slots().await {   // None once shutdown says stop taking
+//! // Slots are room for jobs; None once shutdown says stop taking.
+//! while let Some(slots) = runner.slots().await {
 //!     for (value, slot) in my_queue.take(slots.len()).await.into_iter().zip(slots) {
-//!         runner.start(value, slot);
+//!         runner.start_job(value, slot);
 //!     }
 //! }
-//! runner.finish().await;                            // every job ended, every result out
+//! runner.finish().await; // every job ended, every result delivered or spooled
 //! ```
 //!
 //! Its heartbeat, if it has one, reports [`Runner::ids`]: the jobs running
 //! and those whose result is not yet delivered.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::delivery::{deliver, Attempt, Delivery, Post, PostKind, Spool};
+use crate::delivery::{Attempt, Post, Spool};
 use crate::error::FatalError;
-use crate::handler::lines::clip_middle;
-use crate::job::{Job, JobEvent, Outcome};
+use crate::job::Job;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Slot};
 use crate::source::{Shutdown, SourceContext};
 
+mod ids;
+mod job;
+
+use ids::Undelivered;
+pub use ids::{check_id, IdProblem, MAX_ID_LEN};
+
+/// How long one update may take to be delivered before it is dropped.
+pub const UPDATE_BUDGET: Duration = Duration::from_secs(10);
+/// How long a final result's first post may take before the result is
+/// written to the spool anyway (the post goes on).
+pub const SPOOL_AFTER: Duration = Duration::from_secs(2);
+
 /// Where a source's results go: its transport for one post. The runner
 /// decides what is posted, when, how often it is retried and what is kept
-/// in the spool; the sink only sends one attempt and says how it went.
+/// in the spool; the sink sends one attempt and says how it went.
 ///
 /// Bodies are source-neutral: a final result is `{"output": ..}` or
 /// `{"error": "..", "output"?: ..}` (with [`Post::refresh_worker`] beside
 /// it), a progress or stream update is the handler's value itself. A sink
-/// wraps them in whatever its destination expects.
+/// wraps them in whatever its destination expects. The job id has passed
+/// [`check_id`]'s rules for a path segment, but may still be one the job
+/// is failed for (not a valid header value, say).
 pub trait ResultSink: Send + Sync + 'static {
     fn send(&self, post: &Post) -> impl std::future::Future<Output = Attempt> + Send;
 }
@@ -57,10 +85,12 @@ pub struct RunnerOptions {
     /// A streaming job's final output is the list of its partials.
     pub aggregate_stream: bool,
     /// Where undelivered final results are kept.
-    pub spool_dir: std::path::PathBuf,
+    pub spool_dir: PathBuf,
     /// `--input-schema`: a job whose input breaks it fails with the list of
     /// violations before a handler sees it.
     pub input_schema: Option<Arc<crate::input_schema::InputSchema>>,
+    /// How many final results may await delivery before no more jobs are taken.
+    pub max_undelivered: usize,
 }
 
 /// Carries jobs from taken to delivered. See the module docs.
@@ -76,13 +106,17 @@ struct Shared<S> {
     spool: Spool,
     shutdown: Shutdown,
     options: RunnerOptions,
+    undelivered: Undelivered,
     /// Where posts, retries, undelivered and spooled results are counted.
     metrics: Arc<Metrics>,
+    /// Updates dropped in this run, for the line at the end.
+    updates_dropped: AtomicUsize,
 }
 
 impl<S: ResultSink> Runner<S> {
-    /// Opens the spool and starts delivering the results an earlier run
-    /// kept there.
+    /// Opens the spool (an unusable one is a fatal error now, not at the
+    /// first result it should keep) and starts delivering the results an
+    /// earlier run kept there.
     pub fn start(
         sink: Arc<S>,
         ctx: &SourceContext,
@@ -95,60 +129,89 @@ impl<S: ResultSink> Runner<S> {
                 spool,
                 shutdown: ctx.shutdown.clone(),
                 options,
+                undelivered: Undelivered::default(),
                 metrics: ctx.pool.metrics.clone(),
+                updates_dropped: AtomicUsize::new(0),
             }),
             pool: ctx.pool.clone(),
             jobs: TaskTracker::new(),
         };
         for spooled in runner.shared.spool.pending() {
-            tracing::info!(job_id = %spooled.post.job_id, "delivering a result kept in the spool by an earlier run");
             let shared = runner.shared.clone();
-            runner.jobs.spawn(async move {
-                let flush = &shared.shutdown.flush;
-                shared.metrics.result_pending();
-                let delivery = deliver(&*shared.sink, &spooled.post, flush, &shared.metrics).await;
-                shared.metrics.result_settled();
-                if delivery != Delivery::Flushed {
-                    shared.spool.forget(&spooled.path);
-                }
-            });
+            runner.jobs.spawn(shared.redeliver(spooled));
         }
         Ok(runner)
     }
 
     /// Waits for room for more jobs and returns the free slots, or `None`
-    /// once the source must stop taking.
+    /// once the source must stop taking. Room means free slots in the pool
+    /// and fewer undelivered results than `max_undelivered`.
     pub async fn slots(&self) -> Option<Vec<Slot>> {
-        tokio::select! {
-            slots = self.pool.free_slots() => Some(slots),
-            _ = self.shared.shutdown.take.cancelled() => None,
+        let take = &self.shared.shutdown.take;
+        let max = self.shared.options.max_undelivered;
+        loop {
+            if self.shared.undelivered.count() >= max {
+                tracing::warn!(
+                    "{} results are not yet delivered (--max-undelivered {max}); taking no more jobs until delivery resumes",
+                    self.shared.undelivered.count()
+                );
+                tokio::select! {
+                    _ = self.shared.undelivered.below(max) => {
+                        tracing::info!("results are being delivered again; taking jobs");
+                    }
+                    _ = take.cancelled() => return None,
+                }
+            }
+            let slots = tokio::select! {
+                slots = self.pool.free_slots() => slots,
+                _ = take.cancelled() => return None,
+            };
+            if self.shared.undelivered.count() < max {
+                return Some(slots);
+            }
         }
     }
 
     /// Validates one taken job and starts it in `slot`; a job that cannot
-    /// run is answered with an error when it has an id.
+    /// run is answered with an error when it can be, logged when not.
     pub fn start_job(&self, value: Value, slot: Slot) {
         let name = self.shared.options.source_name;
         let violations = match (&self.shared.options.input_schema, value.get("input")) {
             (Some(schema), Some(input)) => schema.check(input),
             _ => Vec::new(),
         };
-        let job = match Job::from_value(value) {
-            Ok(job) => job,
-            Err((message, id)) => {
-                let Some(id) = id else {
-                    tracing::error!(
-                        "{name} sent an invalid job ({message}) without an id; it cannot be answered"
-                    );
-                    return;
-                };
-                tracing::error!(job_id = %id, "{name} sent an invalid job: {message}");
+        let (id, problem) = match Job::from_value(value) {
+            Ok(job) => match check_id(&job.id) {
+                Ok(()) => return self.submit(job, slot, &violations),
+                Err(problem) => (job.id, problem),
+            },
+            Err((message, None)) => {
+                tracing::error!(
+                    "{name} sent an invalid job ({message}) without an id; it cannot be answered"
+                );
+                return;
+            }
+            Err((message, Some(id))) => match check_id(&id) {
+                Ok(()) => (id, IdProblem::Answerable(message)),
+                Err(problem) => (id, problem),
+            },
+        };
+        match problem {
+            IdProblem::Answerable(message) => {
+                tracing::error!(job_id = %id.escape_debug(), "{name} sent an invalid job: {message}");
                 let post =
                     Post::final_result(id, json!({"error": format!("invalid job: {message}")}));
                 self.jobs.spawn(self.shared.clone().deliver_final(post));
-                return;
             }
-        };
+            IdProblem::Unanswerable(message) => {
+                tracing::error!(
+                    "{name} sent a job that cannot be answered and is dropped: {message}"
+                );
+            }
+        }
+    }
+
+    fn submit(&self, job: Job, slot: Slot, violations: &[crate::input_schema::Violation]) {
         let id = job.id.clone();
         if !violations.is_empty() {
             let error = crate::input_schema::describe(&violations);
@@ -169,7 +232,11 @@ impl<S: ResultSink> Runner<S> {
     /// Ids of the jobs this worker holds: running, or with a result not
     /// yet delivered.
     pub fn ids(&self) -> Vec<String> {
-        self.pool.in_flight_ids()
+        let mut ids = self.pool.in_flight_ids();
+        ids.extend(self.shared.undelivered.ids());
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// Waits until every job taken has ended and its result is delivered
@@ -177,84 +244,9 @@ impl<S: ResultSink> Runner<S> {
     pub async fn finish(&self) {
         self.jobs.close();
         self.jobs.wait().await;
-    }
-}
-
-impl<S: ResultSink> Shared<S> {
-    /// Posts one job's updates in order, then its final result.
-    async fn run_job(self: Arc<Self>, id: String, mut events: mpsc::UnboundedReceiver<JobEvent>) {
-        let aggregate = self.options.aggregate_stream;
-        let mut partials = Vec::new();
-        while let Some(event) = events.recv().await {
-            let (kind, body) = match event {
-                JobEvent::Progress(value) => (PostKind::Progress, value),
-                JobEvent::Stream(value) => {
-                    if aggregate {
-                        partials.push(value.clone());
-                    }
-                    (PostKind::Stream, value)
-                }
-                JobEvent::Done(result) => {
-                    let body = match result.outcome {
-                        Outcome::Cancelled => {
-                            tracing::info!(job_id = %id, "job stopped on request; nothing is posted for it");
-                            return;
-                        }
-                        Outcome::Output(_) if result.streamed && aggregate => {
-                            json!({"output": partials})
-                        }
-                        Outcome::Output(output) => json!({"output": output}),
-                        Outcome::Error { error, output } => {
-                            let mut body = json!({"error": error});
-                            if let Some(output) = output {
-                                body["output"] = output;
-                            }
-                            body
-                        }
-                    };
-                    let post = Post {
-                        job_id: id,
-                        kind: PostKind::Final {
-                            is_stream: result.streamed,
-                        },
-                        body,
-                        refresh_worker: result.refresh_worker,
-                    };
-                    self.deliver_final(post).await;
-                    return;
-                }
-            };
-            let post = Post {
-                job_id: id.clone(),
-                kind,
-                body,
-                refresh_worker: false,
-            };
-            let delivery = deliver(&*self.sink, &post, &self.shutdown.flush, &self.metrics).await;
-            if delivery == Delivery::Flushed {
-                self.metrics.update_dropped();
-                tracing::warn!(job_id = %id, "shutting down: an undelivered {} update is dropped (only final results are kept)", kind.name());
-            }
-        }
-    }
-
-    /// Delivers a final result, or keeps it in the spool at shutdown.
-    async fn deliver_final(self: Arc<Self>, post: Post) {
-        self.metrics.result_pending();
-        let delivery = deliver(&*self.sink, &post, &self.shutdown.flush, &self.metrics).await;
-        self.metrics.result_settled();
-        match delivery {
-            Delivery::Delivered => tracing::debug!(job_id = %post.job_id, "result delivered"),
-            Delivery::Refused => {}
-            Delivery::Flushed => match self.spool.keep(&post) {
-                Ok(path) => {
-                    self.metrics.result_spooled();
-                    tracing::warn!(job_id = %post.job_id, "result not delivered before shutdown; kept in {} for the next start", path.display())
-                }
-                Err(e) => {
-                    tracing::error!(job_id = %post.job_id, "result not delivered and cannot be spooled ({e}); it is lost: {}", clip_middle(&post.body.to_string(), 2000))
-                }
-            },
+        let dropped = self.shared.updates_dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!("{dropped} progress or stream updates were dropped in this run because they could not be delivered in time");
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobpipe::config::{HandlerConfig, Identity, Mode};
-use jobpipe::job::{Job, JobEvent, JobResult, Outcome};
+use jobpipe::job::{Job, JobEvent, JobEvents, JobResult, Outcome};
 use jobpipe::metrics::Metrics;
 use jobpipe::pool::Pool;
 use serde_json::{json, Value};
@@ -48,13 +48,13 @@ fn start(config: HandlerConfig) -> Arc<Pool> {
     Pool::start(config, identity, Arc::new(Metrics::default()), fatal)
 }
 
-async fn submit(pool: &Pool, id: &str, input: Value) -> mpsc::UnboundedReceiver<JobEvent> {
+async fn submit(pool: &Pool, id: &str, input: Value) -> JobEvents {
     let slot = pool.free_slots().await.swap_remove(0);
     let job = Job::from_value(json!({"id": id, "input": input})).unwrap();
     pool.submit(slot, job).unwrap()
 }
 
-async fn result(events: &mut mpsc::UnboundedReceiver<JobEvent>) -> JobResult {
+async fn result(events: &mut JobEvents) -> JobResult {
     let wait = async {
         loop {
             match events

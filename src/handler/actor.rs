@@ -317,7 +317,7 @@ impl Actor {
                 self.handle_job(ticket, process, s);
                 None
             }
-            Step::Line(Some(line)) => self.handle_line(line, s),
+            Step::Line(Some(line)) => self.handle_line(line, s).await,
             Step::Line(None) => Some(self.handle_stdout_closed(process, s).await),
             Step::Exited(status) => Some(self.handle_exit(status, process, s).await),
             Step::StopJob(id, cause) => self.handle_stop(&id, cause, process, s),
@@ -345,7 +345,7 @@ impl Actor {
         );
     }
 
-    fn handle_line(&mut self, line: Line, s: &mut Serving) -> Option<End> {
+    async fn handle_line(&mut self, line: Line, s: &mut Serving) -> Option<End> {
         let max = self.ctx.config.max_output_size;
         let bytes = match line {
             Line::TooLong { len, prefix } => return self.too_large(s, len, &prefix),
@@ -366,7 +366,7 @@ impl Actor {
                 match s.jobs.get_mut(&id) {
                     Some(job) => {
                         job.streamed = true;
-                        job.ticket.stream(value);
+                        job.ticket.stream(value).await;
                     }
                     None => {
                         tracing::warn!(job_id = %id, "handler streamed for a job it is not running; ignored")
@@ -509,7 +509,7 @@ impl Actor {
         while !s.jobs.is_empty() {
             match tokio::time::timeout_at(deadline, process.stdout.recv()).await {
                 Ok(Some(line)) => {
-                    self.handle_line(line, s);
+                    self.handle_line(line, s).await;
                 }
                 Ok(None) | Err(_) => break,
             }

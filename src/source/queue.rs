@@ -92,9 +92,10 @@ pub struct QueueSourceConfig {
     pub schema: Option<Arc<InputSchema>>,
     pub defaults: JobDefaults,
     pub lease: Duration,
-    /// Where the end of a job is kept when the database cannot take it by
-    /// the end of shutdown.
+    /// Where the end of a job is kept when the database cannot take it.
     pub spool_dir: PathBuf,
+    /// Job ends awaiting the database before no more jobs are taken.
+    pub max_undelivered: usize,
 }
 
 impl std::fmt::Debug for QueueSourceConfig {
@@ -166,6 +167,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         aggregate_stream: false,
         spool_dir: config.spool_dir.clone(),
         input_schema: config.schema.clone(),
+        max_undelivered: config.max_undelivered,
     };
     let runner = Runner::start(sink, &ctx, options)?;
     tasks.spawn(webhook_task(queue.clone(), background.clone()));

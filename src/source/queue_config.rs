@@ -91,7 +91,11 @@ impl EndpointArgs {
             .map(Arc::new))
     }
 
-    pub(crate) fn source(&self, spool_dir: PathBuf) -> Result<QueueSourceConfig, ConfigError> {
+    pub(crate) fn source(
+        &self,
+        spool_dir: PathBuf,
+        max_undelivered: usize,
+    ) -> Result<QueueSourceConfig, ConfigError> {
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::Invalid(
                 "--lease must be at least 1s: it is renewed every third of its length".into(),
@@ -116,6 +120,7 @@ impl EndpointArgs {
             defaults,
             lease: self.lease,
             spool_dir,
+            max_undelivered,
         })
     }
 

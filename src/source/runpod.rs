@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::SourceContext;
-use crate::backoff::BackoffPolicy;
+use crate::backoff::{BackoffPolicy, PollPace};
 use crate::config::RunpodConfig;
 use crate::delivery::{self, Attempt, Post, PostKind};
 use crate::error::{exit, FatalError};
@@ -33,11 +33,10 @@ const LONG_POLL: Duration = Duration::from_secs(90);
 const TAKE_GRACE: Duration = Duration::from_millis(250);
 /// The wait after a 429 answer.
 const RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
-/// An empty take answered faster than this did not long-poll; wait a
-/// little before the next so an endpoint that answers at once is not
-/// hammered.
-const QUICK_EMPTY: Duration = Duration::from_millis(500);
-const EMPTY_PAUSE: Duration = Duration::from_millis(200);
+/// A take or job-stop poll answered with nothing faster than this did not
+/// long-poll; the next waits a little, so an endpoint that answers at once
+/// is not hammered.
+const POLL_PACE: PollPace = PollPace::new(Duration::from_millis(500), Duration::from_millis(200));
 /// Timeout of one result post.
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,6 +44,10 @@ const POST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Endpoint {
     config: RunpodConfig,
     worker_id: String,
+    /// The job-take-batch and job-stop URL templates, derived from the take
+    /// URL; `None` when it has no `/job-take/` to replace.
+    batch_url: Option<String>,
+    stop_url: Option<String>,
     /// For takes and posts.
     http: reqwest::Client,
     /// For pings alone, so a busy connection pool never delays a heartbeat.
@@ -71,7 +74,21 @@ impl Endpoint {
                 .build()
                 .map_err(|e| FatalError::Internal(format!("cannot build the HTTP client: {e}")))
         };
+        let derived = |to: &str| {
+            config
+                .take_url
+                .contains("/job-take/")
+                .then(|| config.take_url.replacen("/job-take/", to, 1))
+        };
+        let (batch_url, stop_url) = (derived("/job-take-batch/"), derived("/job-stop/"));
+        if stop_url.is_none() {
+            tracing::warn!(
+                "the take URL has no /job-take/ to derive the job-stop and batch URLs from; jobs are taken one at a time and RunPod cannot stop single jobs on this worker"
+            );
+        }
         Ok(Endpoint {
+            batch_url,
+            stop_url,
             http: build(LONG_POLL + Duration::from_secs(10))?,
             ping_http: build(config.ping_interval.max(Duration::from_secs(1)))?,
             config,
@@ -103,16 +120,16 @@ impl Endpoint {
     }
 
     async fn take(&self, count: usize, in_progress: bool) -> Take {
-        let base = self.worker_url(&self.config.take_url);
         let flag = u8::from(in_progress);
-        let url = if count > 1 {
-            let batch = base.replacen("/job-take/", "/job-take-batch/", 1);
-            with_query(
-                &batch,
+        let url = match &self.batch_url {
+            Some(batch) if count > 1 => with_query(
+                &self.worker_url(batch),
                 &format!("batch_size={count}&job_in_progress={flag}"),
-            )
-        } else {
-            with_query(&base, &format!("job_in_progress={flag}"))
+            ),
+            _ => with_query(
+                &self.worker_url(&self.config.take_url),
+                &format!("job_in_progress={flag}"),
+            ),
         };
         let response = match self.get(&self.http, &url).await {
             Ok(response) => response,
@@ -134,16 +151,14 @@ impl Endpoint {
             return Take::Empty;
         }
         match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Array(jobs)) if jobs.is_empty() => Take::Empty,
             Ok(Value::Array(jobs)) => Take::Jobs(jobs),
             Ok(Value::Null) => Take::Empty,
             Ok(job) => Take::Jobs(vec![job]),
-            Err(e) => {
-                tracing::error!(
-                    "RunPod sent a job that is not JSON ({e}): {}",
-                    clip_middle(&text, 500)
-                );
-                Take::Empty
-            }
+            Err(e) => Take::Failed(format!(
+                "RunPod sent a job that is not JSON ({e}): {}",
+                clip_middle(&text, 500)
+            )),
         }
     }
 
@@ -167,10 +182,8 @@ impl Endpoint {
     }
 
     /// One job-stop long poll: the ids to stop.
-    async fn stop_poll(&self) -> Result<Vec<String>, String> {
-        let url = self
-            .worker_url(&self.config.take_url)
-            .replacen("/job-take/", "/job-stop/", 1);
+    async fn stop_poll(&self, template: &str) -> Result<Vec<String>, String> {
+        let url = self.worker_url(template);
         let response = self.get(&self.http, &url).await.map_err(describe)?;
         match response.status().as_u16() {
             204 => Ok(Vec::new()),
@@ -199,20 +212,26 @@ impl ResultSink for Endpoint {
         };
         let body = runpod_body(post);
         let url = with_query(&self.job_url(template, &post.job_id), &query);
-        let request = self
+        let mut request = self
             .http
             .post(&url)
             .timeout(POST_TIMEOUT)
             .header("Authorization", &self.config.api_key)
-            .header("X-Request-ID", &post.job_id)
             .header("Content-Type", "application/json")
             .body(body.to_string());
+        // A job whose id is no header value is failed for it (see
+        // runner::check_id); its error is still posted, by URL alone.
+        if let Ok(id) = reqwest::header::HeaderValue::from_str(&post.job_id) {
+            request = request.header("X-Request-ID", id);
+        }
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body = response.text().await.unwrap_or_default();
                 delivery::judge(status, &body)
             }
+            // A request that cannot even be built fails the same way each time.
+            Err(e) if e.is_builder() => Attempt::Refused(describe(e)),
             Err(e) => Attempt::Retry(describe(e)),
         }
     }
@@ -225,6 +244,7 @@ pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalEr
         aggregate_stream: config.return_aggregate_stream,
         spool_dir: config.spool_dir.clone(),
         input_schema: config.input_schema.clone(),
+        max_undelivered: config.max_undelivered,
     };
     let endpoint = Arc::new(Endpoint::new(config, ctx.identity.worker_id.clone())?);
     let runner = Arc::new(Runner::start(endpoint.clone(), &ctx, options)?);
@@ -278,8 +298,7 @@ async fn take_loop(endpoint: &Arc<Endpoint>, runner: &Runner<Endpoint>, ctx: &So
                 }
                 None
             }
-            Take::Empty if started.elapsed() < QUICK_EMPTY => Some(EMPTY_PAUSE),
-            Take::Empty => None,
+            Take::Empty => POLL_PACE.after(started),
             Take::RateLimited => {
                 tracing::warn!(
                     "RunPod answered 429 (too many requests); waiting {}s",
@@ -333,9 +352,17 @@ async fn ping_loop(endpoint: Arc<Endpoint>, runner: Arc<Runner<Endpoint>>) {
 
 /// Long-polls job-stop and stops the listed jobs.
 async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
+    let Some(template) = endpoint.stop_url.clone() else {
+        return;
+    };
     let mut delays = TAKE_BACKOFF.iter();
     loop {
-        match endpoint.stop_poll().await {
+        let started = Instant::now();
+        let pause = match endpoint.stop_poll(&template).await {
+            Ok(ids) if ids.is_empty() => {
+                delays.reset();
+                POLL_PACE.after(started)
+            }
             Ok(ids) => {
                 delays.reset();
                 for id in ids {
@@ -345,6 +372,7 @@ async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
                         tracing::debug!(job_id = %id, "RunPod asked to stop a job that is not running here");
                     }
                 }
+                None
             }
             Err(why) => {
                 let delay = delays.next().unwrap_or_default();
@@ -352,8 +380,11 @@ async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
                     "job-stop poll failed: {why}; next in {}ms",
                     delay.as_millis()
                 );
-                tokio::time::sleep(delay).await;
+                Some(delay)
             }
+        };
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
         }
     }
 }
@@ -419,6 +450,7 @@ mod tests {
             ping_interval: Duration::from_secs(10),
             api_key: "k".into(),
             spool_dir: "/tmp".into(),
+            max_undelivered: 16,
             return_aggregate_stream: false,
             input_schema: None,
         };

@@ -1,0 +1,215 @@
+//! The path of one job's events from its handler to its source, with
+//! back-pressure.
+//!
+//! Stream partials go through a bounded queue: when it is full, the actor
+//! that reads the handler's stdout waits ([`EventSender::stream`]), so it
+//! stops reading and the handler blocks on its write; the handler is paced
+//! by the destination instead of filling jobpipe's memory. Progress never
+//! blocks: when the queue is full, only the latest progress value is kept
+//! (a newer value supersedes an older one). The final result travels apart
+//! from both, so finishing a job never waits, even from `Drop`.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{JobEvent, JobResult};
+
+/// Updates one job may have queued before its handler is paused.
+pub const UPDATE_QUEUE: usize = 16;
+
+/// The latest progress value that did not fit in the queue.
+type Latest = Arc<Mutex<Option<Value>>>;
+
+/// The handler's end: held by the job's ticket.
+pub(crate) struct EventSender {
+    updates: mpsc::Sender<JobEvent>,
+    latest: Latest,
+    done: Option<oneshot::Sender<JobResult>>,
+}
+
+/// The source's end: updates in order, then exactly one final result.
+pub struct JobEvents {
+    updates: mpsc::Receiver<JobEvent>,
+    latest: Latest,
+    done: Option<oneshot::Receiver<JobResult>>,
+    /// The final result, once it has been seen before the updates ran out.
+    result: Option<JobResult>,
+}
+
+/// A connected pair for one job.
+pub(crate) fn channel() -> (EventSender, JobEvents) {
+    let (updates_tx, updates_rx) = mpsc::channel(UPDATE_QUEUE);
+    let (done_tx, done_rx) = oneshot::channel();
+    let latest = Latest::default();
+    (
+        EventSender {
+            updates: updates_tx,
+            latest: latest.clone(),
+            done: Some(done_tx),
+        },
+        JobEvents {
+            updates: updates_rx,
+            latest,
+            done: Some(done_rx),
+            result: None,
+        },
+    )
+}
+
+impl EventSender {
+    /// Queues a progress value; when the queue is full it replaces any
+    /// progress still waiting for room.
+    pub(crate) fn progress(&self, value: Value) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        match self.updates.try_send(JobEvent::Progress(value)) {
+            // Anything parked is older than what was just queued.
+            Ok(()) => *latest = None,
+            Err(mpsc::error::TrySendError::Full(JobEvent::Progress(value))) => {
+                *latest = Some(value);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Queues a partial, waiting for room: the caller stops reading the
+    /// handler meanwhile. Gives up when the job is stopped.
+    pub(crate) async fn stream(&self, value: Value, cancel: &CancellationToken) {
+        tokio::select! {
+            _ = self.updates.send(JobEvent::Stream(value)) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+
+    /// Sends the final result; never waits.
+    pub(crate) fn finish(&mut self, result: JobResult) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(result);
+        }
+    }
+}
+
+impl JobEvents {
+    /// The next event: progress and partials in order, then the final
+    /// result, then `None`.
+    pub async fn recv(&mut self) -> Option<JobEvent> {
+        loop {
+            match self.updates.try_recv() {
+                Ok(event) => return Some(event),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if let Some(value) = self.take_latest() {
+                        return Some(JobEvent::Progress(value));
+                    }
+                    if let Some(event) = self.updates.recv().await {
+                        return Some(event);
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    // The ticket is gone, so its result was sent; a progress
+                    // value still parked is superseded by it.
+                    self.take_latest();
+                    if let Some(result) = self.result.take() {
+                        return Some(JobEvent::Done(result));
+                    }
+                    let result = self.done.take()?.await.ok()?;
+                    return Some(JobEvent::Done(result));
+                }
+            }
+        }
+    }
+
+    /// Whether the final result is already known (updates may still be
+    /// queued before it).
+    pub fn is_finished(&mut self) -> bool {
+        if self.result.is_none() {
+            if let Some(done) = &mut self.done {
+                if let Ok(result) = done.try_recv() {
+                    self.result = Some(result);
+                    self.done = None;
+                }
+            }
+        }
+        self.result.is_some()
+    }
+
+    /// Drops every update queued now; returns how many were dropped.
+    pub fn drop_queued(&mut self) -> usize {
+        let mut dropped = usize::from(self.take_latest().is_some());
+        while self.updates.try_recv().is_ok() {
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn take_latest(&self) -> Option<Value> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn progress_beyond_the_queue_keeps_only_the_latest() {
+        let (tx, mut rx) = channel();
+        for step in 0..UPDATE_QUEUE + 5 {
+            tx.progress(json!(step));
+        }
+        let mut seen = Vec::new();
+        for _ in 0..=UPDATE_QUEUE {
+            match rx.recv().await {
+                Some(JobEvent::Progress(v)) => seen.push(v.as_u64().unwrap()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut expected: Vec<u64> = (0..UPDATE_QUEUE as u64).collect();
+        expected.push(UPDATE_QUEUE as u64 + 4);
+        assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_the_stream_back_and_the_result_comes_last() {
+        let (mut tx, mut rx) = channel();
+        let cancel = CancellationToken::new();
+        for n in 0..UPDATE_QUEUE {
+            tx.stream(json!(n), &cancel).await;
+        }
+        let blocked = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            tx.stream(json!("more"), &cancel),
+        )
+        .await;
+        assert!(blocked.is_err(), "a full queue makes the sender wait");
+        tx.finish(JobResult::output(json!("done")));
+        drop(tx);
+        assert!(rx.is_finished());
+        let mut count = 0;
+        loop {
+            match rx.recv().await {
+                Some(JobEvent::Stream(_)) => count += 1,
+                Some(JobEvent::Done(result)) => {
+                    assert_eq!(result, JobResult::output(json!("done")));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(count, UPDATE_QUEUE);
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_queue_leaves_the_result() {
+        let (mut tx, mut rx) = channel();
+        tx.progress(json!(1));
+        tx.progress(json!(2));
+        tx.finish(JobResult::output(json!(3)));
+        drop(tx);
+        assert_eq!(rx.drop_queued(), 2);
+        assert!(matches!(rx.recv().await, Some(JobEvent::Done(_))));
+    }
+}
