@@ -31,7 +31,8 @@ pub const POD_ID: &str = "pod-1";
 /// How long an empty job-take waits for a job unless changed with
 /// [`FakeRunpod::set_long_poll`].
 pub const DEFAULT_LONG_POLL: Duration = Duration::from_millis(200);
-/// How long a job-stop poll waits for a stop request before answering 204.
+/// How long a job-stop poll waits for a stop request before answering 204,
+/// unless changed with [`FakeRunpod::set_stop_long_poll`].
 pub const STOP_LONG_POLL: Duration = Duration::from_secs(1);
 /// Largest request body the fake reads; larger bodies are answered 413.
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -136,6 +137,9 @@ fn route(path: &str) -> Option<(Route, Option<String>)> {
     }
     match segments.as_slice() {
         [_, "job-take", _] => Some((Route::Take, None)),
+        // The take route under a name without `/job-take/`, for a worker
+        // whose take URL cannot be turned into the others.
+        [_, "next-job", _] => Some((Route::Take, None)),
         [_, "job-take-batch", _] => Some((Route::TakeBatch, None)),
         [_, "ping", _] => Some((Route::Ping, None)),
         [_, "job-stop", _] => Some((Route::Stop, None)),
@@ -189,6 +193,9 @@ struct Inner {
     done_delay: Duration,
     /// Job-done posts answered 200 so far.
     done_ok: usize,
+    stream_delay: Duration,
+    stop_long_poll: Duration,
+    empty_take_body: Option<String>,
 }
 
 struct Shared {
@@ -240,6 +247,9 @@ impl FakeRunpod {
                     stops: Vec::new(),
                     done_delay: Duration::ZERO,
                     done_ok: 0,
+                    stream_delay: Duration::ZERO,
+                    stop_long_poll: STOP_LONG_POLL,
+                    empty_take_body: None,
                 }),
                 queue_changed: Notify::new(),
                 stops_changed: Notify::new(),
@@ -342,6 +352,23 @@ impl FakeRunpod {
         self.lock().done_delay = d;
     }
 
+    /// Delays the answer to each job-stream post by `d` (a slow destination).
+    pub fn set_stream_delay(&self, d: Duration) {
+        self.lock().stream_delay = d;
+    }
+
+    /// A job-stop poll waits up to `d` for a stop request before answering
+    /// 204 (default [`STOP_LONG_POLL`]; zero answers at once).
+    pub fn set_stop_long_poll(&self, d: Duration) {
+        self.lock().stop_long_poll = d;
+    }
+
+    /// An empty take (single or batch) answers 200 with `body` (e.g. `[]`)
+    /// instead of 204; `None` restores 204.
+    pub fn set_empty_take_body(&self, body: Option<&str>) {
+        self.lock().empty_take_body = body.map(str::to_owned);
+    }
+
     /// Every request received so far, in order of arrival.
     pub fn requests(&self) -> Vec<Request> {
         self.lock().requests.clone()
@@ -387,6 +414,11 @@ impl FakeRunpod {
     /// Every ping request received, whatever it was answered.
     pub fn pings(&self) -> Vec<Request> {
         self.filtered(|_, route| route == Route::Ping)
+    }
+
+    /// Every job-stop poll received, whatever it was answered.
+    pub fn stop_polls(&self) -> Vec<Request> {
+        self.filtered(|_, route| route == Route::Stop)
     }
 
     /// Every job-take and job-take-batch request received, whatever it was
@@ -533,7 +565,14 @@ impl FakeRunpod {
                 self.take(batch).await
             }
             Route::Done => self.done(body).await,
-            Route::Stream | Route::Ping => StatusCode::OK.into_response(),
+            Route::Stream => {
+                let delay = self.lock().stream_delay;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                StatusCode::OK.into_response()
+            }
+            Route::Ping => StatusCode::OK.into_response(),
             Route::Stop => self.stop_poll().await,
         }
     }
@@ -550,7 +589,10 @@ impl FakeRunpod {
                 return response;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return StatusCode::NO_CONTENT.into_response();
+                return match self.lock().empty_take_body.clone() {
+                    Some(body) => json_response(body),
+                    None => StatusCode::NO_CONTENT.into_response(),
+                };
             }
         }
     }
@@ -598,7 +640,7 @@ impl FakeRunpod {
 
     /// Long-polls for stop requests.
     async fn stop_poll(&self) -> Response {
-        let deadline = tokio::time::Instant::now() + STOP_LONG_POLL;
+        let deadline = tokio::time::Instant::now() + self.lock().stop_long_poll;
         loop {
             let notified = self.shared.stops_changed.notified();
             tokio::pin!(notified);
