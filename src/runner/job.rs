@@ -98,9 +98,12 @@ impl<S: ResultSink> Shared<S> {
         let post = Arc::new(post);
         let first = self.sink.send(&post);
         tokio::pin!(first);
+        // At shutdown a result still on its first post goes to the spool
+        // at once rather than after the whole window.
         let early = tokio::select! {
             attempt = &mut first => Some(attempt),
             _ = tokio::time::sleep(SPOOL_AFTER) => None,
+            _ = self.shutdown.flush.cancelled() => None,
         };
         let path = match early {
             Some(Attempt::Delivered) => {

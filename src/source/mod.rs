@@ -2,7 +2,9 @@
 //! free slots of the pool, submits them, and returns their results to
 //! wherever they belong; it stops taking when `shutdown.take` is cancelled
 //! and returns once every job it took has ended. A new source is a module
-//! here and one arm in [`run`].
+//! here and one arm in [`run`]; it adds only its transport and hands each
+//! job to a [`crate::runner::Runner`], which carries it to its delivered
+//! result.
 
 use std::sync::Arc;
 
