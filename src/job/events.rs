@@ -93,7 +93,7 @@ impl EventSender {
 
 impl JobEvents {
     /// The next event: progress and partials in order, then the final
-    /// result, then `None`.
+    /// result, then `None`. Cancel-safe: usable in `select!`.
     pub async fn recv(&mut self) -> Option<JobEvent> {
         loop {
             match self.updates.try_recv() {
@@ -113,8 +113,12 @@ impl JobEvents {
                     if let Some(result) = self.result.take() {
                         return Some(JobEvent::Done(result));
                     }
-                    let result = self.done.take()?.await.ok()?;
-                    return Some(JobEvent::Done(result));
+                    // Awaited in place, so a caller that gives up on this
+                    // call (a `select!`) still finds the result next time.
+                    let done = self.done.as_mut()?;
+                    let result = done.await.ok();
+                    self.done = None;
+                    return result.map(JobEvent::Done);
                 }
             }
         }
