@@ -214,7 +214,7 @@ impl<S: ResultSink> Runner<S> {
     fn submit(&self, job: Job, slot: Slot, violations: &[crate::input_schema::Violation]) {
         let id = job.id.clone();
         if !violations.is_empty() {
-            let error = crate::input_schema::describe(&violations);
+            let error = crate::input_schema::describe(violations);
             tracing::error!(job_id = %id, "{error}");
             let post = Post::final_result(id, json!({ "error": error }));
             self.jobs.spawn(self.shared.clone().deliver_final(post));
