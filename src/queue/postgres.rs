@@ -486,7 +486,7 @@ impl Queue for PostgresQueue {
                     SELECT id FROM jobpipe.jobs WHERE status = 'IN_QUEUE' AND run_after <= $1
                         AND queued_at + ttl_ms > $1
                     ORDER BY queued_at, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, lease_token, payload, attempts, execution_timeout_ms",
+                 RETURNING id, lease_token, payload, attempts, execution_timeout_ms, queued_at",
                 &[&now, &worker, &(now + duration_ms(lease)), &(count as i64)],
             )
             .await
@@ -501,6 +501,7 @@ impl Queue for PostgresQueue {
                 execution_timeout: row
                     .get::<_, Option<i64>>(4)
                     .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                waited: Duration::from_millis((now - row.get::<_, i64>(5)).max(0) as u64),
             })
             .collect())
     }
