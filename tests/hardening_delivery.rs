@@ -2,7 +2,8 @@
 //! binary against the stand-in RunPod queue with fault switches (slow
 //! stream endpoint, job-done outage, polls answered at once, odd URLs and
 //! job ids), plus `kill -9` and an unwritable spool. Memory figures are
-//! printed (run with `--nocapture` to see them).
+//! printed (run with `--nocapture` to see them). `JOBPIPE_TEST_BINARY`
+//! runs them against another jobpipe binary (an older build, say).
 
 mod support;
 
@@ -16,7 +17,10 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 use support::fake_runpod::{job_id, parse_body, FakeRunpod};
 
-const BIN: &str = env!("CARGO_BIN_EXE_jobpipe");
+/// The jobpipe binary under test.
+fn binary() -> String {
+    std::env::var("JOBPIPE_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_jobpipe").into())
+}
 const KEY: &str = "delivery-test-key";
 
 fn fake_handler() -> String {
@@ -41,7 +45,7 @@ impl Worker {
 
     fn start_env(env: Vec<(String, String)>, dir: &Path, spool: &Path, extra: &[&str]) -> Worker {
         let stderr = dir.join(format!("jobpipe-{}.stderr", uuid::Uuid::new_v4()));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(binary());
         cmd.args(["--spool-dir", spool.to_str().unwrap()])
             .args(["--runpod-ping-interval", "200", "--kill-grace", "1s"])
             .args(extra);
