@@ -33,6 +33,9 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 pub mod postgres;
+mod postgres_conn;
+mod postgres_listen;
+mod postgres_ops;
 mod postgres_schema;
 pub mod sqlite;
 mod sqlite_schema;
@@ -250,6 +253,10 @@ pub enum QueueError {
     Open { what: String, why: String },
     #[error("queue database error: {0}")]
     Database(String),
+    /// The database cannot be reached right now; the store logs when that
+    /// starts and ends, so callers retry without logging each failure.
+    #[error("the queue database cannot be reached: {0}")]
+    Unavailable(String),
     #[error("a job with id {0:?} already exists")]
     Duplicate(String),
 }
@@ -309,6 +316,15 @@ pub trait Queue: Send + Sync + 'static {
     async fn webhook_done(&self, id: i64) -> Result<(), QueueError>;
     /// Schedules another try of a webhook post.
     async fn webhook_later(&self, id: i64, at: SystemTime) -> Result<(), QueueError>;
+}
+
+/// Logs a failed queue call, unless the database is unreachable: the store
+/// logs that once when it starts and once when it ends, not per call.
+pub(crate) fn log_failure(what: &str, error: &QueueError) {
+    match error {
+        QueueError::Unavailable(_) => tracing::debug!("{what} failed: {error}"),
+        _ => tracing::warn!("{what} failed: {error}"),
+    }
 }
 
 /// Now, in ms since the epoch.

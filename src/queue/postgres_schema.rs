@@ -1,92 +1,126 @@
-//! The PostgreSQL queue's schema, in its own `jobpipe` schema, as numbered
-//! migrations applied at start under an advisory lock, so many processes
-//! starting at once apply each migration exactly once.
+//! The PostgreSQL queue's schema: its own PostgreSQL schema, `jobpipe`, so
+//! it shares a database with an application without touching its tables,
+//! built by numbered migrations.
+//!
+//! Many jobpipe processes may start at once against one database, so the
+//! migrations run in one transaction that first takes a transaction-level
+//! advisory lock: one process migrates, the others wait and then find the
+//! schema up to date. DDL is transactional in PostgreSQL, so a migration
+//! that fails leaves nothing half-done. A database whose schema is newer
+//! than this jobpipe knows is refused rather than misread.
 
 use tokio_postgres::Client;
 
-/// Each entry is one schema version; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &["CREATE TABLE jobpipe.jobs (
-        id TEXT PRIMARY KEY,
-        seq BIGSERIAL,
-        status TEXT NOT NULL,
-        payload JSONB NOT NULL,
-        webhook TEXT,
-        execution_timeout_ms BIGINT,
-        ttl_ms BIGINT NOT NULL,
-        max_attempts INT NOT NULL,
-        retention_ms BIGINT NOT NULL,
-        attempts INT NOT NULL DEFAULT 0,
-        created_at BIGINT NOT NULL,
-        queued_at BIGINT NOT NULL,
-        run_after BIGINT NOT NULL,
-        started_at BIGINT,
-        finished_at BIGINT,
-        worker_id TEXT,
-        lease_token TEXT,
-        lease_expires_at BIGINT,
-        output JSONB,
-        error TEXT,
-        expires_at BIGINT
+/// The advisory lock key that serialises migrations (any fixed number;
+/// this one spells "jobpipe" in ASCII).
+const MIGRATION_LOCK: i64 = 0x006a_6f62_7069_7065;
+
+/// Each entry is one schema version; never edit one that has shipped,
+/// append a new one. Times are ms since the epoch on the database's clock
+/// (`jobpipe.now_ms()`), so workers on machines whose clocks disagree still
+/// agree on when a lease runs out.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs with leases, stream partials, webhook outbox, workers.
+    "CREATE FUNCTION jobpipe.now_ms() RETURNS bigint LANGUAGE sql VOLATILE AS
+        $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+    CREATE TABLE jobpipe.jobs (
+        id text PRIMARY KEY,
+        seq bigserial NOT NULL,
+        status text NOT NULL CHECK (status IN
+            ('IN_QUEUE', 'IN_PROGRESS', 'COMPLETED', 'FAILED', 'CANCELLED', 'TIMED_OUT')),
+        payload text NOT NULL,
+        webhook text,
+        execution_timeout_ms bigint,
+        ttl_ms bigint NOT NULL,
+        max_attempts integer NOT NULL,
+        retention_ms bigint NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        created_at bigint NOT NULL,
+        queued_at bigint NOT NULL,
+        run_after bigint NOT NULL,
+        started_at bigint,
+        finished_at bigint,
+        worker_id text,
+        lease_token text,
+        lease_expires_at bigint,
+        output text,
+        error text,
+        expires_at bigint
     );
     CREATE INDEX jobs_queued ON jobpipe.jobs (queued_at, seq) WHERE status = 'IN_QUEUE';
     CREATE INDEX jobs_leases ON jobpipe.jobs (lease_expires_at) WHERE status = 'IN_PROGRESS';
     CREATE INDEX jobs_expiry ON jobpipe.jobs (expires_at) WHERE expires_at IS NOT NULL;
     CREATE TABLE jobpipe.stream (
-        job_id TEXT NOT NULL,
-        seq INT NOT NULL,
-        output JSONB NOT NULL,
-        read BOOLEAN NOT NULL DEFAULT false,
-        PRIMARY KEY (job_id, seq)
+        seq bigserial PRIMARY KEY,
+        job_id text NOT NULL REFERENCES jobpipe.jobs (id) ON DELETE CASCADE,
+        output text NOT NULL,
+        read boolean NOT NULL DEFAULT false
     );
+    CREATE INDEX stream_job ON jobpipe.stream (job_id, seq);
     CREATE TABLE jobpipe.webhooks (
-        id BIGSERIAL PRIMARY KEY,
-        job_id TEXT NOT NULL,
-        url TEXT NOT NULL,
-        body JSONB NOT NULL,
-        attempts INT NOT NULL DEFAULT 0,
-        next_at BIGINT NOT NULL,
-        created_at BIGINT NOT NULL
+        id bigserial PRIMARY KEY,
+        job_id text NOT NULL,
+        url text NOT NULL,
+        body text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        next_at bigint NOT NULL,
+        created_at bigint NOT NULL
     );
     CREATE INDEX webhooks_due ON jobpipe.webhooks (next_at);
     CREATE TABLE jobpipe.workers (
-        id TEXT PRIMARY KEY,
-        capacity INT NOT NULL,
-        busy INT NOT NULL,
-        seen_at BIGINT NOT NULL
-    );"];
+        id text PRIMARY KEY,
+        capacity integer NOT NULL,
+        busy integer NOT NULL,
+        seen_at bigint NOT NULL
+    );",
+];
 
-/// Brings the schema up to date; fails on a database from a newer jobpipe.
-pub(super) async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('jobpipe-migrations'))",
-        &[],
-    )
-    .await?;
+/// Brings the schema up to date; fails on a schema from a newer jobpipe.
+pub(super) async fn migrate(client: &mut Client) -> Result<(), String> {
+    let tx = client.transaction().await.map_err(|e| detail(&e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(|e| format!("cannot take the migration lock: {}", detail(&e)))?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS jobpipe;
-         CREATE TABLE IF NOT EXISTS jobpipe.schema_version (version INT NOT NULL);",
+         CREATE TABLE IF NOT EXISTS jobpipe.schema_version (version integer NOT NULL);",
     )
-    .await?;
-    let current: i64 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM jobpipe.schema_version",
-            &[],
-        )
-        .await?
-        .get(0);
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO jobpipe.schema_version (version) VALUES ($1)",
-            &[&(index as i32 + 1)],
-        )
-        .await?;
+    .await
+    .map_err(|e| format!("cannot create the jobpipe schema: {}", detail(&e)))?;
+    let current: i32 = tx
+        .query_opt("SELECT version FROM jobpipe.schema_version", &[])
+        .await
+        .map_err(|e| detail(&e))?
+        .map_or(0, |row| row.get(0));
+    let known = MIGRATIONS.len() as i32;
+    if current > known {
+        return Err(format!(
+            "its jobpipe schema is version {current}, newer than this jobpipe knows ({known}); use a newer jobpipe"
+        ));
     }
-    tx.commit().await
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i32 + 1;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| format!("schema migration {version} failed: {}", detail(&e)))?;
+    }
+    if current < known {
+        tx.batch_execute("DELETE FROM jobpipe.schema_version")
+            .await
+            .map_err(|e| detail(&e))?;
+        tx.execute("INSERT INTO jobpipe.schema_version VALUES ($1)", &[&known])
+            .await
+            .map_err(|e| detail(&e))?;
+        tracing::info!("queue schema migrated from version {current} to {known}");
+    }
+    tx.commit().await.map_err(|e| detail(&e))
 }
 
-/// The number of migrations this jobpipe knows.
-pub(super) fn known() -> i64 {
-    MIGRATIONS.len() as i64
+/// The server's own message when there is one ("permission denied for
+/// database jobs"), not just "db error".
+fn detail(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }

@@ -15,9 +15,10 @@
 //! `JOBPIPE_PG_BIN` names the directory holding `initdb` and `pg_ctl` when
 //! they are elsewhere.
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -217,7 +218,7 @@ impl PgServer {
     }
 
     /// Runs one of the server's tools, as `postgres` when we are root.
-    fn run_tool(&self, tool: &str, args: &[&std::ffi::OsStr]) -> Result<Output, String> {
+    fn run_tool(&self, tool: &str, args: &[&std::ffi::OsStr]) -> Result<String, String> {
         let program = self.bin.join(tool);
         let mut command = if self.run_as_postgres {
             let mut command = Command::new("runuser");
@@ -237,52 +238,84 @@ impl PgServer {
         ] {
             command.env_remove(var);
         }
-        let output = command
+        let mut child = command
             .args(args)
             .current_dir(&self.socket_dir)
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-        if output.status.success() {
-            Ok(output)
-        } else {
-            Err(format!(
-                "{tool} failed ({}): {}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ))
+        let mut stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let mut stdout = String::new();
+        let _ = child
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stdout);
+        let stderr = errors.join().unwrap_or_default();
+        // A test process that runs jobpipe in-process has its reaper, which
+        // may collect the tool's exit status first (ECHILD here); the
+        // tool has run to its end by then, so judge it by what it said.
+        match child.wait() {
+            Ok(status) if !status.success() => {
+                Err(format!("{tool} failed ({status}): {stdout}{stderr}"))
+            }
+            Ok(_) => Ok(stdout),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => Ok(stdout),
+            Err(e) => Err(format!("{tool}: {e}")),
         }
     }
 
-    /// Runs SQL as the superuser over the socket and returns psql's
-    /// unaligned, tuples-only output; panics with psql's message on error.
+    /// Runs SQL as the superuser and returns its rows as `psql -A -t`
+    /// prints them (columns joined by `|`, one row a line, NULL empty);
+    /// panics with the server's message on error.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         self.try_psql(database, sql)
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Over a connection of its own on a thread of its own, so that it
+    /// works from synchronous and asynchronous tests alike and starts no
+    /// child process (which an in-process jobpipe's reaper could collect).
     fn try_psql(&self, database: &str, sql: &str) -> Result<String, String> {
-        let port = self.port.to_string();
-        let args: [&std::ffi::OsStr; 16] = [
-            "-X".as_ref(),
-            "-q".as_ref(),
-            "-A".as_ref(),
-            "-t".as_ref(),
-            "-v".as_ref(),
-            "ON_ERROR_STOP=1".as_ref(),
-            "-h".as_ref(),
-            self.socket_dir.as_os_str(),
-            "-p".as_ref(),
-            port.as_ref(),
-            "-U".as_ref(),
-            SUPERUSER.as_ref(),
-            "-d".as_ref(),
-            database.as_ref(),
-            "-c".as_ref(),
-            sql.as_ref(),
-        ];
-        let output = self.run_tool("psql", &args)?;
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        let (url, sql) = (self.url(database), sql.to_owned());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                let messages = client.simple_query(&sql).await.map_err(|e| {
+                    e.as_db_error()
+                        .map_or_else(|| e.to_string(), |db| db.message().to_owned())
+                })?;
+                let rows: Vec<String> = messages
+                    .iter()
+                    .filter_map(|message| match message {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                            (0..row.len())
+                                .map(|i| row.get(i).unwrap_or_default())
+                                .collect::<Vec<_>>()
+                                .join("|"),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(rows.join("\n"))
+            })
+        })
+        .join()
+        .map_err(|_| "the SQL thread panicked".to_string())?
     }
 
     /// Creates an empty database with a name unique to this process.
@@ -344,6 +377,14 @@ impl TestDb {
     /// The URL a jobpipe process is given, password included.
     pub fn url(&self) -> String {
         self.server.url(&self.name)
+    }
+
+    /// The URL, keeping the database until the server is removed at exit
+    /// (for a test that hands the URL to code that outlives the guard).
+    pub fn keep(self) -> String {
+        let url = self.url();
+        std::mem::forget(self);
+        url
     }
 
     /// Runs SQL in this database as the superuser (see [`PgServer::psql`]).

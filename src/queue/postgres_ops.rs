@@ -1,0 +1,529 @@
+//! The PostgreSQL queue's statements, one function per operation that
+//! needs more than one statement or a transaction. Rows are locked before
+//! they are judged (`FOR UPDATE`), so a finish, a cancel and a sweep that
+//! race for one job are serialised and exactly one of them ends it; sweeps
+//! from many processes skip each other's rows (`SKIP LOCKED`).
+
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Object, Transaction};
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use super::postgres_listen::{payload, CHANNEL};
+use super::{
+    duration_ms, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueEvent,
+    RetryOutcome, Swept, WebhookPost,
+};
+
+/// Most rows one maintenance pass changes, so no transaction runs long.
+const SWEEP_BATCH: i64 = 500;
+/// A worker not heard from for this long is no longer counted, and is
+/// forgotten.
+const WORKER_GONE_MS: i64 = 30_000;
+/// How long a webhook post taken for delivery is hidden from other takes.
+const WEBHOOK_CLAIM_MS: i64 = 60_000;
+
+/// Why a statement failed, sorted by what the caller does about it.
+#[derive(Debug)]
+pub(super) enum Fault {
+    /// The connection failed or the server is gone: wait and retry.
+    Unreachable(String),
+    /// The statement itself failed.
+    Sql(String),
+    Duplicate(String),
+}
+
+impl From<tokio_postgres::Error> for Fault {
+    fn from(error: tokio_postgres::Error) -> Self {
+        let text = match error.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => match std::error::Error::source(&error) {
+                Some(source) => format!("{error}: {source}"),
+                None => error.to_string(),
+            },
+        };
+        // Class 08 is a connection exception, 57P0x the server shutting
+        // down; without a SQLSTATE, the connection itself failed when it
+        // was closed, broke (an I/O error) or could not be made.
+        let unreachable = match error.code() {
+            Some(code) => code.code().starts_with("08") || code.code().starts_with("57P"),
+            None => {
+                error.is_closed()
+                    || std::error::Error::source(&error).is_some_and(|s| s.is::<std::io::Error>())
+                    || text.starts_with("error connecting")
+                    || text.starts_with("timeout")
+            }
+        };
+        if unreachable {
+            Fault::Unreachable(text)
+        } else {
+            Fault::Sql(text)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Fault {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(e) => Fault::from(e),
+            other => Fault::Unreachable(other.to_string()),
+        }
+    }
+}
+
+fn parse_json(text: Option<String>) -> Option<Value> {
+    text.map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)))
+}
+
+fn status_of(text: &str) -> Result<JobStatus, Fault> {
+    JobStatus::parse(text).ok_or_else(|| Fault::Sql(format!("unknown job status {text:?}")))
+}
+
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Delay before a job whose attempt was lost runs again.
+fn retry_delay_ms(attempts: i32) -> i64 {
+    let exponent = attempts.clamp(1, 7) - 1;
+    (1000_i64 << exponent).min(60_000)
+}
+
+async fn notify(client: &impl GenericClient, event: &QueueEvent) -> Result<(), Fault> {
+    let statement = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    client
+        .execute(&statement, &[&CHANNEL, &payload(event)])
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn enqueue(client: &Object, job: &NewJob) -> Result<(), Fault> {
+    let sql = "WITH added AS (
+            INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
+                ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after)
+            SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t, t
+              FROM (SELECT jobpipe.now_ms() AS t) AS now
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id)
+         SELECT pg_notify('jobpipe', 'q') FROM added";
+    let statement = client.prepare_cached(sql).await?;
+    let policy = job.policy;
+    let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &job.id,
+                &job.payload.to_string(),
+                &job.webhook,
+                &policy.execution_timeout.map(duration_ms),
+                &duration_ms(policy.ttl),
+                &max_attempts,
+                &duration_ms(policy.retention),
+            ],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(Fault::Duplicate(job.id.clone()));
+    }
+    Ok(())
+}
+
+pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord>, Fault> {
+    let sql = "SELECT id, status, output, error, attempts, worker_id, created_at, started_at,
+            finished_at FROM jobpipe.jobs WHERE id = $1";
+    let statement = client.prepare_cached(sql).await?;
+    let Some(row) = client.query_opt(&statement, &[&id]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(JobRecord {
+        id: row.get(0),
+        status: status_of(row.get(1))?,
+        output: parse_json(row.get(2)),
+        error: row.get(3),
+        attempts: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+        worker_id: row.get(5),
+        created_at: row.get(6),
+        started_at: row.get(7),
+        finished_at: row.get(8),
+    }))
+}
+
+/// The job's status, its row locked for the rest of the transaction.
+async fn lock_status(tx: &Transaction<'_>, id: &str) -> Result<Option<JobStatus>, Fault> {
+    let statement = tx
+        .prepare_cached("SELECT status FROM jobpipe.jobs WHERE id = $1 FOR UPDATE")
+        .await?;
+    match tx.query_opt(&statement, &[&id]).await? {
+        Some(row) => Ok(Some(status_of(row.get(0))?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) async fn read_stream(
+    client: &mut Object,
+    id: &str,
+) -> Result<Option<(JobStatus, Vec<Value>)>, Fault> {
+    let tx = client.transaction().await?;
+    let statement = tx
+        .prepare_cached("SELECT status FROM jobpipe.jobs WHERE id = $1")
+        .await?;
+    let Some(row) = tx.query_opt(&statement, &[&id]).await? else {
+        return Ok(None);
+    };
+    let status = status_of(row.get(0))?;
+    let statement = tx
+        .prepare_cached(
+            "UPDATE jobpipe.stream SET read = true WHERE job_id = $1 AND NOT read
+             RETURNING seq, output",
+        )
+        .await?;
+    let mut rows: Vec<(i64, String)> = tx
+        .query(&statement, &[&id])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    tx.commit().await?;
+    rows.sort_by_key(|(seq, _)| *seq);
+    let partials = rows
+        .into_iter()
+        .map(|(_, text)| parse_json(Some(text)).unwrap_or(Value::Null))
+        .collect();
+    Ok(Some((status, partials)))
+}
+
+/// Writes a job's one final status and queues its webhook, in `tx`.
+async fn finalize(
+    tx: &Transaction<'_>,
+    id: &str,
+    status: JobStatus,
+    output: Option<Value>,
+    error: Option<String>,
+) -> Result<(), Fault> {
+    let statement = tx
+        .prepare_cached(
+            "UPDATE jobpipe.jobs SET status = $2, output = $3, error = $4,
+                finished_at = jobpipe.now_ms(), expires_at = jobpipe.now_ms() + retention_ms,
+                lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $1 RETURNING webhook, finished_at",
+        )
+        .await?;
+    let output_text = output.as_ref().map(Value::to_string);
+    let row = tx
+        .query_one(&statement, &[&id, &status.as_str(), &output_text, &error])
+        .await?;
+    if let Some(url) = row.get::<_, Option<String>>(0) {
+        let finished_at: i64 = row.get(1);
+        let body = webhook_body(id, status, &output, &error).to_string();
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO jobpipe.webhooks (job_id, url, body, next_at, created_at)
+                 VALUES ($1, $2, $3, $4, $4)",
+            )
+            .await?;
+        tx.execute(&statement, &[&id, &url, &body, &finished_at])
+            .await?;
+    }
+    notify(tx, &QueueEvent::Finished(id.to_owned())).await
+}
+
+/// Queues a job again after a lost attempt, or fails it when none are
+/// left; true when queued again. The row must be locked.
+async fn requeue_or_fail(tx: &Transaction<'_>, id: &str, why: &str) -> Result<bool, Fault> {
+    let statement = tx
+        .prepare_cached("SELECT attempts, max_attempts FROM jobpipe.jobs WHERE id = $1")
+        .await?;
+    let row = tx.query_one(&statement, &[&id]).await?;
+    let (attempts, max): (i32, i32) = (row.get(0), row.get(1));
+    if attempts >= max {
+        let error = format!("{why} (attempt {attempts} of {max}; no attempts left)");
+        tracing::warn!(job_id = %id, "{error}; the job failed");
+        finalize(tx, id, JobStatus::Failed, None, Some(error)).await?;
+        return Ok(false);
+    }
+    let statement = tx
+        .prepare_cached(
+            "UPDATE jobpipe.jobs SET status = 'IN_QUEUE', run_after = jobpipe.now_ms() + $2,
+                lease_token = NULL, lease_expires_at = NULL, output = NULL
+             WHERE id = $1",
+        )
+        .await?;
+    tx.execute(&statement, &[&id, &retry_delay_ms(attempts)])
+        .await?;
+    let statement = tx
+        .prepare_cached("DELETE FROM jobpipe.stream WHERE job_id = $1")
+        .await?;
+    tx.execute(&statement, &[&id]).await?;
+    tracing::info!(job_id = %id, "{why}; queued again (attempt {attempts} of {max} used)");
+    notify(tx, &QueueEvent::Queued).await?;
+    Ok(true)
+}
+
+pub(super) async fn cancel(client: &mut Object, id: &str) -> Result<Option<JobStatus>, Fault> {
+    let tx = client.transaction().await?;
+    let Some(status) = lock_status(&tx, id).await? else {
+        return Ok(None);
+    };
+    if status.is_final() {
+        return Ok(Some(status));
+    }
+    finalize(&tx, id, JobStatus::Cancelled, None, None).await?;
+    if status == JobStatus::InProgress {
+        notify(&tx, &QueueEvent::Cancelled(id.to_owned())).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(JobStatus::Cancelled))
+}
+
+pub(super) async fn retry(client: &mut Object, id: &str) -> Result<RetryOutcome, Fault> {
+    let tx = client.transaction().await?;
+    let Some(status) = lock_status(&tx, id).await? else {
+        return Ok(RetryOutcome::NotFound);
+    };
+    if !matches!(status, JobStatus::Failed | JobStatus::TimedOut) {
+        return Ok(RetryOutcome::NotRetryable(status));
+    }
+    tx.execute(
+        "UPDATE jobpipe.jobs SET status = 'IN_QUEUE', attempts = 0, queued_at = jobpipe.now_ms(),
+            run_after = jobpipe.now_ms(), started_at = NULL, finished_at = NULL,
+            expires_at = NULL, worker_id = NULL, output = NULL, error = NULL
+         WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    tx.execute("DELETE FROM jobpipe.stream WHERE job_id = $1", &[&id])
+        .await?;
+    notify(&tx, &QueueEvent::Queued).await?;
+    tx.commit().await?;
+    Ok(RetryOutcome::Requeued)
+}
+
+pub(super) async fn health(client: &Object) -> Result<Health, Fault> {
+    let mut health = Health::default();
+    for row in client
+        .query(
+            "SELECT status, COUNT(*) FROM jobpipe.jobs GROUP BY status",
+            &[],
+        )
+        .await?
+    {
+        health
+            .counts
+            .push((status_of(row.get(0))?, count(row.get(1))));
+    }
+    let row = client
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM jobpipe.jobs WHERE attempts > 1),
+                    (SELECT SUM(GREATEST(capacity - busy, 0)) FROM jobpipe.workers
+                      WHERE seen_at > jobpipe.now_ms() - $1)::bigint,
+                    (SELECT SUM(busy) FROM jobpipe.workers
+                      WHERE seen_at > jobpipe.now_ms() - $1)::bigint",
+            &[&WORKER_GONE_MS],
+        )
+        .await?;
+    health.retried = count(row.get(0));
+    health.idle = count(row.get::<_, Option<i64>>(1).unwrap_or(0));
+    health.running = count(row.get::<_, Option<i64>>(2).unwrap_or(0));
+    Ok(health)
+}
+
+pub(super) async fn take(
+    client: &Object,
+    worker: &str,
+    slots: usize,
+    lease: Duration,
+) -> Result<Vec<Lease>, Fault> {
+    let sql = "WITH picked AS (
+            SELECT id FROM jobpipe.jobs
+             WHERE status = 'IN_QUEUE' AND run_after <= jobpipe.now_ms()
+               AND queued_at + ttl_ms > jobpipe.now_ms()
+             ORDER BY queued_at, seq
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)
+         UPDATE jobpipe.jobs AS j
+            SET status = 'IN_PROGRESS', attempts = j.attempts + 1, worker_id = $1,
+                lease_token = gen_random_uuid()::text,
+                lease_expires_at = jobpipe.now_ms() + $3, started_at = jobpipe.now_ms()
+           FROM picked WHERE j.id = picked.id
+         RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
+                   j.started_at - j.queued_at";
+    let statement = client.prepare_cached(sql).await?;
+    let limit = i64::try_from(slots).unwrap_or(i64::MAX);
+    let rows = client
+        .query(&statement, &[&worker, &limit, &duration_ms(lease)])
+        .await?;
+    Ok(rows.iter().map(lease_of).collect())
+}
+
+fn lease_of(row: &Row) -> Lease {
+    Lease {
+        job_id: row.get(0),
+        token: row.get(1),
+        payload: parse_json(row.get(2)).unwrap_or(Value::Null),
+        attempt: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+        execution_timeout: row
+            .get::<_, Option<i64>>(4)
+            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        waited: Duration::from_millis(u64::try_from(row.get::<_, i64>(5)).unwrap_or(0)),
+    }
+}
+
+pub(super) async fn renew(
+    client: &Object,
+    leases: &[(String, String)],
+    lease: Duration,
+) -> Result<Vec<String>, Fault> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, tokens): (Vec<&str>, Vec<&str>) = leases
+        .iter()
+        .map(|(id, token)| (id.as_str(), token.as_str()))
+        .unzip();
+    let sql = "UPDATE jobpipe.jobs AS j SET lease_expires_at = jobpipe.now_ms() + $3
+           FROM unnest($1::text[], $2::text[]) AS held (id, token)
+          WHERE j.id = held.id AND j.lease_token = held.token AND j.status = 'IN_PROGRESS'
+         RETURNING j.id";
+    let statement = client.prepare_cached(sql).await?;
+    let renewed: Vec<String> = client
+        .query(&statement, &[&ids, &tokens, &duration_ms(lease)])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(ids
+        .into_iter()
+        .filter(|id| !renewed.iter().any(|r| r == id))
+        .map(str::to_owned)
+        .collect())
+}
+
+pub(super) async fn finish(
+    client: &mut Object,
+    id: &str,
+    token: &str,
+    ending: Ending,
+) -> Result<bool, Fault> {
+    let tx = client.transaction().await?;
+    let statement = tx
+        .prepare_cached(
+            "SELECT 1 FROM jobpipe.jobs
+              WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS' FOR UPDATE",
+        )
+        .await?;
+    if tx.query_opt(&statement, &[&id, &token]).await?.is_none() {
+        return Ok(false);
+    }
+    match ending {
+        Ending::Completed(output) => {
+            // A streaming handler's final output is empty: the job's output
+            // is then the list of its partials.
+            let empty = output.is_null() || output.as_array().is_some_and(Vec::is_empty);
+            let output = match partials(&tx, id).await? {
+                list if empty && !list.is_empty() => Value::Array(list),
+                _ => output,
+            };
+            finalize(&tx, id, JobStatus::Completed, Some(output), None).await?;
+        }
+        Ending::Failed { error, output } => {
+            finalize(&tx, id, JobStatus::Failed, output, Some(error)).await?;
+        }
+        Ending::TimedOut(error) => {
+            finalize(&tx, id, JobStatus::TimedOut, None, Some(error)).await?;
+        }
+        Ending::Retry(why) => {
+            requeue_or_fail(&tx, id, &why).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Value>, Fault> {
+    let statement = tx
+        .prepare_cached("SELECT output FROM jobpipe.stream WHERE job_id = $1 ORDER BY seq")
+        .await?;
+    Ok(tx
+        .query(&statement, &[&id])
+        .await?
+        .iter()
+        .map(|row| parse_json(Some(row.get(0))).unwrap_or(Value::Null))
+        .collect())
+}
+
+pub(super) async fn sweep(client: &mut Object) -> Result<Swept, Fault> {
+    let tx = client.transaction().await?;
+    let mut swept = Swept::default();
+    let lost = tx
+        .query(
+            "SELECT id FROM jobpipe.jobs
+              WHERE status = 'IN_PROGRESS' AND lease_expires_at < jobpipe.now_ms()
+              LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&SWEEP_BATCH],
+        )
+        .await?;
+    for row in lost {
+        let id: String = row.get(0);
+        let why = "its worker stopped holding the job (lease expired)";
+        if requeue_or_fail(&tx, &id, why).await? {
+            swept.requeued += 1;
+        } else {
+            swept.ended += 1;
+        }
+    }
+    let expired = tx
+        .query(
+            "SELECT id, ttl_ms FROM jobpipe.jobs
+              WHERE status = 'IN_QUEUE' AND queued_at + ttl_ms <= jobpipe.now_ms()
+              LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&SWEEP_BATCH],
+        )
+        .await?;
+    for row in expired {
+        let (id, ttl): (String, i64) = (row.get(0), row.get(1));
+        let error = format!("the job's ttl of {ttl} ms passed before it started; it did not run");
+        finalize(&tx, &id, JobStatus::TimedOut, None, Some(error)).await?;
+        swept.ended += 1;
+    }
+    swept.deleted = tx
+        .execute(
+            "DELETE FROM jobpipe.jobs WHERE id IN (
+                SELECT id FROM jobpipe.jobs WHERE expires_at <= jobpipe.now_ms()
+                 LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            &[&SWEEP_BATCH],
+        )
+        .await?;
+    tx.execute(
+        "DELETE FROM jobpipe.workers WHERE seen_at < jobpipe.now_ms() - $1",
+        &[&WORKER_GONE_MS],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(swept)
+}
+
+pub(super) async fn webhooks_due(client: &Object, limit: usize) -> Result<Vec<WebhookPost>, Fault> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            "UPDATE jobpipe.webhooks SET next_at = jobpipe.now_ms() + $1 WHERE id IN (
+                SELECT id FROM jobpipe.webhooks WHERE next_at <= jobpipe.now_ms()
+                 ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING id, job_id, url, body, attempts, created_at",
+            &[&WEBHOOK_CLAIM_MS, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| WebhookPost {
+            id: row.get(0),
+            job_id: row.get(1),
+            url: row.get(2),
+            body: parse_json(row.get(3)).unwrap_or(Value::Null),
+            attempts: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+            created_at: row.get(5),
+        })
+        .collect())
+}

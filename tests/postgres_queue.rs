@@ -1,0 +1,412 @@
+//! The PostgreSQL queue against a real server: migrations under many
+//! simultaneous starts, takes that never hand one job out twice, leases
+//! that run out and count attempts, tokens that refuse a lost worker's
+//! result, notifications across processes, and refused credentials.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobpipe::queue::postgres::{PgQueue, PgTarget};
+use jobpipe::queue::{Ending, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent};
+use serde_json::json;
+use support::postgres::{self, TestDb};
+use tokio::sync::broadcast;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn policy(max_attempts: u32) -> JobPolicy {
+    JobPolicy {
+        execution_timeout: None,
+        ttl: Duration::from_secs(3600),
+        max_attempts,
+        retention: Duration::from_secs(3600),
+    }
+}
+
+fn job(id: &str, max_attempts: u32) -> NewJob {
+    NewJob {
+        id: id.into(),
+        payload: json!({"id": id, "input": {"n": id}}),
+        webhook: None,
+        policy: policy(max_attempts),
+    }
+}
+
+async fn open(db: &TestDb) -> PgQueue {
+    let target = PgTarget::parse(&db.url(), None).unwrap();
+    tokio::time::timeout(LONG, PgQueue::open(target))
+        .await
+        .expect("open in time")
+        .expect("open")
+}
+
+/// Waits for the first event that `want` accepts.
+async fn wait_for(
+    events: &mut broadcast::Receiver<QueueEvent>,
+    want: impl Fn(&QueueEvent) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(event) = events.recv().await {
+                if want(&event) {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the event arrives");
+}
+
+#[tokio::test]
+async fn many_processes_starting_at_once_migrate_once() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let url = db.url();
+    let opens = (0..6).map(|_| {
+        let target = PgTarget::parse(&url, None).unwrap();
+        async move { PgQueue::open(target).await.expect("open") }
+    });
+    let queues = tokio::time::timeout(LONG, futures_join_all(opens))
+        .await
+        .unwrap();
+    assert_eq!(queues.len(), 6);
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "1");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
+        "5"
+    );
+}
+
+/// Opens concurrently without another dependency.
+async fn futures_join_all<F: std::future::Future<Output = PgQueue> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<PgQueue> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_job_runs_once_and_ends_with_one_status() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    queue.enqueue(job("a", 3)).await.unwrap();
+    assert!(matches!(
+        queue.enqueue(job("a", 3)).await,
+        Err(QueueError::Duplicate(id)) if id == "a"
+    ));
+    let status = queue.status("a").await.unwrap().unwrap();
+    assert_eq!(status.status, JobStatus::InQueue);
+
+    let leases = queue.take("w1", 4, LONG).await.unwrap();
+    assert_eq!(leases.len(), 1);
+    let lease = &leases[0];
+    assert_eq!((lease.job_id.as_str(), lease.attempt), ("a", 1));
+    assert_eq!(lease.payload["input"]["n"], "a");
+    assert!(
+        queue.take("w2", 4, LONG).await.unwrap().is_empty(),
+        "taken once"
+    );
+
+    assert!(queue.stream("a", &lease.token, json!("p1")).await.unwrap());
+    assert!(queue.stream("a", &lease.token, json!("p2")).await.unwrap());
+    let (status, partials) = queue.read_stream("a").await.unwrap().unwrap();
+    assert_eq!(
+        (status, partials),
+        (JobStatus::InProgress, vec![json!("p1"), json!("p2")])
+    );
+    assert!(
+        queue.read_stream("a").await.unwrap().unwrap().1.is_empty(),
+        "read once"
+    );
+
+    let done = Ending::Completed(json!({"ok": true}));
+    assert!(queue.finish("a", &lease.token, done.clone()).await.unwrap());
+    assert!(
+        !queue.finish("a", &lease.token, done).await.unwrap(),
+        "one final status"
+    );
+    let record = queue.status("a").await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Completed);
+    assert_eq!(record.output, Some(json!({"ok": true})));
+    assert_eq!(record.worker_id.as_deref(), Some("w1"));
+}
+
+#[tokio::test]
+async fn concurrent_takes_from_two_processes_never_share_a_job() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let (a, b) = (Arc::new(open(&db).await), Arc::new(open(&db).await));
+    for i in 0..200 {
+        a.enqueue(job(&format!("j{i}"), 3)).await.unwrap();
+    }
+    let taker = |queue: Arc<PgQueue>, worker: &'static str| {
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let leases = queue.take(worker, 3, LONG).await.unwrap();
+                if leases.is_empty() {
+                    return ids;
+                }
+                ids.extend(leases.into_iter().map(|l| l.job_id));
+            }
+        })
+    };
+    let (one, two) = (taker(a.clone(), "w1"), taker(b.clone(), "w2"));
+    let (one, two) = (one.await.unwrap(), two.await.unwrap());
+    let all: HashSet<_> = one.iter().chain(&two).cloned().collect();
+    assert_eq!(one.len() + two.len(), 200, "no job taken twice");
+    assert_eq!(all.len(), 200, "every job taken");
+    assert!(
+        !one.is_empty() && !two.is_empty(),
+        "both took: {} {}",
+        one.len(),
+        two.len()
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_requeues_counting_the_attempt_then_fails_the_job() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    queue.enqueue(job("x", 2)).await.unwrap();
+    let first = queue
+        .take("w1", 1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let first = &first[0];
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let swept = queue.sweep().await.unwrap();
+    assert_eq!((swept.requeued, swept.ended), (1, 0));
+    let late = Ending::Completed(json!("late"));
+    assert!(
+        !queue.finish("x", &first.token, late).await.unwrap(),
+        "the lost worker's result is refused"
+    );
+    assert_eq!(
+        queue
+            .renew(&[("x".into(), first.token.clone())], LONG)
+            .await
+            .unwrap(),
+        ["x"]
+    );
+
+    // The retry waits out its back-off (1 s after the first attempt).
+    assert!(queue.take("w2", 1, LONG).await.unwrap().is_empty());
+    db.psql("UPDATE jobpipe.jobs SET run_after = 0");
+    let second = queue
+        .take("w2", 1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(second[0].attempt, 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let swept = queue.sweep().await.unwrap();
+    assert_eq!((swept.requeued, swept.ended), (0, 1));
+    let record = queue.status("x").await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Failed);
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("lease expired") && error.contains("attempt 2 of 2"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn renewal_keeps_a_lease_and_handler_errors_are_not_retried() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    queue.enqueue(job("r", 3)).await.unwrap();
+    let lease = queue
+        .take("w1", 1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .remove(0);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let held = [(lease.job_id.clone(), lease.token.clone())];
+        assert!(queue
+            .renew(&held, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(queue.sweep().await.unwrap().requeued, 0);
+    }
+    let failed = Ending::Failed {
+        error: "bad input".into(),
+        output: None,
+    };
+    assert!(queue.finish("r", &lease.token, failed).await.unwrap());
+    let record = queue.status("r").await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.error.as_deref()),
+        (JobStatus::Failed, Some("bad input"))
+    );
+    assert_eq!(record.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_crash_is_retried_after_a_back_off() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    queue.enqueue(job("c", 3)).await.unwrap();
+    let lease = queue.take("w1", 1, LONG).await.unwrap().remove(0);
+    let crash = Ending::Retry("HandlerCrashed: exit 1".into());
+    assert!(queue.finish("c", &lease.token, crash).await.unwrap());
+    let record = queue.status("c").await.unwrap().unwrap();
+    assert_eq!((record.status, record.attempts), (JobStatus::InQueue, 1));
+    assert!(
+        queue.take("w1", 1, LONG).await.unwrap().is_empty(),
+        "not before the back-off"
+    );
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let leases = queue.take("w1", 1, LONG).await.unwrap();
+            if let Some(lease) = leases.into_iter().next() {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("taken again after the back-off");
+    assert_eq!(again.attempt, 2);
+}
+
+#[tokio::test]
+async fn notifications_reach_another_process() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let (api, worker) = (open(&db).await, open(&db).await);
+    let (mut heard, mut caller) = (worker.subscribe(), api.subscribe());
+
+    api.enqueue(job("n", 3)).await.unwrap();
+    wait_for(&mut heard, |e| *e == QueueEvent::Queued).await;
+    let lease = worker.take("w1", 1, LONG).await.unwrap().remove(0);
+    assert_eq!(api.cancel("n").await.unwrap(), Some(JobStatus::Cancelled));
+    wait_for(&mut heard, |e| *e == QueueEvent::Cancelled("n".into())).await;
+    wait_for(&mut caller, |e| *e == QueueEvent::Finished("n".into())).await;
+    assert!(!worker
+        .finish("n", &lease.token, Ending::Completed(json!(1)))
+        .await
+        .unwrap());
+    assert_eq!(
+        api.status("n").await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn health_counts_workers_across_processes() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let (one, two) = (open(&db).await, open(&db).await);
+    one.heartbeat("w1", 4, 1).await.unwrap();
+    two.heartbeat("w2", 2, 2).await.unwrap();
+    one.enqueue(job("h", 3)).await.unwrap();
+    let health = two.health().await.unwrap();
+    assert_eq!((health.idle, health.running), (3, 3));
+    assert_eq!(health.count(JobStatus::InQueue), 1);
+    db.psql("UPDATE jobpipe.workers SET seen_at = 0 WHERE id = 'w2'");
+    one.sweep().await.unwrap();
+    let health = one.health().await.unwrap();
+    assert_eq!(
+        (health.idle, health.running),
+        (3, 1),
+        "the silent worker is forgotten"
+    );
+}
+
+#[tokio::test]
+async fn refused_credentials_are_an_error_without_the_password() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let url = db.url().replace(&db.server.password, "Wr0ngSecret");
+    let target = PgTarget::parse(&url, None).unwrap();
+    let error = tokio::time::timeout(LONG, PgQueue::open(target))
+        .await
+        .expect("refused at once, not retried")
+        .err()
+        .expect("refused");
+    let text = error.to_string();
+    assert!(matches!(error, QueueError::Open { .. }), "{text}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains("Wr0ngSecret"), "{text}");
+}
+
+#[tokio::test]
+async fn dropped_connections_are_replaced_and_the_listener_comes_back() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    let mut events = queue.subscribe();
+    queue.enqueue(job("d1", 3)).await.unwrap();
+    wait_for(&mut events, |e| *e == QueueEvent::Queued).await;
+    let killed = db.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        db.name
+    ));
+    assert_ne!(killed, "0");
+    // The pool's broken connections fail at most one call each; then new
+    // ones are made.
+    let record = tokio::time::timeout(LONG, async {
+        loop {
+            if let Ok(record) = queue.status("d1").await {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the queue recovers");
+    assert_eq!(record.unwrap().status, JobStatus::InQueue);
+    // The listener reconnects and says so with a Queued event.
+    wait_for(&mut events, |e| *e == QueueEvent::Queued).await;
+    queue.enqueue(job("d2", 3)).await.unwrap();
+    wait_for(&mut events, |e| *e == QueueEvent::Queued).await;
+}
+
+#[tokio::test]
+async fn a_take_never_claims_more_than_asked() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    for round in 0..20 {
+        for i in 0..3 {
+            queue
+                .enqueue(job(&format!("t{round}-{i}"), 3))
+                .await
+                .unwrap();
+        }
+        let leases = queue.take("w1", 1, LONG).await.unwrap();
+        assert_eq!(leases.len(), 1, "round {round}");
+        assert_eq!(
+            db.psql("SELECT count(*) FROM jobpipe.jobs WHERE status = 'IN_PROGRESS'"),
+            (round + 1).to_string(),
+            "round {round}"
+        );
+        db.psql("UPDATE jobpipe.jobs SET status = 'CANCELLED' WHERE status = 'IN_QUEUE'");
+    }
+}
