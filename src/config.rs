@@ -373,7 +373,13 @@ impl Cli {
     /// Validates the command line into a [`Config`]; `cwd` is where
     /// `test_input.json` is looked for.
     pub fn into_config(self, cwd: &Path) -> Result<Config, ConfigError> {
-        let argv = self.handler_argv()?;
+        // An API-only process runs no handler, so it needs none.
+        let api_only = self.endpoint.api_only;
+        let argv = if api_only {
+            Vec::new()
+        } else {
+            self.handler_argv()?
+        };
         let source = self.source(cwd)?;
         let worker_id = self
             .worker_id
@@ -388,7 +394,7 @@ impl Cli {
         let handler = HandlerConfig {
             argv,
             mode: self.mode,
-            concurrency: self.concurrency.get(),
+            concurrency: if api_only { 0 } else { self.concurrency.get() },
             jobs_per_handler: self.jobs_per_handler.get(),
             startup_timeout: self.startup_timeout,
             job_timeout: self.job_timeout.filter(|t| !t.is_zero()),
@@ -475,10 +481,10 @@ impl Cli {
             .as_deref()
             .map(|text| parse_json("--test-output", text))
             .transpose()?;
-        if self.endpoint.serve_api {
+        if self.endpoint.runs_queue() {
             if self.test_input.is_some() || expected_output.is_some() {
                 return Err(ConfigError::Invalid(
-                    "--serve-api runs an endpoint; --test-input and --test-output run one job and exit: give one or the other".into(),
+                    "--serve-api (or a shared --queue) runs jobs from a queue; --test-input and --test-output run one job and exit: give one or the other".into(),
                 ));
             }
             return self

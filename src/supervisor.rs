@@ -37,11 +37,13 @@ pub async fn run(
     crate::os::init_reaper();
     crate::os::check_handler_limits(config.handler.concurrency)
         .map_err(|e| FatalError::Config(ConfigError::Invalid(e)))?;
-    let program = &config.handler.argv[0];
-    crate::os::check_executable(program).map_err(|problem| FatalError::HandlerUnusable {
-        program: program.clone(),
-        problem,
-    })?;
+    // An API-only process has no handler to check.
+    if let Some(program) = config.handler.argv.first() {
+        crate::os::check_executable(program).map_err(|problem| FatalError::HandlerUnusable {
+            program: program.clone(),
+            problem,
+        })?;
+    }
     let identity = Arc::new(config.identity.clone());
     let metrics = Arc::new(Metrics::default());
     let observer = CancellationToken::new();

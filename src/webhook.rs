@@ -57,7 +57,7 @@ pub async fn run(queue: Arc<dyn Queue>, stop: CancellationToken) {
                         });
                     }
                 }
-                Err(e) => tracing::warn!("cannot read due webhooks: {e}"),
+                Err(e) => crate::queue::log_failure("reading due webhooks", &e),
             }
         }
         tokio::select! {

@@ -66,6 +66,16 @@ impl IntoResponse for ApiError {
                 );
                 return response;
             }
+            ApiError::Database(error @ QueueError::Unavailable(_)) => {
+                tracing::debug!("endpoint API: {error}");
+                let body = json!({"error": format!("{error}; retry shortly")});
+                let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+                return response;
+            }
             ApiError::Database(error) => {
                 tracing::error!("endpoint API: {error}");
                 (

@@ -1,5 +1,7 @@
 //! Jobs from jobpipe's own queue, with the endpoint API in the same
-//! process: `jobpipe --serve-api -- handler`.
+//! process (`jobpipe --serve-api -- handler`), or split across processes
+//! sharing a PostgreSQL queue: the API alone (`--serve-api --api-only`)
+//! and workers alone (`--queue postgres://… -- handler`).
 //!
 //! Besides the take loop here, four tasks run for the life of the source:
 //! the API server ([`crate::api`]), lease renewal for the jobs held, upkeep
@@ -24,9 +26,9 @@ use crate::api::{self, ApiState, JobDefaults};
 use crate::error::{exit, ConfigError, FatalError};
 use crate::input_schema::InputSchema;
 use crate::pool::Pool;
-use crate::queue::postgres::PostgresQueue;
+use crate::queue::postgres::{PgQueue, PgTarget};
 use crate::queue::sqlite::SqliteQueue;
-use crate::queue::{Queue, QueueEvent};
+use crate::queue::{log_failure, Queue, QueueError, QueueEvent};
 use crate::runner::{Runner, RunnerOptions};
 
 /// How often queued jobs are looked for when no event says so (jobs
@@ -38,24 +40,20 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 const API_GRACE: Duration = Duration::from_secs(5);
 
 /// Where the queue is.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueLocation {
     Sqlite(PathBuf),
-    /// A `postgres://` URL; its password is never shown.
-    Postgres(String),
-}
-
-impl std::fmt::Debug for QueueLocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            QueueLocation::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
-            QueueLocation::Postgres(url) => f.write_str(&crate::queue::postgres::redact(url)),
-        }
-    }
+    /// Shared by every process pointed at it; shown without its password.
+    Postgres(Box<PgTarget>),
 }
 
 impl QueueLocation {
-    pub fn parse(text: &str) -> Result<QueueLocation, ConfigError> {
+    /// Parses `--queue`; a PostgreSQL URL without a password takes
+    /// `pgpassword` (the `PGPASSWORD` variable).
+    pub fn parse(text: &str, pgpassword: Option<String>) -> Result<QueueLocation, ConfigError> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return PgTarget::parse(text, pgpassword).map(|t| QueueLocation::Postgres(Box::new(t)));
+        }
         if let Some(path) = text.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
@@ -66,18 +64,8 @@ impl QueueLocation {
             }
             return Ok(QueueLocation::Sqlite(PathBuf::from(path)));
         }
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            if text.parse::<tokio_postgres::Config>().is_err() {
-                return Err(ConfigError::Invalid(format!(
-                    "--queue {} is not a valid PostgreSQL URL; write postgres://USER@HOST/DATABASE",
-                    crate::queue::postgres::redact(text)
-                )));
-            }
-            return Ok(QueueLocation::Postgres(text.to_owned()));
-        }
         Err(ConfigError::Invalid(format!(
-            "--queue {} is not a queue this jobpipe knows; use sqlite:PATH or postgres://USER@HOST/DATABASE",
-            crate::queue::postgres::redact(text)
+            "--queue {text:?} is not a queue this jobpipe knows; use sqlite:PATH or postgres://USER@HOST/DATABASE"
         )))
     }
 }
@@ -96,6 +84,8 @@ pub struct QueueSourceConfig {
     pub spool_dir: PathBuf,
     /// Job ends awaiting the database before no more jobs are taken.
     pub max_undelivered: usize,
+    /// False with `--api-only`: serve the API, run no jobs here.
+    pub take_jobs: bool,
 }
 
 impl std::fmt::Debug for QueueSourceConfig {
@@ -118,18 +108,24 @@ pub async fn open(location: &QueueLocation) -> Result<Arc<dyn Queue>, FatalError
                 "{e}; set --queue (JOBPIPE_QUEUE) to sqlite:PATH of a file this process may create and write"
             )))),
         },
-        QueueLocation::Postgres(url) => match PostgresQueue::open(url).await {
+        QueueLocation::Postgres(target) => match PgQueue::open((**target).clone()).await {
             Ok(queue) => Ok(Arc::new(queue)),
-            Err(e) => Err(FatalError::Config(ConfigError::Invalid(format!(
-                "{e}; check the URL in --queue (JOBPIPE_QUEUE), the password (in the URL or PGPASSWORD) and that the server is up"
+            Err(e @ QueueError::Open { .. }) => Err(FatalError::Config(ConfigError::Invalid(format!(
+                "{e}; check the user, the password (in the URL or PGPASSWORD) and the database named in --queue (JOBPIPE_QUEUE)"
             )))),
+            Err(e) => Err(FatalError::Internal(e.to_string())),
         },
     }
 }
 
 /// Runs the endpoint until the first stop request, then drains.
 pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, FatalError> {
-    let queue = open(&config.queue).await?;
+    // A database that is down at start is waited for; a stop request
+    // ends the wait.
+    let queue = tokio::select! {
+        queue = open(&config.queue) => queue?,
+        _ = ctx.shutdown.take.cancelled() => return Ok(exit::OK),
+    };
     let tasks = TaskTracker::new();
     let background = CancellationToken::new();
     let api_stop = CancellationToken::new();
@@ -156,6 +152,22 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             }
         });
     }
+    if !config.take_jobs {
+        tasks.spawn(webhook_task(queue.clone(), background.clone()));
+        tasks.spawn(upkeep(queue.clone(), None, background.clone()));
+        tracing::info!("serving the API only (--api-only); workers elsewhere run the jobs");
+        ctx.shutdown.take.cancelled().await;
+        background.cancel();
+        api_stop.cancel();
+        tasks.close();
+        if tokio::time::timeout(API_GRACE, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                "endpoint API requests still open after {}s are cut off",
+                API_GRACE.as_secs()
+            );
+        }
+        return Ok(exit::OK);
+    }
     let held = Held::default();
     let sink = Arc::new(QueueSink {
         queue: queue.clone(),
@@ -171,7 +183,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
     };
     let runner = Runner::start(sink, &ctx, options)?;
     tasks.spawn(webhook_task(queue.clone(), background.clone()));
-    tasks.spawn(upkeep(queue.clone(), ctx.clone(), background.clone()));
+    tasks.spawn(upkeep(queue.clone(), Some(ctx.clone()), background.clone()));
     tasks.spawn(renew_leases(
         queue.clone(),
         held.clone(),
@@ -223,7 +235,7 @@ async fn take_loop(
         let leases = match queue.take(&worker, slots.len(), config.lease).await {
             Ok(leases) => leases,
             Err(e) => {
-                tracing::warn!("taking jobs failed: {e}; trying again");
+                log_failure("taking jobs", &e);
                 Vec::new()
             }
         };
@@ -304,10 +316,7 @@ async fn renew_leases(
                     }
                 }
             }
-            Err(e) => tracing::warn!(
-                "renewing leases failed: {e}; retrying in {}s",
-                (lease / 3).as_secs()
-            ),
+            Err(e) => log_failure("renewing leases", &e),
         }
     }
 }
@@ -338,8 +347,8 @@ async fn stop_cancelled(queue: Arc<dyn Queue>, pool: Arc<Pool>, stop: Cancellati
 }
 
 /// Expires leases and ttls, deletes old results, and reports this worker's
-/// slots for `/health`.
-async fn upkeep(queue: Arc<dyn Queue>, ctx: SourceContext, stop: CancellationToken) {
+/// slots for `/health` (`ctx`; none for a process that runs no jobs).
+async fn upkeep(queue: Arc<dyn Queue>, ctx: Option<SourceContext>, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(UPKEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -347,12 +356,14 @@ async fn upkeep(queue: Arc<dyn Queue>, ctx: SourceContext, stop: CancellationTok
             _ = ticks.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let pool = &ctx.pool;
-        if let Err(e) = queue
-            .heartbeat(&ctx.identity.worker_id, pool.capacity(), pool.in_flight())
-            .await
-        {
-            tracing::warn!("worker heartbeat failed: {e}");
+        if let Some(ctx) = &ctx {
+            let pool = &ctx.pool;
+            let beat = queue
+                .heartbeat(&ctx.identity.worker_id, pool.capacity(), pool.in_flight())
+                .await;
+            if let Err(e) = beat {
+                log_failure("the worker heartbeat", &e);
+            }
         }
         match queue.sweep().await {
             Ok(swept) if swept.requeued + swept.ended > 0 => tracing::info!(
@@ -361,7 +372,7 @@ async fn upkeep(queue: Arc<dyn Queue>, ctx: SourceContext, stop: CancellationTok
                 swept.ended
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!("queue upkeep failed: {e}"),
+            Err(e) => log_failure("queue upkeep", &e),
         }
     }
 }

@@ -44,9 +44,26 @@ pub struct EndpointArgs {
     pub rp_api_port: Option<u16>,
 
     /// The job queue: sqlite:PATH, an embedded database file owned by this
-    /// process (its directory is created).
-    #[arg(long, env = "JOBPIPE_QUEUE", default_value = DEFAULT_QUEUE, value_name = "URL")]
+    /// process (its directory is created); or
+    /// postgres://USER@HOST[:PORT]/DATABASE, shared by any number of jobpipe
+    /// processes on any number of machines (the password in the URL or in
+    /// PGPASSWORD; never printed). With a postgres:// queue and no
+    /// --serve-api, this process is a worker only: it runs the queue's jobs
+    /// and serves no API.
+    #[arg(
+        long,
+        env = "JOBPIPE_QUEUE",
+        default_value = DEFAULT_QUEUE,
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub queue: String,
+
+    /// Serve the endpoint API and run no handlers: workers sharing the same
+    /// postgres:// --queue run the jobs. Implies --serve-api; no handler
+    /// command is needed.
+    #[arg(long, env = "JOBPIPE_API_ONLY")]
+    pub api_only: bool,
 
     /// Key callers must send as `Authorization: Bearer KEY` on every API
     /// route [default: no key needed]; never logged.
@@ -91,11 +108,27 @@ impl EndpointArgs {
             .map(Arc::new))
     }
 
+    /// Whether --queue names a queue other processes can share.
+    pub(crate) fn shared_queue(&self) -> bool {
+        self.queue.starts_with("postgres://") || self.queue.starts_with("postgresql://")
+    }
+
+    /// Whether this process takes its jobs from --queue: it serves the API,
+    /// or works for a shared queue.
+    pub(crate) fn runs_queue(&self) -> bool {
+        self.serve_api || self.api_only || self.shared_queue()
+    }
+
     pub(crate) fn source(
         &self,
         spool_dir: PathBuf,
         max_undelivered: usize,
     ) -> Result<QueueSourceConfig, ConfigError> {
+        if self.api_only && !self.shared_queue() {
+            return Err(ConfigError::Invalid(
+                "--api-only needs a queue that workers elsewhere share: give --queue postgres://USER@HOST/DATABASE".into(),
+            ));
+        }
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::Invalid(
                 "--lease must be at least 1s: it is renewed every third of its length".into(),
@@ -109,8 +142,12 @@ impl EndpointArgs {
         };
         defaults.sync_retention = defaults.sync_retention.min(self.result_retention);
         Ok(QueueSourceConfig {
-            queue: QueueLocation::parse(&self.queue)?,
-            api_addr: Some(self.api_addr()?),
+            queue: QueueLocation::parse(&self.queue, std::env::var("PGPASSWORD").ok())?,
+            api_addr: if self.serve_api || self.api_only {
+                Some(self.api_addr()?)
+            } else {
+                None
+            },
             api_key: self
                 .api_key
                 .clone()
@@ -121,6 +158,7 @@ impl EndpointArgs {
             lease: self.lease,
             spool_dir,
             max_undelivered,
+            take_jobs: !self.api_only,
         })
     }
 

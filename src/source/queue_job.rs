@@ -12,8 +12,14 @@ use tokio::task::AbortHandle;
 
 use crate::delivery::{Attempt, Post, PostKind};
 use crate::pool::Pool;
-use crate::queue::{Ending, Lease, Queue};
+use crate::backoff::BackoffPolicy;
+use crate::queue::{Ending, Lease, Queue, QueueError};
 use crate::runner::ResultSink;
+
+/// Delays between writes of a job's update or end while the database
+/// cannot be reached.
+const UNREACHABLE_RETRY: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(5), 0.2);
 
 /// Failures found by jobpipe after which the job deserves another attempt:
 /// the handler, not the job, went wrong (or jobpipe stopped).
@@ -119,11 +125,26 @@ impl ResultSink for QueueSink {
         let Some(token) = self.held.token(id) else {
             return Attempt::Refused("this worker no longer holds the job (it was cancelled or timed out, or its lease ran out)".into());
         };
-        let body = post.body.clone();
-        let written = match post.kind {
-            PostKind::Progress => self.queue.progress(id, &token, body).await,
-            PostKind::Stream => self.queue.stream(id, &token, body).await,
-            PostKind::Final { .. } => self.queue.finish(id, &token, ending(body)).await,
+        // While the database cannot be reached, wait for it here rather
+        // than fail the attempt: the queue logs the outage once, where a
+        // failed attempt would be logged for every job at every retry.
+        // Delivery's flush deadline still cuts this wait short.
+        let mut delays = UNREACHABLE_RETRY.iter();
+        let written = loop {
+            let body = post.body.clone();
+            let written = match post.kind {
+                PostKind::Progress => self.queue.progress(id, &token, body).await,
+                PostKind::Stream => self.queue.stream(id, &token, body).await,
+                PostKind::Final { .. } => self.queue.finish(id, &token, ending(body)).await,
+            };
+            match written {
+                Err(QueueError::Unavailable(why)) => {
+                    let delay = delays.next().unwrap_or_default();
+                    tracing::debug!(job_id = %id, "the {} write waits for the database ({why})", post.kind.name());
+                    tokio::time::sleep(delay).await;
+                }
+                written => break written,
+            }
         };
         match written {
             Ok(true) => {

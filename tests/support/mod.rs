@@ -4,3 +4,4 @@ pub mod endpoint_routes;
 pub mod fake_runpod;
 pub mod live;
 pub mod postgres;
+pub mod tcp_proxy;

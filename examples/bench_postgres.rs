@@ -1,0 +1,259 @@
+//! Benchmark of the PostgreSQL queue with several worker processes.
+//!
+//! Starts a throw-away PostgreSQL server (the test harness in
+//! tests/support/postgres.rs, from the installed server binaries), one
+//! jobpipe API process (`--api-only`) and W worker processes running the
+//! compiled C echo handler, then measures:
+//!
+//! * **throughput**: N jobs posted to `/run` as fast as the API takes them
+//!   (64 posts in flight); jobs/s from the first job's creation to the last
+//!   one's COMPLETED, both on the database's clock;
+//! * **idle pick-up latency**: with every worker idle, one job at a time;
+//!   the time from its creation to a worker taking it (`started_at -
+//!   created_at`, the database's clock), p50 and p99.
+//!
+//! Every job must end COMPLETED with its input echoed, or the benchmark
+//! fails.
+//!
+//! ```sh
+//! cargo run --release --example bench_postgres -- [--jobs N] [--workers W] [--samples S]
+//! ```
+
+#[allow(dead_code)]
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Benchmark jobpipe's PostgreSQL queue.
+#[derive(Debug, Parser)]
+#[command(name = "bench_postgres")]
+struct Args {
+    /// Jobs for the throughput run.
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    /// Worker processes (each `--concurrency 1`).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Single jobs for the idle pick-up latency.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// Run this jobpipe binary instead of building the release one.
+    #[arg(long)]
+    jobpipe: Option<PathBuf>,
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+fn build(args: &Args) -> (PathBuf, PathBuf) {
+    let jobpipe = args.jobpipe.clone().unwrap_or_else(|| {
+        let status = Command::new("cargo")
+            .args(["build", "--release", "--bin", "jobpipe"])
+            .current_dir(MANIFEST_DIR)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build failed");
+        PathBuf::from(MANIFEST_DIR).join("target/release/jobpipe")
+    });
+    let echo = std::env::temp_dir().join(format!("jobpipe-bench-echo-{}", std::process::id()));
+    let status = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&echo)
+        .arg(PathBuf::from(MANIFEST_DIR).join("handlers/c/echo.c"))
+        .status()
+        .expect("gcc runs");
+    assert!(status.success(), "gcc could not compile handlers/c/echo.c");
+    (jobpipe, echo)
+}
+
+fn spawn(jobpipe: &PathBuf, args: &[&str]) -> Proc {
+    Proc(
+        Command::new(jobpipe)
+            .args(args)
+            .args(["--log-level", "WARN"])
+            .env_remove("RUNPOD_WEBHOOK_GET_JOB")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("jobpipe starts"),
+    )
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let (jobpipe, echo) = build(&args);
+    let server = postgres::server().expect("PostgreSQL server binaries are needed");
+    let db = server.create_database();
+    let url = db.url();
+    let (watch, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let base = format!("http://{addr}");
+    let _api = spawn(
+        &jobpipe,
+        &[
+            "--serve-api",
+            "--api-only",
+            "--api-addr",
+            &addr,
+            "--queue",
+            &url,
+        ],
+    );
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the API did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let echo = echo.to_string_lossy().into_owned();
+    let _workers: Vec<Proc> = (0..args.workers)
+        .map(|i| {
+            let id = format!("bench-w{i}");
+            spawn(
+                &jobpipe,
+                &["--queue", &url, "--worker-id", &id, "--", &echo],
+            )
+        })
+        .collect();
+    while count_workers(&client, &base).await < args.workers as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the workers did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Idle pick-up latency: one job at a time, every worker idle.
+    for i in 0..args.samples {
+        let id = post(&client, &base, json!({"n": i})).await;
+        wait_done(&watch, &format!("id = '{id}'"), 1).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies: Vec<i64> = db
+        .psql("SELECT started_at - created_at FROM jobpipe.jobs")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    latencies.sort();
+    db.psql("DELETE FROM jobpipe.jobs");
+
+    // Throughput: N jobs through /run.
+    let wall = Instant::now();
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..args.jobs {
+        if posts.len() >= 64 {
+            posts.join_next().await.unwrap().unwrap();
+        }
+        let (client, base) = (client.clone(), base.clone());
+        posts.spawn(async move {
+            post(&client, &base, json!({"n": i})).await;
+        });
+    }
+    while let Some(done) = posts.join_next().await {
+        done.unwrap();
+    }
+    wait_done(&watch, "true", args.jobs).await;
+    let wall = wall.elapsed();
+    let span_ms: i64 = db
+        .psql("SELECT max(finished_at) - min(created_at) FROM jobpipe.jobs")
+        .parse()
+        .unwrap();
+    let bad = db.psql(
+        "SELECT count(*) FROM jobpipe.jobs WHERE status <> 'COMPLETED' OR (output::json -> 'n') IS NULL",
+    );
+    assert_eq!(
+        bad, "0",
+        "jobs that did not complete with their input echoed"
+    );
+    println!(
+        "workers: {} jobpipe processes, --concurrency 1, handler handlers/c/echo.c",
+        args.workers
+    );
+    println!(
+        "throughput: {} jobs from /run to COMPLETED in {:.2}s: {:.0} jobs/s (wall clock {:.2}s)",
+        args.jobs,
+        span_ms as f64 / 1000.0,
+        args.jobs as f64 / (span_ms.max(1) as f64 / 1000.0),
+        wall.as_secs_f64()
+    );
+    println!(
+        "idle pick-up latency over {} jobs: p50 {} ms, p99 {} ms, max {} ms",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+}
+
+async fn post(client: &reqwest::Client, base: &str, input: Value) -> String {
+    let response = client
+        .post(format!("{base}/run"))
+        .json(&json!({"input": input}))
+        .send()
+        .await
+        .expect("/run answers");
+    assert!(
+        response.status().is_success(),
+        "/run answered {}",
+        response.status()
+    );
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn count_workers(client: &reqwest::Client, base: &str) -> u64 {
+    let Ok(response) = client.get(format!("{base}/health")).send().await else {
+        return 0;
+    };
+    let body: Value = response.json().await.unwrap_or_default();
+    body["workers"]["idle"].as_u64().unwrap_or(0) + body["workers"]["running"].as_u64().unwrap_or(0)
+}
+
+async fn wait_done(db: &tokio_postgres::Client, condition: &str, count: usize) {
+    let sql =
+        format!("SELECT count(*) FROM jobpipe.jobs WHERE status = 'COMPLETED' AND ({condition})");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (db.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) as usize) < count {
+        assert!(Instant::now() < deadline, "jobs did not complete in time");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

@@ -1,0 +1,410 @@
+//! Many machines on one PostgreSQL queue, as black boxes: the real jobpipe
+//! binary as one API process and several worker processes, real signals,
+//! and a database connection cut by a proxy. Whatever happens to a worker,
+//! every job ends with exactly one final status and none is lost.
+
+mod common;
+mod support;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use support::postgres::{self, TestDb};
+use support::tcp_proxy::TcpProxy;
+
+/// The lease: short, so lost leases show quickly, yet long enough that a
+/// loaded machine renews it in time.
+const LEASE: &str = "5s";
+/// Longer than the lease and a sweep after it.
+const PAST_LEASE: Duration = Duration::from_secs(12);
+
+/// One jobpipe process in the background, its log in a file.
+struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(name: &str, args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let child = Command::new(common::binary())
+            .args(["--log-level", "INFO", "--log-format", "text"])
+            .args(args)
+            .env_remove("RUNPOD_WEBHOOK_GET_JOB")
+            .env_remove("JOBPIPE_QUEUE")
+            .env_remove("PGPASSWORD")
+            .env("JOBPIPE_SPOOL_DIR", dir.path().join("spool"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon {
+            name: name.into(),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// A worker with a handler pool and no API.
+    fn worker(name: &str, url: &str) -> Daemon {
+        let handler = common::fake_handler();
+        Daemon::start(
+            name,
+            &[
+                "--queue",
+                url,
+                "--worker-id",
+                name,
+                "--lease",
+                LEASE,
+                "--max-attempts",
+                "10",
+                "--concurrency",
+                "2",
+                "--",
+                "python3",
+                &handler,
+            ],
+        )
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status within `limit`.
+    fn stop(mut self, limit: Duration) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let pid = Pid::from_raw(self.child.id() as i32);
+            let _ = kill(pid, Signal::SIGCONT);
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// The API process (no handlers) on a free port; returns it and its base URL.
+async fn api(url: &str) -> (Daemon, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(
+        "api",
+        &[
+            "--serve-api",
+            "--api-only",
+            "--api-addr",
+            &addr,
+            "--queue",
+            url,
+            "--lease",
+            LEASE,
+            "--max-attempts",
+            "10",
+        ],
+    );
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/health")).send().await {
+            if response.status().is_success() {
+                return (daemon, base);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API did not come up:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Submits `count` jobs with `input` through `/run`; returns their ids.
+/// A 503 (the database slow to answer on a loaded machine) is retried, as
+/// its Retry-After asks.
+async fn submit(base: &str, count: usize, input: Value) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(16) {
+        let posts = chunk.iter().map(|_| {
+            let client = client.clone();
+            let body = json!({"input": input});
+            let url = format!("{base}/run");
+            async move {
+                for _ in 0..10 {
+                    let response = client.post(&url).json(&body).send().await.unwrap();
+                    let status = response.status();
+                    let answer: Value = response.json().await.unwrap();
+                    if status == 503 {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    assert!(status.is_success(), "{status}: {answer}");
+                    return answer["id"].as_str().unwrap().to_owned();
+                }
+                panic!("/run kept answering 503");
+            }
+        });
+        let handles: Vec<_> = posts.map(tokio::spawn).collect();
+        for handle in handles {
+            ids.push(handle.await.unwrap());
+        }
+    }
+    ids
+}
+
+fn count(db: &TestDb, condition: &str) -> usize {
+    db.psql(&format!(
+        "SELECT count(*) FROM jobpipe.jobs WHERE {condition}"
+    ))
+    .parse()
+    .unwrap()
+}
+
+/// Waits until `condition` holds for at least `at_least` jobs.
+async fn wait_count(
+    db: &TestDb,
+    condition: &str,
+    at_least: usize,
+    limit: Duration,
+    daemons: &[&Daemon],
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = count(db, condition);
+        if now >= at_least {
+            return;
+        }
+        if Instant::now() > deadline {
+            for daemon in daemons {
+                eprintln!("--- {} log ---\n{}", daemon.name, daemon.log());
+            }
+            panic!("only {now} jobs with {condition}, waited for {at_least}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `signal` to a worker at a moment it holds jobs; returns their ids.
+fn stop_holding(db: &TestDb, worker: &Daemon, signal: Signal) -> Vec<String> {
+    let held = format!(
+        "SELECT id FROM jobpipe.jobs WHERE status = 'IN_PROGRESS' AND worker_id = '{}'",
+        worker.name
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{} never held a job:\n{}",
+            worker.name,
+            worker.log()
+        );
+        if db.psql(&held).is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        worker.signal(signal);
+        let ids: Vec<String> = db.psql(&held).lines().map(str::to_owned).collect();
+        if !ids.is_empty() {
+            return ids;
+        }
+        // It finished them in between: try again.
+        assert_eq!(
+            signal,
+            Signal::SIGSTOP,
+            "{} was killed between jobs",
+            worker.name
+        );
+        worker.signal(Signal::SIGCONT);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_lose_one_to_sigkill_and_one_to_sigstop_and_every_job_ends_once() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let url = db.url();
+    let (api, base) = api(&url).await;
+    let workers: Vec<Daemon> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|w| Daemon::worker(w, &url))
+        .collect();
+    let total = 2000;
+    let ids = submit(&base, total, json!({"do": "sleep", "ms": 50})).await;
+    assert_eq!(ids.len(), total);
+    let all: Vec<&Daemon> = workers.iter().chain([&api]).collect();
+
+    // Kill w1 while it holds jobs.
+    let completed = "status = 'COMPLETED'";
+    wait_count(&db, completed, 300, Duration::from_secs(300), &all).await;
+    let killed_held = stop_holding(&db, &workers[0], Signal::SIGKILL).len();
+
+    // Freeze w2 past its lease while it holds jobs, then let it go on.
+    wait_count(&db, completed, 600, Duration::from_secs(300), &all).await;
+    let frozen = stop_holding(&db, &workers[1], Signal::SIGSTOP);
+    tokio::time::sleep(PAST_LEASE).await;
+    workers[1].signal(Signal::SIGCONT);
+
+    wait_count(&db, completed, total, Duration::from_secs(600), &all).await;
+
+    // Exactly one final status each: every job is there, COMPLETED, once.
+    assert_eq!(count(&db, "true"), total, "no job lost or added");
+    assert_eq!(count(&db, "status = 'COMPLETED'"), total);
+    let listed = db.psql("SELECT string_agg(id, ',' ORDER BY id) FROM jobpipe.jobs");
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected.join(","));
+    // Only jobs a lost worker held were run again.
+    let retried = count(&db, "attempts > 1");
+    assert!(
+        retried <= killed_held + frozen.len() + 2,
+        "{retried} jobs ran more than once; w1 held {killed_held}, w2 held {}",
+        frozen.len()
+    );
+    // The frozen worker's jobs were finished by someone else, and it was
+    // told its late results do not count.
+    for id in &frozen {
+        let row = db.psql(&format!(
+            "SELECT status || ' ' || worker_id FROM jobpipe.jobs WHERE id = '{id}'"
+        ));
+        assert!(
+            row.starts_with("COMPLETED") && !row.ends_with("w2"),
+            "{id}: {row}"
+        );
+    }
+    let w2_log = workers[1].log();
+    assert!(
+        w2_log.contains("no longer holds"),
+        "w2 did not notice it lost its leases:\n{w2_log}"
+    );
+
+    // /status through the API agrees, for a sample.
+    let client = reqwest::Client::new();
+    for id in ids.iter().step_by(97).chain(&frozen) {
+        let status: Value = client
+            .get(format!("{base}/status/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["status"], "COMPLETED", "{status}");
+    }
+    let mut workers = workers.into_iter();
+    drop(workers.next());
+    for worker in workers {
+        assert_eq!(worker.stop(Duration::from_secs(30)), Some(0));
+    }
+    assert_eq!(api.stop(Duration::from_secs(30)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_database_loses_its_leases_and_its_jobs_finish_elsewhere() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let direct = db.url();
+    let port = db.server.port;
+    let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
+    let proxied = direct.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let (api, base) = api(&direct).await;
+    let cut = Daemon::worker("cut", &proxied);
+    let ids = submit(&base, 4, json!({"do": "sleep", "ms": 3000})).await;
+    let daemons = [&cut, &api];
+    wait_count(
+        &db,
+        "status = 'IN_PROGRESS' AND worker_id = 'cut'",
+        2,
+        Duration::from_secs(60),
+        &daemons,
+    )
+    .await;
+    let held: Vec<String> = db
+        .psql("SELECT id FROM jobpipe.jobs WHERE status = 'IN_PROGRESS' AND worker_id = 'cut'")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    proxy.cut();
+    let other = Daemon::worker("other", &direct);
+    let daemons = [&cut, &api, &other];
+    wait_count(
+        &db,
+        "status = 'COMPLETED'",
+        ids.len(),
+        Duration::from_secs(120),
+        &daemons,
+    )
+    .await;
+    for id in &held {
+        let row = db.psql(&format!(
+            "SELECT status || ' ' || worker_id || ' ' || attempts FROM jobpipe.jobs WHERE id = '{id}'"
+        ));
+        assert_eq!(row, "COMPLETED other 2", "{id}");
+    }
+    // Back on the network, the cut-off worker learns it lost the jobs and
+    // writes nothing for them.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cut.log().contains("no longer holds") {
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off worker never noticed:\n{}",
+            cut.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = cut.log();
+    assert!(log.contains("cannot be reached"), "{log}");
+    assert_eq!(
+        log.matches("cannot be reached").count(),
+        1,
+        "logged once per state change:\n{log}"
+    );
+    for id in &held {
+        let row = db.psql(&format!(
+            "SELECT status || ' ' || worker_id FROM jobpipe.jobs WHERE id = '{id}'"
+        ));
+        assert_eq!(row, "COMPLETED other", "{id}");
+    }
+    assert_eq!(cut.stop(Duration::from_secs(30)), Some(0));
+    assert_eq!(other.stop(Duration::from_secs(30)), Some(0));
+    assert_eq!(api.stop(Duration::from_secs(30)), Some(0));
+}
