@@ -30,7 +30,9 @@ const MESSAGE_MAX: usize = 16 * 1024;
 /// `MESSAGE_MAX` bytes each).
 const QUEUED_LINES_MAX: usize = 4096;
 
-/// Installs the global subscriber. Events of other crates show from WARN up.
+/// Installs the global subscriber. Events of other crates show from WARN up,
+/// except the PostgreSQL pool's, which warn for every broken connection
+/// while the queue already says once that the database is unreachable.
 /// Keep the returned guard until the end of `main`: dropping it writes the
 /// lines still queued (waiting at most a second).
 pub fn init(level: Level, format: LogFormat) -> WorkerGuard {
@@ -39,8 +41,12 @@ pub fn init(level: Level, format: LogFormat) -> WorkerGuard {
         .buffered_lines_limit(QUEUED_LINES_MAX)
         .thread_name("jobpipe-log")
         .finish(std::io::stderr());
-    let ours =
-        filter_fn(|meta| meta.target().starts_with("jobpipe") || *meta.level() <= Level::WARN);
+    let ours = filter_fn(|meta| {
+        let target = meta.target();
+        target.starts_with("jobpipe")
+            || *meta.level() <= Level::ERROR
+            || (*meta.level() <= Level::WARN && !target.starts_with("deadpool"))
+    });
     let layer = LineLayer { format, writer }
         .with_filter(LevelFilter::from_level(level))
         .with_filter(ours);

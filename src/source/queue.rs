@@ -274,7 +274,7 @@ async fn report_slots(
     }
     match queue.heartbeat(worker, now.0, now.1).await {
         Ok(()) => *reported = Some(now),
-        Err(e) => tracing::warn!("worker heartbeat failed: {e}"),
+        Err(e) => log_failure("the worker heartbeat", &e),
     }
 }
 

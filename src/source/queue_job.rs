@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::task::AbortHandle;
 
+use crate::backoff::BackoffPolicy;
 use crate::delivery::{Attempt, Post, PostKind};
 use crate::pool::Pool;
-use crate::backoff::BackoffPolicy;
 use crate::queue::{Ending, Lease, Queue, QueueError};
 use crate::runner::ResultSink;
 
