@@ -150,7 +150,7 @@ async fn kill_9_mid_run_then_restart_every_job_ends_once() {
     let server = Server::start(&queue, &handler, &["--concurrency", "4"]).await;
     let mut ids = Vec::new();
     for i in 0..500 {
-        ids.push(server.submit(json!({"n": i, "ms": 5})).await);
+        ids.push(server.submit(json!({"n": i, "ms": 30})).await);
     }
     let started = Instant::now();
     while runs(&log).len() < 120 {

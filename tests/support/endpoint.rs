@@ -104,6 +104,7 @@ impl Endpoint {
         queue: String,
         extra: &[&str],
     ) -> Endpoint {
+        wait_for_previous_owner(&queue).await;
         let port = free_port();
         let mut args: Vec<String> = [
             "jobpipe",
@@ -257,4 +258,28 @@ pub fn fake(what: &str, extra: Value) -> Value {
         input.as_object_mut().unwrap().extend(extra);
     }
     json!({ "input": input })
+}
+
+/// Waits until no earlier in-process endpoint holds the SQLite queue's
+/// lock: a stopped supervisor's last tasks may still be dropping it, and a
+/// second open would be refused as a second process.
+async fn wait_for_previous_owner(queue: &str) {
+    let Some(path) = queue.strip_prefix("sqlite:") else {
+        return;
+    };
+    let lock_path = format!("{path}.lock");
+    let started = Instant::now();
+    loop {
+        let Ok(file) = std::fs::File::create(&lock_path) else {
+            return;
+        };
+        if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok() {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the previous endpoint never released {lock_path}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
