@@ -22,6 +22,10 @@ use crate::handler::lines::clip_middle;
 use crate::metrics::Metrics;
 use crate::runner::ResultSink;
 
+/// How long a temporary spool file must be untouched before a start
+/// removes it as left by an interrupted write.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Delays between attempts of one post.
 pub const POST_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(10), 0.3);
@@ -202,7 +206,13 @@ impl Spool {
                 let n = n.to_string_lossy();
                 n.starts_with('.') && n.ends_with(".tmp")
             });
-            if temporary {
+            // Another worker on this machine may share the directory and be
+            // writing right now: only a file left alone for a while is a
+            // leftover.
+            let abandoned = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= LEFTOVER_AGE));
+            if temporary && abandoned {
                 match std::fs::remove_file(&path) {
                     Ok(()) => tracing::info!(
                         "removed {} left in the spool by an interrupted write",
