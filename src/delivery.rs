@@ -428,8 +428,20 @@ mod tests {
     #[test]
     fn leftover_temporary_files_are_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(".123-x.json.tmp"), b"{").unwrap();
+        let old = dir.path().join(".123-x.json.tmp");
+        std::fs::write(&old, b"{").unwrap();
+        let two_minutes_ago = std::time::SystemTime::now() - Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_minutes_ago)
+            .unwrap();
+        // Another worker sharing the directory is writing this one now.
+        let fresh = dir.path().join(".456-y.json.tmp");
+        std::fs::write(&fresh, b"{").unwrap();
         Spool::open(dir.path()).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(!old.exists(), "an abandoned temporary file is removed");
+        assert!(fresh.exists(), "a file being written now is left alone");
     }
 }
