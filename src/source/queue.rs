@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use super::queue_job::{Held, QueueSink};
 use super::SourceContext;
 use crate::api::{self, ApiState, JobDefaults};
+use crate::backoff::{Backoff, BackoffPolicy};
 use crate::error::{exit, ConfigError, FatalError};
 use crate::input_schema::InputSchema;
 use crate::pool::Pool;
@@ -34,6 +35,11 @@ use crate::runner::{Runner, RunnerOptions};
 /// How often queued jobs are looked for when no event says so (jobs
 /// whose retry back-off ended, missed events).
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// Pauses after failed takes: growing while the database keeps failing,
+/// so a broken one is not asked in a tight loop, and from the start again
+/// after a take that worked.
+const TAKE_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(500), Duration::from_secs(30), 0.5);
 /// How often upkeep runs.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long the API may finish requests in progress once jobs are done.
@@ -228,15 +234,24 @@ async fn take_loop(
     let worker = ctx.identity.worker_id.clone();
     let mut events = queue.subscribe();
     let mut reported = None;
+    let mut failures = TAKE_BACKOFF.iter();
     loop {
         let Some(mut slots) = runner.slots().await else {
             return;
         };
         let leases = match queue.take(&worker, slots.len(), config.lease).await {
-            Ok(leases) => leases,
+            Ok(leases) => {
+                failures.reset();
+                leases
+            }
             Err(e) => {
                 log_failure("taking jobs", &e);
-                Vec::new()
+                // The slots stay free while the database is waited for.
+                drop(slots);
+                if !pause_after_failure(&mut failures, take).await {
+                    return;
+                }
+                continue;
             }
         };
         if leases.is_empty() {
@@ -257,6 +272,16 @@ async fn take_loop(
             runner.start_job(lease.payload, slot);
         }
         report_slots(queue, &worker, &ctx.pool, &mut reported).await;
+    }
+}
+
+/// Waits out the next pause after a failed take; false when a stop
+/// request ended the wait.
+async fn pause_after_failure(failures: &mut Backoff, stop: &CancellationToken) -> bool {
+    let pause = failures.next().unwrap_or(TAKE_BACKOFF.max);
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => true,
+        _ = stop.cancelled() => false,
     }
 }
 
@@ -379,4 +404,48 @@ async fn upkeep(queue: Arc<dyn Queue>, ctx: Option<SourceContext>, stop: Cancell
 
 async fn webhook_task(queue: Arc<dyn Queue>, stop: CancellationToken) {
     crate::webhook::run(queue, stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_takes_pause_longer_each_time_until_one_works() {
+        let stop = CancellationToken::new();
+        let mut failures = TAKE_BACKOFF.iter();
+        let mut pauses = Vec::new();
+        for _ in 0..4 {
+            let started = Instant::now();
+            assert!(pause_after_failure(&mut failures, &stop).await);
+            pauses.push(started.elapsed());
+        }
+        // With half of each pause random: 250-500 ms, then 0.5-1 s, 1-2 s, 2-4 s.
+        assert!(pauses[0] >= Duration::from_millis(250), "{pauses:?}");
+        assert!(pauses[3] >= Duration::from_secs(2), "{pauses:?}");
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]), "{pauses:?}");
+        failures.reset();
+        let started = Instant::now();
+        assert!(pause_after_failure(&mut failures, &stop).await);
+        assert!(started.elapsed() <= Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_request_ends_the_pause_at_once() {
+        let stop = CancellationToken::new();
+        let mut failures = TAKE_BACKOFF.iter();
+        for _ in 0..10 {
+            failures.next();
+        }
+        let started = Instant::now();
+        let pause = pause_after_failure(&mut failures, &stop);
+        tokio::pin!(pause);
+        tokio::select! {
+            _ = &mut pause => panic!("the pause ended before the stop request"),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => stop.cancel(),
+        }
+        assert!(!pause.await);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
 }
