@@ -13,12 +13,13 @@
 use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot};
+use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::postgres_conn::PgTarget;
 use super::QueueEvent;
-use crate::backoff::BackoffPolicy;
+use crate::backoff::{Backoff, BackoffPolicy};
 
 /// The notification channel.
 pub(super) const CHANNEL: &str = "jobpipe";
@@ -26,6 +27,9 @@ pub(super) const CHANNEL: &str = "jobpipe";
 /// Delays between attempts to reconnect the listening connection.
 const RECONNECT: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(10), 0.3);
+/// How long a connection must have listened for its loss to count as a new
+/// outage rather than the same one going on.
+const STEADY: Duration = Duration::from_secs(10);
 
 /// The notification payload for an event.
 pub(super) fn payload(event: &QueueEvent) -> String {
@@ -64,18 +68,21 @@ pub(super) async fn run(
     let mut down = false;
     let mut listening = Some(listening);
     loop {
-        let outcome = tokio::select! {
-            outcome = listen_once(&target, &events, &mut down, &mut delays, &mut listening) => outcome,
+        let ended = tokio::select! {
+            ended = listen_once(&target, &events, &mut down, &mut listening) => ended,
             _ = stop.cancelled() => return,
         };
         if let Some(listening) = listening.take() {
             let _ = listening.send(());
         }
         if !down {
-            tracing::warn!("queue notifications from {target} stopped: {outcome}; reconnecting (a slow poll covers the gap)");
+            tracing::warn!(
+                "queue notifications from {target} stopped: {}; reconnecting (a slow poll covers the gap)",
+                ended.why
+            );
             down = true;
         }
-        let delay = delays.next().unwrap_or_default();
+        let delay = reconnect_delay(&mut delays, ended.listened_at);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.cancelled() => return,
@@ -83,17 +90,38 @@ pub(super) async fn run(
     }
 }
 
-/// One listening connection, from connect to its loss; returns why it ended.
+/// How one listening connection ended.
+struct Ended {
+    why: String,
+    /// When it started listening; `None` when it never did.
+    listened_at: Option<Instant>,
+}
+
+/// The wait before the next connection. Only a connection that stayed up
+/// for [`STEADY`] starts the delays over: one that a server or proxy closes
+/// soon after it listened keeps them growing like a failed connect, so a
+/// flapping link is not reconnected to several times a second forever.
+fn reconnect_delay(delays: &mut Backoff, listened_at: Option<Instant>) -> Duration {
+    if listened_at.is_some_and(|at| at.elapsed() >= STEADY) {
+        delays.reset();
+    }
+    delays.next().unwrap_or(RECONNECT.max)
+}
+
+/// One listening connection, from connect to its loss.
 async fn listen_once(
     target: &PgTarget,
     events: &broadcast::Sender<QueueEvent>,
     down: &mut bool,
-    delays: &mut crate::backoff::Backoff,
     listening: &mut Option<oneshot::Sender<()>>,
-) -> String {
+) -> Ended {
+    let failed = |why| Ended {
+        why,
+        listened_at: None,
+    };
     let (client, mut connection) = match target.config.connect(tokio_postgres::NoTls).await {
         Ok(pair) => pair,
-        Err(e) => return target.describe(&e),
+        Err(e) => return failed(target.describe(&e)),
     };
     let drive = async move {
         loop {
@@ -113,20 +141,64 @@ async fn listen_once(
     let sql = format!("LISTEN {CHANNEL}");
     let listen = client.batch_execute(&sql);
     tokio::select! {
-        ended = &mut drive => return ended,
+        ended = &mut drive => return failed(ended),
         listened = listen => if let Err(e) = listened {
-            return target.describe(&e);
+            return failed(target.describe(&e));
         },
     }
+    let listened_at = Instant::now();
     if *down {
         tracing::info!("queue notifications from {target} are back");
         *down = false;
         // Whatever was announced while nobody listened: look again.
         let _ = events.send(QueueEvent::Queued);
     }
-    delays.reset();
     if let Some(listening) = listening.take() {
         let _ = listening.send(());
     }
-    drive.await
+    Ended {
+        why: drive.await,
+        listened_at: Some(listened_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_read_back_as_their_events() {
+        for sent in [
+            QueueEvent::Queued,
+            QueueEvent::Finished("a:b".into()),
+            QueueEvent::Cancelled("c".into()),
+            QueueEvent::Streamed("s".into()),
+        ] {
+            assert_eq!(event(&payload(&sent)), Some(sent));
+        }
+        assert_eq!(event("x:1"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnects_slow_down_until_a_connection_stays_up() {
+        let mut delays = RECONNECT.iter();
+        // Failed connects, then connections closed a second after they
+        // listened: each wait is longer than the one before.
+        let mut waits = vec![
+            reconnect_delay(&mut delays, None),
+            reconnect_delay(&mut delays, None),
+        ];
+        for _ in 0..3 {
+            let listened_at = Instant::now();
+            tokio::time::advance(Duration::from_secs(1)).await;
+            waits.push(reconnect_delay(&mut delays, Some(listened_at)));
+        }
+        assert!(waits.windows(2).all(|w| w[1] > w[0]), "{waits:?}");
+        assert!(waits[4] >= Duration::from_millis(2240), "{waits:?}");
+        // A connection that listened for a while: start over.
+        let listened_at = Instant::now();
+        tokio::time::advance(STEADY).await;
+        let wait = reconnect_delay(&mut delays, Some(listened_at));
+        assert!(wait <= RECONNECT.initial, "{wait:?}");
+    }
 }
