@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Semaphore;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -41,20 +41,19 @@ pub async fn run(queue: Arc<dyn Queue>, stop: CancellationToken) {
         }
     };
     let mut events = queue.subscribe();
-    let room = Arc::new(Semaphore::new(PARALLEL));
+    // Every post runs in `posts`, reaped before new ones are spawned, so
+    // its length is the number in flight: never more than PARALLEL tasks,
+    // each holding one post, whatever the receivers do.
     let mut posts = JoinSet::new();
     loop {
-        let free = room.available_permits();
+        while posts.try_join_next().is_some() {}
+        let free = PARALLEL - posts.len();
         if free > 0 {
             match queue.webhooks_due(free).await {
                 Ok(due) => {
-                    for post in due {
-                        let permit = room.clone().acquire_owned().await.expect("never closed");
+                    for post in due.into_iter().take(free) {
                         let (queue, http) = (queue.clone(), http.clone());
-                        posts.spawn(async move {
-                            deliver(&*queue, &http, post).await;
-                            drop(permit);
-                        });
+                        posts.spawn(async move { deliver(&*queue, &http, post).await });
                     }
                 }
                 Err(e) => crate::queue::log_failure("reading due webhooks", &e),
@@ -63,12 +62,26 @@ pub async fn run(queue: Arc<dyn Queue>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(_) = posts.join_next() => {}
-            event = events.recv() => if !matches!(event, Ok(QueueEvent::Finished(_)) | Err(_)) { continue },
+            _ = job_finished(&mut events) => {}
             _ = tokio::time::sleep(IDLE_CHECK) => {}
         }
     }
     // Posts in flight get their timeout to finish; the rest stay queued.
     while posts.join_next().await.is_some() {}
+}
+
+/// Resolves when a job ends (its webhook may be due now) or events were
+/// missed; other queue events, such as a streaming job's partials, do not
+/// send the task to the database.
+async fn job_finished(events: &mut broadcast::Receiver<QueueEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(QueueEvent::Finished(_)) | Err(RecvError::Lagged(_)) => return,
+            Ok(_) => {}
+            // The queue is gone; the idle check alone remains.
+            Err(RecvError::Closed) => std::future::pending().await,
+        }
+    }
 }
 
 async fn deliver(queue: &dyn Queue, http: &reqwest::Client, post: WebhookPost) {
@@ -100,5 +113,120 @@ async fn deliver(queue: &dyn Queue, http: &reqwest::Client, post: WebhookPost) {
     };
     if let Err(e) = recorded {
         tracing::warn!(job_id = %id, "cannot record the webhook's delivery: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::queue::{
+        Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueError, RetryOutcome, Swept,
+    };
+
+    /// A queue with no webhook ever due, counting how often it is asked.
+    struct NothingDue {
+        events: broadcast::Sender<QueueEvent>,
+        asked: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Queue for NothingDue {
+        fn subscribe(&self) -> broadcast::Receiver<QueueEvent> {
+            self.events.subscribe()
+        }
+        async fn webhooks_due(&self, limit: usize) -> Result<Vec<WebhookPost>, QueueError> {
+            assert!(limit <= PARALLEL);
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        }
+        async fn webhook_done(&self, _: i64) -> Result<(), QueueError> {
+            unreachable!("no post is due")
+        }
+        async fn webhook_later(&self, _: i64, _: SystemTime) -> Result<(), QueueError> {
+            unreachable!("no post is due")
+        }
+        async fn enqueue(&self, _: NewJob) -> Result<(), QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn status(&self, _: &str) -> Result<Option<JobRecord>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn read_stream(
+            &self,
+            _: &str,
+        ) -> Result<Option<(JobStatus, Vec<Value>)>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn cancel(&self, _: &str) -> Result<Option<JobStatus>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn retry(&self, _: &str) -> Result<RetryOutcome, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn purge(&self) -> Result<u64, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn health(&self) -> Result<Health, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn take(&self, _: &str, _: usize, _: Duration) -> Result<Vec<Lease>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn renew(
+            &self,
+            _: &[(String, String)],
+            _: Duration,
+        ) -> Result<Vec<String>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn progress(&self, _: &str, _: &str, _: Value) -> Result<bool, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn stream(&self, _: &str, _: &str, _: Value) -> Result<bool, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn finish(&self, _: &str, _: &str, _: Ending) -> Result<bool, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn heartbeat(&self, _: &str, _: usize, _: usize) -> Result<(), QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn sweep(&self) -> Result<Swept, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_posts_are_looked_for_when_a_job_ends_not_on_every_event() {
+        let queue = Arc::new(NothingDue {
+            events: broadcast::channel(16).0,
+            asked: AtomicUsize::new(0),
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(queue.clone(), stop.clone()));
+        let asked = || queue.asked.load(Ordering::SeqCst);
+        // Paused, the clock moves only once every task waits.
+        let settle = |ms| tokio::time::sleep(Duration::from_millis(ms));
+        settle(10).await;
+        assert_eq!(asked(), 1, "looked once at start");
+        // A streaming job's partials: not a reason to look.
+        for _ in 0..200 {
+            queue.events.send(QueueEvent::Streamed("s".into())).unwrap();
+            tokio::task::yield_now().await;
+        }
+        settle(10).await;
+        assert_eq!(asked(), 1, "partials sent the task to the database");
+        queue.events.send(QueueEvent::Finished("j".into())).unwrap();
+        settle(10).await;
+        assert_eq!(asked(), 2, "a job's end is a reason to look");
+        settle(IDLE_CHECK.as_millis() as u64).await;
+        assert_eq!(asked(), 3, "and so is the idle check");
+        stop.cancel();
+        task.await.unwrap();
     }
 }
