@@ -226,6 +226,16 @@ fn holds(tx: &Transaction, id: &str, token: &str) -> rusqlite::Result<bool> {
     .map(|found| found.is_some())
 }
 
+/// A job's status; `None` when there is no such job.
+fn job_status(tx: &Transaction, id: &str) -> rusqlite::Result<Option<JobStatus>> {
+    tx.query_row("SELECT status FROM jobs WHERE id = ?1", [id], |row| {
+        row.get::<_, String>(0)
+    })
+    .optional()?
+    .map(|text| status_of(&text))
+    .transpose()
+}
+
 /// The partials of a job, oldest first.
 fn partials(tx: &Transaction, id: &str) -> rusqlite::Result<Vec<Value>> {
     let mut stmt = tx.prepare_cached("SELECT output FROM stream WHERE job_id = ?1 ORDER BY seq")?;
@@ -300,12 +310,7 @@ impl Queue for SqliteQueue {
     async fn read_stream(&self, id: &str) -> Result<Option<(JobStatus, Vec<Value>)>, QueueError> {
         let id = id.to_owned();
         self.write(move |tx, _| {
-            let Some(status) = tx
-                .query_row("SELECT status FROM jobs WHERE id = ?1", [&id], |row| {
-                    row.get::<_, String>(0)
-                })
-                .optional()?
-            else {
+            let Some(status) = job_status(tx, &id)? else {
                 return Ok(None);
             };
             let mut stmt = tx.prepare_cached(
@@ -319,7 +324,7 @@ impl Queue for SqliteQueue {
                 .into_iter()
                 .map(|(_, text)| parse_json(Some(text)).unwrap_or(Value::Null))
                 .collect();
-            Ok(Some((status_of(&status)?, partials)))
+            Ok(Some((status, partials)))
         })
         .await
     }
@@ -327,15 +332,9 @@ impl Queue for SqliteQueue {
     async fn cancel(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
         let id = id.to_owned();
         self.write(move |tx, events| {
-            let Some(status) = tx
-                .query_row("SELECT status FROM jobs WHERE id = ?1", [&id], |row| {
-                    row.get::<_, String>(0)
-                })
-                .optional()?
-            else {
+            let Some(status) = job_status(tx, &id)? else {
                 return Ok(None);
             };
-            let status = status_of(&status)?;
             if status.is_final() {
                 return Ok(Some(status));
             }
@@ -351,15 +350,9 @@ impl Queue for SqliteQueue {
     async fn retry(&self, id: &str) -> Result<RetryOutcome, QueueError> {
         let id = id.to_owned();
         self.write(move |tx, events| {
-            let Some(status) = tx
-                .query_row("SELECT status FROM jobs WHERE id = ?1", [&id], |row| {
-                    row.get::<_, String>(0)
-                })
-                .optional()?
-            else {
+            let Some(status) = job_status(tx, &id)? else {
                 return Ok(RetryOutcome::NotFound);
             };
-            let status = status_of(&status)?;
             if !matches!(status, JobStatus::Failed | JobStatus::TimedOut) {
                 return Ok(RetryOutcome::NotRetryable(status));
             }
