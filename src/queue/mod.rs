@@ -341,6 +341,40 @@ pub(crate) fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+// How both stores keep a job: JSON as text, the status as its RunPod name.
+// Reading a row back goes through these, so the stores cannot disagree.
+
+/// A value kept as JSON text; text that is not JSON reads as a string.
+pub(crate) fn stored_json(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// A status column that holds no status this jobpipe knows: the database
+/// was written by something else.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown job status {0:?} in the queue database")]
+pub(crate) struct UnknownStatus(String);
+
+/// A status kept as its RunPod name.
+pub(crate) fn stored_status(text: &str) -> Result<JobStatus, UnknownStatus> {
+    JobStatus::parse(text).ok_or_else(|| UnknownStatus(text.to_owned()))
+}
+
+/// Stream partials read as `(seq, output)` rows, oldest first.
+pub(crate) fn stored_partials(mut rows: Vec<(i64, String)>) -> Vec<Value> {
+    rows.sort_by_key(|(seq, _)| *seq);
+    rows.into_iter()
+        .map(|(_, text)| stored_json(text))
+        .collect()
+}
+
+/// Delay before a job whose attempt was lost runs again: 1 s doubling per
+/// attempt, at most a minute.
+pub(crate) fn retry_delay_ms(attempts: i64) -> i64 {
+    let exponent = attempts.clamp(1, 7) - 1;
+    (1000_i64 << exponent).min(60_000)
+}
+
 /// The body of a job's webhook post: the final job object.
 pub(crate) fn webhook_body(
     id: &str,
@@ -356,4 +390,31 @@ pub(crate) fn webhook_body(
         body["error"] = json!(error);
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_values_read_back_as_written() {
+        assert_eq!(stored_json(r#"{"a":1}"#.into()), json!({"a": 1}));
+        assert_eq!(stored_json("not json".into()), json!("not json"));
+        let rows = vec![(3, "3".into()), (1, "1".into()), (2, "x".into())];
+        assert_eq!(stored_partials(rows), [json!(1), json!("x"), json!(3)]);
+        for status in JobStatus::ALL {
+            assert_eq!(stored_status(status.as_str()).unwrap(), status);
+        }
+        let unknown = stored_status("DONE").unwrap_err().to_string();
+        assert!(unknown.contains("\"DONE\""), "{unknown}");
+    }
+
+    #[test]
+    fn lost_attempts_wait_longer_each_time_up_to_a_minute() {
+        let delays: Vec<i64> = (0..=8).map(retry_delay_ms).collect();
+        assert_eq!(
+            delays,
+            [1000, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+    }
 }

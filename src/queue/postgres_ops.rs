@@ -12,8 +12,8 @@ use tokio_postgres::Row;
 
 use super::postgres_listen::{payload, CHANNEL};
 use super::{
-    duration_ms, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueEvent,
-    RetryOutcome, Swept, WebhookPost,
+    duration_ms, retry_delay_ms, stored_json, stored_partials, stored_status, webhook_body, Ending,
+    Health, JobRecord, JobStatus, Lease, NewJob, QueueEvent, RetryOutcome, Swept, WebhookPost,
 };
 
 /// Most rows one maintenance pass changes, so no transaction runs long.
@@ -72,22 +72,12 @@ impl From<deadpool_postgres::PoolError> for Fault {
     }
 }
 
-fn parse_json(text: Option<String>) -> Option<Value> {
-    text.map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)))
-}
-
 fn status_of(text: &str) -> Result<JobStatus, Fault> {
-    JobStatus::parse(text).ok_or_else(|| Fault::Sql(format!("unknown job status {text:?}")))
+    stored_status(text).map_err(|e| Fault::Sql(e.to_string()))
 }
 
 fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
-}
-
-/// Delay before a job whose attempt was lost runs again.
-fn retry_delay_ms(attempts: i32) -> i64 {
-    let exponent = attempts.clamp(1, 7) - 1;
-    (1000_i64 << exponent).min(60_000)
 }
 
 async fn notify(client: &impl GenericClient, event: &QueueEvent) -> Result<(), Fault> {
@@ -140,7 +130,7 @@ pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord
     Ok(Some(JobRecord {
         id: row.get(0),
         status: status_of(row.get(1))?,
-        output: parse_json(row.get(2)),
+        output: row.get::<_, Option<String>>(2).map(stored_json),
         error: row.get(3),
         attempts: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
         worker_id: row.get(5),
@@ -179,19 +169,14 @@ pub(super) async fn read_stream(
              RETURNING seq, output",
         )
         .await?;
-    let mut rows: Vec<(i64, String)> = tx
+    let rows = tx
         .query(&statement, &[&id])
         .await?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     tx.commit().await?;
-    rows.sort_by_key(|(seq, _)| *seq);
-    let partials = rows
-        .into_iter()
-        .map(|(_, text)| parse_json(Some(text)).unwrap_or(Value::Null))
-        .collect();
-    Ok(Some((status, partials)))
+    Ok(Some((status, stored_partials(rows))))
 }
 
 /// Writes a job's one final status and queues its webhook, in `tx`.
@@ -250,7 +235,7 @@ async fn requeue_or_fail(tx: &Transaction<'_>, id: &str, why: &str) -> Result<bo
              WHERE id = $1",
         )
         .await?;
-    tx.execute(&statement, &[&id, &retry_delay_ms(attempts)])
+    tx.execute(&statement, &[&id, &retry_delay_ms(attempts.into())])
         .await?;
     let statement = tx
         .prepare_cached("DELETE FROM jobpipe.stream WHERE job_id = $1")
@@ -361,7 +346,7 @@ fn lease_of(row: &Row) -> Lease {
     Lease {
         job_id: row.get(0),
         token: row.get(1),
-        payload: parse_json(row.get(2)).unwrap_or(Value::Null),
+        payload: stored_json(row.get(2)),
         attempt: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
         execution_timeout: row
             .get::<_, Option<i64>>(4)
@@ -449,7 +434,7 @@ async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Value>, Fault> {
         .query(&statement, &[&id])
         .await?
         .iter()
-        .map(|row| parse_json(Some(row.get(0))).unwrap_or(Value::Null))
+        .map(|row| stored_json(row.get(0)))
         .collect())
 }
 
@@ -521,7 +506,7 @@ pub(super) async fn webhooks_due(client: &Object, limit: usize) -> Result<Vec<We
             id: row.get(0),
             job_id: row.get(1),
             url: row.get(2),
-            body: parse_json(row.get(3)).unwrap_or(Value::Null),
+            body: stored_json(row.get(3)),
             attempts: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
             created_at: row.get(5),
         })

@@ -21,8 +21,9 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{
-    duration_ms, now_ms, to_ms, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob,
-    Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
+    duration_ms, now_ms, retry_delay_ms, stored_json, stored_partials, stored_status, to_ms,
+    webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, Queue, QueueError,
+    QueueEvent, RetryOutcome, Swept, WebhookPost,
 };
 
 /// Most rows one maintenance pass changes, so no transaction runs long.
@@ -135,20 +136,10 @@ fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
     })
 }
 
-fn parse_json(text: Option<String>) -> Option<Value> {
-    text.map(|t| serde_json::from_str(&t).unwrap_or(Value::String(t)))
-}
-
 fn status_of(text: &str) -> rusqlite::Result<JobStatus> {
-    JobStatus::parse(text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, text.into())
+    stored_status(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
     })
-}
-
-/// Delay before a job whose attempt was lost runs again.
-fn retry_delay_ms(attempts: i64) -> i64 {
-    let exponent = attempts.clamp(1, 7) - 1;
-    (1000_i64 << exponent).min(60_000)
 }
 
 /// Writes a job's one final status and queues its webhook, in `tx`.
@@ -240,8 +231,7 @@ fn job_status(tx: &Transaction, id: &str) -> rusqlite::Result<Option<JobStatus>>
 fn partials(tx: &Transaction, id: &str) -> rusqlite::Result<Vec<Value>> {
     let mut stmt = tx.prepare_cached("SELECT output FROM stream WHERE job_id = ?1 ORDER BY seq")?;
     let rows = stmt.query_map([id], |row| row.get::<_, String>(0))?;
-    rows.map(|text| text.map(|t| parse_json(Some(t)).unwrap_or(Value::Null)))
-        .collect()
+    rows.map(|text| text.map(stored_json)).collect()
 }
 
 #[async_trait]
@@ -292,7 +282,7 @@ impl Queue for SqliteQueue {
                     Ok(JobRecord {
                         id: row.get(0)?,
                         status: status_of(&row.get::<_, String>(1)?)?,
-                        output: parse_json(row.get(2)?),
+                        output: row.get::<_, Option<String>>(2)?.map(stored_json),
                         error: row.get(3)?,
                         attempts: row.get(4)?,
                         worker_id: row.get(5)?,
@@ -316,15 +306,10 @@ impl Queue for SqliteQueue {
             let mut stmt = tx.prepare_cached(
                 "UPDATE stream SET read = 1 WHERE job_id = ?1 AND read = 0 RETURNING seq, output",
             )?;
-            let mut rows: Vec<(i64, String)> = stmt
+            let rows = stmt
                 .query_map([&id], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            rows.sort_by_key(|(seq, _)| *seq);
-            let partials = rows
-                .into_iter()
-                .map(|(_, text)| parse_json(Some(text)).unwrap_or(Value::Null))
-                .collect();
-            Ok(Some((status, partials)))
+            Ok(Some((status, stored_partials(rows))))
         })
         .await
     }
@@ -442,7 +427,7 @@ impl Queue for SqliteQueue {
                         Ok(Lease {
                             job_id: id.clone(),
                             token: token.clone(),
-                            payload: parse_json(row.get(0)?).unwrap_or(Value::Null),
+                            payload: stored_json(row.get(0)?),
                             attempt: row.get(1)?,
                             execution_timeout: row
                                 .get::<_, Option<i64>>(2)?
@@ -620,7 +605,7 @@ impl Queue for SqliteQueue {
                         id: row.get(0)?,
                         job_id: row.get(1)?,
                         url: row.get(2)?,
-                        body: parse_json(row.get(3)?).unwrap_or(Value::Null),
+                        body: stored_json(row.get(3)?),
                         attempts: row.get(4)?,
                         created_at: row.get(5)?,
                     })
