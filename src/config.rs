@@ -672,15 +672,17 @@ fn parse_level(text: &str) -> Result<tracing::Level, String> {
     }
 }
 
-/// Longest value of a timeout that may reasonably be days: start-up, job,
-/// shutdown. A bound keeps every deadline computed from it far from overflow.
+/// Longest value of a duration that may reasonably be days: start-up, job,
+/// shutdown, a queue's lease and result retention. A bound keeps every
+/// deadline computed from it far from overflow, in memory and in the queue
+/// database's millisecond columns.
 const LONG_DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest kill grace: a handler that needs longer to stop is stuck.
 const SHORT_DURATION_MAX: Duration = Duration::from_secs(3600);
 /// Most jobs one handler process may hold.
 const MAX_JOBS_PER_HANDLER: usize = 10_000;
 
-fn parse_long_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_long_duration(text: &str) -> Result<Duration, String> {
     parse_duration_up_to(text, LONG_DURATION_MAX)
 }
 
@@ -816,6 +818,24 @@ mod tests {
         assert!(absurd.is_err());
         let absurd = Cli::try_parse_from(["jobpipe", "--runpod-ping-interval", "99999999999999"]);
         assert!(absurd.is_err());
+    }
+
+    #[test]
+    fn queue_durations_are_bounded_like_the_others() {
+        for flag in ["--lease", "--result-retention"] {
+            let absurd = Cli::try_parse_from(["jobpipe", flag, "300000000000years", "--", "x"]);
+            let err = absurd.err().expect("refused").to_string();
+            assert!(
+                err.contains("longer than the limit of 7days"),
+                "{flag}: {err}"
+            );
+            let fine = Cli::try_parse_from(["jobpipe", flag, "90s", "--", "x"]).unwrap();
+            let parsed = match flag {
+                "--lease" => fine.endpoint.lease,
+                _ => fine.endpoint.result_retention,
+            };
+            assert_eq!(parsed, Duration::from_secs(90));
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use clap::Args;
 
 use super::queue::{QueueLocation, QueueSourceConfig};
 use crate::api::JobDefaults;
+use crate::config::parse_long_duration;
 use crate::error::ConfigError;
 use crate::input_schema::InputSchema;
 
@@ -82,8 +83,8 @@ pub struct EndpointArgs {
 
     /// How long a taken job stays leased without renewal; jobpipe renews
     /// it while the handler holds the job. A job whose lease runs out is
-    /// queued again.
-    #[arg(long, env = "JOBPIPE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// queued again. From 1s to 7 days.
+    #[arg(long, env = "JOBPIPE_LEASE", default_value = "30s", value_parser = parse_long_duration)]
     pub lease: Duration,
 
     /// Attempts a job gets when its handler crashes or its worker vanishes,
@@ -92,8 +93,9 @@ pub struct EndpointArgs {
     pub max_attempts: NonZeroU32,
 
     /// How long the final status of a /run job can be read before it is
-    /// deleted (/runsync results: 1 minute, or this if shorter).
-    #[arg(long, env = "JOBPIPE_RESULT_RETENTION", default_value = "30m", value_parser = humantime::parse_duration)]
+    /// deleted (/runsync results: 1 minute, or this if shorter). At most 7
+    /// days.
+    #[arg(long, env = "JOBPIPE_RESULT_RETENTION", default_value = "30m", value_parser = parse_long_duration)]
     pub result_retention: Duration,
 }
 
