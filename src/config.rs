@@ -195,13 +195,13 @@ pub struct Cli {
     #[arg(long, env = "RUNPOD_WEBHOOK_PING", value_name = "URL")]
     pub runpod_ping: Option<String>,
 
-    /// Heartbeat period in milliseconds (at most one hour).
+    /// Heartbeat period in milliseconds (1 ms to one hour).
     #[arg(
         long,
         env = "RUNPOD_PING_INTERVAL",
         default_value = "10000",
         value_name = "MS",
-        value_parser = clap::value_parser!(u64).range(..=3_600_000)
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
     )]
     pub runpod_ping_interval: u64,
 
@@ -546,11 +546,6 @@ impl Cli {
             .runpod_post_stream
             .clone()
             .unwrap_or_else(|| done_url.replace("/job-done/", "/job-stream/"));
-        if self.runpod_ping_interval == 0 {
-            return Err(ConfigError::Invalid(
-                "RUNPOD_PING_INTERVAL must be a positive number of milliseconds".into(),
-            ));
-        }
         Ok(RunpodConfig {
             take_url: take_url.to_owned(),
             done_url,
@@ -818,6 +813,8 @@ mod tests {
         assert!(absurd.is_err());
         let absurd = Cli::try_parse_from(["jobpipe", "--runpod-ping-interval", "99999999999999"]);
         assert!(absurd.is_err());
+        let never = Cli::try_parse_from(["jobpipe", "--runpod-ping-interval", "0"]);
+        assert!(never.is_err(), "a heartbeat every 0 ms is refused");
     }
 
     #[test]
