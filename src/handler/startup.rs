@@ -113,47 +113,41 @@ impl Actor {
         let started = Instant::now();
         let deadline = started + config.startup_timeout;
         loop {
-            tokio::select! {
-                _ = self.ctx.force.cancelled() => return Err(StartError::Shutdown),
-                _ = self.ctx.stop.cancelled() => return Err(StartError::Shutdown),
-                _ = tokio::time::sleep_until(deadline) => {
-                    let tail = process.stderr_tail().await;
-                    return Err(StartError::Fatal(FatalError::HandlerStart(format!(
-                        "handler was not ready within {} (--startup-timeout); it must print {{\"ready\": true}} on stdout and flush it (Python: print(..., flush=True) or python3 -u; a line left in an output buffer was never sent){}",
+            match self.next_event(process, deadline).await? {
+                Starting::TimedOut => {
+                    let what = format!(
+                        "handler was not ready within {} (--startup-timeout); it must print {{\"ready\": true}} on stdout and flush it (Python: print(..., flush=True) or python3 -u; a line left in an output buffer was never sent)",
                         humantime::format_duration(config.startup_timeout),
-                        stderr_note(&tail)
-                    ))));
+                    );
+                    return Err(too_slow(process, what).await);
                 }
-                status = process.exit.wait() => {
-                    return Err(StartError::Failed {
-                        what: format!("handler {status} before it was ready{}", exit_hint(status)),
-                        stderr: process.stderr_tail().await,
-                    });
+                Starting::Exited(status) => {
+                    let what = format!("handler {status} before it was ready{}", exit_hint(status));
+                    return Err(failed(process, what).await);
                 }
-                line = process.stdout.recv() => match line {
-                    Some(Line::Whole(bytes)) if parse_line(&bytes) == Frame::Ready => {
-                        self.ctx.metrics.handler_started(started.elapsed());
-                        tracing::info!(
-                            handler = self.ctx.index,
-                            pid = process.pid,
-                            "handler ready after {:.2}s",
-                            started.elapsed().as_secs_f64()
-                        );
-                        return Ok(());
-                    }
-                    Some(line) => log_stray_line(&line),
-                    None => {
-                        let exited = tokio::time::timeout(EXIT_AFTER_EOF, process.exited()).await;
-                        let what = match exited {
-                            Ok(status) => format!("handler {status} before it was ready"),
-                            Err(_) => "handler closed its stdout before it was ready".into(),
-                        };
-                        return Err(StartError::Failed { what, stderr: process.stderr_tail().await });
-                    }
+                Starting::Line(Line::Whole(bytes)) if parse_line(&bytes) == Frame::Ready => {
+                    self.ctx.metrics.handler_started(started.elapsed());
+                    tracing::info!(
+                        handler = self.ctx.index,
+                        pid = process.pid,
+                        "handler ready after {:.2}s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(());
+                }
+                Starting::Line(line) => log_stray_line(&line),
+                Starting::StdoutClosed => {
+                    let exited = tokio::time::timeout(EXIT_AFTER_EOF, process.exited()).await;
+                    let what = match exited {
+                        Ok(status) => format!("handler {status} before it was ready"),
+                        Err(_) => "handler closed its stdout before it was ready".into(),
+                    };
+                    return Err(failed(process, what).await);
                 }
             }
         }
     }
+
     /// Runs the `--warmup-input` job on a process that just became ready.
     /// An error answer, an exit or a closed stdout is a failed start; no
     /// answer within the start-up timeout is fatal, as for the ready line.
@@ -168,43 +162,99 @@ impl Actor {
         process.send(job.to_string());
         let started = Instant::now();
         let deadline = started + config.startup_timeout;
-        let failed = |what: String, stderr: String| Err(StartError::Failed { what, stderr });
         loop {
-            tokio::select! {
-                _ = self.ctx.force.cancelled() => return Err(StartError::Shutdown),
-                _ = self.ctx.stop.cancelled() => return Err(StartError::Shutdown),
-                _ = tokio::time::sleep_until(deadline) => {
-                    let tail = process.stderr_tail().await;
-                    return Err(StartError::Fatal(FatalError::HandlerStart(format!(
-                        "the warm-up job (--warmup-input) did not finish within {} (--startup-timeout){}",
+            let bytes = match self.next_event(process, deadline).await? {
+                Starting::TimedOut => {
+                    let what = format!(
+                        "the warm-up job (--warmup-input) did not finish within {} (--startup-timeout)",
                         humantime::format_duration(config.startup_timeout),
-                        stderr_note(&tail)
-                    ))));
+                    );
+                    return Err(too_slow(process, what).await);
                 }
-                status = process.exit.wait() => {
-                    return failed(format!("handler {status} during its warm-up job"), process.stderr_tail().await);
+                Starting::Exited(status) => {
+                    let what = format!("handler {status} during its warm-up job");
+                    return Err(failed(process, what).await);
                 }
-                line = process.stdout.recv() => match line {
-                    Some(Line::Whole(bytes)) => match parse_line(&bytes) {
-                        Frame::Final { id: answered, error, .. } if answered == id => {
-                            if let Some(error) = error {
-                                let what = format!("the warm-up job (--warmup-input) failed: {}", clip_middle(&error, LOG_LINE_MAX));
-                                return failed(what, process.stderr_tail().await);
-                            }
-                            let took = started.elapsed();
-                            self.ctx.metrics.handler_warmed_up(took);
-                            tracing::info!(handler = self.ctx.index, pid = process.pid, "warm-up job done in {:.2}s", took.as_secs_f64());
-                            return Ok(());
-                        }
-                        Frame::Progress { id: answered, .. } | Frame::Stream { id: answered, .. } if answered == id => {}
-                        _ => log_stray_line(&Line::Whole(bytes)),
-                    },
-                    Some(line) => log_stray_line(&line),
-                    None => return failed("handler closed its stdout during its warm-up job".into(), process.stderr_tail().await),
+                Starting::StdoutClosed => {
+                    let what = "handler closed its stdout during its warm-up job".to_owned();
+                    return Err(failed(process, what).await);
                 }
+                Starting::Line(Line::Whole(bytes)) => bytes,
+                Starting::Line(line) => {
+                    log_stray_line(&line);
+                    continue;
+                }
+            };
+            match parse_line(&bytes) {
+                Frame::Final {
+                    id: answered,
+                    error,
+                    ..
+                } if answered == id => {
+                    if let Some(error) = error {
+                        let what = format!(
+                            "the warm-up job (--warmup-input) failed: {}",
+                            clip_middle(&error, LOG_LINE_MAX)
+                        );
+                        return Err(failed(process, what).await);
+                    }
+                    let took = started.elapsed();
+                    self.ctx.metrics.handler_warmed_up(took);
+                    tracing::info!(
+                        handler = self.ctx.index,
+                        pid = process.pid,
+                        "warm-up job done in {:.2}s",
+                        took.as_secs_f64()
+                    );
+                    return Ok(());
+                }
+                Frame::Progress { id: answered, .. } | Frame::Stream { id: answered, .. }
+                    if answered == id => {}
+                _ => log_stray_line(&Line::Whole(bytes)),
             }
         }
     }
+
+    /// What a starting process does next, before `deadline`; a stop of
+    /// the pool ends the start.
+    async fn next_event(
+        &self,
+        process: &mut HandlerProcess,
+        deadline: Instant,
+    ) -> Result<Starting, StartError> {
+        tokio::select! {
+            _ = self.ctx.force.cancelled() => Err(StartError::Shutdown),
+            _ = self.ctx.stop.cancelled() => Err(StartError::Shutdown),
+            _ = tokio::time::sleep_until(deadline) => Ok(Starting::TimedOut),
+            status = process.exit.wait() => Ok(Starting::Exited(status)),
+            line = process.stdout.recv() => Ok(line.map_or(Starting::StdoutClosed, Starting::Line)),
+        }
+    }
+}
+
+/// What a starting process did, as the ready wait and the warm-up see it.
+enum Starting {
+    Line(Line),
+    Exited(crate::os::ExitStatus),
+    StdoutClosed,
+    TimedOut,
+}
+
+/// A failed start, with the handler's last stderr lines: tried again.
+async fn failed(process: &mut HandlerProcess, what: String) -> StartError {
+    StartError::Failed {
+        what,
+        stderr: process.stderr_tail().await,
+    }
+}
+
+/// A start that ran out of time: fatal, since the next would too.
+async fn too_slow(process: &mut HandlerProcess, what: String) -> StartError {
+    let tail = process.stderr_tail().await;
+    StartError::Fatal(FatalError::HandlerStart(format!(
+        "{what}{}",
+        stderr_note(&tail)
+    )))
 }
 
 /// What an exit status before ready usually means, when it says more than
