@@ -11,12 +11,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{assert_gone, fake_handler, fake_job, jobpipe, pid_of, read_pid, repo_path, Run};
+use common::{
+    assert_gone, fake_handler, fake_job, jobpipe, pid_of, python_echo, read_pid, repo_path, Run,
+};
 use serde_json::{json, Value};
-
-fn python_echo() -> Vec<String> {
-    vec!["python3".into(), repo_path("handlers/python/echo.py")]
-}
 
 /// Runs the fake handler on one job doing `what`.
 fn fake(what: &str, extra: Value, flags: &[&str]) -> Run {
@@ -754,16 +752,7 @@ fn log_level_error_suppresses_info_lines() {
         .test_input(r#"{"input": {"fail": "boom"}}"#)
         .handler(python_echo())
         .run();
-    run.expect_code(1);
-    let lines = run.stderr_lines();
-    assert!(
-        !lines.is_empty(),
-        "the failure is logged\n{}",
-        run.describe()
-    );
-    for line in lines {
-        assert!(line.starts_with("ERROR"), "{line:?}\n{}", run.describe());
-    }
+    run.expect_code(1).expect_only_error_lines();
 
     // JSON format.
     let run = jobpipe()

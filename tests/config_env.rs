@@ -4,11 +4,7 @@
 
 mod common;
 
-use common::{jobpipe, repo_path};
-
-fn echo() -> Vec<String> {
-    vec!["python3".into(), repo_path("handlers/python/echo.py")]
-}
+use common::{jobpipe, python_echo};
 
 #[test]
 fn booleans_in_the_environment_accept_the_usual_spellings() {
@@ -24,7 +20,7 @@ fn booleans_in_the_environment_accept_the_usual_spellings() {
             .env("JOBPIPE_REFRESH_WORKER", value)
             .args(["--log-level", "INFO"])
             .test_input(r#"{"input": 1}"#)
-            .handler(echo())
+            .handler(python_echo())
             .run();
         run.expect_code(0);
         assert_eq!(
@@ -44,7 +40,7 @@ fn booleans_in_the_environment_accept_the_usual_spellings() {
         let run = jobpipe()
             .env(name, "0")
             .test_input(r#"{"input": 1}"#)
-            .handler(echo())
+            .handler(python_echo())
             .run();
         run.expect_code(0);
     }
@@ -64,7 +60,7 @@ fn a_bad_value_in_the_environment_names_the_variable() {
         let run = jobpipe()
             .env(name, value)
             .test_input(r#"{"input": 1}"#)
-            .handler(echo())
+            .handler(python_echo())
             .run();
         run.expect_code(2);
         let expected = format!("invalid value \"{value}\" in the environment variable {name}");
@@ -76,7 +72,7 @@ fn a_bad_value_in_the_environment_names_the_variable() {
         .env("JOBPIPE_CONCURRENCY", "many")
         .args(["--concurrency", "lots"])
         .test_input(r#"{"input": 1}"#)
-        .handler(echo())
+        .handler(python_echo())
         .run();
     run.expect_code(2);
     assert!(
@@ -96,18 +92,9 @@ fn runpod_debug_level_notset_is_accepted_and_keeps_errors_only() {
     let run = jobpipe()
         .env("RUNPOD_DEBUG_LEVEL", "NOTSET")
         .test_input(r#"{"input": {"fail": "boom"}}"#)
-        .handler(echo())
+        .handler(python_echo())
         .run();
-    run.expect_code(1);
-    let lines = run.stderr_lines();
-    assert!(
-        !lines.is_empty(),
-        "the failure is still logged\n{}",
-        run.describe()
-    );
-    for line in lines {
-        assert!(line.starts_with("ERROR"), "{line:?}\n{}", run.describe());
-    }
+    run.expect_code(1).expect_only_error_lines();
 }
 
 #[test]
@@ -115,7 +102,7 @@ fn each_finished_job_gets_an_info_line_with_outcome_and_duration() {
     let ok = jobpipe()
         .env("RUNPOD_LOG_LEVEL", "INFO")
         .test_input(r#"{"input": 1}"#)
-        .handler(echo())
+        .handler(python_echo())
         .run();
     ok.expect_code(0);
     let line = ok

@@ -301,6 +301,25 @@ impl Run {
             .filter(|l| !l.trim().is_empty())
             .collect()
     }
+
+    /// Checks that something was logged, and only at ERROR (text format).
+    pub fn expect_only_error_lines(&self) -> &Self {
+        let lines = self.stderr_lines();
+        assert!(
+            !lines.is_empty(),
+            "the failure is logged\n{}",
+            self.describe()
+        );
+        for line in lines {
+            assert!(line.starts_with("ERROR"), "{line:?}\n{}", self.describe());
+        }
+        self
+    }
+}
+
+/// The Python echo handler of handlers/python.
+pub fn python_echo() -> Vec<String> {
+    vec!["python3".into(), repo_path("handlers/python/echo.py")]
 }
 
 fn clip(text: &str) -> String {
