@@ -163,15 +163,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         tasks.spawn(upkeep(queue.clone(), None, background.clone()));
         tracing::info!("serving the API only (--api-only); workers elsewhere run the jobs");
         ctx.shutdown.take.cancelled().await;
-        background.cancel();
-        api_stop.cancel();
-        tasks.close();
-        if tokio::time::timeout(API_GRACE, tasks.wait()).await.is_err() {
-            tracing::warn!(
-                "endpoint API requests still open after {}s are cut off",
-                API_GRACE.as_secs()
-            );
-        }
+        stop_tasks(&tasks, &background, &api_stop).await;
         return Ok(exit::OK);
     }
     let held = Held::default();
@@ -210,8 +202,15 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         );
     }
     runner.finish().await;
+    stop_tasks(&tasks, &background, &api_stop).await;
+    Ok(exit::OK)
+}
+
+/// Stops the background tasks and the API server; requests in progress
+/// get [`API_GRACE`] to finish.
+async fn stop_tasks(tasks: &TaskTracker, background: &CancellationToken, api: &CancellationToken) {
     background.cancel();
-    api_stop.cancel();
+    api.cancel();
     tasks.close();
     if tokio::time::timeout(API_GRACE, tasks.wait()).await.is_err() {
         tracing::warn!(
@@ -219,7 +218,6 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             API_GRACE.as_secs()
         );
     }
-    Ok(exit::OK)
 }
 
 /// Takes queued jobs for free slots until the first stop request.
