@@ -221,7 +221,8 @@ async fn wait_count(
     }
 }
 
-/// Sends `signal` to a worker at a moment it holds jobs; returns their ids.
+/// Sends `signal` to a worker at a moment it holds jobs; returns their ids
+/// (for SIGSTOP, those whose end it was not writing at that moment).
 fn stop_holding(db: &TestDb, worker: &Daemon, signal: Signal) -> Vec<String> {
     let held = format!(
         "SELECT id FROM jobpipe.jobs WHERE status = 'IN_PROGRESS' AND worker_id = '{}'",
@@ -240,7 +241,15 @@ fn stop_holding(db: &TestDb, worker: &Daemon, signal: Signal) -> Vec<String> {
             continue;
         }
         worker.signal(signal);
-        let ids: Vec<String> = db.psql(&held).lines().map(str::to_owned).collect();
+        // A worker frozen halfway through writing a job's end keeps that
+        // row locked until it wakes, so no sweep can take the job back and
+        // its result counts (once): only the jobs whose rows it does not
+        // hold locked must be run again by someone else.
+        let frozen = match signal {
+            Signal::SIGSTOP => format!("{held} FOR UPDATE SKIP LOCKED"),
+            _ => held.clone(),
+        };
+        let ids: Vec<String> = db.psql(&frozen).lines().map(str::to_owned).collect();
         if !ids.is_empty() {
             return ids;
         }
