@@ -97,7 +97,7 @@ async fn deliver(queue: &dyn Queue, http: &reqwest::Client, post: WebhookPost) {
             queue.webhook_done(post.id).await
         }
         Err(why) if now_ms() - post.created_at > GIVE_UP_AFTER.as_millis() as i64 => {
-            tracing::error!(job_id = %id, "webhook to {} failed ({why}) for a day; giving up", post.url);
+            tracing::error!(job_id = %id, "webhook to {} failed ({why}) for a day; giving up", shown(&post.url));
             queue.webhook_done(post.id).await
         }
         Err(why) => {
@@ -113,6 +113,15 @@ async fn deliver(queue: &dyn Queue, http: &reqwest::Client, post: WebhookPost) {
     };
     if let Err(e) = recorded {
         tracing::warn!(job_id = %id, "cannot record the webhook's delivery: {e}");
+    }
+}
+
+/// A webhook URL as logs show it: its origin alone, since the path or
+/// query of many webhook URLs is their secret.
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(url) => format!("{}/…", url.origin().ascii_serialization()),
+        Err(_) => "an invalid URL".to_owned(),
     }
 }
 
@@ -199,6 +208,14 @@ mod tests {
         async fn sweep(&self) -> Result<Swept, QueueError> {
             unreachable!("not used by webhook delivery")
         }
+    }
+
+    #[test]
+    fn logs_show_a_webhook_url_without_its_secret_parts() {
+        let url = "https://user:pw@hooks.example.com:8443/services/T0/B0/s3cr3t?token=abc";
+        let text = shown(url);
+        assert_eq!(text, "https://hooks.example.com:8443/…");
+        assert!(!text.contains("s3cr3t") && !text.contains("abc") && !text.contains("pw"));
     }
 
     #[tokio::test(start_paused = true)]
