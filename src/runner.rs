@@ -23,7 +23,7 @@
 //! A new source looks like this:
 //!
 //! ```ignore
-//! let runner = Runner::start(Arc::new(MySink::new(..)), &ctx, RunnerOptions { .. })?;
+//! let runner = Runner::start(Arc::new(MySink::new(..)), &ctx, RunnerOptions { .. }).await?;
 //! // Slots are room for jobs; None once shutdown says stop taking.
 //! while let Some(slots) = runner.slots().await {
 //!     for (value, slot) in my_queue.take(slots.len()).await.into_iter().zip(slots) {
@@ -117,12 +117,21 @@ impl<S: ResultSink> Runner<S> {
     /// Opens the spool (an unusable one is a fatal error now, not at the
     /// first result it should keep) and starts delivering the results an
     /// earlier run kept there.
-    pub fn start(
+    pub async fn start(
         sink: Arc<S>,
         ctx: &SourceContext,
         options: RunnerOptions,
     ) -> Result<Runner<S>, FatalError> {
-        let spool = Spool::open(&options.spool_dir)?;
+        // Opening fsyncs a probe file and the pending results are read
+        // whole: disk work that would stall every task of a runtime thread.
+        let dir = options.spool_dir.clone();
+        let (spool, pending) = tokio::task::spawn_blocking(move || {
+            let spool = Spool::open(&dir)?;
+            let pending = spool.pending();
+            Ok::<_, FatalError>((spool, pending))
+        })
+        .await
+        .map_err(|e| FatalError::Internal(format!("opening the spool failed: {e}")))??;
         let runner = Runner {
             shared: Arc::new(Shared {
                 sink,
@@ -136,7 +145,7 @@ impl<S: ResultSink> Runner<S> {
             pool: ctx.pool.clone(),
             jobs: TaskTracker::new(),
         };
-        for spooled in runner.shared.spool.pending() {
+        for spooled in pending {
             let shared = runner.shared.clone();
             runner.jobs.spawn(shared.redeliver(spooled));
         }

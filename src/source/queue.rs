@@ -179,7 +179,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         input_schema: config.schema.clone(),
         max_undelivered: config.max_undelivered,
     };
-    let runner = Runner::start(sink, &ctx, options)?;
+    let runner = Runner::start(sink, &ctx, options).await?;
     tasks.spawn(webhook_task(queue.clone(), background.clone()));
     tasks.spawn(upkeep(queue.clone(), Some(ctx.clone()), background.clone()));
     tasks.spawn(renew_leases(

@@ -247,7 +247,7 @@ pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalEr
         max_undelivered: config.max_undelivered,
     };
     let endpoint = Arc::new(Endpoint::new(config, ctx.identity.worker_id.clone())?);
-    let runner = Arc::new(Runner::start(endpoint.clone(), &ctx, options)?);
+    let runner = Arc::new(Runner::start(endpoint.clone(), &ctx, options).await?);
     tracing::info!(worker_id = %ctx.identity.worker_id, "RunPod worker started with {} slots", ctx.pool.capacity());
     let background = TaskTracker::new();
     let heartbeat = background.spawn(ping_loop(endpoint.clone(), runner.clone()));
