@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::BackoffPolicy;
 use crate::error::FatalError;
 use crate::handler::lines::clip_middle;
+use crate::json::Json;
 use crate::metrics::Metrics;
 use crate::runner::ResultSink;
 
@@ -36,7 +36,7 @@ pub struct Post {
     pub job_id: String,
     pub kind: PostKind,
     /// The JSON body (see [`crate::runner::ResultSink`] for its shape).
-    pub body: Value,
+    pub body: Json,
     /// The job asked for a fresh worker after it (final results only).
     #[serde(default)]
     pub refresh_worker: bool,
@@ -44,7 +44,7 @@ pub struct Post {
 
 impl Post {
     /// A final result that did not stream.
-    pub fn final_result(job_id: String, body: Value) -> Post {
+    pub fn final_result(job_id: String, body: Json) -> Post {
         Post {
             job_id,
             kind: PostKind::Final { is_stream: false },
@@ -341,7 +341,7 @@ mod tests {
     }
 
     fn post() -> Post {
-        Post::final_result("job/1".into(), serde_json::json!({"output": 1}))
+        Post::final_result("job/1".into(), serde_json::json!({"output": 1}).into())
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,11 +10,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Identity;
+use crate::handler::protocol::{id_text, present};
+use crate::json::Json;
 
 pub mod events;
 
@@ -25,27 +30,67 @@ pub use events::JobEvents;
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
-    /// The whole job object, serialised once as the line the handler receives.
-    pub line: String,
+    /// The whole job object as the one line the handler receives (without
+    /// its newline): the text it came in, not parsed and written again.
+    pub line: Bytes,
+}
+
+/// The keys a job must have; the rest of it is passed on as it is.
+#[derive(Deserialize)]
+struct JobKeys<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    input: Option<&'a RawValue>,
 }
 
 impl Job {
     /// Checks a job object: it must be an object with a string `id` and an
     /// `input`. On failure returns a message and the id when there is one.
     pub fn from_value(value: Value) -> Result<Job, (String, Option<String>)> {
-        let Value::Object(obj) = &value else {
+        if !value.is_object() {
             return Err(("job is not a JSON object".into(), None));
+        }
+        Job::from_json(Bytes::from(
+            serde_json::to_vec(&value).expect("a JSON value serialises"),
+        ))
+    }
+
+    /// The same check of a job object's text, which becomes the job's line
+    /// without a copy (unless it holds line breaks, which JSON allows
+    /// only as white space: they become spaces).
+    pub fn from_json(text: Bytes) -> Result<Job, (String, Option<String>)> {
+        let Ok(utf8) = std::str::from_utf8(&text) else {
+            return Err(("job is not UTF-8 text".into(), None));
         };
-        let id = match obj.get("id") {
-            Some(Value::String(id)) if !id.is_empty() => id.clone(),
-            Some(Value::Number(n)) => n.to_string(),
+        if !utf8.trim_start().starts_with('{') {
+            return Err(("job is not a JSON object".into(), None));
+        }
+        let keys = serde_json::from_str::<JobKeys>(utf8)
+            .map_err(|e| (format!("job is not valid JSON ({e})"), None))?;
+        let id = match keys.id.and_then(id_text) {
+            Some(id) if !id.is_empty() => id,
             _ => return Err(("job has no \"id\"".into(), None)),
         };
-        if !obj.contains_key("input") {
+        if keys.input.is_none() {
             return Err(("job has no \"input\"".into(), Some(id)));
         }
-        let line = serde_json::to_string(&value).expect("a JSON value serialises");
+        let line = if memchr::memchr2(b'\n', b'\r', &text).is_some() {
+            let spaced: Vec<u8> = text
+                .iter()
+                .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+                .collect();
+            Bytes::from(spaced)
+        } else {
+            text
+        };
         Ok(Job { id, line })
+    }
+
+    /// The job's `input`, parsed: for the rare check that must look inside.
+    pub fn input(&self) -> Option<Value> {
+        let keys = serde_json::from_slice::<JobKeys>(&self.line).ok()?;
+        serde_json::from_str(keys.input?.get()).ok()
     }
 }
 
@@ -125,12 +170,9 @@ impl JobFailure {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The handler produced an output.
-    Output(Value),
+    Output(Json),
     /// The job failed; `error` is the text reported as the job's error.
-    Error {
-        error: String,
-        output: Option<Value>,
-    },
+    Error { error: String, output: Option<Json> },
     /// The job was stopped on request; nothing is reported for it.
     Cancelled,
 }
@@ -146,7 +188,7 @@ pub struct JobResult {
 }
 
 impl JobResult {
-    pub fn output(value: Value) -> Self {
+    pub fn output(value: Json) -> Self {
         JobResult {
             outcome: Outcome::Output(value),
             refresh_worker: false,
@@ -181,8 +223,8 @@ impl JobResult {
 /// What a source hears about a job while it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
-    Progress(Value),
-    Stream(Value),
+    Progress(Json),
+    Stream(Json),
     Done(JobResult),
 }
 
@@ -235,13 +277,13 @@ impl JobTicket {
 
     /// Passes on a progress value; never waits (progress is coalesced
     /// when the source falls behind).
-    pub fn progress(&self, value: Value) {
+    pub fn progress(&self, value: Json) {
         self.events.progress(value);
     }
 
     /// Passes on a stream partial, waiting while the job's queue is full:
     /// the caller stops reading the handler meanwhile.
-    pub async fn stream(&self, value: Value) {
+    pub async fn stream(&self, value: Json) {
         self.events.stream(value, &self.cancel).await;
     }
 
@@ -322,7 +364,7 @@ mod tests {
     #[test]
     fn job_line_keeps_every_key() {
         let job = Job::from_value(json!({"id": "a", "input": 1, "webhook": "w"})).unwrap();
-        let back: Value = serde_json::from_str(&job.line).unwrap();
+        let back: Value = serde_json::from_slice(&job.line).unwrap();
         assert_eq!(back["webhook"], "w");
     }
 
@@ -346,7 +388,7 @@ mod tests {
 
     #[test]
     fn the_log_says_how_a_job_ended() {
-        assert_eq!(ending(&Outcome::Output(json!(1))), "completed");
+        assert_eq!(ending(&Outcome::Output(json!(1).into())), "completed");
         assert_eq!(ending(&Outcome::Cancelled), "stopped");
         let report = JobFailure::new(FailureKind::Timeout, "late").report(&Identity {
             worker_id: "w".into(),

@@ -35,6 +35,7 @@ pub mod fitness;
 pub mod handler;
 pub mod input_schema;
 pub mod job;
+pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod observe;

@@ -11,6 +11,7 @@ use jobpipe::error::{exit, FatalError};
 fn main() -> ExitCode {
     // First of all, so no handler can read the key from /proc/<pid>/environ.
     jobpipe::os::make_non_dumpable();
+    jobpipe::os::tune_allocator();
     let matches = config::matches().unwrap_or_else(|e| e.exit());
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -16,7 +16,8 @@
 //!   succeeded within [`SPOOL_AFTER`]) the result is written to the spool at
 //!   once and delivered from there, with retries, by this run or the next
 //!   start;
-//! * at most `max_undelivered` final results may be awaiting delivery:
+//! * at most `max_undelivered` final results, and at most
+//!   [`RESULT_BYTES_IN_FLIGHT`] bytes of them, may be awaiting delivery:
 //!   beyond that [`Runner::slots`] waits, so the source stops taking jobs
 //!   until delivery resumes.
 //!
@@ -41,12 +42,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::{Attempt, Post, Spool};
 use crate::error::FatalError;
 use crate::job::Job;
+use crate::json::Json;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Slot};
 use crate::source::{Shutdown, SourceContext};
@@ -59,6 +62,11 @@ pub use ids::{check_id, IdProblem, MAX_ID_LEN};
 
 /// How long one update may take to be delivered before it is dropped.
 pub const UPDATE_BUDGET: Duration = Duration::from_secs(10);
+/// How many bytes of final results may be on their way while more jobs are
+/// taken. Beyond it the next take waits for delivery, so a worker with
+/// large payloads holds one job's input or output at a time, not the next
+/// job's input beside the last one's output.
+pub const RESULT_BYTES_IN_FLIGHT: usize = 8 << 20;
 /// How long a final result's first post may take before the result is
 /// written to the spool anyway (the post goes on).
 pub const SPOOL_AFTER: Duration = Duration::from_secs(2);
@@ -159,14 +167,24 @@ impl<S: ResultSink> Runner<S> {
         let take = &self.shared.shutdown.take;
         let max = self.shared.options.max_undelivered;
         loop {
-            if self.shared.undelivered.count() >= max {
-                tracing::warn!(
-                    "{} results are not yet delivered (--max-undelivered {max}); taking no more jobs until delivery resumes",
-                    self.shared.undelivered.count()
-                );
+            let load = self.shared.undelivered.load();
+            if !load.fits(max, RESULT_BYTES_IN_FLIGHT) {
+                if load.count >= max {
+                    tracing::warn!(
+                        "{} results are not yet delivered (--max-undelivered {max}); taking no more jobs until delivery resumes",
+                        load.count
+                    );
+                } else {
+                    tracing::debug!(
+                        "{} bytes of results are on their way; the next job is taken once they are delivered",
+                        load.bytes
+                    );
+                }
                 tokio::select! {
-                    _ = self.shared.undelivered.below(max) => {
-                        tracing::info!("results are being delivered again; taking jobs");
+                    _ = self.shared.undelivered.fits(max, RESULT_BYTES_IN_FLIGHT) => {
+                        if load.count >= max {
+                            tracing::info!("results are being delivered again; taking jobs");
+                        }
                     }
                     _ = take.cancelled() => return None,
                 }
@@ -175,7 +193,12 @@ impl<S: ResultSink> Runner<S> {
                 slots = self.pool.free_slots() => slots,
                 _ = take.cancelled() => return None,
             };
-            if self.shared.undelivered.count() < max {
+            if self
+                .shared
+                .undelivered
+                .load()
+                .fits(max, RESULT_BYTES_IN_FLIGHT)
+            {
                 return Some(slots);
             }
         }
@@ -184,14 +207,19 @@ impl<S: ResultSink> Runner<S> {
     /// Validates one taken job and starts it in `slot`; a job that cannot
     /// run is answered with an error when it can be, logged when not.
     pub fn start_job(&self, value: Value, slot: Slot) {
+        self.admit(Job::from_value(value), slot);
+    }
+
+    /// The same for a job object's text as it came (see [`Job::from_json`]).
+    pub fn start_job_text(&self, text: Bytes, slot: Slot) {
+        self.admit(Job::from_json(text), slot);
+    }
+
+    fn admit(&self, job: Result<Job, (String, Option<String>)>, slot: Slot) {
         let name = self.shared.options.source_name;
-        let violations = match (&self.shared.options.input_schema, value.get("input")) {
-            (Some(schema), Some(input)) => schema.check(input),
-            _ => Vec::new(),
-        };
-        let (id, problem) = match Job::from_value(value) {
+        let (id, problem) = match job {
             Ok(job) => match check_id(&job.id) {
-                Ok(()) => return self.submit(job, slot, &violations),
+                Ok(()) => return self.submit(job, slot),
                 Err(problem) => (job.id, problem),
             },
             Err((message, None)) => {
@@ -208,9 +236,7 @@ impl<S: ResultSink> Runner<S> {
         match problem {
             IdProblem::Answerable(message) => {
                 tracing::error!(job_id = %id.escape_debug(), "{name} sent an invalid job: {message}");
-                let post =
-                    Post::final_result(id, json!({"error": format!("invalid job: {message}")}));
-                self.jobs.spawn(self.shared.clone().deliver_final(post));
+                self.answer_error(id, format!("invalid job: {message}"));
             }
             IdProblem::Unanswerable(message) => {
                 tracing::error!(
@@ -220,14 +246,21 @@ impl<S: ResultSink> Runner<S> {
         }
     }
 
-    fn submit(&self, job: Job, slot: Slot, violations: &[crate::input_schema::Violation]) {
+    /// Posts an error as the final result of a job that never ran.
+    fn answer_error(&self, id: String, error: String) {
+        let post = Post::final_result(id, Json::from_value(&json!({ "error": error })));
+        self.jobs.spawn(self.shared.clone().deliver_final(post));
+    }
+
+    fn submit(&self, job: Job, slot: Slot) {
         let id = job.id.clone();
-        if !violations.is_empty() {
-            let error = crate::input_schema::describe(violations);
-            tracing::error!(job_id = %id, "{error}");
-            let post = Post::final_result(id, json!({ "error": error }));
-            self.jobs.spawn(self.shared.clone().deliver_final(post));
-            return;
+        if let Some(schema) = &self.shared.options.input_schema {
+            let violations = job.input().map(|input| schema.check(&input));
+            if let Some(violations) = violations.filter(|v| !v.is_empty()) {
+                let error = crate::input_schema::describe(&violations);
+                tracing::error!(job_id = %id, "{error}");
+                return self.answer_error(id, error);
+            }
         }
         tracing::info!(job_id = %id, "job taken");
         match self.pool.submit(slot, job) {

@@ -72,9 +72,9 @@ async fn result(events: &mut JobEvents) -> JobResult {
         .expect("result in time")
 }
 
-fn output(result: &JobResult) -> &Value {
+fn output(result: &JobResult) -> Value {
     match &result.outcome {
-        Outcome::Output(value) => value,
+        Outcome::Output(value) => value.to_value(),
         other => panic!("expected an output, got {other:?}"),
     }
 }

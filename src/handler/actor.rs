@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::Value;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -29,6 +29,7 @@ use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::error::FatalError;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
+use crate::json::Json;
 use crate::metrics::RestartReason;
 use crate::timer::{sleep_for, sleep_until};
 
@@ -325,14 +326,14 @@ impl Actor {
         }
     }
 
-    fn handle_job(&mut self, ticket: JobTicket, process: &HandlerProcess, s: &mut Serving) {
+    fn handle_job(&mut self, mut ticket: JobTicket, process: &HandlerProcess, s: &mut Serving) {
         if ticket.is_cancelled() {
             ticket.finish(JobResult::cancelled());
             return;
         }
         let id = ticket.id().to_owned();
         tracing::debug!(job_id = %id, pid = process.pid, "job sent to handler");
-        process.send(ticket.job.line.clone());
+        process.send(std::mem::take(&mut ticket.job.line));
         let watcher = watch_job(&ticket, self.ctx.config.job_timeout, s.stops.clone());
         s.jobs.insert(
             id,
@@ -392,7 +393,7 @@ impl Actor {
                 if s.jobs.contains_key(&id) {
                     let outcome = match error {
                         Some(error) => Outcome::Error { error, output },
-                        None => Outcome::Output(output.unwrap_or(Value::Null)),
+                        None => Outcome::Output(output.unwrap_or_else(Json::null)),
                     };
                     let result = JobResult {
                         outcome,
@@ -470,7 +471,7 @@ impl Actor {
     /// job neither waits for an answer that already came nor hides the cause.
     fn unreadable(&mut self, s: &mut Serving, line: &[u8], why: &str) -> Option<End> {
         let Some(id) = sniff_id(line, s.jobs.keys().map(String::as_str)).map(str::to_owned) else {
-            log_stray_line(&Line::Whole(line.to_vec()));
+            log_stray_line(&Line::Whole(Bytes::copy_from_slice(line)));
             tracing::warn!("the line above looks like a protocol line but {why}; it names no job in flight, so it is dropped");
             return None;
         };
@@ -562,7 +563,7 @@ impl Actor {
             return Some(End::Restart(cause_reason(cause)));
         }
         job.stopping = Some((cause, Instant::now() + grace));
-        process.send(cancel_line(id));
+        process.send(cancel_line(id).into());
         None
     }
 

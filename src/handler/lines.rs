@@ -5,6 +5,7 @@
 //! length and its first bytes (to find the job it answers), and the reader
 //! goes on with the next line. Memory stays bounded by the cap.
 
+use bytes::Bytes;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// How much of an over-long line is kept to identify it.
@@ -14,7 +15,7 @@ const PREFIX_KEPT: usize = 4096;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
     /// A complete line without its newline.
-    Whole(Vec<u8>),
+    Whole(Bytes),
     /// A line longer than the cap: its total length and first bytes.
     TooLong { len: usize, prefix: Vec<u8> },
 }
@@ -36,7 +37,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
             }
             break;
         }
-        let (take, done) = match memchr(chunk) {
+        let (take, done) = match memchr::memchr(b'\n', chunk) {
             Some(pos) => (pos, true),
             None => (chunk.len(), false),
         };
@@ -62,11 +63,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     if buf.last() == Some(&b'\r') {
         buf.pop();
     }
-    Ok(Some(Line::Whole(buf)))
-}
-
-fn memchr(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+    Ok(Some(Line::Whole(Bytes::from(buf))))
 }
 
 /// Shortens text for a log line by cutting out its middle.
@@ -111,10 +108,10 @@ mod tests {
         assert_eq!(
             lines,
             [
-                Line::Whole(b"a".to_vec()),
-                Line::Whole(b"bb".to_vec()),
-                Line::Whole(vec![]),
-                Line::Whole(b"ccc".to_vec())
+                Line::Whole(Bytes::from_static(b"a")),
+                Line::Whole(Bytes::from_static(b"bb")),
+                Line::Whole(Bytes::new()),
+                Line::Whole(Bytes::from_static(b"ccc"))
             ]
         );
     }
@@ -130,7 +127,7 @@ mod tests {
         };
         assert_eq!(*len, 100_000);
         assert!(prefix.len() <= PREFIX_KEPT && prefix.len() >= 1000);
-        assert_eq!(lines[1], Line::Whole(b"ok".to_vec()));
+        assert_eq!(lines[1], Line::Whole(Bytes::from_static(b"ok")));
     }
 
     #[test]

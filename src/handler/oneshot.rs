@@ -13,6 +13,7 @@ use super::lines::Line;
 use super::process::HandlerProcess;
 use super::ActorContext;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
+use crate::json::Json;
 use crate::timer::sleep_for;
 
 /// How long stdout may stay open (held by a grandchild) after the handler
@@ -53,7 +54,7 @@ enum Interrupt {
     Force,
 }
 
-async fn run_job(ctx: &ActorContext, ticket: JobTicket) {
+async fn run_job(ctx: &ActorContext, mut ticket: JobTicket) {
     if ticket.is_cancelled() {
         ticket.finish(JobResult::cancelled());
         return;
@@ -70,7 +71,7 @@ async fn run_job(ctx: &ActorContext, ticket: JobTicket) {
                 return;
             }
         };
-    process.send(ticket.job.line.clone());
+    process.send(std::mem::take(&mut ticket.job.line));
     process.close_stdin();
     let limit = config.max_output_size;
     let mut stdout = Vec::new();
@@ -185,10 +186,10 @@ pub fn parse_output(stdout: &[u8]) -> JobResult {
     let trimmed = text.strip_suffix('\n').unwrap_or(&text);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     let Ok(value) = serde_json::from_str::<Value>(trimmed) else {
-        return JobResult::output(Value::String(trimmed.to_owned()));
+        return JobResult::output(Value::String(trimmed.to_owned()).into());
     };
     let Value::Object(mut obj) = value else {
-        return JobResult::output(value);
+        return JobResult::output(value.into());
     };
     let refresh_worker = obj.remove("refresh_worker") == Some(Value::Bool(true));
     let outcome = match obj.remove("error") {
@@ -197,9 +198,9 @@ pub fn parse_output(stdout: &[u8]) -> JobResult {
                 Value::String(text) => text,
                 other => other.to_string(),
             },
-            output: obj.remove("output"),
+            output: obj.remove("output").map(Json::from),
         },
-        _ => Outcome::Output(Value::Object(obj)),
+        _ => Outcome::Output(Value::Object(obj).into()),
     };
     JobResult {
         outcome,
@@ -217,17 +218,17 @@ mod tests {
     fn json_output_is_parsed_and_text_is_kept_as_text() {
         assert_eq!(
             parse_output(b"{\"a\": 1}\n").outcome,
-            Outcome::Output(json!({"a": 1}))
+            Outcome::Output(json!({"a": 1}).into())
         );
         assert_eq!(
             parse_output(b"hello\n").outcome,
-            Outcome::Output(json!("hello"))
+            Outcome::Output(json!("hello").into())
         );
         assert_eq!(
             parse_output(b"two\nlines\n").outcome,
-            Outcome::Output(json!("two\nlines"))
+            Outcome::Output(json!("two\nlines").into())
         );
-        assert_eq!(parse_output(b"").outcome, Outcome::Output(json!("")));
+        assert_eq!(parse_output(b"").outcome, Outcome::Output(json!("").into()));
     }
 
     #[test]
@@ -237,7 +238,7 @@ mod tests {
             result.outcome,
             Outcome::Error {
                 error: "no GPU".into(),
-                output: Some(json!(1))
+                output: Some(json!(1).into())
             }
         );
         assert!(result.refresh_worker);
@@ -247,8 +248,18 @@ mod tests {
     fn output_over_the_limit_is_only_counted() {
         let mut out = Vec::new();
         let mut too_large = None;
-        collect(&mut out, &mut too_large, Line::Whole(b"12345".to_vec()), 8);
-        collect(&mut out, &mut too_large, Line::Whole(b"6789".to_vec()), 8);
+        collect(
+            &mut out,
+            &mut too_large,
+            Line::Whole(bytes::Bytes::from_static(b"12345")),
+            8,
+        );
+        collect(
+            &mut out,
+            &mut too_large,
+            Line::Whole(bytes::Bytes::from_static(b"6789")),
+            8,
+        );
         assert_eq!(too_large, Some(11));
         assert_eq!(out, b"12345\n");
     }

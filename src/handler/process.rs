@@ -12,6 +12,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
@@ -39,7 +40,7 @@ pub(super) const LOG_LINE_MAX: usize = 4096;
 /// A running handler process.
 pub struct HandlerProcess {
     pub pid: i32,
-    stdin: Option<mpsc::UnboundedSender<String>>,
+    stdin: Option<mpsc::UnboundedSender<Bytes>>,
     writer: JoinHandle<()>,
     /// Lines from stdout; closed when stdout reaches end of file.
     pub stdout: mpsc::Receiver<Line>,
@@ -96,7 +97,8 @@ impl HandlerProcess {
     }
 
     /// Queues one line for the handler's stdin.
-    pub fn send(&self, line: String) {
+    /// Queues one line (without its newline) for the handler's stdin.
+    pub fn send(&self, line: Bytes) {
         if let Some(stdin) = &self.stdin {
             let _ = stdin.send(line);
         }
@@ -227,10 +229,12 @@ impl ExitWatch {
     }
 }
 
-async fn write_lines(mut stdin: pipe::Sender, mut lines: mpsc::UnboundedReceiver<String>) {
-    while let Some(mut line) = lines.recv().await {
-        line.push('\n');
-        if let Err(e) = stdin.write_all(line.as_bytes()).await {
+async fn write_lines(mut stdin: pipe::Sender, mut lines: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(line) = lines.recv().await {
+        // The line and its newline go out in one vectored write, and the
+        // line is not copied to append the newline.
+        let mut out = line.chain(&b"\n"[..]);
+        if let Err(e) = stdin.write_all_buf(&mut out).await {
             tracing::debug!("handler stdin closed: {e}");
             return;
         }

@@ -4,7 +4,12 @@
 //! actor decides what a frame does to its jobs. The protocol itself is
 //! documented for handler authors in docs/handler-protocol.md.
 
-use serde_json::{Map, Value};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::json::{has_surrogate_escape, Json};
 
 /// One line of handler stdout, understood.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,14 +19,14 @@ pub enum Frame {
     /// A final answer: `output` and/or `error`, maybe `refresh_worker`.
     Final {
         id: String,
-        output: Option<Value>,
+        output: Option<Json>,
         error: Option<String>,
         refresh_worker: bool,
     },
     /// `{"id", "stream": ...}`: a partial result.
-    Stream { id: String, value: Value },
+    Stream { id: String, value: Json },
     /// `{"id", "progress": ...}`: a progress update.
-    Progress { id: String, value: Value },
+    Progress { id: String, value: Json },
     /// A line that starts like a protocol object but cannot be read, and
     /// why. It fails the job it names, if it names one.
     Unreadable(String),
@@ -29,41 +34,107 @@ pub enum Frame {
     Other,
 }
 
+/// The keys of a protocol object, their values left as text: only what
+/// jobpipe acts on is looked at, an output is passed on as it came.
+#[derive(Deserialize)]
+struct Keys<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    ready: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    output: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    progress: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    refresh_worker: Option<&'a RawValue>,
+}
+
+/// A key that is there, even with `null` as its value (`"output": null`
+/// is an answer).
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// A job id as jobpipe writes it: a string's text, a number's digits.
+pub(crate) fn id_text(raw: &RawValue) -> Option<String> {
+    match raw.get().as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(raw.get()).ok(),
+        b'-' | b'0'..=b'9' => match serde_json::from_str::<Value>(raw.get()).ok()? {
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Reads one stdout line.
-pub fn parse_line(line: &[u8]) -> Frame {
+pub fn parse_line(line: &Bytes) -> Frame {
     let object = line.trim_ascii_start().starts_with(b"{");
+    if !object {
+        return Frame::Other;
+    }
     let text = match std::str::from_utf8(line) {
         Ok(text) => text,
-        Err(e) if object => {
+        Err(e) => {
             return Frame::Unreadable(format!(
                 "it is not valid UTF-8 (byte {} is not part of a UTF-8 character); write protocol lines as UTF-8",
                 e.valid_up_to() + 1
             ))
         }
-        Err(_) => return Frame::Other,
     };
-    let mut obj = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(obj)) => obj,
-        Ok(_) => return Frame::Other,
-        Err(e) if object => return Frame::Unreadable(unreadable_json(text, &e)),
-        Err(_) => return Frame::Other,
+    let keys = match serde_json::from_str::<Keys>(text) {
+        Ok(keys) => keys,
+        Err(e) => return Frame::Unreadable(unreadable_json(text, &e)),
     };
-    if obj.get("ready") == Some(&Value::Bool(true)) && !obj.contains_key("id") {
+    // Skipping a value checks its syntax but not that each escaped
+    // surrogate is half of a pair; the rare line with one is parsed whole.
+    if has_surrogate_escape(line) {
+        if let Err(e) = serde_json::from_str::<Value>(text) {
+            return Frame::Unreadable(unreadable_json(text, &e));
+        }
+    }
+    let is_true = |raw: Option<&RawValue>| raw.is_some_and(|raw| raw.get().trim() == "true");
+    if is_true(keys.ready) && keys.id.is_none() {
         return Frame::Ready;
     }
-    let id = match obj.get("id") {
-        Some(Value::String(id)) => id.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return Frame::Other,
+    let Some(id) = keys.id.and_then(id_text) else {
+        return Frame::Other;
     };
-    if obj.contains_key("output") || obj.contains_key("error") {
-        return final_frame(id, obj);
+    let json = |raw: &RawValue| Json::slice_of(line, raw);
+    if keys.output.is_some() || keys.error.is_some() {
+        let error = match keys.error {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) if raw.get().starts_with('"') => serde_json::from_str(raw.get()).ok(),
+            Some(raw) => serde_json::from_str::<Value>(raw.get())
+                .ok()
+                .map(|v| v.to_string()),
+        };
+        return Frame::Final {
+            id,
+            output: keys.output.map(json),
+            error,
+            refresh_worker: is_true(keys.refresh_worker),
+        };
     }
-    if let Some(value) = obj.remove("stream") {
-        return Frame::Stream { id, value };
+    if let Some(value) = keys.stream {
+        return Frame::Stream {
+            id,
+            value: json(value),
+        };
     }
-    if let Some(value) = obj.remove("progress") {
-        return Frame::Progress { id, value };
+    if let Some(value) = keys.progress {
+        return Frame::Progress {
+            id,
+            value: json(value),
+        };
     }
     Frame::Other
 }
@@ -73,7 +144,7 @@ pub fn parse_line(line: &[u8]) -> Frame {
 fn unreadable_json(text: &str, error: &serde_json::Error) -> String {
     let message = error.to_string();
     if (message.contains("surrogate") || message.contains("hex escape"))
-        && has_surrogate_escape(text)
+        && has_surrogate_escape(text.as_bytes())
     {
         return format!(
             "it contains a lone surrogate escape such as \\ud800, which is not Unicode text ({message}); replace or drop such characters before answering"
@@ -85,16 +156,6 @@ fn unreadable_json(text: &str, error: &serde_json::Error) -> String {
         );
     }
     format!("it is not valid JSON ({message})")
-}
-
-/// True if the text holds a `\uD800`–`\uDFFF` escape.
-fn has_surrogate_escape(text: &str) -> bool {
-    text.as_bytes().windows(4).any(|w| {
-        w[0] == b'\\'
-            && w[1] == b'u'
-            && w[2].eq_ignore_ascii_case(&b'd')
-            && matches!(w[3].to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f')
-    })
 }
 
 /// Finds a `NaN`, `Infinity` or `-Infinity` where a JSON value would be.
@@ -111,21 +172,6 @@ fn non_json_number(text: &str) -> Option<&'static str> {
         }
     }
     None
-}
-
-fn final_frame(id: String, mut obj: Map<String, Value>) -> Frame {
-    let refresh_worker = obj.get("refresh_worker") == Some(&Value::Bool(true));
-    let error = match obj.remove("error") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text),
-        Some(other) => Some(other.to_string()),
-    };
-    Frame::Final {
-        id,
-        output: obj.remove("output"),
-        error,
-        refresh_worker,
-    }
 }
 
 /// The line that asks a multiplexing handler to stop one job.
@@ -149,6 +195,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn parse_line(line: &[u8]) -> Frame {
+        super::parse_line(&Bytes::copy_from_slice(line))
+    }
+
+    fn json(value: Value) -> Json {
+        Json::from_value(&value)
+    }
+
     #[test]
     fn frames_are_recognised() {
         assert_eq!(parse_line(br#"{"ready": true}"#), Frame::Ready);
@@ -156,7 +210,7 @@ mod tests {
             parse_line(br#"{"id": "a", "output": {"x": 1}}"#),
             Frame::Final {
                 id: "a".into(),
-                output: Some(json!({"x": 1})),
+                output: Some(Json::parse(Bytes::from_static(br#"{"x": 1}"#)).unwrap()),
                 error: None,
                 refresh_worker: false
             }
@@ -165,7 +219,7 @@ mod tests {
             parse_line(br#"{"id": "a", "error": "bad", "output": 2, "refresh_worker": true}"#),
             Frame::Final {
                 id: "a".into(),
-                output: Some(json!(2)),
+                output: Some(json(json!(2))),
                 error: Some("bad".into()),
                 refresh_worker: true
             }
@@ -174,14 +228,14 @@ mod tests {
             parse_line(br#"{"id": "a", "stream": [1]}"#),
             Frame::Stream {
                 id: "a".into(),
-                value: json!([1])
+                value: json(json!([1]))
             }
         );
         assert_eq!(
             parse_line(br#"{"id": "a", "progress": 50}"#),
             Frame::Progress {
                 id: "a".into(),
-                value: json!(50)
+                value: json(json!(50))
             }
         );
     }
@@ -191,9 +245,9 @@ mod tests {
         assert!(matches!(
             parse_line(br#"{"id": "a", "output": null}"#),
             Frame::Final {
-                output: Some(Value::Null),
+                output: Some(output),
                 ..
-            }
+            } if output.is_null()
         ));
     }
 
@@ -227,7 +281,7 @@ mod tests {
         // A surrogate pair is one character and fine.
         assert!(matches!(
             parse_line(br#"{"id": "a", "output": "\ud83d\ude00"}"#),
-            Frame::Final { output: Some(Value::String(s)), .. } if s == "\u{1f600}"
+            Frame::Final { output: Some(o), .. } if o.to_value() == json!("\u{1f600}")
         ));
     }
 

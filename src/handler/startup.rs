@@ -159,7 +159,7 @@ impl Actor {
         let id = format!("jobpipe-warmup-{}", process.pid);
         let mut job = job.clone();
         job["id"] = id.clone().into();
-        process.send(job.to_string());
+        process.send(job.to_string().into());
         let started = Instant::now();
         let deadline = started + config.startup_timeout;
         loop {

@@ -11,17 +11,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{JobEvent, JobResult};
+use crate::json::Json;
 
 /// Updates one job may have queued before its handler is paused.
 pub const UPDATE_QUEUE: usize = 16;
 
 /// The latest progress value that did not fit in the queue.
-type Latest = Arc<Mutex<Option<Value>>>;
+type Latest = Arc<Mutex<Option<Json>>>;
 
 /// The handler's end: held by the job's ticket.
 pub(crate) struct EventSender {
@@ -62,7 +62,7 @@ pub(crate) fn channel() -> (EventSender, JobEvents) {
 impl EventSender {
     /// Queues a progress value; when the queue is full it replaces any
     /// progress still waiting for room.
-    pub(crate) fn progress(&self, value: Value) {
+    pub(crate) fn progress(&self, value: Json) {
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         match self.updates.try_send(JobEvent::Progress(value)) {
             // Anything parked is older than what was just queued.
@@ -76,7 +76,7 @@ impl EventSender {
 
     /// Queues a partial, waiting for room: the caller stops reading the
     /// handler meanwhile. Gives up when the job is stopped.
-    pub(crate) async fn stream(&self, value: Value, cancel: &CancellationToken) {
+    pub(crate) async fn stream(&self, value: Json, cancel: &CancellationToken) {
         tokio::select! {
             _ = self.updates.send(JobEvent::Stream(value)) => {}
             _ = cancel.cancelled() => {}
@@ -147,7 +147,7 @@ impl JobEvents {
         dropped
     }
 
-    fn take_latest(&self) -> Option<Value> {
+    fn take_latest(&self) -> Option<Json> {
         self.latest.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -161,12 +161,12 @@ mod tests {
     async fn progress_beyond_the_queue_keeps_only_the_latest() {
         let (tx, mut rx) = channel();
         for step in 0..UPDATE_QUEUE + 5 {
-            tx.progress(json!(step));
+            tx.progress(json!(step).into());
         }
         let mut seen = Vec::new();
         for _ in 0..=UPDATE_QUEUE {
             match rx.recv().await {
-                Some(JobEvent::Progress(v)) => seen.push(v.as_u64().unwrap()),
+                Some(JobEvent::Progress(v)) => seen.push(v.to_value().as_u64().unwrap()),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -180,15 +180,15 @@ mod tests {
         let (mut tx, mut rx) = channel();
         let cancel = CancellationToken::new();
         for n in 0..UPDATE_QUEUE {
-            tx.stream(json!(n), &cancel).await;
+            tx.stream(json!(n).into(), &cancel).await;
         }
         let blocked = tokio::time::timeout(
             std::time::Duration::from_millis(50),
-            tx.stream(json!("more"), &cancel),
+            tx.stream(json!("more").into(), &cancel),
         )
         .await;
         assert!(blocked.is_err(), "a full queue makes the sender wait");
-        tx.finish(JobResult::output(json!("done")));
+        tx.finish(JobResult::output(json!("done").into()));
         drop(tx);
         assert!(rx.is_finished());
         let mut count = 0;
@@ -196,7 +196,7 @@ mod tests {
             match rx.recv().await {
                 Some(JobEvent::Stream(_)) => count += 1,
                 Some(JobEvent::Done(result)) => {
-                    assert_eq!(result, JobResult::output(json!("done")));
+                    assert_eq!(result, JobResult::output(json!("done").into()));
                     break;
                 }
                 other => panic!("unexpected {other:?}"),
@@ -209,9 +209,9 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_queue_leaves_the_result() {
         let (mut tx, mut rx) = channel();
-        tx.progress(json!(1));
-        tx.progress(json!(2));
-        tx.finish(JobResult::output(json!(3)));
+        tx.progress(json!(1).into());
+        tx.progress(json!(2).into());
+        tx.finish(JobResult::output(json!(3).into()));
         drop(tx);
         assert_eq!(rx.drop_queued(), 2);
         assert!(matches!(rx.recv().await, Some(JobEvent::Done(_))));

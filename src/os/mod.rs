@@ -21,6 +21,25 @@ pub use checks::{check_executable, check_handler_limits, make_non_dumpable, MAX_
 pub use procfs::{group_resident_memory, kill_escaped};
 pub use reaper::{init_reaper, release};
 
+/// Allocations from this size up get their own mapping (see
+/// [`tune_allocator`]).
+const OWN_MAPPING_FROM: i32 = 256 * 1024;
+
+/// Makes the C allocator give every large buffer (a job's payload, a
+/// handler's answer) its own memory mapping, returned to the system when it
+/// is freed and grown in place (`mremap`) rather than copied. glibc's
+/// default raises this threshold to the largest buffer freed so far, so
+/// after one large job the next ones come from the heap: growing a buffer
+/// then copies it, and the freed memory stays with the process.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tunable of the allocator; it is called
+    // first thing in main, before any other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM);
+    }
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {

@@ -50,33 +50,48 @@ pub fn check_id(id: &str) -> Result<(), IdProblem> {
 /// id, with their count for whoever waits for it to fall.
 pub struct Undelivered {
     ids: Mutex<BTreeMap<String, usize>>,
-    count: watch::Sender<usize>,
+    load: watch::Sender<Load>,
+}
+
+/// How many results are on their way, and how large they are together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub count: usize,
+    pub bytes: usize,
 }
 
 impl Default for Undelivered {
     fn default() -> Self {
         Undelivered {
             ids: Mutex::default(),
-            count: watch::channel(0).0,
+            load: watch::channel(Load::default()).0,
         }
     }
 }
 
 impl Undelivered {
-    pub fn add(&self, id: &str) {
+    /// A result of `bytes` starts on its way.
+    pub fn add(&self, id: &str, bytes: usize) {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         *ids.entry(id.to_owned()).or_default() += 1;
-        self.count.send_modify(|n| *n += 1);
+        self.load.send_modify(|load| {
+            load.count += 1;
+            load.bytes += bytes;
+        });
     }
 
-    pub fn remove(&self, id: &str) {
+    /// A result added with the same `bytes` has been settled.
+    pub fn remove(&self, id: &str, bytes: usize) {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = ids.get_mut(id) {
             *n -= 1;
             if *n == 0 {
                 ids.remove(id);
             }
-            self.count.send_modify(|n| *n -= 1);
+            self.load.send_modify(|load| {
+                load.count -= 1;
+                load.bytes = load.bytes.saturating_sub(bytes);
+            });
         }
     }
 
@@ -85,20 +100,37 @@ impl Undelivered {
         ids.keys().cloned().collect()
     }
 
-    pub fn count(&self) -> usize {
-        *self.count.borrow()
+    pub fn load(&self) -> Load {
+        *self.load.borrow()
     }
 
-    /// Resolves once fewer than `max` results are undelivered.
-    pub async fn below(&self, max: usize) {
-        let mut count = self.count.subscribe();
-        let _ = count.wait_for(|n| *n < max).await;
+    /// Resolves once the load fits: fewer than `max` results and at most
+    /// `max_bytes` bytes of them.
+    pub async fn fits(&self, max: usize, max_bytes: usize) {
+        let mut load = self.load.subscribe();
+        let _ = load.wait_for(|load| load.fits(max, max_bytes)).await;
+    }
+}
+
+impl Load {
+    pub fn fits(&self, max: usize, max_bytes: usize) -> bool {
+        self.count < max && self.bytes <= max_bytes
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_fits_below_both_bounds() {
+        let load = |count, bytes| Load { count, bytes };
+        assert!(load(0, 0).fits(1, 100));
+        assert!(!load(1, 0).fits(1, 100));
+        assert!(load(1, 100).fits(2, 100));
+        assert!(!load(1, 101).fits(2, 100));
+        assert!(load(0, 0).fits(2, 0));
+    }
 
     #[test]
     fn ids_are_sorted_by_what_can_be_done() {
@@ -117,16 +149,17 @@ mod tests {
     #[test]
     fn undelivered_counts_each_result() {
         let u = Undelivered::default();
-        u.add("a");
-        u.add("a");
-        u.add("b");
-        assert_eq!(u.count(), 3);
+        u.add("a", 10);
+        u.add("a", 20);
+        u.add("b", 5);
+        assert_eq!(u.load().count, 3);
         assert_eq!(u.ids(), ["a", "b"]);
-        u.remove("a");
+        assert_eq!(u.load().bytes, 35);
+        u.remove("a", 10);
         assert_eq!(u.ids(), ["a", "b"]);
-        u.remove("a");
-        u.remove("zzz");
+        u.remove("a", 20);
+        u.remove("zzz", 100);
         assert_eq!(u.ids(), ["b"]);
-        assert_eq!(u.count(), 1);
+        assert_eq!(u.load(), Load { count: 1, bytes: 5 });
     }
 }

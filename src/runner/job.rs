@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{check_id, IdProblem, ResultSink, Shared, SPOOL_AFTER, UPDATE_BUDGET};
 use crate::delivery::{deliver, Attempt, Delivery, Post, PostKind, Spooled};
 use crate::handler::lines::clip_middle;
 use crate::job::{JobEvent, JobEvents, JobResult, Outcome};
+use crate::json::{self, Json};
 
 impl<S: ResultSink> Shared<S> {
     /// Posts one job's updates in order, then its final result.
@@ -79,14 +79,14 @@ impl<S: ResultSink> Shared<S> {
     }
 
     /// A final result starts its way to its destination.
-    fn pending(&self, id: &str) {
-        self.undelivered.add(id);
+    fn pending(&self, post: &Post) {
+        self.undelivered.add(&post.job_id, post.body.len());
         self.metrics.result_pending();
     }
 
     /// A final result was delivered, refused or left in the spool.
-    fn settled(&self, id: &str) {
-        self.undelivered.remove(id);
+    fn settled(&self, post: &Post) {
+        self.undelivered.remove(&post.job_id, post.body.len());
         self.metrics.result_settled();
     }
 
@@ -94,7 +94,7 @@ impl<S: ResultSink> Shared<S> {
     /// succeeded within [`SPOOL_AFTER`], the result is spooled at once and
     /// retried from there; at shutdown it stays in the spool.
     pub(super) async fn deliver_final(self: Arc<Self>, post: Post) {
-        self.pending(&post.job_id);
+        self.pending(&post);
         let post = Arc::new(post);
         let first = self.sink.send(&post);
         tokio::pin!(first);
@@ -109,12 +109,12 @@ impl<S: ResultSink> Shared<S> {
             Some(Attempt::Delivered) => {
                 tracing::debug!(job_id = %post.job_id, "result delivered");
                 self.metrics.post_ended("result", "delivered");
-                return self.settled(&post.job_id);
+                return self.settled(&post);
             }
             Some(Attempt::Refused(why)) => {
                 tracing::error!(job_id = %post.job_id, "the platform refused the result: {why}; it is not retried");
                 self.metrics.post_ended("result", "refused");
-                return self.settled(&post.job_id);
+                return self.settled(&post);
             }
             Some(Attempt::Retry(why)) => {
                 self.metrics.post_retried("result");
@@ -179,10 +179,10 @@ impl<S: ResultSink> Shared<S> {
                 tracing::warn!(job_id = %post.job_id, "result not delivered before shutdown; kept in {} for the next start", path.display());
             }
             (Delivery::Flushed, None) => {
-                tracing::error!(job_id = %post.job_id, "result not delivered and it could not be spooled; it is lost: {}", clip_middle(&post.body.to_string(), 2000));
+                tracing::error!(job_id = %post.job_id, "result not delivered and it could not be spooled; it is lost: {}", clip_middle(post.body.text(), 2000));
             }
         }
-        self.settled(&post.job_id);
+        self.settled(post);
     }
 
     /// Writes a result to the spool off the runtime's threads.
@@ -213,14 +213,14 @@ impl<S: ResultSink> Shared<S> {
             tracing::error!(
                 "the spooled result {} cannot be delivered ({why}); it is removed: {}",
                 path.display(),
-                clip_middle(&post.body.to_string(), 2000)
+                clip_middle(post.body.text(), 2000)
             );
             let spool = self.spool.clone();
             let _ = tokio::task::spawn_blocking(move || spool.forget(&path)).await;
             return;
         }
         tracing::info!(job_id = %post.job_id, "delivering a result kept in the spool by an earlier run");
-        self.pending(&post.job_id);
+        self.pending(&post);
         let delivery = deliver(&*self.sink, &post, &self.shutdown.flush, &self.metrics).await;
         self.settle(&post, Some(path), delivery).await;
     }
@@ -228,22 +228,22 @@ impl<S: ResultSink> Shared<S> {
 
 /// The post for a job's final result; `None` for a stopped job, for which
 /// nothing is posted. `partials` are given when the stream is aggregated.
-fn final_post(id: &str, result: JobResult, partials: Option<Vec<Value>>) -> Option<Post> {
+fn final_post(id: &str, result: JobResult, partials: Option<Vec<Json>>) -> Option<Post> {
     let body = match result.outcome {
         Outcome::Cancelled => {
             tracing::info!(job_id = %id, "job stopped on request; nothing is posted for it");
             return None;
         }
         Outcome::Output(_) if result.streamed && partials.is_some() => {
-            json!({"output": partials})
+            let list = json::array(partials.iter().flatten());
+            json::object([("output", &list)])
         }
-        Outcome::Output(output) => json!({"output": output}),
+        Outcome::Output(output) => json::object([("output", &output)]),
         Outcome::Error { error, output } => {
-            let mut body = json!({"error": error});
-            if let Some(output) = output {
-                body["output"] = output;
-            }
-            body
+            let error = Json::from_value(&error.into());
+            let mut fields = vec![("error", &error)];
+            fields.extend(output.as_ref().map(|output| ("output", output)));
+            json::object(fields)
         }
     };
     Some(Post {

@@ -19,6 +19,7 @@ pub mod queue;
 pub mod queue_config;
 mod queue_job;
 pub mod runpod;
+mod runpod_urls;
 pub mod test_input;
 
 /// The shutdown phases a source takes part in.

@@ -131,7 +131,7 @@ impl ResultSink for QueueSink {
         // Delivery's flush deadline still cuts this wait short.
         let mut delays = UNREACHABLE_RETRY.iter();
         let written = loop {
-            let body = post.body.clone();
+            let body = post.body.to_value();
             let written = match post.kind {
                 PostKind::Progress => self.queue.progress(id, &token, body).await,
                 PostKind::Stream => self.queue.stream(id, &token, body).await,

@@ -9,16 +9,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use bytes::Bytes;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Url;
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use super::runpod_urls::Urls;
 use super::SourceContext;
 use crate::backoff::{BackoffPolicy, PollPace};
 use crate::config::RunpodConfig;
 use crate::delivery::{self, Attempt, Post, PostKind};
 use crate::error::{exit, FatalError};
 use crate::handler::lines::clip_middle;
+use crate::json::{self, Json};
 use crate::pool::Pool;
 use crate::runner::{ResultSink, Runner, RunnerOptions};
 
@@ -37,26 +43,31 @@ const RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
 /// long-poll; the next waits a little, so an endpoint that answers at once
 /// is not hammered.
 const POLL_PACE: PollPace = PollPace::new(Duration::from_millis(500), Duration::from_millis(200));
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// Timeout of one result post.
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest take answer read: far above RunPod's own payload limits
+/// (20 MB for a synchronous job), so only a broken or hostile endpoint
+/// reaches it, and memory stays bounded whatever it sends.
+const MAX_TAKE_BODY: usize = 256 << 20;
 
 /// The RunPod worker endpoints, with the key and this worker's id filled in.
 pub struct Endpoint {
     config: RunpodConfig,
-    worker_id: String,
-    /// The job-take-batch and job-stop URL templates, derived from the take
-    /// URL; `None` when it has no `/job-take/` to replace.
-    batch_url: Option<String>,
-    stop_url: Option<String>,
+    /// Every URL this worker calls, parsed once.
+    urls: Urls,
     /// For takes and posts.
     http: reqwest::Client,
     /// For pings alone, so a busy connection pool never delays a heartbeat.
     ping_http: reqwest::Client,
+    /// The key as a header value, checked once and kept out of debug output.
+    auth: HeaderValue,
 }
 
 /// What a take came to.
 enum Take {
-    Jobs(Vec<Value>),
+    /// Each job object's text, sliced from the answer without a copy.
+    Jobs(Vec<Bytes>),
     /// 204 or 400: nothing to do now.
     Empty,
     RateLimited,
@@ -65,73 +76,51 @@ enum Take {
 }
 
 impl Endpoint {
-    fn new(config: RunpodConfig, worker_id: String) -> Result<Endpoint, FatalError> {
+    fn new(config: RunpodConfig, worker_id: &str) -> Result<Endpoint, FatalError> {
         let build = |timeout: Duration| {
             reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(timeout)
                 .user_agent(concat!("jobpipe/", env!("CARGO_PKG_VERSION")))
+                // RunPod answers where it is asked; a redirect is a
+                // misconfigured URL, reported as its status, not followed.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| FatalError::Internal(format!("cannot build the HTTP client: {e}")))
         };
-        let derived = |to: &str| {
-            config
-                .take_url
-                .contains("/job-take/")
-                .then(|| config.take_url.replacen("/job-take/", to, 1))
-        };
-        let (batch_url, stop_url) = (derived("/job-take-batch/"), derived("/job-stop/"));
-        if stop_url.is_none() {
+        let urls = Urls::new(&config, worker_id)?;
+        if urls.stop.is_none() {
             tracing::warn!(
                 "the take URL has no /job-take/ to derive the job-stop and batch URLs from; jobs are taken one at a time and RunPod cannot stop single jobs on this worker"
             );
         }
+        let mut auth = HeaderValue::from_str(&config.api_key).map_err(|_| {
+            FatalError::Config(crate::error::ConfigError::Invalid(
+                "RUNPOD_AI_API_KEY holds characters an HTTP header cannot carry; set it to the key alone".into(),
+            ))
+        })?;
+        auth.set_sensitive(true);
         Ok(Endpoint {
-            batch_url,
-            stop_url,
+            auth,
+            urls,
             http: build(LONG_POLL + Duration::from_secs(10))?,
             ping_http: build(config.ping_interval.max(Duration::from_secs(1)))?,
             config,
-            worker_id,
         })
     }
 
-    /// A take, ping or stop URL: both `$RUNPOD_POD_ID` and `$ID` mean the worker.
-    fn worker_url(&self, template: &str) -> String {
-        template
-            .replace("$RUNPOD_POD_ID", &self.worker_id)
-            .replace("$ID", &self.worker_id)
-    }
-
-    /// A done or stream URL: `$RUNPOD_POD_ID` is the worker, `$ID` the job.
-    fn job_url(&self, template: &str, job_id: &str) -> String {
-        template
-            .replace("$RUNPOD_POD_ID", &self.worker_id)
-            .replace("$ID", &encode(job_id))
-    }
-
     /// A GET with the worker's key, which RunPod takes verbatim (no `Bearer`).
-    async fn get(&self, client: &reqwest::Client, url: &str) -> reqwest::Result<reqwest::Response> {
+    async fn get(&self, client: &reqwest::Client, url: Url) -> reqwest::Result<reqwest::Response> {
         client
             .get(url)
-            .header("Authorization", &self.config.api_key)
+            .header(AUTHORIZATION, self.auth.clone())
             .send()
             .await
     }
 
     async fn take(&self, count: usize, in_progress: bool) -> Take {
-        let flag = u8::from(in_progress);
-        let url = match &self.batch_url {
-            Some(batch) if count > 1 => with_query(
-                &self.worker_url(batch),
-                &format!("batch_size={count}&job_in_progress={flag}"),
-            ),
-            _ => with_query(
-                &self.worker_url(&self.config.take_url),
-                &format!("job_in_progress={flag}"),
-            ),
-        };
-        let response = match self.get(&self.http, &url).await {
+        let url = self.urls.take(count, in_progress);
+        let response = match self.get(&self.http, url).await {
             Ok(response) => response,
             Err(e) => return Take::Failed(describe(e)),
         };
@@ -143,38 +132,18 @@ impl Endpoint {
             200 => {}
             _ => return Take::Failed(format!("HTTP {status}")),
         }
-        let text = match response.text().await {
-            Ok(text) => text,
-            Err(e) => return Take::Failed(format!("reading the job failed: {}", describe(e))),
+        let body = match read_capped(response, MAX_TAKE_BODY).await {
+            Ok(body) => body,
+            Err(why) => return Take::Failed(format!("reading the job failed: {why}")),
         };
-        if text.trim().is_empty() {
-            return Take::Empty;
-        }
-        match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Array(jobs)) if jobs.is_empty() => Take::Empty,
-            Ok(Value::Array(jobs)) => Take::Jobs(jobs),
-            Ok(Value::Null) => Take::Empty,
-            Ok(job) => Take::Jobs(vec![job]),
-            Err(e) => Take::Failed(format!(
-                "RunPod sent a job that is not JSON ({e}): {}",
-                clip_middle(&text, 500)
-            )),
-        }
+        split_jobs(body)
     }
 
     async fn ping(&self, ids: &[String]) -> Result<(), String> {
-        let Some(template) = &self.config.ping_url else {
+        let Some(url) = self.urls.ping(ids) else {
             return Ok(());
         };
-        let url = with_query(
-            &self.worker_url(template),
-            &format!(
-                "job_id={}&runpod_version={}",
-                encode(&ids.join(",")),
-                crate::VERSION
-            ),
-        );
-        let response = self.get(&self.ping_http, &url).await.map_err(describe)?;
+        let response = self.get(&self.ping_http, url).await.map_err(describe)?;
         match response.status().as_u16() {
             200..=299 => Ok(()),
             status => Err(format!("HTTP {status}")),
@@ -182,9 +151,8 @@ impl Endpoint {
     }
 
     /// One job-stop long poll: the ids to stop.
-    async fn stop_poll(&self, template: &str) -> Result<Vec<String>, String> {
-        let url = self.worker_url(template);
-        let response = self.get(&self.http, &url).await.map_err(describe)?;
+    async fn stop_poll(&self, url: Url) -> Result<Vec<String>, String> {
+        let response = self.get(&self.http, url).await.map_err(describe)?;
         match response.status().as_u16() {
             204 => Ok(Vec::new()),
             200 => {
@@ -203,22 +171,26 @@ impl Endpoint {
 
 impl ResultSink for Endpoint {
     async fn send(&self, post: &Post) -> Attempt {
-        let (template, query) = match post.kind {
-            PostKind::Final { is_stream } => {
-                (&self.config.done_url, format!("isStream={is_stream}"))
-            }
-            PostKind::Progress => (&self.config.done_url, "isStream=false".to_owned()),
-            PostKind::Stream => (&self.config.stream_url, "isStream=false".to_owned()),
+        let url = match post.kind {
+            PostKind::Final { is_stream } => self.urls.done.for_job(
+                &post.job_id,
+                if is_stream {
+                    "isStream=true"
+                } else {
+                    "isStream=false"
+                },
+            ),
+            PostKind::Progress => self.urls.done.for_job(&post.job_id, "isStream=false"),
+            PostKind::Stream => self.urls.stream.for_job(&post.job_id, "isStream=false"),
         };
         let body = runpod_body(post);
-        let url = with_query(&self.job_url(template, &post.job_id), &query);
         let mut request = self
             .http
-            .post(&url)
+            .post(url)
             .timeout(POST_TIMEOUT)
-            .header("Authorization", &self.config.api_key)
-            .header("Content-Type", "application/json")
-            .body(body.to_string());
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, APPLICATION_JSON)
+            .body(body.bytes());
         // A job whose id is no header value is failed for it (see
         // runner::check_id); its error is still posted, by URL alone.
         if let Ok(id) = reqwest::header::HeaderValue::from_str(&post.job_id) {
@@ -246,7 +218,7 @@ pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalEr
         input_schema: config.input_schema.clone(),
         max_undelivered: config.max_undelivered,
     };
-    let endpoint = Arc::new(Endpoint::new(config, ctx.identity.worker_id.clone())?);
+    let endpoint = Arc::new(Endpoint::new(config, &ctx.identity.worker_id)?);
     let runner = Arc::new(Runner::start(endpoint.clone(), &ctx, options).await?);
     tracing::info!(worker_id = %ctx.identity.worker_id, "RunPod worker started with {} slots", ctx.pool.capacity());
     let background = TaskTracker::new();
@@ -294,7 +266,7 @@ async fn take_loop(endpoint: &Arc<Endpoint>, runner: &Runner<Endpoint>, ctx: &So
                         // More jobs than asked for: wait for room rather than drop one.
                         None => ctx.pool.free_slots().await.swap_remove(0),
                     };
-                    runner.start_job(value, slot);
+                    runner.start_job_text(value, slot);
                 }
                 None
             }
@@ -352,13 +324,13 @@ async fn ping_loop(endpoint: Arc<Endpoint>, runner: Arc<Runner<Endpoint>>) {
 
 /// Long-polls job-stop and stops the listed jobs.
 async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
-    let Some(template) = endpoint.stop_url.clone() else {
+    let Some(stop_url) = endpoint.urls.stop.clone() else {
         return;
     };
     let mut delays = TAKE_BACKOFF.iter();
     loop {
         let started = Instant::now();
-        let pause = match endpoint.stop_poll(&template).await {
+        let pause = match endpoint.stop_poll(stop_url.clone()).await {
             Ok(ids) if ids.is_empty() => {
                 delays.reset();
                 POLL_PACE.after(started)
@@ -391,36 +363,74 @@ async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
 
 /// A post's body as RunPod expects it: progress as an `IN_PROGRESS`
 /// status, a partial under `output`, `stopPod` for a fresh worker.
-fn runpod_body(post: &Post) -> Value {
+fn runpod_body(post: &Post) -> Json {
     match post.kind {
-        PostKind::Progress => json!({"status": "IN_PROGRESS", "output": post.body}),
-        PostKind::Stream => json!({"output": post.body}),
+        PostKind::Progress => json::object([
+            ("status", &Json::from_value(&"IN_PROGRESS".into())),
+            ("output", &post.body),
+        ]),
+        PostKind::Stream => json::object([("output", &post.body)]),
         PostKind::Final { .. } if post.refresh_worker => {
-            let mut body = post.body.clone();
-            body["stopPod"] = Value::Bool(true);
-            body
+            json::with_field(&post.body, "stopPod", &Json::from_value(&true.into()))
         }
         PostKind::Final { .. } => post.body.clone(),
     }
 }
 
-/// Appends query parameters to a URL that may already carry some.
-fn with_query(url: &str, params: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{params}")
+/// Reads a response body of at most `cap` bytes into one buffer, freeing
+/// each piece as it is copied in (so a large job is held once, not twice).
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, String> {
+    let expected = response.content_length().unwrap_or(0) as usize;
+    if expected > cap {
+        return Err(format!(
+            "the answer is {expected} bytes, more than the {cap} bytes a take may hold"
+        ));
+    }
+    let mut body = Vec::with_capacity(expected);
+    while let Some(chunk) = response.chunk().await.map_err(describe)? {
+        if body.is_empty() && chunk.len() == expected {
+            // The whole answer in one piece: kept as it is.
+            return Ok(chunk);
+        }
+        if body.len() + chunk.len() > cap {
+            return Err(format!(
+                "the answer is more than the {cap} bytes a take may hold"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
 }
 
-/// Percent-encodes text for a URL path segment or query value.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~,".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
+/// A take's answer: one job object, a list of them (a batch), or nothing.
+fn split_jobs(body: Bytes) -> Take {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    match start.map(|at| body[at]) {
+        None => Take::Empty,
+        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(&body) {
+            Ok(jobs) if jobs.is_empty() => Take::Empty,
+            Ok(jobs) => Take::Jobs(
+                jobs.iter()
+                    .map(|job| body.slice_ref(job.get().as_bytes()))
+                    .collect(),
+            ),
+            Err(e) => not_json(&body, &e),
+        },
+        // One job: checked whole when it is read as a job.
+        Some(b'{') => Take::Jobs(vec![body]),
+        Some(_) => match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Null) => Take::Empty,
+            Ok(_) => Take::Jobs(vec![body]),
+            Err(e) => not_json(&body, &e),
+        },
     }
-    out
+}
+
+fn not_json(body: &[u8], e: &serde_json::Error) -> Take {
+    Take::Failed(format!(
+        "RunPod sent a job that is not JSON ({e}): {}",
+        clip_middle(&String::from_utf8_lossy(&body[..body.len().min(4096)]), 500)
+    ))
 }
 
 /// Describes a reqwest error without its URL's query (which never holds a
@@ -435,48 +445,4 @@ fn describe(error: reqwest::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn endpoint() -> Endpoint {
-        let config = RunpodConfig {
-            take_url: "https://h/v2/ep/job-take/$RUNPOD_POD_ID?gpu=A40".into(),
-            done_url: "https://h/v2/ep/job-done/$RUNPOD_POD_ID/$ID?gpu=A40".into(),
-            stream_url: "https://h/v2/ep/job-stream/$RUNPOD_POD_ID/$ID?gpu=A40".into(),
-            ping_url: Some("https://h/v2/ep/ping/$ID?gpu=A40".into()),
-            ping_interval: Duration::from_secs(10),
-            api_key: "k".into(),
-            spool_dir: "/tmp".into(),
-            max_undelivered: 16,
-            return_aggregate_stream: false,
-            input_schema: None,
-        };
-        Endpoint::new(config, "pod-1".into()).unwrap()
-    }
-
-    #[test]
-    fn templates_are_filled_as_runpod_defines() {
-        let e = endpoint();
-        assert_eq!(
-            e.worker_url(&e.config.take_url),
-            "https://h/v2/ep/job-take/pod-1?gpu=A40"
-        );
-        assert_eq!(
-            e.worker_url(e.config.ping_url.as_ref().unwrap()),
-            "https://h/v2/ep/ping/pod-1?gpu=A40"
-        );
-        assert_eq!(
-            e.job_url(&e.config.done_url, "job 1/x"),
-            "https://h/v2/ep/job-done/pod-1/job%201%2Fx?gpu=A40"
-        );
-    }
-
-    #[test]
-    fn query_is_appended_with_the_right_separator() {
-        assert_eq!(with_query("http://a/b?x=1", "y=2"), "http://a/b?x=1&y=2");
-        assert_eq!(with_query("http://a/b", "y=2"), "http://a/b?y=2");
-    }
 }

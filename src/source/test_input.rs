@@ -38,7 +38,7 @@ pub async fn run(job: Value, expected: Option<Value>, ctx: SourceContext) -> u8 
             Some(JobEvent::Progress(value)) => tracing::info!(job_id = %id, "progress: {value}"),
             Some(JobEvent::Stream(value)) => {
                 tracing::info!(job_id = %id, "stream: {value}");
-                partials.push(value);
+                partials.push(value.to_value());
             }
             Some(JobEvent::Done(result)) => break result,
             None => unreachable!("a ticket always sends its result before it is dropped"),
@@ -51,6 +51,7 @@ pub async fn run(job: Value, expected: Option<Value>, ctx: SourceContext) -> u8 
 fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Value>) -> u8 {
     let (line, output) = match result.outcome {
         Outcome::Output(output) => {
+            let output = output.to_value();
             let output = if result.streamed && is_empty_list(&output) {
                 Value::Array(partials)
             } else {
@@ -64,7 +65,7 @@ fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Va
         Outcome::Error { error, output } => {
             let mut line = json!({"id": id, "status": "FAILED", "error": error});
             if let Some(output) = output {
-                line["output"] = output;
+                line["output"] = output.to_value();
             }
             (line, None)
         }
