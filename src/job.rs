@@ -14,7 +14,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Identity;
@@ -240,7 +239,6 @@ pub struct JobTicket {
     events: EventSender,
     identity: Arc<Identity>,
     registry: Arc<dyn Registry>,
-    permit: Option<OwnedSemaphorePermit>,
     finished: bool,
     /// When the job was handed to the pool, for the duration in the log.
     taken: Instant,
@@ -253,7 +251,6 @@ impl JobTicket {
         events: EventSender,
         identity: Arc<Identity>,
         registry: Arc<dyn Registry>,
-        permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         JobTicket {
             job,
@@ -261,7 +258,6 @@ impl JobTicket {
             events,
             identity,
             registry,
-            permit,
             finished: false,
             taken: Instant::now(),
         }
@@ -307,9 +303,6 @@ impl JobTicket {
             self.taken.elapsed().as_secs_f64()
         );
         self.registry.finished(&self.job.id, &result);
-        // The slot is free again before the source hears of the result, so a
-        // source that takes the next job right away finds it free.
-        self.permit.take();
         self.events.finish(result);
     }
 }
@@ -411,7 +404,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_ticket_still_reports_one_failure() {
-        let (tx, mut rx) = events::channel();
+        let (tx, mut rx) = events::channel(None);
         let identity = Arc::new(Identity {
             worker_id: "w".into(),
             hostname: "h".into(),
@@ -423,7 +416,6 @@ mod tests {
             tx,
             identity,
             Arc::new(NoRegistry),
-            None,
         ));
         let Some(JobEvent::Done(result)) = rx.recv().await else {
             panic!("no result")

@@ -202,14 +202,13 @@ impl Pool {
             self.in_flight.count.send_replace(jobs.len());
             self.metrics.set_in_flight(jobs.len());
         }
-        let (tx, rx) = events::channel();
+        let (tx, rx) = events::channel(Some(slot.0));
         let ticket = JobTicket::new(
             job,
             cancel,
             tx,
             self.identity.clone(),
             self.in_flight.clone(),
-            Some(slot.0),
         );
         // If every actor is gone the queue is closed; the returned ticket is
         // dropped here and reports the failure itself.

@@ -62,7 +62,11 @@ async fn result(events: &mut JobEvents) -> JobResult {
                 .await
                 .expect("a result before the channel closes")
             {
-                JobEvent::Done(result) => return result,
+                JobEvent::Done(result) => {
+                    // As a source does once it has the result: the slot is free.
+                    events.release_slot();
+                    return result;
+                }
                 _ => continue,
             }
         }

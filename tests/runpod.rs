@@ -1,6 +1,7 @@
 //! In-process tests of the RunPod source: `supervisor::run` against the
 //! stand-in queue in tests/support, with scripted faults.
 
+mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -496,4 +497,62 @@ async fn input_schema_fails_runpod_jobs_before_the_handler_sees_them() {
     assert!(!pidfile.exists(), "the handler never saw the job");
     assert_eq!(final_body(&fake, "good")["output"]["n"], 2);
     worker.stop().await.unwrap();
+}
+
+/// jobpipe reads only a job's id and input and a handler's keys: the rest
+/// travels as the bytes it came in, so numbers beyond 64-bit floats, number
+/// spellings and every other key reach the handler and the result unchanged,
+/// and line breaks in a pretty-printed job do not break the line protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_outputs_pass_through_as_they_came() {
+    let fake = FakeRunpod::start(KEY).await;
+    let input =
+        r#"{"big": 123456789012345678901234567890, "f": 1.50, "e": 2E+3, "s": "a\u00e9\n"}"#;
+    fake.push_raw(&format!(
+        "{{\n  \"id\": \"exact\",\n  \"input\": {input},\r\n  \"webhook\": \"w\"\n}}"
+    ));
+    let worker = start(&fake, &["--", &common::c_echo()]);
+    fake.wait_for_results(1, WAIT).await;
+    let body = &fake.results_for("exact")[0].body;
+    assert_eq!(body, &format!(r#"{{"output":{input}}}"#));
+    assert_eq!(worker.stop().await.unwrap(), exit::OK);
+}
+
+/// A result larger than the bytes jobpipe lets travel at once is delivered
+/// before the next job is taken, so a worker holds one large payload at a
+/// time rather than the next job's input beside the last job's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_job_waits_while_a_large_result_is_posted() {
+    let fake = FakeRunpod::start(KEY).await;
+    let delay = Duration::from_millis(600);
+    fake.set_done_delay(delay);
+    let large = "x".repeat(jobpipe::runner::RESULT_BYTES_IN_FLIGHT + 1);
+    fake.push_job(job("large", json!(large)));
+    fake.push_job(job("small-1", json!("a")));
+    fake.push_job(job("small-2", json!("b")));
+    let worker = start(
+        &fake,
+        &["--max-output-size", "20MB", "--", &common::c_echo()],
+    );
+    fake.wait_for_results(3, WAIT).await;
+    let done = fake.results_for("large")[0].at;
+    let takes = fake.takes();
+    let next = takes
+        .iter()
+        .find(|take| take.at > done)
+        .expect("a take after the large result was posted");
+    assert!(
+        next.at >= done + delay - Duration::from_millis(50),
+        "the next take came {:?} after the large result's post, before it was answered",
+        next.at - done
+    );
+    // Small results do not hold the next take back.
+    let small = fake.results_for("small-1")[0].at;
+    assert!(
+        takes
+            .iter()
+            .any(|take| take.at > small && take.at < small + delay / 2),
+        "a take went out while the small result was still being posted"
+    );
+    assert_eq!(worker.stop().await.unwrap(), exit::OK);
 }

@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::{JobEvent, JobResult};
@@ -37,10 +37,14 @@ pub struct JobEvents {
     done: Option<oneshot::Receiver<JobResult>>,
     /// The final result, once it has been seen before the updates ran out.
     result: Option<JobResult>,
+    /// The job's slot in the pool: held until the source has taken in the
+    /// result ([`JobEvents::release_slot`]) or drops these events, so the
+    /// next job is taken only once this one's result is accounted for.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
-/// A connected pair for one job.
-pub(crate) fn channel() -> (EventSender, JobEvents) {
+/// A connected pair for one job, holding its slot in the pool.
+pub(crate) fn channel(slot: Option<OwnedSemaphorePermit>) -> (EventSender, JobEvents) {
     let (updates_tx, updates_rx) = mpsc::channel(UPDATE_QUEUE);
     let (done_tx, done_rx) = oneshot::channel();
     let latest = Latest::default();
@@ -55,6 +59,7 @@ pub(crate) fn channel() -> (EventSender, JobEvents) {
             latest,
             done: Some(done_rx),
             result: None,
+            slot,
         },
     )
 }
@@ -138,6 +143,12 @@ impl JobEvents {
         self.result.is_some()
     }
 
+    /// Frees the job's slot in the pool. A source calls it once it has
+    /// taken in the final result (dropping the events does the same).
+    pub fn release_slot(&mut self) {
+        self.slot.take();
+    }
+
     /// Drops every update queued now; returns how many were dropped.
     pub fn drop_queued(&mut self) -> usize {
         let mut dropped = usize::from(self.take_latest().is_some());
@@ -159,7 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn progress_beyond_the_queue_keeps_only_the_latest() {
-        let (tx, mut rx) = channel();
+        let (tx, mut rx) = channel(None);
         for step in 0..UPDATE_QUEUE + 5 {
             tx.progress(json!(step).into());
         }
@@ -177,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_holds_the_stream_back_and_the_result_comes_last() {
-        let (mut tx, mut rx) = channel();
+        let (mut tx, mut rx) = channel(None);
         let cancel = CancellationToken::new();
         for n in 0..UPDATE_QUEUE {
             tx.stream(json!(n).into(), &cancel).await;
@@ -208,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_queue_leaves_the_result() {
-        let (mut tx, mut rx) = channel();
+        let (mut tx, mut rx) = channel(None);
         tx.progress(json!(1).into());
         tx.progress(json!(2).into());
         tx.finish(JobResult::output(json!(3).into()));

@@ -32,8 +32,15 @@ impl<S: ResultSink> Shared<S> {
                 }
                 JobEvent::Done(result) => {
                     let partials = aggregate.then_some(std::mem::take(&mut partials));
-                    if let Some(post) = final_post(&id, result, partials) {
-                        self.deliver_final(post).await;
+                    let post = final_post(&id, result, partials);
+                    // The slot frees once the result counts as undelivered,
+                    // so the next take sees its size (RESULT_BYTES_IN_FLIGHT).
+                    if let Some(post) = &post {
+                        self.pending(post);
+                    }
+                    events.release_slot();
+                    if let Some(post) = post {
+                        self.post_final(post).await;
                     }
                     return;
                 }
@@ -95,6 +102,11 @@ impl<S: ResultSink> Shared<S> {
     /// retried from there; at shutdown it stays in the spool.
     pub(super) async fn deliver_final(self: Arc<Self>, post: Post) {
         self.pending(&post);
+        self.post_final(post).await;
+    }
+
+    /// [`Shared::deliver_final`] for a result already counted as pending.
+    async fn post_final(&self, post: Post) {
         let post = Arc::new(post);
         let first = self.sink.send(&post);
         tokio::pin!(first);
