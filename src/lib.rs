@@ -47,6 +47,7 @@ pub mod signals;
 pub mod source;
 pub mod supervisor;
 pub mod timer;
+pub(crate) mod tls;
 pub mod webhook;
 
 pub use config::Config;

@@ -88,6 +88,7 @@ impl Endpoint {
                 .build()
                 .map_err(|e| FatalError::Internal(format!("cannot build the HTTP client: {e}")))
         };
+        crate::tls::check_cert_file()?;
         let urls = Urls::new(&config, worker_id)?;
         if urls.stop.is_none() {
             tracing::warn!(
@@ -443,6 +444,11 @@ fn describe(error: reqwest::Error) -> String {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
+    }
+    if let Some(hint) = crate::tls::untrusted_hint(&error) {
+        text.push_str(" (");
+        text.push_str(hint);
+        text.push(')');
     }
     text
 }
