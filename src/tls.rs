@@ -43,15 +43,7 @@ pub(crate) fn check_cert_file() -> Result<(), FatalError> {
 pub(crate) fn untrusted_hint(error: &(dyn Error + 'static)) -> Option<&'static str> {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        // std's io::Error hides its inner error from `source()`.
-        let inner = error
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn Error + 'static))
-            .unwrap_or(error);
-        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) =
-            inner.downcast_ref::<rustls::Error>()
-        {
+        if is_unknown_issuer(error) {
             return Some(
                 "the endpoint's TLS certificate is signed by a CA this worker does not trust; \
                  add that CA to the system's store or set SSL_CERT_FILE to a PEM file holding it",
@@ -60,4 +52,22 @@ pub(crate) fn untrusted_hint(error: &(dyn Error + 'static)) -> Option<&'static s
         cause = error.source();
     }
     None
+}
+
+/// Whether `error` is rustls refusing an unknown issuer, looking inside
+/// io::Errors, which hide the error they wrap from `source()` (the TLS
+/// connector wraps it in two).
+fn is_unknown_issuer(mut error: &(dyn Error + 'static)) -> bool {
+    while let Some(io) = error.downcast_ref::<std::io::Error>() {
+        match io.get_ref() {
+            Some(inner) => error = inner,
+            None => return false,
+        }
+    }
+    matches!(
+        error.downcast_ref::<rustls::Error>(),
+        Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer
+        ))
+    )
 }

@@ -2,7 +2,8 @@
 //! queue (see the wire protocol: job-take, job-take-batch, job-done,
 //! job-stream, ping and job-stop under `/v2/<endpoint>/`).
 //!
-//! The fake serves plain HTTP on `127.0.0.1` on a free port, records every
+//! The fake serves plain HTTP (or HTTPS, [`FakeRunpod::start_tls`]) on
+//! `127.0.0.1` on a free port, counts the connections it accepts, records every
 //! request it receives (including rejected ones) and lets a test inject
 //! jobs, failures, outages and stop requests. All state lives behind an
 //! `Arc`, so a [`FakeRunpod`] is cheap to clone and every method takes
@@ -14,6 +15,7 @@
 //! that runtime's only thread while a worker talks to the fake.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -106,6 +108,48 @@ fn is_progress(body: &str) -> bool {
         .ok()
         .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_owned))
         .is_some_and(|s| s == "IN_PROGRESS")
+}
+
+/// Serves `app` on every connection `listener` accepts, over TLS when
+/// `tls` is given (a failed handshake closes that connection alone).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    fake: FakeRunpod,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        fake.shared.connections.fetch_add(1, Ordering::Relaxed);
+        let service = TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let builder = Builder::new(TokioExecutor::new());
+            let _ = match tls {
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Err(_) => return,
+                },
+            };
+        });
+    }
 }
 
 /// The worker routes of the protocol.
@@ -208,6 +252,8 @@ struct Shared {
     stops_changed: Notify,
     /// Woken on every change a test could observe.
     activity: Notify,
+    /// TCP connections accepted (for HTTPS: each one a TLS handshake).
+    connections: AtomicUsize,
 }
 
 /// A running stand-in of RunPod's job queue. Cheap to clone; clones share
@@ -229,6 +275,19 @@ impl FakeRunpod {
     /// Starts the fake on `127.0.0.1` on a free port. Every request must
     /// carry `Authorization: <api_key>` verbatim, or it is answered 401.
     pub async fn start(api_key: &str) -> FakeRunpod {
+        FakeRunpod::start_with(api_key, None).await
+    }
+
+    /// Like [`FakeRunpod::start`], but serving HTTPS with `tls` (see
+    /// `support::tls::TestCa`): its base URL is `https://127.0.0.1:PORT`.
+    pub async fn start_tls(
+        api_key: &str,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> FakeRunpod {
+        FakeRunpod::start_with(api_key, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(api_key: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeRunpod {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fake RunPod server");
@@ -236,7 +295,7 @@ impl FakeRunpod {
         let fake = FakeRunpod {
             shared: Arc::new(Shared {
                 api_key: api_key.to_owned(),
-                base_url: format!("http://{addr}"),
+                base_url: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
                 inner: Mutex::new(Inner {
                     queue: VecDeque::new(),
                     requests: Vec::new(),
@@ -254,13 +313,18 @@ impl FakeRunpod {
                 queue_changed: Notify::new(),
                 stops_changed: Notify::new(),
                 activity: Notify::new(),
+                connections: AtomicUsize::new(0),
             }),
         };
         let app = Router::new().fallback(handle).with_state(fake.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        tokio::spawn(serve(listener, tls, app, fake.clone()));
         fake
+    }
+
+    /// The TCP connections accepted so far: with connections reused, a
+    /// handful per worker whatever the number of jobs.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// The server's base URL, `http://127.0.0.1:PORT`.

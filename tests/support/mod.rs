@@ -5,3 +5,4 @@ pub mod fake_runpod;
 pub mod live;
 pub mod postgres;
 pub mod tcp_proxy;
+pub mod tls;
