@@ -175,7 +175,8 @@ pub struct Cli {
     )]
     pub max_undelivered: NonZeroUsize,
 
-    /// Put the list of streamed partials in a streaming job's final output.
+    /// Put the list of streamed partials in a streaming job's final output
+    /// (a job whose partials together exceed --max-output-size fails).
     #[arg(long, env = "JOBPIPE_RETURN_AGGREGATE_STREAM", value_parser = BoolishValueParser::new())]
     pub return_aggregate_stream: bool,
 
@@ -309,7 +310,9 @@ pub struct RunpodConfig {
     pub api_key: String,
     pub spool_dir: PathBuf,
     pub max_undelivered: usize,
-    pub return_aggregate_stream: bool,
+    /// `--return-aggregate-stream`: the byte limit of the partials kept
+    /// for the final output (`--max-output-size`); `None` when off.
+    pub aggregate_stream: Option<usize>,
     /// `--input-schema`: jobs whose input breaks it fail before a handler sees them.
     pub input_schema: Option<std::sync::Arc<crate::input_schema::InputSchema>>,
 }
@@ -555,7 +558,7 @@ impl Cli {
             api_key,
             spool_dir: self.spool_dir.clone(),
             max_undelivered: self.max_undelivered.get(),
-            return_aggregate_stream: self.return_aggregate_stream,
+            aggregate_stream: self.return_aggregate_stream.then_some(self.max_output_size),
             input_schema: self.endpoint.schema()?,
         })
     }

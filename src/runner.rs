@@ -90,8 +90,9 @@ pub trait ResultSink: Send + Sync + 'static {
 pub struct RunnerOptions {
     /// Named in log lines about jobs the source sent ("RunPod sent an invalid job").
     pub source_name: &'static str,
-    /// A streaming job's final output is the list of its partials.
-    pub aggregate_stream: bool,
+    /// A streaming job's final output is the list of its partials, which
+    /// may hold this many bytes together (more fails the job).
+    pub aggregate_stream: Option<usize>,
     /// Where undelivered final results are kept.
     pub spool_dir: PathBuf,
     /// `--input-schema`: a job whose input breaks it fails with the list of

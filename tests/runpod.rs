@@ -320,6 +320,35 @@ async fn aggregate_stream_puts_the_partials_in_the_final_output() {
     worker.stop().await.unwrap();
 }
 
+/// The partials kept for an aggregated output are bounded by
+/// --max-output-size like any output: past it the job fails and says why,
+/// while every partial is still streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregated_stream_over_the_output_limit_fails_the_job() {
+    let fake = FakeRunpod::start(KEY).await;
+    fake.push_job(job("long", json!({"do": "stream", "n": 40})));
+    fake.push_job(job("short", json!({"do": "stream", "n": 2})));
+    let worker = start(
+        &fake,
+        &["--return-aggregate-stream", "--max-output-size", "200"],
+    );
+    fake.wait_for_results(2, WAIT).await;
+    let error = final_body(&fake, "long")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains("streamed 40 partials") && error.contains("200 byte limit"),
+        "{error}"
+    );
+    assert_eq!(fake.stream_posts("long").len(), 40);
+    assert_eq!(
+        final_body(&fake, "short")["output"],
+        json!([{"n": 0}, {"n": 1}])
+    );
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_job_is_killed_unreported_and_the_next_job_runs() {
     let fake = FakeRunpod::start(KEY).await;

@@ -16,8 +16,7 @@ use crate::json::{self, Json};
 impl<S: ResultSink> Shared<S> {
     /// Posts one job's updates in order, then its final result.
     pub(super) async fn run_job(self: Arc<Self>, id: String, mut events: JobEvents) {
-        let aggregate = self.options.aggregate_stream;
-        let mut partials = Vec::new();
+        let mut partials = self.options.aggregate_stream.map(Partials::new);
         // Once the result is known, the updates still queued share one
         // budget, so the result waits for them at most that long.
         let mut rest_deadline: Option<Instant> = None;
@@ -25,14 +24,13 @@ impl<S: ResultSink> Shared<S> {
             let (kind, body) = match event {
                 JobEvent::Progress(value) => (PostKind::Progress, value),
                 JobEvent::Stream(value) => {
-                    if aggregate {
-                        partials.push(value.clone());
+                    if let Some(partials) = &mut partials {
+                        partials.keep(&id, &value);
                     }
                     (PostKind::Stream, value)
                 }
                 JobEvent::Done(result) => {
-                    let partials = aggregate.then_some(std::mem::take(&mut partials));
-                    let post = final_post(&id, result, partials);
+                    let post = final_post(&id, result, partials.take());
                     // The slot frees once the result counts as undelivered,
                     // so the next take sees its size (RESULT_BYTES_IN_FLIGHT).
                     if let Some(post) = &post {
@@ -240,15 +238,17 @@ impl<S: ResultSink> Shared<S> {
 
 /// The post for a job's final result; `None` for a stopped job, for which
 /// nothing is posted. `partials` are given when the stream is aggregated.
-fn final_post(id: &str, result: JobResult, partials: Option<Vec<Json>>) -> Option<Post> {
+fn final_post(id: &str, result: JobResult, partials: Option<Partials>) -> Option<Post> {
     let body = match result.outcome {
         Outcome::Cancelled => {
             tracing::info!(job_id = %id, "job stopped on request; nothing is posted for it");
             return None;
         }
         Outcome::Output(_) if result.streamed && partials.is_some() => {
-            let list = json::array(partials.iter().flatten());
-            json::object([("output", &list)])
+            match partials.expect("checked").into_list() {
+                Ok(list) => json::object([("output", &list)]),
+                Err(error) => json::object([("error", &Json::from_value(&error.into()))]),
+            }
         }
         Outcome::Output(output) => json::object([("output", &output)]),
         Outcome::Error { error, output } => {
@@ -272,5 +272,55 @@ fn kept(path: &Option<PathBuf>) -> String {
     match path {
         Some(path) => format!("kept in {}", path.display()),
         None => "not in the spool (it cannot be written)".into(),
+    }
+}
+
+/// The partials of a job whose final output is their list
+/// (`--return-aggregate-stream`), kept up to a byte limit: past it they are
+/// let go, and the job fails rather than hold its whole stream in memory.
+struct Partials {
+    kept: Vec<Json>,
+    bytes: usize,
+    count: usize,
+    limit: usize,
+}
+
+impl Partials {
+    fn new(limit: usize) -> Partials {
+        Partials {
+            kept: Vec::new(),
+            bytes: 0,
+            count: 0,
+            limit,
+        }
+    }
+
+    fn keep(&mut self, id: &str, partial: &Json) {
+        let was_over = self.over();
+        self.count += 1;
+        self.bytes += partial.len() + 1;
+        if !self.over() {
+            self.kept.push(partial.clone());
+        } else if !was_over {
+            tracing::warn!(job_id = %id, "the job's stream partials pass {} bytes (--max-output-size), too many for its aggregated output; the job will fail", self.limit);
+            self.kept = Vec::new();
+        }
+    }
+
+    /// Whether the list would be longer than the limit: its length is
+    /// `bytes + 1` (a comma between items, brackets around them).
+    fn over(&self) -> bool {
+        self.bytes >= self.limit
+    }
+
+    /// The list, or the error the job ends with.
+    fn into_list(self) -> Result<Json, String> {
+        if self.over() {
+            return Err(format!(
+                "the job streamed {} partials of about {} bytes in all, more than the {} byte limit (--max-output-size) of an aggregated output; raise --max-output-size or turn off --return-aggregate-stream",
+                self.count, self.bytes, self.limit
+            ));
+        }
+        Ok(json::array(&self.kept))
     }
 }

@@ -174,7 +174,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
     let options = RunnerOptions {
         source_name: "the queue",
         // The queue itself makes a streaming job's output its partials.
-        aggregate_stream: false,
+        aggregate_stream: None,
         spool_dir: config.spool_dir.clone(),
         input_schema: config.schema.clone(),
         max_undelivered: config.max_undelivered,

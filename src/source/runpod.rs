@@ -214,7 +214,7 @@ impl ResultSink for Endpoint {
 pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalError> {
     let options = RunnerOptions {
         source_name: "RunPod",
-        aggregate_stream: config.return_aggregate_stream,
+        aggregate_stream: config.aggregate_stream,
         spool_dir: config.spool_dir.clone(),
         input_schema: config.input_schema.clone(),
         max_undelivered: config.max_undelivered,

@@ -163,7 +163,7 @@ mod tests {
             api_key: "k".into(),
             spool_dir: "/tmp".into(),
             max_undelivered: 16,
-            return_aggregate_stream: false,
+            aggregate_stream: None,
             input_schema: None,
         }
     }
