@@ -320,6 +320,27 @@ async fn aggregate_stream_puts_the_partials_in_the_final_output() {
     worker.stop().await.unwrap();
 }
 
+/// A handler that streams faster than its partials can be posted waits for
+/// room, but that wait does not hold back --job-timeout: the job times out
+/// on time and its result follows its queued updates within their budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_for_room_to_stream_still_times_out() {
+    let fake = FakeRunpod::start(KEY).await;
+    fake.set_stream_delay(Duration::from_millis(500));
+    fake.push_job(job("flood", json!({"do": "stream", "n": 200})));
+    let worker = start(&fake, &["--job-timeout", "1s"]);
+    let results = fake.wait_for_results(1, WAIT).await;
+    assert_eq!(results.len(), 1, "the job ended within {WAIT:?}");
+    let error = final_body(&fake, "flood")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report: Value = serde_json::from_str(&error).expect("a JSON error report");
+    assert_eq!(report["error_type"], "JobTimeout");
+    assert!(fake.stream_posts("flood").len() < 200);
+    worker.stop().await.unwrap();
+}
+
 /// The partials kept for an aggregated output are bounded by
 /// --max-output-size like any output: past it the job fails and says why,
 /// while every partial is still streamed.

@@ -109,6 +109,8 @@ enum Step {
 struct Running {
     ticket: JobTicket,
     watcher: AbortHandle,
+    /// When `--job-timeout` runs out for it.
+    deadline: Option<Instant>,
     streamed: bool,
     /// Set once the job was asked to stop (jobs-per-handler > 1).
     stopping: Option<(StopCause, Instant)>,
@@ -318,7 +320,7 @@ impl Actor {
                 self.handle_job(ticket, process, s);
                 None
             }
-            Step::Line(Some(line)) => self.handle_line(line, s).await,
+            Step::Line(Some(line)) => self.handle_line(line, process, s).await,
             Step::Line(None) => Some(self.handle_stdout_closed(process, s).await),
             Step::Exited(status) => Some(self.handle_exit(status, process, s).await),
             Step::StopJob(id, cause) => self.handle_stop(&id, cause, process, s),
@@ -335,18 +337,29 @@ impl Actor {
         tracing::debug!(job_id = %id, pid = process.pid, "job sent to handler");
         process.send(std::mem::take(&mut ticket.job.line));
         let watcher = watch_job(&ticket, self.ctx.config.job_timeout, s.stops.clone());
+        let deadline = self
+            .ctx
+            .config
+            .job_timeout
+            .map(|limit| Instant::now() + limit);
         s.jobs.insert(
             id,
             Running {
                 ticket,
                 watcher,
+                deadline,
                 streamed: false,
                 stopping: None,
             },
         );
     }
 
-    async fn handle_line(&mut self, line: Line, s: &mut Serving) -> Option<End> {
+    async fn handle_line(
+        &mut self,
+        line: Line,
+        process: &HandlerProcess,
+        s: &mut Serving,
+    ) -> Option<End> {
         let max = self.ctx.config.max_output_size;
         let bytes = match line {
             Line::TooLong { len, prefix } => return self.too_large(s, len, &prefix),
@@ -364,14 +377,22 @@ impl Actor {
             }
             Frame::Unreadable(why) => self.unreadable(s, &bytes, &why),
             Frame::Stream { id, value } => {
-                match s.jobs.get_mut(&id) {
-                    Some(job) => {
-                        job.streamed = true;
-                        job.ticket.stream(value).await;
-                    }
-                    None => {
-                        tracing::warn!(job_id = %id, "handler streamed for a job it is not running; ignored")
-                    }
+                let Some(job) = s.jobs.get_mut(&id) else {
+                    tracing::warn!(job_id = %id, "handler streamed for a job it is not running; ignored");
+                    return None;
+                };
+                job.streamed = true;
+                // Waiting for room in the job's update queue must not hold
+                // back its timeout or a forced stop.
+                let deadline = job.deadline;
+                let timed_out = tokio::select! {
+                    _ = job.ticket.stream(value) => false,
+                    _ = sleep_until(deadline), if deadline.is_some() => true,
+                    _ = self.ctx.force.cancelled() => false,
+                };
+                if timed_out {
+                    tracing::warn!(job_id = %id, "the job timed out while a stream partial waited for room; the partial is dropped");
+                    return self.handle_stop(&id, StopCause::Timeout, process, s);
                 }
                 None
             }
@@ -510,7 +531,7 @@ impl Actor {
         while !s.jobs.is_empty() {
             match tokio::time::timeout_at(deadline, process.stdout.recv()).await {
                 Ok(Some(line)) => {
-                    self.handle_line(line, s).await;
+                    self.handle_line(line, process, s).await;
                 }
                 Ok(None) | Err(_) => break,
             }
