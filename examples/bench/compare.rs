@@ -29,13 +29,13 @@ struct Medians {
 }
 
 /// A figure of a run, and how to print it.
-struct Metric {
-    name: &'static str,
-    unit: &'static str,
-    value: fn(&Run) -> Option<f64>,
+pub(crate) struct Metric {
+    pub(crate) name: &'static str,
+    pub(crate) unit: &'static str,
+    pub(crate) value: fn(&Run) -> Option<f64>,
 }
 
-const METRICS: &[Metric] = &[
+pub(crate) const METRICS: &[Metric] = &[
     Metric {
         name: "CPU per job, worker process",
         unit: "ms",
@@ -315,7 +315,7 @@ async fn compare(case: &Case, workers: &Workers<'_>, rounds: usize, meter: Meter
     }
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
         return None;
     }

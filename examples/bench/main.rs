@@ -14,6 +14,7 @@
 //! ```sh
 //! cargo run --release --example bench -- [--jobs N] [--concurrency C] \
 //!     [--handler python|oneshot|c|runpod-adapter] [--sdk | --no-sdk] [--sdk-jobs M]
+//! cargo run --release --example bench -- --tls [--jobs N] [--rounds R]
 //! ```
 //!
 //! See docs/benchmark.md.
@@ -22,10 +23,15 @@
 #[path = "../../tests/support/fake_runpod.rs"]
 mod fake_runpod;
 
+#[allow(dead_code)]
+#[path = "../../tests/support/tls.rs"]
+mod tls_ca;
+
 mod compare;
 mod endurance;
 mod measure;
 mod procfs;
+mod tls;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -130,6 +136,14 @@ struct Args {
     #[arg(long)]
     goals: bool,
 
+    /// jobpipe against the stand-in over HTTPS (a CA made for the run,
+    /// trusted through SSL_CERT_FILE) beside the same over plain HTTP and
+    /// the plain reference worker, C handler, concurrency 1 and 16, --jobs
+    /// jobs each, interleaved over --rounds rounds; prints the ratios and
+    /// the connections the stand-in accepted per run.
+    #[arg(long)]
+    tls: bool,
+
     /// Jobs for the memory-growth run (jobpipe alone against a generating
     /// stand-in that keeps no record of each job); 0 skips it. One million
     /// takes several minutes.
@@ -170,7 +184,9 @@ async fn run(args: Args) {
             jobpipe.display()
         ));
     }
-    if args.goals || args.reference {
+    if args.tls {
+        tls::run(&args, &jobpipe, meter).await;
+    } else if args.goals || args.reference {
         compare::run(&args, &jobpipe, meter).await;
     } else if args.endurance > 0 {
         endurance::run(&jobpipe, &c_echo(), args.endurance, meter).await;

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -28,6 +30,13 @@ pub(crate) struct Workload {
     pub(crate) expect: Expect,
     pub(crate) limit: Duration,
     pub(crate) cutoff: Cutoff,
+}
+
+/// The stand-in served over HTTPS: its server side, and the CA file the
+/// worker is told to trust through `SSL_CERT_FILE`.
+pub(crate) struct Tls {
+    pub(crate) server: Arc<tokio_rustls::rustls::ServerConfig>,
+    pub(crate) ca_file: PathBuf,
 }
 
 /// What the machine offers for measuring.
@@ -108,6 +117,9 @@ pub(crate) struct Run {
     pub(crate) tree_peak_pss_kib: u64,
     /// Processes in the tree when the figures were read.
     pub(crate) tree_processes: usize,
+    /// TCP connections the stand-in accepted during the run (over HTTPS,
+    /// each one a TLS handshake).
+    pub(crate) connections: usize,
     pub(crate) exit_code: Option<i32>,
     pub(crate) exit_text: String,
     pub(crate) stderr_tail: String,
@@ -133,11 +145,17 @@ impl Run {
 
 /// Runs `command` against a fresh stand-in with `jobs` queued echo jobs and
 /// measures it; verifies the results, then stops it with SIGTERM.
-pub(crate) async fn measure(
+pub(crate) async fn measure(label: &str, command: Command, work: &Workload, meter: Meter) -> Run {
+    measure_on(label, command, work, meter, None).await
+}
+
+/// [`measure`], with the stand-in served over HTTPS when `tls` is given.
+pub(crate) async fn measure_on(
     label: &str,
     mut command: Command,
     work: &Workload,
     meter: Meter,
+    tls: Option<&Tls>,
 ) -> Run {
     let Workload {
         jobs,
@@ -147,7 +165,10 @@ pub(crate) async fn measure(
         cutoff,
         ..
     } = *work;
-    let fake = FakeRunpod::start(API_KEY).await;
+    let fake = match tls {
+        None => FakeRunpod::start(API_KEY).await,
+        Some(tls) => FakeRunpod::start_tls(API_KEY, tls.server.clone()).await,
+    };
     let mut inputs = BTreeMap::new();
     let text = if work.payload == 0 {
         "hello".to_owned()
@@ -169,9 +190,15 @@ pub(crate) async fn measure(
     let stderr = fs::File::create(&stderr_path).expect("create the stderr file");
     // Only the stand-in's settings, not whatever this shell has set.
     for (name, _) in std::env::vars() {
-        if name.starts_with("RUNPOD_") || name.starts_with("JOBPIPE_") {
+        if name.starts_with("RUNPOD_")
+            || name.starts_with("JOBPIPE_")
+            || name.starts_with("SSL_CERT_")
+        {
             command.env_remove(&name);
         }
+    }
+    if let Some(tls) = tls {
+        command.env("SSL_CERT_FILE", &tls.ca_file);
     }
     command
         .envs(fake.env())
@@ -241,6 +268,7 @@ pub(crate) async fn measure(
     let tree_ticks = tree_cpu_ticks(pid);
     let peak_rss_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     let tree_processes = descendants(pid).len();
+    let connections = fake.connections();
     let (tree_peak_rss_kib, tree_peak_pss_kib) = sampler.stop();
     let (at_first, syscalls) = match at_first {
         Some(mut start) => {
@@ -337,6 +365,7 @@ pub(crate) async fn measure(
         tree_peak_rss_kib,
         tree_peak_pss_kib,
         tree_processes,
+        connections,
         exit_code: status.code(),
         exit_text: describe(status),
         stderr_tail: tail(&stderr_path),
