@@ -3,6 +3,7 @@
 //! were re-parented to jobpipe (as PID 1 or as a child subreaper).
 
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -94,11 +95,18 @@ fn carries(pid: i32, marker: &[u8]) -> bool {
 /// process groups, round after round as their own children are re-parented
 /// in turn, for at most `limit`. Returns how many were killed.
 pub async fn kill_escaped(worker_id: &str, limit: Duration) -> usize {
-    let marker = format!("JOBPIPE_WORKER_ID={worker_id}").into_bytes();
+    let marker: Arc<[u8]> = format!("JOBPIPE_WORKER_ID={worker_id}").into_bytes().into();
     let deadline = tokio::time::Instant::now() + limit;
     let mut killed = std::collections::HashSet::new();
     loop {
-        let found = escaped(&marker);
+        let Ok(found) = tokio::time::timeout_at(deadline, scan_escaped(marker.clone())).await
+        else {
+            tracing::warn!(
+                "looking for processes left behind by handlers took longer than {}s (a process stuck in the kernel?); given up",
+                limit.as_secs_f64()
+            );
+            return killed.len();
+        };
         if found.is_empty() || tokio::time::Instant::now() >= deadline {
             return killed.len();
         }
@@ -113,6 +121,25 @@ pub async fn kill_escaped(worker_id: &str, limit: Duration) -> usize {
             let _ = kill(Pid::from_raw(process.pid), Signal::SIGKILL);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`escaped`] on a thread of its own. Reading another process's
+/// environment waits for that process's memory-map lock, which a process
+/// stuck in the kernel can hold for good; neither a runtime thread nor
+/// jobpipe's exit (which waits for tokio's blocking pool) may wait with it.
+async fn scan_escaped(marker: Arc<[u8]>) -> Vec<Stat> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let scan = marker.clone();
+    let spawned = std::thread::Builder::new()
+        .name("jobpipe-procfs".into())
+        .spawn(move || {
+            let _ = tx.send(escaped(&scan));
+        });
+    match spawned {
+        Ok(_) => rx.await.unwrap_or_default(),
+        // No thread to be had: look on this one rather than not at all.
+        Err(_) => escaped(&marker),
     }
 }
 
