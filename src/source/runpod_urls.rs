@@ -27,6 +27,11 @@ pub(super) struct Urls {
 /// A done or stream URL with `$ID` still to be filled with a job id.
 pub(super) struct JobUrl {
     base: Url,
+    /// When `$ID` is the last segment of the path (as in RunPod's own
+    /// templates): the URL of its folder and the template's query, so a
+    /// job's URL is one relative reference resolved against a parsed URL,
+    /// about half the work of setting its path and query.
+    folder: Option<(Url, String)>,
 }
 
 impl Urls {
@@ -54,7 +59,7 @@ impl Urls {
                 .transpose()
         };
         let job = |name: &str, template: &str| {
-            parse(name, &template.replace("$RUNPOD_POD_ID", worker_id)).map(|base| JobUrl { base })
+            parse(name, &template.replace("$RUNPOD_POD_ID", worker_id)).map(JobUrl::new)
         };
         Ok(Urls {
             take: [
@@ -100,9 +105,24 @@ impl Urls {
 }
 
 impl JobUrl {
+    fn new(base: Url) -> JobUrl {
+        let query = base.query().unwrap_or_default();
+        let folder = (base.path().ends_with("/$ID") && !query.contains("$ID"))
+            .then(|| base.join(".").ok())
+            .flatten()
+            .map(|folder| (folder, query.to_owned()));
+        JobUrl { base, folder }
+    }
+
     /// The URL for one job, with `params` added to the query.
     pub(super) fn for_job(&self, job_id: &str, params: &str) -> Url {
         let id = encode(job_id);
+        if let Some((folder, query)) = &self.folder {
+            let sep = if query.is_empty() { "" } else { "&" };
+            if let Ok(url) = folder.join(&format!("{id}?{query}{sep}{params}")) {
+                return url;
+            }
+        }
         let mut url = self.base.clone();
         if url.path().contains("$ID") {
             let path = url.path().replace("$ID", &id);
@@ -202,6 +222,25 @@ mod tests {
             urls.stream.for_job("j", "isStream=false").as_str(),
             "https://h/v2/ep/job-stream/pod-1/j?isStream=false"
         );
+    }
+
+    #[test]
+    fn a_job_id_anywhere_in_a_template_is_filled() {
+        for (template, expected) in [
+            (
+                "http://h/jobs/$ID/done",
+                "http://h/jobs/a%2Fb/done?isStream=false",
+            ),
+            (
+                "http://h/done?job=$ID",
+                "http://h/done?job=a%2Fb&isStream=false",
+            ),
+            ("http://h/d/$ID?x=1", "http://h/d/a%2Fb?x=1&isStream=false"),
+            ("http://h/d/.$ID", "http://h/d/.a%2Fb?isStream=false"),
+        ] {
+            let url = JobUrl::new(Url::parse(template).unwrap());
+            assert_eq!(url.for_job("a/b", "isStream=false").as_str(), expected);
+        }
     }
 
     #[test]
