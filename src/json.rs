@@ -8,26 +8,40 @@
 //! (a slice of the line or response it came in, no copy) and written out
 //! as they are. Bodies are put together from such pieces by [`object`].
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// One valid JSON value's text (UTF-8, possibly with whitespace inside).
+/// One valid JSON value's text (UTF-8, possibly with whitespace inside),
+/// kept as one piece or as pieces in order, so a body put together around
+/// a large output does not copy it.
 #[derive(Clone)]
-pub struct Json(Bytes);
+pub struct Json(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    One(Bytes),
+    Pieces(Arc<[Bytes]>),
+}
 
 impl Json {
     /// `null`.
     pub fn null() -> Json {
-        Json(Bytes::from_static(b"null"))
+        Json::one(Bytes::from_static(b"null"))
+    }
+
+    fn one(bytes: Bytes) -> Json {
+        Json(Repr::One(bytes))
     }
 
     /// The text of a value.
     pub fn from_value(value: &Value) -> Json {
-        Json(Bytes::from(
+        Json::one(Bytes::from(
             serde_json::to_vec(value).expect("a JSON value serialises"),
         ))
     }
@@ -36,111 +50,172 @@ impl Json {
     pub fn parse(text: Bytes) -> Option<Json> {
         serde_json::from_slice::<serde::de::IgnoredAny>(&text).ok()?;
         std::str::from_utf8(&text).ok()?;
-        Some(Json(text))
+        Some(Json::one(text))
     }
 
     /// The part of `whole` that `raw` was read from, without a copy.
     /// `raw` must have been borrowed from `whole`'s bytes.
     pub(crate) fn slice_of(whole: &Bytes, raw: &RawValue) -> Json {
-        Json(whole.slice_ref(raw.get().as_bytes()))
+        Json::one(whole.slice_ref(raw.get().as_bytes()))
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// The pieces of the text, in order.
+    pub fn pieces(&self) -> &[Bytes] {
+        match &self.0 {
+            Repr::One(bytes) => std::slice::from_ref(bytes),
+            Repr::Pieces(pieces) => pieces,
+        }
     }
 
-    /// The text, for log lines and tests (checks UTF-8 again).
-    pub fn text(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("<not UTF-8>")
+    /// The text in one buffer: the piece itself, or the pieces joined.
+    pub fn contiguous(&self) -> Cow<'_, [u8]> {
+        match &self.0 {
+            Repr::One(bytes) => Cow::Borrowed(bytes),
+            Repr::Pieces(pieces) => Cow::Owned(pieces.concat()),
+        }
     }
 
-    /// The bytes, to hand to an HTTP body or a pipe without a copy.
-    pub fn bytes(&self) -> Bytes {
-        self.0.clone()
+    /// The text, for log lines and tests.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self.contiguous() {
+            Cow::Borrowed(bytes) => String::from_utf8_lossy(bytes),
+            Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pieces().iter().map(Bytes::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
     /// Parses the value, where jobpipe must look inside after all.
     pub fn to_value(&self) -> Value {
-        serde_json::from_slice(&self.0).unwrap_or(Value::Null)
+        serde_json::from_slice(&self.contiguous()).unwrap_or(Value::Null)
     }
 
     /// True for the JSON literal `true` (with any whitespace around it).
     pub fn is_true(&self) -> bool {
-        self.0.trim_ascii() == b"true"
+        self.contiguous().trim_ascii() == b"true"
     }
 
     /// True for `null`.
     pub fn is_null(&self) -> bool {
-        self.0.trim_ascii() == b"null"
+        self.contiguous().trim_ascii() == b"null"
+    }
+}
+
+/// Builds a text from pieces: small ones are copied together, large ones
+/// (an output) are kept as they are.
+#[derive(Default)]
+struct Builder {
+    pieces: Vec<Bytes>,
+    small: Vec<u8>,
+}
+
+/// From this size a piece is kept rather than copied.
+const KEEP_FROM: usize = 16 * 1024;
+
+impl Builder {
+    fn push(&mut self, bytes: &[u8]) {
+        self.small.extend_from_slice(bytes);
+    }
+
+    fn push_json(&mut self, json: &Json) {
+        for piece in json.pieces() {
+            if piece.len() >= KEEP_FROM {
+                self.flush();
+                self.pieces.push(piece.clone());
+            } else {
+                self.small.extend_from_slice(piece);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.small.is_empty() {
+            self.pieces
+                .push(Bytes::from(std::mem::take(&mut self.small)));
+        }
+    }
+
+    fn finish(mut self) -> Json {
+        self.flush();
+        match self.pieces.len() {
+            1 => Json::one(self.pieces.pop().expect("one piece")),
+            _ => Json(Repr::Pieces(self.pieces.into())),
+        }
     }
 }
 
 /// `{"key": value, ...}` from pieces that are valid JSON already, so the
 /// result is too. Keys are jobpipe's own ASCII names, not escaped.
 pub fn object<'a>(fields: impl IntoIterator<Item = (&'a str, &'a Json)>) -> Json {
-    let fields: Vec<_> = fields.into_iter().collect();
-    let size = fields
-        .iter()
-        .map(|(k, v)| k.len() + v.len() + 4)
-        .sum::<usize>()
-        + 2;
-    let mut out = Vec::with_capacity(size);
-    out.push(b'{');
+    let mut out = Builder::default();
+    out.push(b"{");
     for (i, (key, value)) in fields.into_iter().enumerate() {
         debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
         if i > 0 {
-            out.push(b',');
+            out.push(b",");
         }
-        out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
-        out.extend_from_slice(value.as_bytes());
+        out.push(b"\"");
+        out.push(key.as_bytes());
+        out.push(b"\":");
+        out.push_json(value);
     }
-    out.push(b'}');
-    Json(Bytes::from(out))
+    out.push(b"}");
+    out.finish()
 }
 
 /// `[a, b, ...]` from valid pieces.
 pub fn array<'a>(items: impl IntoIterator<Item = &'a Json>) -> Json {
-    let mut out = vec![b'['];
+    let mut out = Builder::default();
+    out.push(b"[");
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(b",");
         }
-        out.extend_from_slice(item.as_bytes());
+        out.push_json(item);
     }
-    out.push(b']');
-    Json(Bytes::from(out))
+    out.push(b"]");
+    out.finish()
 }
 
 /// Adds `key: value` to the front of an object's text.
 pub fn with_field(object: &Json, key: &str, value: &Json) -> Json {
-    let text = object.as_bytes();
-    let start = text.iter().position(|&b| b == b'{');
-    let Some(start) = start else {
+    let text = object.contiguous();
+    let Some(start) = text.iter().position(|&b| b == b'{') else {
         return object.clone();
     };
     let rest = &text[start + 1..];
     let empty = rest.trim_ascii_start().starts_with(b"}");
-    let mut out = Vec::with_capacity(text.len() + key.len() + value.len() + 4);
-    out.extend_from_slice(&text[..=start]);
-    out.push(b'"');
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(value.as_bytes());
+    let mut out = Builder::default();
+    out.push(&text[..=start]);
+    out.push(b"\"");
+    out.push(key.as_bytes());
+    out.push(b"\":");
+    out.push_json(value);
     if !empty {
-        out.push(b',');
+        out.push(b",");
     }
-    out.extend_from_slice(rest);
-    Json(Bytes::from(out))
+    // The rest of the object, without copying its large pieces again.
+    match &object.0 {
+        Repr::One(bytes) => out.push_json(&Json::one(bytes.slice(start + 1..))),
+        Repr::Pieces(pieces) => {
+            let mut skip = start + 1;
+            for piece in pieces.iter() {
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                out.push_json(&Json::one(piece.slice(skip..)));
+                skip = 0;
+            }
+        }
+    }
+    out.finish()
 }
 
 /// True if `text` holds a `\uD800`–`\uDFFF` escape: such text must be
@@ -159,19 +234,19 @@ pub fn has_surrogate_escape(text: &[u8]) -> bool {
 /// Compared as text.
 impl PartialEq for Json {
     fn eq(&self, other: &Json) -> bool {
-        self.0 == other.0
+        self.contiguous() == other.contiguous()
     }
 }
 
 impl fmt::Debug for Json {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.text())
+        f.write_str(&self.text())
     }
 }
 
 impl fmt::Display for Json {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.text())
+        f.write_str(&self.text())
     }
 }
 
@@ -184,8 +259,8 @@ impl From<Value> for Json {
 /// Written as the value itself (a spooled result's body is JSON, not a string).
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let raw: &RawValue =
-            serde_json::from_str(self.text()).map_err(serde::ser::Error::custom)?;
+        let text = self.text();
+        let raw: &RawValue = serde_json::from_str(&text).map_err(serde::ser::Error::custom)?;
         raw.serialize(serializer)
     }
 }
@@ -194,7 +269,7 @@ impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Json, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         let text: Box<str> = raw.into();
-        Ok(Json(Bytes::from(text.into_boxed_bytes())))
+        Ok(Json::one(Bytes::from(text.into_boxed_bytes())))
     }
 }
 
@@ -215,6 +290,26 @@ mod tests {
             array([&out, &Json::null()]).to_value(),
             json!([{"a": [1, "x"]}, null])
         );
+    }
+
+    #[test]
+    fn a_large_output_is_kept_as_a_piece_not_copied() {
+        let large = Json::from_value(&Value::String("x".repeat(KEEP_FROM)));
+        let body = object([("output", &large)]);
+        assert_eq!(body.pieces().len(), 3);
+        assert_eq!(body.pieces()[1].as_ptr(), large.pieces()[0].as_ptr());
+        assert_eq!(body.len(), large.len() + r#"{"output":}"#.len());
+        let refreshed = with_field(&body, "stopPod", &Json::from_value(&true.into()));
+        assert!(refreshed
+            .pieces()
+            .iter()
+            .any(|p| p.as_ptr() == large.pieces()[0].as_ptr()));
+        let value = refreshed.to_value();
+        assert_eq!(value["stopPod"], true);
+        assert_eq!(value["output"], large.to_value());
+        // A spooled copy reads back as the same text.
+        let back: Json = serde_json::from_str(&serde_json::to_string(&refreshed).unwrap()).unwrap();
+        assert_eq!(back, refreshed);
     }
 
     #[test]

@@ -585,7 +585,13 @@ async fn the_next_job_waits_while_a_large_result_is_posted() {
         &["--max-output-size", "20MB", "--", &common::c_echo()],
     );
     fake.wait_for_results(3, WAIT).await;
-    let done = fake.results_for("large")[0].at;
+    let posted = &fake.results_for("large")[0];
+    assert_eq!(
+        parse_body(posted)["output"],
+        json!(large),
+        "the large output arrives whole"
+    );
+    let done = posted.at;
     let takes = fake.takes();
     let next = takes
         .iter()

@@ -189,7 +189,7 @@ impl<S: ResultSink> Shared<S> {
                 tracing::warn!(job_id = %post.job_id, "result not delivered before shutdown; kept in {} for the next start", path.display());
             }
             (Delivery::Flushed, None) => {
-                tracing::error!(job_id = %post.job_id, "result not delivered and it could not be spooled; it is lost: {}", clip_middle(post.body.text(), 2000));
+                tracing::error!(job_id = %post.job_id, "result not delivered and it could not be spooled; it is lost: {}", clip_middle(&post.body.text(), 2000));
             }
         }
         self.settled(post);
@@ -223,7 +223,7 @@ impl<S: ResultSink> Shared<S> {
             tracing::error!(
                 "the spooled result {} cannot be delivered ({why}); it is removed: {}",
                 path.display(),
-                clip_middle(post.body.text(), 2000)
+                clip_middle(&post.body.text(), 2000)
             );
             let spool = self.spool.clone();
             let _ = tokio::task::spawn_blocking(move || spool.forget(&path)).await;
