@@ -119,6 +119,14 @@ struct Builder {
 const KEEP_FROM: usize = 16 * 1024;
 
 impl Builder {
+    /// A builder whose small pieces, `size` bytes in all, fit without growing.
+    fn with_capacity(size: usize) -> Builder {
+        Builder {
+            pieces: Vec::new(),
+            small: Vec::with_capacity(size),
+        }
+    }
+
     fn push(&mut self, bytes: &[u8]) {
         self.small.extend_from_slice(bytes);
     }
@@ -142,6 +150,9 @@ impl Builder {
     }
 
     fn finish(mut self) -> Json {
+        if self.pieces.is_empty() {
+            return Json::one(Bytes::from(self.small));
+        }
         self.flush();
         match self.pieces.len() {
             1 => Json::one(self.pieces.pop().expect("one piece")),
@@ -150,10 +161,24 @@ impl Builder {
     }
 }
 
+/// The bytes of `json` a builder copies (its pieces below [`KEEP_FROM`]).
+fn small_len(json: &Json) -> usize {
+    json.pieces()
+        .iter()
+        .map(Bytes::len)
+        .filter(|&len| len < KEEP_FROM)
+        .sum()
+}
+
 /// `{"key": value, ...}` from pieces that are valid JSON already, so the
 /// result is too. Keys are jobpipe's own ASCII names, not escaped.
 pub fn object<'a>(fields: impl IntoIterator<Item = (&'a str, &'a Json)>) -> Json {
-    let mut out = Builder::default();
+    let fields: Vec<_> = fields.into_iter().collect();
+    let size = fields
+        .iter()
+        .map(|(key, value)| key.len() + 4 + small_len(value))
+        .sum::<usize>();
+    let mut out = Builder::with_capacity(size + 2);
     out.push(b"{");
     for (i, (key, value)) in fields.into_iter().enumerate() {
         debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
@@ -171,7 +196,9 @@ pub fn object<'a>(fields: impl IntoIterator<Item = (&'a str, &'a Json)>) -> Json
 
 /// `[a, b, ...]` from valid pieces.
 pub fn array<'a>(items: impl IntoIterator<Item = &'a Json>) -> Json {
-    let mut out = Builder::default();
+    let items: Vec<_> = items.into_iter().collect();
+    let size = items.iter().map(|item| small_len(item) + 1).sum::<usize>();
+    let mut out = Builder::with_capacity(size + 2);
     out.push(b"[");
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
