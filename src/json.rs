@@ -96,11 +96,6 @@ impl Json {
         serde_json::from_slice(&self.contiguous()).unwrap_or(Value::Null)
     }
 
-    /// True for the JSON literal `true` (with any whitespace around it).
-    pub fn is_true(&self) -> bool {
-        self.contiguous().trim_ascii() == b"true"
-    }
-
     /// True for `null`.
     pub fn is_null(&self) -> bool {
         self.contiguous().trim_ascii() == b"null"
@@ -210,16 +205,18 @@ pub fn array<'a>(items: impl IntoIterator<Item = &'a Json>) -> Json {
     out.finish()
 }
 
-/// Adds `key: value` to the front of an object's text.
+/// Adds `key: value` to the front of an object's text, without joining
+/// its pieces: only the first one is looked at.
 pub fn with_field(object: &Json, key: &str, value: &Json) -> Json {
-    let text = object.contiguous();
-    let Some(start) = text.iter().position(|&b| b == b'{') else {
+    let pieces = object.pieces();
+    let Some(start) = pieces[0].iter().position(|&b| b == b'{') else {
         return object.clone();
     };
-    let rest = &text[start + 1..];
-    let empty = rest.trim_ascii_start().starts_with(b"}");
+    // Several pieces come from `object()` with at least one field.
+    let rest = &pieces[0][start + 1..];
+    let empty = pieces.len() == 1 && rest.trim_ascii_start().starts_with(b"}");
     let mut out = Builder::default();
-    out.push(&text[..=start]);
+    out.push(&pieces[0][..=start]);
     out.push(b"\"");
     out.push(key.as_bytes());
     out.push(b"\":");
@@ -227,20 +224,9 @@ pub fn with_field(object: &Json, key: &str, value: &Json) -> Json {
     if !empty {
         out.push(b",");
     }
-    // The rest of the object, without copying its large pieces again.
-    match &object.0 {
-        Repr::One(bytes) => out.push_json(&Json::one(bytes.slice(start + 1..))),
-        Repr::Pieces(pieces) => {
-            let mut skip = start + 1;
-            for piece in pieces.iter() {
-                if skip >= piece.len() {
-                    skip -= piece.len();
-                    continue;
-                }
-                out.push_json(&Json::one(piece.slice(skip..)));
-                skip = 0;
-            }
-        }
+    out.push_json(&Json::one(pieces[0].slice(start + 1..)));
+    for piece in &pieces[1..] {
+        out.push_json(&Json::one(piece.clone()));
     }
     out.finish()
 }

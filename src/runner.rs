@@ -212,22 +212,27 @@ impl<S: ResultSink> Runner<S> {
     }
 
     /// The same for a job object's text as it came (see [`Job::from_json`]).
-    pub fn start_job_text(&self, text: Bytes, slot: Slot) {
-        self.admit(Job::from_json(text), slot);
+    /// Returns false when nothing in it could be answered (it was dropped).
+    pub fn start_job_text(&self, text: Bytes, slot: Slot) -> bool {
+        self.admit(Job::from_json(text), slot)
     }
 
-    fn admit(&self, job: Result<Job, (String, Option<String>)>, slot: Slot) {
+    /// Starts or answers a job; false when it had to be dropped unanswered.
+    fn admit(&self, job: Result<Job, (String, Option<String>)>, slot: Slot) -> bool {
         let name = self.shared.options.source_name;
         let (id, problem) = match job {
             Ok(job) => match check_id(&job.id) {
-                Ok(()) => return self.submit(job, slot),
+                Ok(()) => {
+                    self.submit(job, slot);
+                    return true;
+                }
                 Err(problem) => (job.id, problem),
             },
             Err((message, None)) => {
                 tracing::error!(
                     "{name} sent an invalid job ({message}) without an id; it cannot be answered"
                 );
-                return;
+                return false;
             }
             Err((message, Some(id))) => match check_id(&id) {
                 Ok(()) => (id, IdProblem::Answerable(message)),
@@ -238,11 +243,13 @@ impl<S: ResultSink> Runner<S> {
             IdProblem::Answerable(message) => {
                 tracing::error!(job_id = %id.escape_debug(), "{name} sent an invalid job: {message}");
                 self.answer_error(id, format!("invalid job: {message}"));
+                true
             }
             IdProblem::Unanswerable(message) => {
                 tracing::error!(
                     "{name} sent a job that cannot be answered and is dropped: {message}"
                 );
+                false
             }
         }
     }

@@ -518,6 +518,26 @@ async fn status_400_means_no_job_and_429_backs_off_five_seconds() {
     worker.stop().await.unwrap();
 }
 
+/// An endpoint that answers every take at once with something that is no
+/// job is not asked again at once: the takes back off as after a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_answered_with_unreadable_jobs_back_off() {
+    let fake = FakeRunpod::start(KEY).await;
+    fake.set_empty_take_body(Some("{not a job"));
+    let worker = start(&fake, &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let takes = fake.takes().len();
+    assert!(
+        (2..=6).contains(&takes),
+        "{takes} takes in 2 s: back-off of 0.5 s doubling expected"
+    );
+    fake.set_empty_take_body(None);
+    fake.push_job(job("after", json!({"do": "echo"})));
+    fake.wait_for_results(1, WAIT).await;
+    assert!(final_body(&fake, "after")["output"]["pid"].is_number());
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_schema_fails_runpod_jobs_before_the_handler_sees_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -260,16 +260,28 @@ async fn take_loop(endpoint: &Arc<Endpoint>, runner: &Runner<Endpoint>, ctx: &So
         };
         let pause = match answer {
             Take::Jobs(values) => {
-                delays.reset();
+                let mut readable = false;
                 for value in values {
                     let slot = match slots.pop() {
                         Some(slot) => slot,
                         // More jobs than asked for: wait for room rather than drop one.
                         None => ctx.pool.free_slots().await.swap_remove(0),
                     };
-                    runner.start_job_text(value, slot);
+                    readable |= runner.start_job_text(value, slot);
                 }
-                None
+                if readable {
+                    delays.reset();
+                    None
+                } else {
+                    // An endpoint answering garbage at once is not asked
+                    // again at once: it backs off like a failed take.
+                    let delay = delays.next().unwrap_or_default();
+                    tracing::warn!(
+                        "RunPod's answer held no job that could be read; next take in {}ms",
+                        delay.as_millis()
+                    );
+                    Some(delay)
+                }
             }
             Take::Empty => POLL_PACE.after(started),
             Take::RateLimited => {
@@ -425,7 +437,7 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Byte
     }
     let mut body = Vec::with_capacity(expected);
     while let Some(chunk) = response.chunk().await.map_err(describe)? {
-        if body.is_empty() && chunk.len() == expected {
+        if body.is_empty() && expected > 0 && chunk.len() == expected {
             // The whole answer in one piece: kept as it is.
             return Ok(chunk);
         }
