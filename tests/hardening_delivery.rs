@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::spooled;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -125,18 +127,6 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn spooled(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
-        .collect()
 }
 
 fn echo_job(id: &str, extra: Value) -> Value {

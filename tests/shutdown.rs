@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::spooled;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -362,28 +364,6 @@ fn stray_zombie_children() -> Vec<i32> {
 fn error_type(error: &Value) -> Option<String> {
     let report: Value = serde_json::from_str(error.as_str()?).ok()?;
     report["error_type"].as_str().map(str::to_owned)
-}
-
-/// The results kept in a spool directory (`{"job_id", "kind", "body"}`).
-fn spooled(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "json")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).expect("read a spool file");
-            serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("spool file {} is not JSON ({e}): {text}", p.display()))
-        })
-        .collect()
 }
 
 fn tempdir() -> tempfile::TempDir {
