@@ -31,7 +31,7 @@ use crate::error::FatalError;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
 use crate::json::Json;
 use crate::metrics::RestartReason;
-use crate::timer::{sleep_for, sleep_until};
+use crate::timer::sleep_until;
 
 /// Delays between restarts after a crash.
 const RESTART_BACKOFF: BackoffPolicy =
@@ -336,12 +336,13 @@ impl Actor {
         let id = ticket.id().to_owned();
         tracing::debug!(job_id = %id, pid = process.pid, "job sent to handler");
         process.send(std::mem::take(&mut ticket.job.line));
-        let watcher = watch_job(&ticket, self.ctx.config.job_timeout, s.stops.clone());
+        // One deadline for the job, watched apart and when it waits to stream.
         let deadline = self
             .ctx
             .config
             .job_timeout
             .map(|limit| Instant::now() + limit);
+        let watcher = watch_job(&ticket, deadline, s.stops.clone());
         s.jobs.insert(
             id,
             Running {
@@ -661,7 +662,7 @@ impl Serving {
 /// Spawns the task that reports when a job is cancelled or times out.
 fn watch_job(
     ticket: &JobTicket,
-    timeout: Option<Duration>,
+    deadline: Option<Instant>,
     stops: mpsc::UnboundedSender<(String, StopCause)>,
 ) -> AbortHandle {
     let cancel = ticket.cancel.clone();
@@ -669,7 +670,7 @@ fn watch_job(
     tokio::spawn(async move {
         let cause = tokio::select! {
             _ = cancel.cancelled() => StopCause::Cancel,
-            _ = sleep_for(timeout) => StopCause::Timeout,
+            _ = sleep_until(deadline) => StopCause::Timeout,
         };
         let _ = stops.send((id, cause));
     })
