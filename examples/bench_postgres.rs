@@ -22,6 +22,9 @@
 #[allow(dead_code)]
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
+#[path = "../tests/support/prereq.rs"]
+#[allow(dead_code)]
+mod prereq;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -3,11 +3,11 @@
 //! the database flat over 1,000 jobs.
 
 mod support;
+use support::prereq::venv_python;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -225,30 +225,6 @@ async fn a_thousand_jobs_complete_and_retention_keeps_the_database_flat() {
         "memory grows with finished jobs: {rss:?} KiB"
     );
     assert_eq!(server.stop(), 0);
-}
-
-/// The virtualenv's python with the runpod package (made by
-/// .ci/python-venv), or `None` with a message saying why the test skips.
-fn venv_python() -> Option<String> {
-    static PYTHON: OnceLock<Option<String>> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let made = Command::new("bash")
-                .arg(format!("{}/.ci/python-venv", env!("CARGO_MANIFEST_DIR")))
-                .stderr(Stdio::inherit())
-                .output()
-                .ok()
-                .filter(|out| out.status.success());
-            let python = made.and_then(|out| {
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                text.lines().last().map(|l| l.trim().to_owned())
-            });
-            if python.is_none() {
-                eprintln!("SKIPPED: the virtualenv with the runpod package cannot be made");
-            }
-            python
-        })
-        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,11 @@
 
 mod common;
 mod support;
+use support::prereq::venv_python;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{jobpipe, repo_path};
@@ -26,37 +27,6 @@ const KEY: &str = "sdk-test-key";
 /// Longest wait for one worker's results: Python and the runpod package
 /// start slowly on a loaded machine.
 const WAIT: Duration = Duration::from_secs(90);
-
-/// The virtualenv's python, made by .ci/python-venv; `None` (and a message
-/// saying why the tests are skipped) when it cannot be made.
-fn venv_python() -> Option<String> {
-    static PYTHON: OnceLock<Option<String>> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let made = std::process::Command::new("bash")
-                .arg(repo_path(".ci/python-venv"))
-                .stderr(Stdio::piped())
-                .output();
-            match made {
-                Ok(out) if out.status.success() => {
-                    let text = String::from_utf8_lossy(&out.stdout);
-                    text.lines().last().map(|l| l.trim().to_owned())
-                }
-                Ok(out) => {
-                    eprintln!(
-                        "SKIPPED: the virtualenv with the runpod package cannot be made (.ci/python-venv failed):\n{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    None
-                }
-                Err(e) => {
-                    eprintln!("SKIPPED: cannot run .ci/python-venv: {e}");
-                    None
-                }
-            }
-        })
-        .clone()
-}
 
 /// A Python with the runpod package, or one without it.
 #[derive(Clone, Copy, PartialEq, Debug)]

@@ -743,14 +743,14 @@ async fn orphans_are_reaped_by_jobpipe_as_pid_1() {
     let mut jp = match Jobpipe::try_start("unshare", &args, &[], dir.path()) {
         Ok(jp) => jp,
         Err(e) => {
-            eprintln!("note: skipped, unshare cannot be run here: {e}");
+            support::prereq::missing("unshare", &format!("unshare cannot be run here: {e}"));
             return;
         }
     };
     let status = jp.wait(Duration::from_secs(20)).await;
     let stderr = jp.stderr();
     if status.code() != Some(0) && stderr.starts_with("unshare:") {
-        eprintln!("note: skipped, no PID namespace here: {}", stderr.trim());
+        support::prereq::missing("unshare", &format!("no PID namespace here: {}", stderr.trim()));
         return;
     }
     let line = jp.result_line();

@@ -23,7 +23,9 @@ tools_venv="$work/tools"
 apt_install_missing() {
     local missing=() tool
     for tool in podman runc debootstrap; do
-        command -v "$tool" >/dev/null || missing+=("$tool")
+        # type -P looks on PATH only: smoke.sh wraps podman in a shell
+        # function, which `command -v` would find on a machine without it.
+        type -P "$tool" >/dev/null || missing+=("$tool")
     done
     if ((${#missing[@]})); then
         echo "smoke: installing ${missing[*]}"

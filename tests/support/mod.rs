@@ -4,6 +4,7 @@ pub mod endpoint_routes;
 pub mod fake_runpod;
 pub mod live;
 pub mod postgres;
+pub mod prereq;
 pub mod tcp_proxy;
 pub mod tls;
 

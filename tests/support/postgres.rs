@@ -10,8 +10,8 @@
 //! binaries run as the `postgres` user (`runuser`), and the directory is
 //! handed to that user.
 //!
-//! Where no server binaries exist the tests print why and skip, unless
-//! `JOBPIPE_REQUIRE_POSTGRES=1` (set by CI) turns the skip into a failure.
+//! Where no server binaries exist the tests fail, unless the user opted
+//! out with `JOBPIPE_TEST_SKIP=postgres` (see [`super::prereq`]).
 //! `JOBPIPE_PG_BIN` names the directory holding `initdb` and `pg_ctl` when
 //! they are elsewhere.
 
@@ -51,43 +51,39 @@ pub struct PgServer {
 }
 
 /// The server shared by every test of this binary, started on first use;
-/// `None` (after printing why) when no server binaries are installed.
+/// `None` when no server binaries are installed and the user opted out of
+/// PostgreSQL (`JOBPIPE_TEST_SKIP=postgres`): without the opt-out the test
+/// fails.
 pub fn server() -> Option<&'static PgServer> {
-    static SERVER: OnceLock<Option<PgServer>> = OnceLock::new();
-    SERVER
-        .get_or_init(|| {
-            let bin = match find_bin() {
-                Ok(bin) => bin,
-                Err(why) => {
-                    skip_or_fail(&why);
-                    return None;
-                }
-            };
-            let server = PgServer::start(bin).unwrap_or_else(|e| panic!("{e}"));
-            extern "C" fn stop_shared() {
-                if let Some(Some(server)) = SERVER.get() {
-                    server.stop();
-                }
+    static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        let bin = find_bin()?;
+        let server = PgServer::start(bin).unwrap_or_else(|e| panic!("{e}"));
+        extern "C" fn stop_shared() {
+            if let Some(Ok(server)) = SERVER.get() {
+                server.stop();
             }
-            // SAFETY: registers a plain function with no arguments; it runs
-            // once at process exit, when the tests have finished.
-            unsafe { nix::libc::atexit(stop_shared) };
-            Some(server)
-        })
-        .as_ref()
+        }
+        // SAFETY: registers a plain function with no arguments; it runs
+        // once at process exit, when the tests have finished.
+        unsafe { nix::libc::atexit(stop_shared) };
+        Ok(server)
+    });
+    match server {
+        Ok(server) => Some(server),
+        Err(why) => {
+            super::prereq::missing(
+                "postgres",
+                &format!("{why} (install PostgreSQL's server, e.g. apt-get install postgresql, or set JOBPIPE_PG_BIN)"),
+            );
+            None
+        }
+    }
 }
 
 /// A fresh database on the shared server, or `None` when the tests skip.
 pub fn database() -> Option<TestDb> {
     server().map(PgServer::create_database)
-}
-
-/// Prints why the PostgreSQL tests cannot run, or fails when they must.
-fn skip_or_fail(why: &str) {
-    if std::env::var("JOBPIPE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-        panic!("PostgreSQL tests are required (JOBPIPE_REQUIRE_POSTGRES=1) but {why}");
-    }
-    eprintln!("skipping PostgreSQL tests: {why}; install PostgreSQL (e.g. apt-get install postgresql) or set JOBPIPE_PG_BIN");
 }
 
 /// The directory holding `initdb` and `pg_ctl`.
