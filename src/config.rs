@@ -51,8 +51,11 @@ pub enum LogFormat {
     args_override_self = true,
     about = "Supervises a handler program and feeds it jobs over stdin/stdout.",
     long_about = "Supervises a handler program and feeds it jobs over stdin/stdout.\n\n\
-Jobs come from RunPod serverless (when RUNPOD_WEBHOOK_GET_JOB is set), from --test-input, \
-or from ./test_input.json. The handler is executed directly (no shell); see \
+Jobs come from one of: RunPod serverless (when RUNPOD_WEBHOOK_GET_JOB is set); \
+jobpipe's own RunPod-compatible endpoint (--serve-api) over its queue, a SQLite file on \
+one machine or a PostgreSQL database shared by many (--queue; a worker with a postgres:// \
+--queue takes jobs without serving the API); one test job from --test-input; or one from \
+./test_input.json. The handler is executed directly (no shell); see \
 docs/handler-protocol.md for the line protocol it speaks.",
     after_help = "Exit codes: 0 ok; 1 the test job failed or its output did not match; \
 2 invalid configuration or no job source; 3 the handler cannot start; \
@@ -91,7 +94,8 @@ pub struct Cli {
     pub startup_timeout: Duration,
 
     /// Longest a job may run before it fails as timed out (default: no
-    /// limit). At most 7 days.
+    /// limit; for a --test-input or test_input.json job, 5m). 0 means no
+    /// limit. At most 7 days.
     #[arg(long, env = "JOBPIPE_JOB_TIMEOUT", value_parser = parse_long_duration)]
     pub job_timeout: Option<Duration>,
 
@@ -336,6 +340,8 @@ pub struct HandlerConfig {
     pub jobs_per_handler: usize,
     pub startup_timeout: Duration,
     pub job_timeout: Option<Duration>,
+    /// The job timeout is the test job's default, not one that was given.
+    pub job_timeout_is_default: bool,
     pub kill_grace: Duration,
     pub refresh_worker: bool,
     pub keep_handler_on_error: bool,
@@ -372,6 +378,18 @@ pub struct Identity {
     pub hostname: String,
 }
 
+impl HandlerConfig {
+    /// The error of a job that ran past its timeout.
+    pub fn timeout_message(&self) -> String {
+        let limit = humantime::format_duration(self.job_timeout.unwrap_or_default());
+        if self.job_timeout_is_default {
+            format!("job timed out after {limit} with no answer (the default --job-timeout of a test job; give --job-timeout for a longer one, 0 for none)")
+        } else {
+            format!("job timed out after {limit} (--job-timeout)")
+        }
+    }
+}
+
 impl Cli {
     /// Validates the command line into a [`Config`]; `cwd` is where
     /// `test_input.json` is looked for.
@@ -384,6 +402,15 @@ impl Cli {
             self.handler_argv()?
         };
         let source = self.source(cwd)?;
+        // A test job that gets no answer must not hang a terminal or a CI
+        // run forever: it has a limit unless one was given (0: none).
+        let test_job_default =
+            matches!(source, SourceConfig::TestInput { .. }) && self.job_timeout.is_none();
+        let job_timeout = if test_job_default {
+            Some(TEST_JOB_TIMEOUT)
+        } else {
+            self.job_timeout.filter(|t| !t.is_zero())
+        };
         let worker_id = self
             .worker_id
             .clone()
@@ -400,7 +427,8 @@ impl Cli {
             concurrency: if api_only { 0 } else { self.concurrency.get() },
             jobs_per_handler: self.jobs_per_handler.get(),
             startup_timeout: self.startup_timeout,
-            job_timeout: self.job_timeout.filter(|t| !t.is_zero()),
+            job_timeout,
+            job_timeout_is_default: test_job_default,
             kill_grace: self.kill_grace,
             refresh_worker: self.refresh_worker,
             keep_handler_on_error: self.keep_handler_on_error,
@@ -679,6 +707,10 @@ const LONG_DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 const SHORT_DURATION_MAX: Duration = Duration::from_secs(3600);
 /// Most jobs one handler process may hold.
 const MAX_JOBS_PER_HANDLER: usize = 10_000;
+/// The job timeout of a test job when none is given: long enough for a
+/// real model's test job, short enough that a handler that never answers
+/// does not hang a CI run.
+pub const TEST_JOB_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 pub(crate) fn parse_long_duration(text: &str) -> Result<Duration, String> {
     parse_duration_up_to(text, LONG_DURATION_MAX)
@@ -756,6 +788,28 @@ mod tests {
             panic!("expected a test job")
         };
         assert_eq!(job["id"], "local_test");
+    }
+
+    #[test]
+    fn a_test_job_has_a_default_timeout_unless_one_is_given() {
+        let timeout = |extra: &[&str]| {
+            let mut args = vec!["--test-input", r#"{"input": 1}"#];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["--", "x"]);
+            let config = cli(&args).into_config(Path::new("/nonexistent")).unwrap();
+            (config.handler.job_timeout, config.handler.timeout_message())
+        };
+        let (limit, message) = timeout(&[]);
+        assert_eq!(limit, Some(TEST_JOB_TIMEOUT));
+        assert!(message.contains("5m"), "{message}");
+        assert!(
+            message.contains("default --job-timeout of a test job"),
+            "{message}"
+        );
+        assert_eq!(timeout(&["--job-timeout", "0"]).0, None);
+        let (limit, message) = timeout(&["--job-timeout", "1h"]);
+        assert_eq!(limit, Some(Duration::from_secs(3600)));
+        assert_eq!(message, "job timed out after 1h (--job-timeout)");
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub struct Metrics {
     last_job: Gauge,
     last_job_at: Mutex<Option<SystemTime>>,
     phase: Mutex<Phase>,
+    /// For a process that serves the API only (no handlers): whether its
+    /// queue's database answered the last upkeep. `None` elsewhere.
+    api_only: Mutex<Option<bool>>,
 }
 
 type PoolProbe = Box<dyn Fn() -> PoolView + Send + Sync>;
@@ -226,6 +229,7 @@ impl Metrics {
             last_job: float_gauge(&registry, "jobpipe_last_job_timestamp_seconds", "When the last job finished, in seconds since the Unix epoch (0: none yet)."),
             last_job_at: Mutex::new(None),
             phase: Mutex::new(Phase::Checking),
+            api_only: Mutex::new(None),
             registry,
         };
         for reason in RestartReason::ALL {
@@ -331,6 +335,19 @@ impl Metrics {
         *lock(&self.phase) = phase;
     }
 
+    /// This process serves the API only: it is ready once its API listens
+    /// and its queue's database answers, with no handler to wait for.
+    pub fn serve_api_only(&self) {
+        lock(&self.api_only).get_or_insert(false);
+    }
+
+    /// Whether the queue's database answered the last call that checks it.
+    pub fn database_answered(&self, answered: bool) {
+        if let Some(state) = lock(&self.api_only).as_mut() {
+            *state = answered;
+        }
+    }
+
     /// The current state, derived from the phase and what the handlers do.
     pub fn state(&self) -> State {
         match &*lock(&self.phase) {
@@ -339,6 +356,13 @@ impl Metrics {
             Phase::Stopping => return State::Stopping,
             Phase::Failing(_) => return State::Failing,
             Phase::Running => {}
+        }
+        if let Some(answered) = *lock(&self.api_only) {
+            return if answered {
+                State::Ready
+            } else {
+                State::Starting
+            };
         }
         let Some(view) = self.pool_view() else {
             return State::Checking;

@@ -274,6 +274,21 @@ fn garbage_on_stdout_is_skipped_and_the_answer_is_found() {
     assert_eq!(run.output(), json!({"clean": true}));
 }
 
+/// A stray print and no answer: the log warns at once with a hint, and the
+/// timeout's error names the stray line.
+#[test]
+fn a_stray_line_and_no_answer_fails_the_test_job_naming_the_line() {
+    let run = fake("stray-then-hang", json!({}), &["--job-timeout", "2s"]);
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "JobTimeout", "{report}");
+    let message = report["error_message"].as_str().unwrap();
+    assert_contains(message, "hello from a stray print", &run);
+    assert_contains(message, "protocol lines are JSON objects", &run);
+    assert_contains(&run.stderr, "WARN", &run);
+    assert_contains(&run.stderr, "print logs to stderr", &run);
+}
+
 #[test]
 fn answer_for_another_job_is_a_protocol_error() {
     let run = fake("wrong-id", json!({}), &[]);

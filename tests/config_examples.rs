@@ -96,3 +96,29 @@ fn every_example_environment_runs_a_job() {
         );
     }
 }
+
+/// Every test-job command the README and the docs show (a line starting
+/// `jobpipe --test-input` or `--test_input`) runs verbatim from the
+/// repository root and exits 0, so a reader can paste it.
+#[test]
+fn documented_test_job_commands_run_verbatim_from_the_repository_root() {
+    let mut ran = 0;
+    for doc in [
+        "README.md",
+        "docs/migrating-from-runpod.md",
+        "docs/handler-protocol.md",
+    ] {
+        let text = std::fs::read_to_string(repo_path(doc)).unwrap();
+        let commands = text.lines().map(str::trim).filter(|line| {
+            line.starts_with("jobpipe --test-input") || line.starts_with("jobpipe --test_input")
+        });
+        for line in commands {
+            let words = shlex::split(line).unwrap_or_else(|| panic!("{doc}: cannot split {line}"));
+            let run = jobpipe().args(&words[1..]).cwd(&repo()).run();
+            assert_eq!(run.code, Some(0), "{doc}: {line}\n{}", run.describe());
+            run.output(); // asserts the job COMPLETED
+            ran += 1;
+        }
+    }
+    assert!(ran >= 4, "only {ran} documented commands found");
+}

@@ -26,6 +26,7 @@ fn config(jobs_per_handler: usize, job_timeout: Option<Duration>) -> HandlerConf
         jobs_per_handler,
         startup_timeout: Duration::from_secs(20),
         job_timeout,
+        job_timeout_is_default: false,
         kill_grace: Duration::from_millis(500),
         refresh_worker: false,
         keep_handler_on_error: false,

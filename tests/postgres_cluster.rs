@@ -421,3 +421,68 @@ async fn a_worker_cut_off_from_the_database_loses_its_leases_and_its_jobs_finish
     assert_eq!(other.stop(Duration::from_secs(30)), Some(0));
     assert_eq!(api.stop(Duration::from_secs(30)), Some(0));
 }
+
+/// A server that asks for a password, and a URL without one (and no
+/// PGPASSWORD): a configuration error, so exit 2 at start with a message
+/// that says what to do, not a retry loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_without_the_password_the_server_asks_for_exits_2() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let url = db.url().replace(&format!(":{}@", db.server.password), "@");
+    assert!(!url.contains(&db.server.password));
+    let worker = Daemon::worker("no-password", &url);
+    let mut worker = worker;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after 60 s:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = worker.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("PGPASSWORD"), "{log}");
+    assert!(!log.contains("retrying"), "{log}");
+}
+
+/// An API-only process has no handler to wait for: it is ready once it
+/// listens and the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_only_process_becomes_ready() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let (api, base) = api(&db.url()).await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+        if ready.status() == reqwest::StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready still {} after 60 s:\n{}",
+            ready.status(),
+            api.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health: Value = client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["state"], "ready", "{health}");
+    assert_eq!(api.stop(Duration::from_secs(20)), Some(0));
+}

@@ -750,7 +750,10 @@ async fn orphans_are_reaped_by_jobpipe_as_pid_1() {
     let status = jp.wait(Duration::from_secs(20)).await;
     let stderr = jp.stderr();
     if status.code() != Some(0) && stderr.starts_with("unshare:") {
-        support::prereq::missing("unshare", &format!("no PID namespace here: {}", stderr.trim()));
+        support::prereq::missing(
+            "unshare",
+            &format!("no PID namespace here: {}", stderr.trim()),
+        );
         return;
     }
     let line = jp.result_line();

@@ -21,9 +21,10 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::lines::Line;
+use super::lines::{clip_middle, Line};
 use super::process::HandlerProcess;
 use super::protocol::{cancel_line, parse_line, sniff_id, Frame};
+
 use super::startup::{log_stray_line, stderr_note};
 use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
@@ -127,6 +128,37 @@ struct Serving {
     pid: i32,
     /// Jobs this process has finished, for `--max-jobs-per-handler`.
     served: u64,
+    /// Lines on stdout that were no protocol line, named when a job gets
+    /// no answer.
+    stray: StrayLines,
+}
+
+/// How many stdout lines were not protocol lines, and the last of them.
+#[derive(Default)]
+struct StrayLines {
+    count: u64,
+    last: String,
+}
+
+impl StrayLines {
+    /// How many characters of the last stray line a job's error quotes.
+    const QUOTED: usize = 200;
+
+    fn record(&mut self, line: &[u8]) {
+        self.count += 1;
+        self.last = clip_middle(&String::from_utf8_lossy(line), Self::QUOTED);
+    }
+
+    /// What a job that got no answer is told of them, if any.
+    fn note(&self) -> String {
+        match self.count {
+            0 => String::new(),
+            n => format!(
+                "; the handler wrote {n} line(s) to stdout that are not protocol lines, the last: {:?} (protocol lines are JSON objects; print logs to stderr)",
+                self.last
+            ),
+        }
+    }
 }
 
 /// Runs the actor until the pool stops or the handler cannot start.
@@ -264,6 +296,7 @@ impl Actor {
             stops,
             pid: process.pid,
             served: 0,
+            stray: StrayLines::default(),
         };
         let mut tagged = String::new();
         loop {
@@ -373,6 +406,7 @@ impl Actor {
         match frame {
             Frame::Ready => None,
             Frame::Other => {
+                s.stray.record(&bytes);
                 log_stray_line(&Line::Whole(bytes));
                 None
             }
@@ -437,7 +471,7 @@ impl Actor {
         if let Some((cause, _)) = running.stopping {
             // The handler answered a cancel and keeps running; the job
             // still ends as stopped.
-            self.end_stopped(running.ticket, cause);
+            self.end_stopped(running.ticket, cause, &s.stray);
             return None;
         }
         result.streamed = running.streamed;
@@ -581,7 +615,7 @@ impl Actor {
         tracing::info!(job_id = %id, "stopping job ({})", cause_name(cause));
         if self.ctx.config.jobs_per_handler == 1 {
             let running = s.jobs.remove(id).expect("present");
-            self.end_stopped(running.ticket, cause);
+            self.end_stopped(running.ticket, cause, &s.stray);
             return Some(End::Restart(cause_reason(cause)));
         }
         job.stopping = Some((cause, Instant::now() + grace));
@@ -603,7 +637,7 @@ impl Actor {
             let (cause, _) = running.stopping.expect("stopping");
             reason = cause_reason(cause);
             running.watcher.abort();
-            self.end_stopped(running.ticket, cause);
+            self.end_stopped(running.ticket, cause, &s.stray);
         }
         s.fail_all(JobFailure::new(
             FailureKind::HandlerRestarted,
@@ -620,19 +654,13 @@ impl Actor {
 impl Actor {
     /// Ends a job that was stopped: nothing for a cancel, an error for a
     /// timeout.
-    fn end_stopped(&self, ticket: JobTicket, cause: StopCause) {
+    fn end_stopped(&self, ticket: JobTicket, cause: StopCause, stray: &StrayLines) {
         match cause {
             StopCause::Cancel => ticket.finish(JobResult::cancelled()),
-            StopCause::Timeout => {
-                let limit = self.ctx.config.job_timeout.unwrap_or_default();
-                ticket.fail(JobFailure::new(
-                    FailureKind::Timeout,
-                    format!(
-                        "job timed out after {} (--job-timeout)",
-                        humantime::format_duration(limit)
-                    ),
-                ));
-            }
+            StopCause::Timeout => ticket.fail(JobFailure::new(
+                FailureKind::Timeout,
+                format!("{}{}", self.ctx.config.timeout_message(), stray.note()),
+            )),
         }
     }
 }

@@ -125,14 +125,7 @@ async fn run_job(ctx: &ActorContext, mut ticket: JobTicket) {
         Some(Interrupt::Timeout) => {
             let tail = process.stderr_tail().await;
             ticket.fail(
-                JobFailure::new(
-                    FailureKind::Timeout,
-                    format!(
-                        "job timed out after {} (--job-timeout)",
-                        humantime::format_duration(config.job_timeout.unwrap_or_default())
-                    ),
-                )
-                .with_stderr(tail),
+                JobFailure::new(FailureKind::Timeout, config.timeout_message()).with_stderr(tail),
             );
             process.stop(config.kill_grace, &ctx.force).await;
             return;

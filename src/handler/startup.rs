@@ -280,8 +280,8 @@ pub(super) fn stderr_note(tail: &str) -> String {
 pub(super) fn log_stray_line(line: &Line) {
     match line {
         Line::Whole(bytes) => {
-            tracing::info!(
-                "handler stdout (not a protocol line): {}",
+            tracing::warn!(
+                "handler stdout, not a protocol line (protocol lines are JSON objects; print logs to stderr): {}",
                 clip_middle(&String::from_utf8_lossy(bytes), LOG_LINE_MAX)
             );
         }

@@ -82,6 +82,11 @@ impl PgTarget {
 
     /// The error's text, redacted, with the driver's detail when it has one.
     pub(super) fn describe(&self, error: &tokio_postgres::Error) -> String {
+        if error.to_string().contains("password missing") {
+            return "the server asks for a password and none was given: put it in \
+                    the URL (postgres://USER:PASSWORD@HOST/DB) or in PGPASSWORD"
+                .to_owned();
+        }
         let text = match error.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
             None => match std::error::Error::source(error) {
@@ -93,10 +98,22 @@ impl PgTarget {
     }
 
     /// Whether the server refused us for a reason that waiting will not
-    /// fix: wrong password, unknown user or database, no permission.
+    /// fix: wrong password, unknown user or database, no permission; or our
+    /// own configuration cannot work with it (no password where it asks
+    /// for one, an authentication method the driver does not speak).
     pub(super) fn is_refusal(error: &tokio_postgres::Error) -> bool {
         let Some(code) = error.code() else {
-            return false;
+            // The driver has no public kind for these: its message names
+            // the kind first ("invalid configuration: password missing",
+            // "authentication error: unsupported SASL mechanism").
+            let text = error.to_string();
+            return [
+                "invalid configuration",
+                "authentication error",
+                "invalid connection string",
+            ]
+            .iter()
+            .any(|kind| text.starts_with(kind));
         };
         *code == SqlState::INVALID_PASSWORD
             || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION

@@ -61,7 +61,22 @@ impl QueueLocation {
             return PgTarget::parse(text, pgpassword).map(|t| QueueLocation::Postgres(Box::new(t)));
         }
         if let Some(path) = text.strip_prefix("sqlite:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
+            // The URL convention: after `//` comes a host, so the file
+            // follows a third slash (`sqlite:///abs/path`). A file path
+            // right after the colon (`sqlite:/abs`, `sqlite:relative`)
+            // needs none.
+            let path = match path.strip_prefix("//") {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+                Some(rest) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "--queue {text:?} names a host ({host:?}) where a file path was \
+                         expected; write sqlite:///{rest} (or sqlite:/{rest}) for the \
+                         file /{rest}, or sqlite:{rest} for ./{rest}",
+                        host = rest.split('/').next().unwrap_or(rest),
+                    )))
+                }
+                None => path,
+            };
             if path.is_empty() {
                 return Err(ConfigError::Invalid(
                     "--queue sqlite: needs a file path, like sqlite:/var/tmp/jobpipe/queue.db"
@@ -160,7 +175,13 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
     }
     if !config.take_jobs {
         tasks.spawn(webhook_task(queue.clone(), background.clone()));
-        tasks.spawn(upkeep(queue.clone(), None, background.clone()));
+        ctx.pool.metrics.serve_api_only();
+        tasks.spawn(upkeep(
+            queue.clone(),
+            None,
+            ctx.pool.metrics.clone(),
+            background.clone(),
+        ));
         tracing::info!("serving the API only (--api-only); workers elsewhere run the jobs");
         ctx.shutdown.take.cancelled().await;
         stop_tasks(&tasks, &background, &api_stop).await;
@@ -181,7 +202,13 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
     };
     let runner = Runner::start(sink, &ctx, options).await?;
     tasks.spawn(webhook_task(queue.clone(), background.clone()));
-    tasks.spawn(upkeep(queue.clone(), Some(ctx.clone()), background.clone()));
+    let metrics = ctx.pool.metrics.clone();
+    tasks.spawn(upkeep(
+        queue.clone(),
+        Some(ctx.clone()),
+        metrics,
+        background.clone(),
+    ));
     tasks.spawn(renew_leases(
         queue.clone(),
         held.clone(),
@@ -370,8 +397,15 @@ async fn stop_cancelled(queue: Arc<dyn Queue>, pool: Arc<Pool>, stop: Cancellati
 }
 
 /// Expires leases and ttls, deletes old results, and reports this worker's
-/// slots for `/health` (`ctx`; none for a process that runs no jobs).
-async fn upkeep(queue: Arc<dyn Queue>, ctx: Option<SourceContext>, stop: CancellationToken) {
+/// slots for `/health` (`ctx`; none for a process that runs no jobs). The
+/// sweep's answer also tells an API-only process's readiness whether the
+/// database answers.
+async fn upkeep(
+    queue: Arc<dyn Queue>,
+    ctx: Option<SourceContext>,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(UPKEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -388,7 +422,9 @@ async fn upkeep(queue: Arc<dyn Queue>, ctx: Option<SourceContext>, stop: Cancell
                 log_failure("the worker heartbeat", &e);
             }
         }
-        match queue.sweep().await {
+        let swept = queue.sweep().await;
+        metrics.database_answered(swept.is_ok());
+        match swept {
             Ok(swept) if swept.requeued + swept.ended > 0 => tracing::info!(
                 "queue upkeep: {} jobs queued again after losing their worker, {} ended (no attempts left or ttl passed)",
                 swept.requeued,
@@ -408,6 +444,26 @@ async fn webhook_task(queue: Arc<dyn Queue>, stop: CancellationToken) {
 mod tests {
     use super::*;
     use tokio::time::Instant;
+
+    fn sqlite_path(text: &str) -> Result<PathBuf, String> {
+        match QueueLocation::parse(text, None) {
+            Ok(QueueLocation::Sqlite(path)) => Ok(path),
+            Ok(_) => Err("not SQLite".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn sqlite_urls_follow_the_url_convention() {
+        assert_eq!(sqlite_path("sqlite:///abs/q.db"), Ok("/abs/q.db".into()));
+        assert_eq!(sqlite_path("sqlite:/abs/q.db"), Ok("/abs/q.db".into()));
+        assert_eq!(sqlite_path("sqlite:rel/q.db"), Ok("rel/q.db".into()));
+        let error = sqlite_path("sqlite://tmp/x.db").unwrap_err();
+        assert!(error.contains("sqlite:///tmp/x.db"), "{error}");
+        assert!(error.contains("sqlite:tmp/x.db"), "{error}");
+        assert!(sqlite_path("sqlite://").is_err());
+        assert!(sqlite_path("sqlite:").is_err());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn failed_takes_pause_longer_each_time_until_one_works() {

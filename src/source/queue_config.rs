@@ -44,7 +44,8 @@ pub struct EndpointArgs {
     #[arg(long = "rp_api_port", value_name = "PORT")]
     pub rp_api_port: Option<u16>,
 
-    /// The job queue: sqlite:PATH, an embedded database file owned by this
+    /// The job queue: sqlite:PATH (sqlite:/abs/path, sqlite:///abs/path or
+    /// sqlite:relative/path), an embedded database file owned by this
     /// process (its directory is created); or
     /// postgres://USER@HOST[:PORT]/DATABASE, shared by any number of jobpipe
     /// processes on any number of machines (the password in the URL or in
