@@ -17,10 +17,46 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::BackoffPolicy;
 use crate::error::FatalError;
-use crate::handler::lines::clip_middle;
 use crate::json::Json;
 use crate::metrics::Metrics;
-use crate::runner::ResultSink;
+use crate::text::clip_middle;
+
+/// Where a source's results go: its transport for one post. The runner
+/// decides what is posted, when, how often it is retried and what is kept
+/// in the spool; the sink sends one attempt and says how it went.
+///
+/// Bodies are source-neutral: a final result is `{"output": ..}` or
+/// `{"error": "..", "output"?: ..}` (with [`Post::refresh_worker`] beside
+/// it), a progress or stream update is the handler's value itself. A sink
+/// wraps them in whatever its destination expects. The job id has passed
+/// [`crate::runner::check_id`]'s rules for a path segment, but may still be one the job
+/// is failed for (not a valid header value, say).
+pub trait ResultSink: Send + Sync + 'static {
+    fn send(&self, post: &Post) -> impl std::future::Future<Output = Attempt> + Send;
+}
+
+/// Where results wait when they cannot be delivered, and how many may.
+#[derive(clap::Args)]
+pub struct DeliveryArgs {
+    /// Where results that could not be delivered by shutdown are kept until
+    /// the next start.
+    #[arg(
+        long,
+        env = "JOBPIPE_SPOOL_DIR",
+        default_value = "/var/tmp/jobpipe/spool"
+    )]
+    pub spool_dir: PathBuf,
+
+    /// How many results may await delivery (retried in memory and kept in
+    /// the spool) before jobpipe stops taking jobs until delivery resumes.
+    #[arg(
+        long,
+        env = "JOBPIPE_MAX_UNDELIVERED",
+        default_value = "16",
+        value_name = "N"
+    )]
+    pub max_undelivered: std::num::NonZeroUsize,
+}
 
 /// How long a temporary spool file must be untouched before a start
 /// removes it as left by an interrupted write.
@@ -35,7 +71,7 @@ pub const POST_BACKOFF: BackoffPolicy =
 pub struct Post {
     pub job_id: String,
     pub kind: PostKind,
-    /// The JSON body (see [`crate::runner::ResultSink`] for its shape).
+    /// The JSON body (see [`ResultSink`] for its shape).
     pub body: Json,
     /// The job asked for a fresh worker after it (final results only).
     #[serde(default)]

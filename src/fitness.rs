@@ -19,6 +19,67 @@ use tokio::net::unix::pipe;
 use crate::error::ConfigError;
 use crate::os::{self, ExitStatus, SpawnSpec};
 
+/// The checks to run before the first job.
+#[derive(clap::Args)]
+pub struct FitnessArgs {
+    /// Fitness check before the first job: the file system holding PATH has
+    /// SIZE free, e.g. /tmp:10GB. Repeatable (comma-separated in the
+    /// variable). A failed check exits with code 8.
+    #[arg(
+        long,
+        env = "JOBPIPE_REQUIRE_FREE_DISK",
+        value_name = "PATH:SIZE",
+        value_delimiter = ','
+    )]
+    pub require_free_disk: Vec<String>,
+
+    /// Fitness check before the first job: at least SIZE of memory available
+    /// (MemAvailable in /proc/meminfo).
+    #[arg(long, env = "JOBPIPE_REQUIRE_MEMORY", value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub require_memory: Option<usize>,
+
+    /// Fitness check before the first job: PATH exists (a model file, a
+    /// mounted volume). Repeatable (comma-separated in the variable).
+    #[arg(
+        long,
+        env = "JOBPIPE_REQUIRE_FILE",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub require_file: Vec<PathBuf>,
+
+    /// Fitness check before the first job: `nvidia-smi -L` lists a GPU.
+    #[arg(long, env = "JOBPIPE_REQUIRE_GPU", value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_gpu: bool,
+
+    /// Fitness check before the first job: COMMAND exits 0 within
+    /// --startup-timeout. Split into words like a shell would, run without
+    /// one. Repeatable (one command in the variable).
+    #[arg(long, env = "JOBPIPE_FITNESS_CHECK", value_name = "COMMAND")]
+    pub fitness_check: Vec<String>,
+}
+
+impl FitnessArgs {
+    /// The checks, validated, in the order they run.
+    pub fn into_checks(self) -> Result<Vec<Check>, ConfigError> {
+        let mut checks = Vec::new();
+        for text in &self.require_free_disk {
+            checks.push(Check::free_disk(text)?);
+        }
+        if let Some(min) = self.require_memory {
+            checks.push(Check::Memory { min: min as u64 });
+        }
+        checks.extend(self.require_file.into_iter().map(Check::File));
+        if self.require_gpu {
+            checks.push(Check::Gpu);
+        }
+        for line in &self.fitness_check {
+            checks.push(Check::command(line)?);
+        }
+        Ok(checks)
+    }
+}
+
 /// How much of a failing command's output its report quotes.
 const OUTPUT_TAIL: usize = 2000;
 /// How long a command's output may still arrive after it exited.
@@ -194,7 +255,7 @@ async fn gpu(limit: Duration) -> Result<String, String> {
 async fn run_command(argv: &[String], limit: Duration) -> Result<(ExitStatus, String), String> {
     let spawned = os::spawn(&SpawnSpec {
         argv,
-        env_remove: crate::handler::process::SECRETS,
+        env_remove: os::SECRETS,
         env_add: &[],
     })
     .map_err(|e| format!("cannot execute {:?}: {e}", argv[0]))?;

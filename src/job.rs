@@ -13,17 +13,20 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Identity;
-use crate::handler::protocol::{id_text, present};
-use crate::json::Json;
+use crate::error::ConfigError;
+use crate::json::{id_text, present, Json};
 
 pub mod events;
+mod identity;
+mod result;
 
 use events::EventSender;
 pub use events::JobEvents;
+pub use identity::{Identity, IdentityArgs};
+pub use result::{FailureKind, JobEvent, JobFailure, JobResult, Outcome};
 
 /// A job as received: `id`, `input` and any other keys, passed on untouched.
 #[derive(Debug, Clone)]
@@ -93,138 +96,33 @@ impl Job {
     }
 }
 
-/// Why a job failed, sorted for the error report's `error_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The handler process exited or was killed while running the job.
-    HandlerCrashed,
-    /// The job ran longer than `--job-timeout`.
-    Timeout,
-    /// The handler broke the line protocol.
-    ProtocolError,
-    /// The result exceeded `--max-output-size`.
-    OutputTooLarge,
-    /// The worker was shut down before the job finished.
-    WorkerShutdown,
-    /// The handler process could not be started for this job.
-    HandlerStart,
-    /// Another job in the same process made it restart.
-    HandlerRestarted,
-}
-
-impl FailureKind {
-    fn name(self) -> &'static str {
-        match self {
-            FailureKind::HandlerCrashed => "HandlerCrashed",
-            FailureKind::Timeout => "JobTimeout",
-            FailureKind::ProtocolError => "ProtocolError",
-            FailureKind::OutputTooLarge => "OutputTooLarge",
-            FailureKind::WorkerShutdown => "WorkerShutdown",
-            FailureKind::HandlerStart => "HandlerStartFailed",
-            FailureKind::HandlerRestarted => "HandlerRestarted",
+/// A local job written as JSON (`--test-input`, `test_input.json`,
+/// `--warmup-input`): an object with `input`; its `id` defaults to
+/// `local_test`, and a number is taken as its text.
+pub fn local_job(text: &str, what: &str) -> Result<Value, ConfigError> {
+    let mut job: Value = serde_json::from_str(text)
+        .map_err(|e| ConfigError::Invalid(format!("{what} is not valid JSON: {e}")))?;
+    let Some(obj) = job.as_object_mut() else {
+        return Err(ConfigError::Invalid(format!(
+            "{what} must be a JSON object like {{\"input\": {{...}}}}"
+        )));
+    };
+    if !obj.contains_key("input") {
+        return Err(ConfigError::Invalid(format!(
+            "{what} has no \"input\" key; write it as {{\"input\": {{...}}}}"
+        )));
+    }
+    match obj.get("id") {
+        None | Some(Value::Null) => {
+            obj.insert("id".into(), Value::from("local_test"));
+        }
+        Some(Value::String(_)) => {}
+        Some(other) => {
+            let id = other.to_string();
+            obj.insert("id".into(), Value::from(id));
         }
     }
-}
-
-/// A failure found by jobpipe itself (as opposed to an error the handler
-/// returned), reported in the RunPod SDK's error report shape.
-#[derive(Debug, Clone)]
-pub struct JobFailure {
-    pub kind: FailureKind,
-    pub message: String,
-    /// The tail of the handler's stderr, when it says something useful.
-    pub stderr_tail: String,
-}
-
-impl JobFailure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        JobFailure {
-            kind,
-            message: message.into(),
-            stderr_tail: String::new(),
-        }
-    }
-
-    pub fn with_stderr(mut self, tail: String) -> Self {
-        self.stderr_tail = tail;
-        self
-    }
-
-    /// The JSON text RunPod dashboards parse: `error_type`, `error_message`,
-    /// `error_traceback`, `hostname`, `worker_id` and jobpipe's version.
-    pub fn report(&self, identity: &Identity) -> String {
-        json!({
-            "error_type": self.kind.name(),
-            "error_message": self.message,
-            "error_traceback": self.stderr_tail,
-            "hostname": identity.hostname,
-            "worker_id": identity.worker_id,
-            "jobpipe_version": crate::VERSION,
-        })
-        .to_string()
-    }
-}
-
-/// How a job ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The handler produced an output.
-    Output(Json),
-    /// The job failed; `error` is the text reported as the job's error.
-    Error { error: String, output: Option<Json> },
-    /// The job was stopped on request; nothing is reported for it.
-    Cancelled,
-}
-
-/// The final result of one job.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobResult {
-    pub outcome: Outcome,
-    /// The handler (or `--refresh-worker`) asked for a fresh process.
-    pub refresh_worker: bool,
-    /// The job sent stream partials before its final line.
-    pub streamed: bool,
-}
-
-impl JobResult {
-    pub fn output(value: Json) -> Self {
-        JobResult {
-            outcome: Outcome::Output(value),
-            refresh_worker: false,
-            streamed: false,
-        }
-    }
-
-    pub fn error(error: String) -> Self {
-        JobResult {
-            outcome: Outcome::Error {
-                error,
-                output: None,
-            },
-            refresh_worker: false,
-            streamed: false,
-        }
-    }
-
-    pub fn cancelled() -> Self {
-        JobResult {
-            outcome: Outcome::Cancelled,
-            refresh_worker: false,
-            streamed: false,
-        }
-    }
-
-    pub fn is_success(&self) -> bool {
-        matches!(self.outcome, Outcome::Output(_))
-    }
-}
-
-/// What a source hears about a job while it runs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JobEvent {
-    Progress(Json),
-    Stream(Json),
-    Done(JobResult),
+    Ok(job)
 }
 
 /// Removes a job from the in-flight registry when it finishes.
@@ -342,6 +240,7 @@ impl Drop for JobTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn job_needs_an_id_and_input() {

@@ -286,6 +286,26 @@ impl<'de> Deserialize<'de> for Json {
     }
 }
 
+/// A key that is there, even with `null` as its value (`"output": null`
+/// is an answer).
+pub fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// A job id as jobpipe writes it: a string's text, a number's digits.
+pub fn id_text(raw: &RawValue) -> Option<String> {
+    match raw.get().as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(raw.get()).ok(),
+        b'-' | b'0'..=b'9' => match serde_json::from_str::<Value>(raw.get()).ok()? {
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,8 +46,10 @@ pub mod runner;
 pub mod signals;
 pub mod source;
 pub mod supervisor;
+pub mod text;
 pub mod timer;
 pub(crate) mod tls;
+pub mod units;
 pub mod webhook;
 
 pub use config::Config;

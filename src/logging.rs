@@ -13,6 +13,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+use clap::{Args, ValueEnum};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
@@ -21,14 +22,79 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::config::LogFormat;
-use crate::handler::lines::clip_middle;
+use crate::error::ConfigError;
+use crate::text::clip_middle;
 
 /// Longest message written whole.
 const MESSAGE_MAX: usize = 16 * 1024;
 /// Lines waiting for a slow stderr before new ones are dropped (at most
 /// `MESSAGE_MAX` bytes each).
 const QUEUED_LINES_MAX: usize = 4096;
+
+/// Format of jobpipe's own log lines (on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `LEVEL | job id | message` lines for people.
+    Text,
+    /// One `{"requestId", "message", "level"}` object per line (RunPod's log viewer).
+    Json,
+}
+
+/// The log's own flags.
+#[derive(Args)]
+pub struct LoggingArgs {
+    /// Log level: DEBUG, INFO, WARN (or WARNING), ERROR; NOTSET, the runpod
+    /// SDK's "no logging", keeps errors [default: from RUNPOD_LOG_LEVEL, else
+    /// RUNPOD_DEBUG_LEVEL, else DEBUG].
+    #[arg(long, alias = "rp_log_level", env = "JOBPIPE_LOG_LEVEL", value_parser = parse_level)]
+    pub log_level: Option<tracing::Level>,
+
+    /// Log line format [default: json when RUNPOD_ENDPOINT_ID is set, else text].
+    #[arg(long, env = "JOBPIPE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl LoggingArgs {
+    /// The log level from `--log-level`, else RunPod's variables, else DEBUG.
+    pub fn level(&self) -> Result<Level, ConfigError> {
+        if let Some(level) = self.log_level {
+            return Ok(level);
+        }
+        for var in ["RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL"] {
+            if let Ok(text) = std::env::var(var) {
+                if !text.is_empty() {
+                    return parse_level(&text)
+                        .map_err(|e| ConfigError::Invalid(format!("{var}: {e}")));
+                }
+            }
+        }
+        Ok(Level::DEBUG)
+    }
+
+    /// The log format from `--log-format`, else JSON on RunPod, else text.
+    pub fn format(&self) -> LogFormat {
+        self.log_format
+            .unwrap_or_else(|| match std::env::var("RUNPOD_ENDPOINT_ID") {
+                Ok(id) if !id.is_empty() => LogFormat::Json,
+                _ => LogFormat::Text,
+            })
+    }
+}
+
+fn parse_level(text: &str) -> Result<Level, String> {
+    match text.trim().to_ascii_uppercase().as_str() {
+        "DEBUG" => Ok(Level::DEBUG),
+        "INFO" => Ok(Level::INFO),
+        "WARN" | "WARNING" => Ok(Level::WARN),
+        // The runpod SDK's NOTSET turns its logging off; a worker's errors
+        // are still worth a line.
+        "ERROR" | "NOTSET" => Ok(Level::ERROR),
+        "TRACE" => Ok(Level::TRACE),
+        other => Err(format!(
+            "unknown log level {other:?}; use DEBUG, INFO, WARN or ERROR"
+        )),
+    }
+}
 
 /// Installs the global subscriber. Events of other crates show from WARN up,
 /// except the PostgreSQL pool's, which warn for every broken connection

@@ -17,11 +17,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let level = match config::log_level(&cli) {
+    let level = match cli.logging.level() {
         Ok(level) => level,
         Err(e) => return fail(&FatalError::Config(e)),
     };
-    let logging = jobpipe::logging::init(level, config::log_format(&cli));
+    let logging = jobpipe::logging::init(level, cli.logging.format());
     let outcome = run(cli, &matches);
     // Log lines still queued go out before the final message.
     drop(logging);

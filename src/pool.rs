@@ -22,9 +22,10 @@ use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{HandlerConfig, Identity, Mode};
 use crate::error::FatalError;
+use crate::handler::config::{HandlerConfig, Mode};
 use crate::handler::{actor, oneshot, ActorContext, FailureStreak, RoomShare};
+use crate::job::Identity;
 use crate::job::{
     events, FailureKind, Job, JobEvents, JobFailure, JobResult, JobTicket, Outcome, Registry,
 };

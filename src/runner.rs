@@ -46,16 +46,18 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio_util::task::TaskTracker;
 
-use crate::delivery::{Attempt, Post, Spool};
+use crate::delivery::{Post, ResultSink, Spool};
 use crate::error::FatalError;
 use crate::job::Job;
 use crate::json::Json;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Slot};
-use crate::source::{Shutdown, SourceContext};
 
+mod context;
 mod ids;
 mod job;
+
+pub use context::{Shutdown, SourceContext};
 
 use ids::Undelivered;
 pub use ids::{check_id, IdProblem, MAX_ID_LEN};
@@ -70,20 +72,6 @@ pub const RESULT_BYTES_IN_FLIGHT: usize = 8 << 20;
 /// How long a final result's first post may take before the result is
 /// written to the spool anyway (the post goes on).
 pub const SPOOL_AFTER: Duration = Duration::from_secs(2);
-
-/// Where a source's results go: its transport for one post. The runner
-/// decides what is posted, when, how often it is retried and what is kept
-/// in the spool; the sink sends one attempt and says how it went.
-///
-/// Bodies are source-neutral: a final result is `{"output": ..}` or
-/// `{"error": "..", "output"?: ..}` (with [`Post::refresh_worker`] beside
-/// it), a progress or stream update is the handler's value itself. A sink
-/// wraps them in whatever its destination expects. The job id has passed
-/// [`check_id`]'s rules for a path segment, but may still be one the job
-/// is failed for (not a valid header value, say).
-pub trait ResultSink: Send + Sync + 'static {
-    fn send(&self, post: &Post) -> impl std::future::Future<Output = Attempt> + Send;
-}
 
 /// How a runner treats results, set by its source.
 #[derive(Debug, Clone)]

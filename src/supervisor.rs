@@ -18,8 +18,9 @@ use crate::config::Config;
 use crate::error::{exit, ConfigError, FatalError};
 use crate::metrics::{Metrics, Phase};
 use crate::pool::Pool;
+use crate::runner::{Shutdown, SourceContext};
 use crate::signals::ShutdownRequest;
-use crate::source::{self, Shutdown, SourceContext};
+use crate::source;
 use crate::timer::sleep_until;
 
 /// How long results of jobs failed by a forced shutdown may try to reach

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobpipe::config::{HandlerConfig, Identity, Mode};
+use jobpipe::handler::config::{HandlerConfig, Mode};
+use jobpipe::job::Identity;
 use jobpipe::job::{Job, JobEvent, JobEvents, JobResult, Outcome};
 use jobpipe::metrics::Metrics;
 use jobpipe::pool::Pool;

@@ -6,6 +6,8 @@
 //! goes on with the next line. Memory stays bounded by the cap.
 
 use bytes::Bytes;
+
+pub(crate) use crate::text::clip_middle;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// How much of an over-long line is kept to identify it.
@@ -66,28 +68,6 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     Ok(Some(Line::Whole(Bytes::from(buf))))
 }
 
-/// Shortens text for a log line by cutting out its middle.
-pub fn clip_middle(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let half = max / 2;
-    let mut head = half;
-    while !text.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = text.len() - half;
-    while !text.is_char_boundary(tail) {
-        tail += 1;
-    }
-    format!(
-        "{} …[{} bytes cut]… {}",
-        &text[..head],
-        tail - head,
-        &text[tail..]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,13 +108,5 @@ mod tests {
         assert_eq!(*len, 100_000);
         assert!(prefix.len() <= PREFIX_KEPT && prefix.len() >= 1000);
         assert_eq!(lines[1], Line::Whole(Bytes::from_static(b"ok")));
-    }
-
-    #[test]
-    fn clipping_keeps_both_ends() {
-        let clipped = clip_middle(&"é".repeat(1000), 100);
-        assert!(clipped.starts_with('é') && clipped.ends_with('é'));
-        assert!(clipped.contains("bytes cut"));
-        assert_eq!(clip_middle("short", 100), "short");
     }
 }

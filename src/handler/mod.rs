@@ -9,12 +9,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HandlerConfig, Identity};
 use crate::error::FatalError;
+use crate::handler::config::HandlerConfig;
+use crate::job::Identity;
 use crate::job::JobTicket;
 use crate::metrics::Metrics;
 
 pub mod actor;
+pub mod config;
 pub mod lines;
 pub mod oneshot;
 pub mod process;

@@ -21,11 +21,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::lines::{clip_middle, read_line, Line};
-use crate::config::HandlerConfig;
-use crate::os::{self, ExitStatus, SpawnSpec};
+use crate::handler::config::HandlerConfig;
+use crate::os::{self, ExitStatus, SpawnSpec, SECRETS};
 
-/// Secrets of jobpipe's own that a handler does not get unless asked.
-pub(crate) const SECRETS: &[&str] = &["RUNPOD_AI_API_KEY", "JOBPIPE_API_KEY"];
 /// How many stderr lines, and bytes, an error report quotes.
 const TAIL_LINES: usize = 20;
 const TAIL_BYTES: usize = 4096;

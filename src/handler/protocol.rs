@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::json::{has_surrogate_escape, Json};
+use crate::json::{has_surrogate_escape, id_text, present, Json};
 
 /// One line of handler stdout, understood.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,26 +52,6 @@ struct Keys<'a> {
     progress: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     refresh_worker: Option<&'a RawValue>,
-}
-
-/// A key that is there, even with `null` as its value (`"output": null`
-/// is an answer).
-pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(deserializer).map(Some)
-}
-
-/// A job id as jobpipe writes it: a string's text, a number's digits.
-pub(crate) fn id_text(raw: &RawValue) -> Option<String> {
-    match raw.get().as_bytes().first()? {
-        b'"' => serde_json::from_str::<String>(raw.get()).ok(),
-        b'-' | b'0'..=b'9' => match serde_json::from_str::<Value>(raw.get()).ok()? {
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 /// Reads one stdout line.

@@ -5,7 +5,7 @@
 
 use bytesize::ByteSize;
 
-use crate::config::HandlerConfig;
+use crate::handler::config::HandlerConfig;
 use crate::metrics::RestartReason;
 
 /// Whether the process `pid` (leader of its process group) is due to be

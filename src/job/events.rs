@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use super::{JobEvent, JobResult};
+use super::result::{JobEvent, JobResult};
 use crate::json::Json;
 
 /// Updates one job may have queued before its handler is paused.

@@ -14,11 +14,17 @@ use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 mod checks;
+mod escaped;
 mod procfs;
 mod reaper;
 
 pub use checks::{check_executable, check_handler_limits, make_non_dumpable, MAX_HANDLERS};
-pub use procfs::{group_resident_memory, kill_escaped};
+/// Secrets of jobpipe's own that a child process (a handler, a fitness
+/// check) does not get unless asked.
+pub const SECRETS: &[&str] = &["RUNPOD_AI_API_KEY", "JOBPIPE_API_KEY"];
+
+pub use escaped::kill_escaped;
+pub use procfs::group_resident_memory;
 pub use reaper::{init_reaper, release};
 
 /// Allocations from this size up get their own mapping (see

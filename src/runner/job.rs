@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use super::{check_id, IdProblem, ResultSink, Shared, SPOOL_AFTER, UPDATE_BUDGET};
 use crate::delivery::{deliver, Attempt, Delivery, Post, PostKind, Spooled};
-use crate::handler::lines::clip_middle;
 use crate::job::{JobEvent, JobEvents, JobResult, Outcome};
 use crate::json::{self, Json};
+use crate::text::clip_middle;
 
 impl<S: ResultSink> Shared<S> {
     /// Posts one job's updates in order, then its final result.

@@ -6,42 +6,29 @@
 //! job to a [`crate::runner::Runner`], which carries it to its delivered
 //! result.
 
-use std::sync::Arc;
-
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-use crate::config::{Identity, SourceConfig};
 use crate::error::FatalError;
-use crate::pool::Pool;
+use crate::runner::SourceContext;
 
 pub mod queue;
 pub mod queue_config;
 mod queue_job;
 pub mod runpod;
+pub mod runpod_config;
 mod runpod_urls;
 pub mod test_input;
 
-/// The shutdown phases a source takes part in.
-#[derive(Clone, Default)]
-pub struct Shutdown {
-    /// Cancelled on the first stop request: take no more jobs and end any
-    /// long poll at once.
-    pub take: CancellationToken,
-    /// Cancelled when results not yet delivered must be kept (spooled) now
-    /// instead of retried.
-    pub flush: CancellationToken,
-}
-
-/// What every source is given.
-#[derive(Clone)]
-pub struct SourceContext {
-    pub pool: Arc<Pool>,
-    pub shutdown: Shutdown,
-    pub identity: Arc<Identity>,
-    /// Where a source reports an error that must stop the worker; it keeps
-    /// running to flush what it holds and returns when told.
-    pub fatal: mpsc::UnboundedSender<FatalError>,
+/// Where jobs come from, decided once at start-up.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// One local test job, then exit.
+    TestInput {
+        job: serde_json::Value,
+        expected_output: Option<serde_json::Value>,
+    },
+    /// RunPod serverless queue.
+    Runpod(runpod_config::RunpodConfig),
+    /// Jobpipe's own queue, with the endpoint API when asked for.
+    Queue(queue::QueueSourceConfig),
 }
 
 /// Runs the configured source to its end; returns the exit code it asks for.

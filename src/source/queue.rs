@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::queue_job::{Held, QueueSink};
-use super::SourceContext;
 use crate::api::{self, ApiState, JobDefaults};
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::error::{exit, ConfigError, FatalError};
@@ -30,6 +29,7 @@ use crate::pool::Pool;
 use crate::queue::postgres::{PgQueue, PgTarget};
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::{log_failure, Queue, QueueError, QueueEvent};
+use crate::runner::SourceContext;
 use crate::runner::{Runner, RunnerOptions};
 
 /// How often queued jobs are looked for when no event says so (jobs

@@ -12,9 +12,9 @@ use clap::Args;
 
 use super::queue::{QueueLocation, QueueSourceConfig};
 use crate::api::JobDefaults;
-use crate::config::parse_long_duration;
 use crate::error::ConfigError;
 use crate::input_schema::InputSchema;
+use crate::units::parse_long_duration;
 
 /// Where the embedded queue lives unless `--queue` says otherwise.
 pub const DEFAULT_QUEUE: &str = "sqlite:/var/tmp/jobpipe/queue.db";

@@ -11,10 +11,10 @@ use serde_json::Value;
 use tokio::task::AbortHandle;
 
 use crate::backoff::BackoffPolicy;
+use crate::delivery::ResultSink;
 use crate::delivery::{Attempt, Post, PostKind};
 use crate::pool::Pool;
 use crate::queue::{Ending, Lease, Queue, QueueError};
-use crate::runner::ResultSink;
 
 /// Delays between writes of a job's update or end while the database
 /// cannot be reached.
@@ -205,7 +205,7 @@ fn failure_kind(error: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Identity;
+    use crate::job::Identity;
     use crate::job::{FailureKind, JobFailure};
     use serde_json::json;
 

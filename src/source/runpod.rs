@@ -17,16 +17,17 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use super::runpod_config::RunpodConfig;
 use super::runpod_urls::Urls;
-use super::SourceContext;
 use crate::backoff::{BackoffPolicy, PollPace};
-use crate::config::RunpodConfig;
+use crate::delivery::ResultSink;
 use crate::delivery::{self, Attempt, Post, PostKind};
 use crate::error::{exit, FatalError};
-use crate::handler::lines::clip_middle;
 use crate::json::{self, Json};
 use crate::pool::Pool;
-use crate::runner::{ResultSink, Runner, RunnerOptions};
+use crate::runner::SourceContext;
+use crate::runner::{Runner, RunnerOptions};
+use crate::text::clip_middle;
 
 /// Delays between failed takes (network errors, 5xx).
 const TAKE_BACKOFF: BackoffPolicy =

@@ -8,7 +8,7 @@
 
 use reqwest::Url;
 
-use crate::config::RunpodConfig;
+use super::runpod_config::RunpodConfig;
 use crate::error::ConfigError;
 
 /// Every URL a RunPod worker calls.

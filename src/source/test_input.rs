@@ -2,11 +2,34 @@
 //! succeeded (and matched `--test-output`), 1 if not. CI pipelines rely on
 //! these exit codes.
 
+use clap::Args;
 use serde_json::{json, Value};
 
-use super::SourceContext;
 use crate::error::exit;
 use crate::job::{Job, JobEvent, JobResult, Outcome};
+use crate::runner::SourceContext;
+
+/// The one local test job.
+#[derive(Args)]
+pub struct TestInputArgs {
+    /// Run this one job (JSON with an "input") and exit 0 if it succeeded, 1 if not.
+    #[arg(
+        long,
+        alias = "test_input",
+        env = "JOBPIPE_TEST_INPUT",
+        value_name = "JSON"
+    )]
+    pub test_input: Option<String>,
+
+    /// Expected output of the test job; a mismatch exits 1.
+    #[arg(
+        long,
+        alias = "test_output",
+        env = "JOBPIPE_TEST_OUTPUT",
+        value_name = "JSON"
+    )]
+    pub test_output: Option<String>,
+}
 
 /// Runs the test job; returns the exit code.
 pub async fn run(job: Value, expected: Option<Value>, ctx: SourceContext) -> u8 {

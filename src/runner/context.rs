@@ -1,0 +1,33 @@
+//! What a source is given to run: the pool, its part in shutdown, the
+//! worker's identity and where to report a fatal error.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::FatalError;
+use crate::job::Identity;
+use crate::pool::Pool;
+
+/// The shutdown phases a source takes part in.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// Cancelled on the first stop request: take no more jobs and end any
+    /// long poll at once.
+    pub take: CancellationToken,
+    /// Cancelled when results not yet delivered must be kept (spooled) now
+    /// instead of retried.
+    pub flush: CancellationToken,
+}
+
+/// What every source is given.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub pool: Arc<Pool>,
+    pub shutdown: Shutdown,
+    pub identity: Arc<Identity>,
+    /// Where a source reports an error that must stop the worker; it keeps
+    /// running to flush what it holds and returns when told.
+    pub fatal: mpsc::UnboundedSender<FatalError>,
+}
