@@ -20,12 +20,12 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgMatches, CommandFactory, Parser};
 
 use crate::delivery::DeliveryArgs;
+use crate::endpoint::config::EndpointArgs;
 use crate::error::ConfigError;
 use crate::fitness::{Check, FitnessArgs};
 use crate::handler::config::{HandlerArgs, HandlerConfig, HandlerRole, RecycleArgs};
 use crate::job::{Identity, IdentityArgs};
 use crate::logging::LoggingArgs;
-use crate::source::queue_config::EndpointArgs;
 use crate::source::runpod_config::{RunpodArgs, RunpodShared};
 use crate::source::test_input::TestInputArgs;
 use crate::source::SourceConfig;
@@ -398,7 +398,10 @@ mod tests {
         assert_eq!(parse_size("1KiB").unwrap(), 1024);
         assert!(parse_size("lots").is_err());
         let level = |text: &str| cli(&["--log-level", text, "--", "x"]);
-        assert_eq!(level("warning").logging.level().unwrap(), tracing::Level::WARN);
+        assert_eq!(
+            level("warning").logging.level().unwrap(),
+            tracing::Level::WARN
+        );
         assert!(Cli::try_parse_from(["jobpipe", "--log-level", "loud", "--", "x"]).is_err());
     }
 }

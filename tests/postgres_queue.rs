@@ -9,8 +9,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobpipe::queue::postgres::{PgQueue, PgTarget};
-use jobpipe::queue::{Ending, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent};
+use jobpipe::endpoint::queue::postgres::{PgQueue, PgTarget};
+use jobpipe::endpoint::queue::{
+    Ending, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent,
+};
 use serde_json::json;
 use support::postgres::{self, TestDb};
 use tokio::sync::broadcast;

@@ -9,9 +9,6 @@
 use crate::error::FatalError;
 use crate::runner::SourceContext;
 
-pub mod queue;
-pub mod queue_config;
-mod queue_job;
 pub mod runpod;
 pub mod runpod_config;
 mod runpod_urls;
@@ -28,7 +25,7 @@ pub enum SourceConfig {
     /// RunPod serverless queue.
     Runpod(runpod_config::RunpodConfig),
     /// Jobpipe's own queue, with the endpoint API when asked for.
-    Queue(queue::QueueSourceConfig),
+    Queue(crate::endpoint::source::QueueSourceConfig),
 }
 
 /// Runs the configured source to its end; returns the exit code it asks for.
@@ -39,6 +36,6 @@ pub async fn run(config: SourceConfig, ctx: SourceContext) -> Result<u8, FatalEr
             expected_output,
         } => Ok(test_input::run(job, expected_output, ctx).await),
         SourceConfig::Runpod(config) => runpod::run(config, ctx).await,
-        SourceConfig::Queue(config) => queue::run(config, ctx).await,
+        SourceConfig::Queue(config) => crate::endpoint::source::run(config, ctx).await,
     }
 }

@@ -13,8 +13,8 @@ use tokio::task::AbortHandle;
 use crate::backoff::BackoffPolicy;
 use crate::delivery::ResultSink;
 use crate::delivery::{Attempt, Post, PostKind};
+use crate::endpoint::queue::{Ending, Lease, Queue, QueueError};
 use crate::pool::Pool;
-use crate::queue::{Ending, Lease, Queue, QueueError};
 
 /// Delays between writes of a job's update or end while the database
 /// cannot be reached.

@@ -17,9 +17,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoint::queue::Queue;
 use crate::input_schema::InputSchema;
 use crate::metrics::Metrics;
-use crate::queue::Queue;
 
 mod auth;
 mod error;

@@ -10,14 +10,12 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::queue::{QueueLocation, QueueSourceConfig};
-use crate::api::JobDefaults;
+use super::queue::stores::{self, QueueLocation, DEFAULT_QUEUE};
+use super::source::QueueSourceConfig;
+use crate::endpoint::api::JobDefaults;
 use crate::error::ConfigError;
 use crate::input_schema::InputSchema;
 use crate::units::parse_long_duration;
-
-/// Where the embedded queue lives unless `--queue` says otherwise.
-pub const DEFAULT_QUEUE: &str = "sqlite:/var/tmp/jobpipe/queue.db";
 
 /// Options of the self-hosted endpoint.
 #[derive(Args)]
@@ -113,7 +111,7 @@ impl EndpointArgs {
 
     /// Whether --queue names a queue other processes can share.
     pub(crate) fn shared_queue(&self) -> bool {
-        self.queue.starts_with("postgres://") || self.queue.starts_with("postgresql://")
+        stores::is_shared(&self.queue)
     }
 
     /// Whether this process takes its jobs from --queue: it serves the API,

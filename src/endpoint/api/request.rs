@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::JobDefaults;
+use crate::endpoint::queue::{JobPolicy, NewJob};
 use crate::input_schema::InputSchema;
-use crate::queue::{JobPolicy, NewJob};
 
 /// Policy keys jobpipe understands; `lowPriority` is accepted and has no
 /// effect (one queue, first in first out).

@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::ApiError;
 use super::request::parse_job;
 use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
-use crate::queue::{JobStatus, QueueEvent, RetryOutcome};
+use crate::endpoint::queue::{JobStatus, QueueEvent, RetryOutcome};
 
 type Answer = Result<Json<Value>, ApiError>;
 

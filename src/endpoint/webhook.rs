@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::BackoffPolicy;
-use crate::queue::{now_ms, Queue, QueueEvent, WebhookPost};
+use crate::endpoint::queue::{now_ms, Queue, QueueEvent, WebhookPost};
 
 /// Delays between tries of one post.
 const RETRY: BackoffPolicy =
@@ -56,7 +56,7 @@ pub async fn run(queue: Arc<dyn Queue>, stop: CancellationToken) {
                         posts.spawn(async move { deliver(&*queue, &http, post).await });
                     }
                 }
-                Err(e) => crate::queue::log_failure("reading due webhooks", &e),
+                Err(e) => crate::endpoint::queue::log_failure("reading due webhooks", &e),
             }
         }
         tokio::select! {
@@ -133,7 +133,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::queue::{
+    use crate::endpoint::queue::{
         Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueError, RetryOutcome, Swept,
     };
 

@@ -4,10 +4,10 @@
 //! and workers alone (`--queue postgres://… -- handler`).
 //!
 //! Besides the take loop here, four tasks run for the life of the source:
-//! the API server ([`crate::api`]), lease renewal for the jobs held, upkeep
+//! the API server ([`crate::endpoint::api`]), lease renewal for the jobs held, upkeep
 //! (lease expiry, ttl, retention, the worker heartbeat for `/health`), and
-//! webhook delivery ([`crate::webhook`]). One task per job writes its
-//! updates and final result ([`super::queue_job`]). On the first stop
+//! webhook delivery ([`crate::endpoint::webhook`]). One task per job writes its
+//! updates and final result ([`super::sink`]). On the first stop
 //! request the API refuses new jobs (503), `/runsync` callers get their
 //! answer, running jobs finish, and queued jobs stay in the database.
 
@@ -20,15 +20,14 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::queue_job::{Held, QueueSink};
-use crate::api::{self, ApiState, JobDefaults};
+use super::sink::{Held, QueueSink};
 use crate::backoff::{Backoff, BackoffPolicy};
+use crate::endpoint::api::{self, ApiState, JobDefaults};
+use crate::endpoint::queue::stores::QueueLocation;
+use crate::endpoint::queue::{log_failure, Queue, QueueEvent};
 use crate::error::{exit, ConfigError, FatalError};
 use crate::input_schema::InputSchema;
 use crate::pool::Pool;
-use crate::queue::postgres::{PgQueue, PgTarget};
-use crate::queue::sqlite::SqliteQueue;
-use crate::queue::{log_failure, Queue, QueueError, QueueEvent};
 use crate::runner::SourceContext;
 use crate::runner::{Runner, RunnerOptions};
 
@@ -44,52 +43,6 @@ const TAKE_BACKOFF: BackoffPolicy =
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long the API may finish requests in progress once jobs are done.
 const API_GRACE: Duration = Duration::from_secs(5);
-
-/// Where the queue is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueLocation {
-    Sqlite(PathBuf),
-    /// Shared by every process pointed at it; shown without its password.
-    Postgres(Box<PgTarget>),
-}
-
-impl QueueLocation {
-    /// Parses `--queue`; a PostgreSQL URL without a password takes
-    /// `pgpassword` (the `PGPASSWORD` variable).
-    pub fn parse(text: &str, pgpassword: Option<String>) -> Result<QueueLocation, ConfigError> {
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return PgTarget::parse(text, pgpassword).map(|t| QueueLocation::Postgres(Box::new(t)));
-        }
-        if let Some(path) = text.strip_prefix("sqlite:") {
-            // The URL convention: after `//` comes a host, so the file
-            // follows a third slash (`sqlite:///abs/path`). A file path
-            // right after the colon (`sqlite:/abs`, `sqlite:relative`)
-            // needs none.
-            let path = match path.strip_prefix("//") {
-                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-                Some(rest) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "--queue {text:?} names a host ({host:?}) where a file path was \
-                         expected; write sqlite:///{rest} (or sqlite:/{rest}) for the \
-                         file /{rest}, or sqlite:{rest} for ./{rest}",
-                        host = rest.split('/').next().unwrap_or(rest),
-                    )))
-                }
-                None => path,
-            };
-            if path.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "--queue sqlite: needs a file path, like sqlite:/var/tmp/jobpipe/queue.db"
-                        .into(),
-                ));
-            }
-            return Ok(QueueLocation::Sqlite(PathBuf::from(path)));
-        }
-        Err(ConfigError::Invalid(format!(
-            "--queue {text:?} is not a queue this jobpipe knows; use sqlite:PATH or postgres://USER@HOST/DATABASE"
-        )))
-    }
-}
 
 /// The validated endpoint options.
 #[derive(Clone)]
@@ -119,32 +72,12 @@ impl std::fmt::Debug for QueueSourceConfig {
     }
 }
 
-/// Opens the queue a configuration names; a queue that cannot be opened is
-/// a configuration error (exit 2).
-pub async fn open(location: &QueueLocation) -> Result<Arc<dyn Queue>, FatalError> {
-    match location {
-        QueueLocation::Sqlite(path) => match SqliteQueue::open(path).await {
-            Ok(queue) => Ok(Arc::new(queue)),
-            Err(e) => Err(FatalError::Config(ConfigError::Invalid(format!(
-                "{e}; set --queue (JOBPIPE_QUEUE) to sqlite:PATH of a file this process may create and write"
-            )))),
-        },
-        QueueLocation::Postgres(target) => match PgQueue::open((**target).clone()).await {
-            Ok(queue) => Ok(Arc::new(queue)),
-            Err(e @ QueueError::Open { .. }) => Err(FatalError::Config(ConfigError::Invalid(format!(
-                "{e}; check the user, the password (in the URL or PGPASSWORD) and the database named in --queue (JOBPIPE_QUEUE)"
-            )))),
-            Err(e) => Err(FatalError::Internal(e.to_string())),
-        },
-    }
-}
-
 /// Runs the endpoint until the first stop request, then drains.
 pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, FatalError> {
     // A database that is down at start is waited for; a stop request
     // ends the wait.
     let queue = tokio::select! {
-        queue = open(&config.queue) => queue?,
+        queue = config.queue.open() => queue?,
         _ = ctx.shutdown.take.cancelled() => return Ok(exit::OK),
     };
     let tasks = TaskTracker::new();
@@ -437,33 +370,13 @@ async fn upkeep(
 }
 
 async fn webhook_task(queue: Arc<dyn Queue>, stop: CancellationToken) {
-    crate::webhook::run(queue, stop).await;
+    crate::endpoint::webhook::run(queue, stop).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::time::Instant;
-
-    fn sqlite_path(text: &str) -> Result<PathBuf, String> {
-        match QueueLocation::parse(text, None) {
-            Ok(QueueLocation::Sqlite(path)) => Ok(path),
-            Ok(_) => Err("not SQLite".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    #[test]
-    fn sqlite_urls_follow_the_url_convention() {
-        assert_eq!(sqlite_path("sqlite:///abs/q.db"), Ok("/abs/q.db".into()));
-        assert_eq!(sqlite_path("sqlite:/abs/q.db"), Ok("/abs/q.db".into()));
-        assert_eq!(sqlite_path("sqlite:rel/q.db"), Ok("rel/q.db".into()));
-        let error = sqlite_path("sqlite://tmp/x.db").unwrap_err();
-        assert!(error.contains("sqlite:///tmp/x.db"), "{error}");
-        assert!(error.contains("sqlite:tmp/x.db"), "{error}");
-        assert!(sqlite_path("sqlite://").is_err());
-        assert!(sqlite_path("sqlite:").is_err());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn failed_takes_pause_longer_each_time_until_one_works() {

@@ -39,6 +39,7 @@ mod postgres_ops;
 mod postgres_schema;
 pub mod sqlite;
 mod sqlite_schema;
+pub mod stores;
 
 /// A job's status, as RunPod names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::endpoint::queue::QueueError;
 use crate::input_schema::Violation;
-use crate::queue::QueueError;
 
 /// Seconds a client is told to wait when jobpipe is shutting down.
 const RETRY_AFTER_SECS: &str = "5";

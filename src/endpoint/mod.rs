@@ -1,0 +1,19 @@
+//! The self-hosted endpoint: RunPod's endpoint API served over jobpipe's
+//! own queue, on one machine (SQLite) or many (PostgreSQL).
+//!
+//! * [`config`]: its flags (`--serve-api`, `--queue`, `--api-key`, ...) and
+//!   their validation.
+//! * [`queue`]: the [`queue::Queue`] trait and its stores, registered by URL
+//!   scheme in [`queue::stores`].
+//! * [`api`]: the HTTP routes (`/run`, `/runsync`, `/status`, ...).
+//! * [`source`]: the job source that runs the queue's jobs in this
+//!   process's handler pool (and serves the API when asked), with
+//!   [`sink`] carrying each job's updates and result back to the queue.
+//! * [`webhook`]: posts a finished job's result to its webhook.
+
+pub mod api;
+pub mod config;
+pub mod queue;
+mod sink;
+pub mod source;
+pub mod webhook;
