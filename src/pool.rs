@@ -92,11 +92,13 @@ impl Pool {
         identity: Arc<Identity>,
         metrics: Arc<Metrics>,
         fatal: mpsc::UnboundedSender<FatalError>,
+        parent: &CancellationToken,
     ) -> Arc<Pool> {
         let capacity = config.concurrency * config.jobs_per_handler;
         let (queue_tx, queue_rx) = async_channel::unbounded();
-        let stop = CancellationToken::new();
-        let force = CancellationToken::new();
+        // Both end with the run at the latest.
+        let stop = parent.child_token();
+        let force = parent.child_token();
         let actors = TaskTracker::new();
         let config = Arc::new(config);
         let room = Arc::new(watch::channel(0usize).0);

@@ -23,7 +23,7 @@
 //!
 //! A new source looks like this:
 //!
-//! ```ignore
+//! ```text
 //! let runner = Runner::start(Arc::new(MySink::new(..)), &ctx, RunnerOptions { .. }).await?;
 //! // Slots are room for jobs; None once shutdown says stop taking.
 //! while let Some(slots) = runner.slots().await {

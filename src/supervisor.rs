@@ -47,8 +47,11 @@ pub async fn run(
     }
     let identity = Arc::new(config.identity.clone());
     let metrics = Arc::new(Metrics::default());
-    let observer = CancellationToken::new();
-    let _stop_observer = observer.clone().drop_guard();
+    // The root of every token of this run: when the run ends, in any way,
+    // everything still listening (the observer, background tasks) stops.
+    let root = CancellationToken::new();
+    let _end_of_run = root.clone().drop_guard();
+    let observer = root.child_token();
     if let Some(addr) = config.metrics_addr {
         let listener = crate::observe::bind(addr).await.map_err(|e| {
             ConfigError::Invalid(format!(
@@ -81,8 +84,9 @@ pub async fn run(
         identity.clone(),
         metrics,
         fatal_tx.clone(),
+        &root,
     );
-    let shutdown = Shutdown::default();
+    let shutdown = Shutdown::new(&root);
     let ctx = SourceContext {
         pool: pool.clone(),
         shutdown: shutdown.clone(),
@@ -94,27 +98,22 @@ pub async fn run(
         pool: pool.clone(),
         shutdown,
         shutdown_timeout: config.shutdown_timeout,
-        drain_deadline: None,
-        next_report: None,
-        flush_at: None,
-        forced: false,
+        phase: RunPhase::Running,
+        handlers_stopping: false,
         fatal: None,
     };
     let outcome = loop {
+        let (drain_deadline, next_report, flush_at) = phases.timers();
         tokio::select! {
             outcome = &mut source => break outcome,
             Some(error) = fatal_rx.recv() => phases.handle_fatal(error),
             Some(request) = requests.recv() => phases.handle_request(request),
-            _ = sleep_until(phases.drain_deadline), if phases.drain_deadline.is_some() => {
+            _ = sleep_until(drain_deadline), if drain_deadline.is_some() => {
                 tracing::info!("shutdown deadline passed with {} jobs in flight; forcing", pool.in_flight());
                 phases.force();
             }
-            _ = sleep_until(phases.flush_at), if phases.flush_at.is_some() => {
-                tracing::info!("keeping undelivered results in the spool now");
-                phases.flush_at = None;
-                phases.shutdown.flush.cancel();
-            }
-            _ = sleep_until(phases.next_report), if phases.next_report.is_some() => phases.report_drain(),
+            _ = sleep_until(flush_at), if flush_at.is_some() => phases.flush(),
+            _ = sleep_until(next_report), if next_report.is_some() => phases.report_drain(),
         }
     };
     // A source or a handler may report a fatal error and end at once.
@@ -122,12 +121,7 @@ pub async fn run(
         phases.handle_fatal(error);
     }
     tracing::info!("stopping handler processes");
-    if phases.fatal.is_none() {
-        pool.metrics.set_phase(Phase::Stopping);
-    }
-    if !phases.forced {
-        phases.shutdown.take.cancel();
-    }
+    phases.stop_handlers();
     // Stopping handlers takes up to the kill grace; a second signal then
     // still means now.
     let stopping = pool.shutdown();
@@ -149,7 +143,23 @@ pub async fn run(
         return Err(error);
     }
     let code = outcome.map_err(|e| FatalError::Internal(format!("job source panicked: {e}")))??;
-    Ok(if phases.forced { exit::FORCED } else { code })
+    Ok(if phases.forced() { exit::FORCED } else { code })
+}
+
+/// Where one run is on its way from running to stopped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RunPhase {
+    /// Jobs are taken.
+    Running,
+    /// No new jobs; those in flight may finish until `deadline`.
+    Draining {
+        deadline: Instant,
+        /// When to say again what the drain waits for.
+        next_report: Instant,
+    },
+    /// Handlers are killed and their jobs failed; results still
+    /// undelivered at `flush_at` are spooled (`None` once they were).
+    Forced { flush_at: Option<Instant> },
 }
 
 /// The shutdown state of one run.
@@ -157,36 +167,66 @@ struct Phases {
     pool: Arc<Pool>,
     shutdown: Shutdown,
     shutdown_timeout: Duration,
-    /// Set while draining: when the drain gives way to a forced stop.
-    drain_deadline: Option<Instant>,
-    /// Set while draining: when to say again what the drain waits for.
-    next_report: Option<Instant>,
-    /// Set once forced: when results still undelivered are spooled.
-    flush_at: Option<Instant>,
-    forced: bool,
+    phase: RunPhase,
+    /// The source has ended and the handlers are being stopped.
+    handlers_stopping: bool,
     fatal: Option<FatalError>,
 }
 
 impl Phases {
+    /// Moves to `phase`, and tells the metrics.
+    fn enter(&mut self, phase: RunPhase) {
+        self.phase = phase;
+        self.show();
+    }
+
+    /// The one place the phase the metrics show is derived from the run's.
+    fn show(&self) {
+        let shown = match (&self.fatal, self.phase) {
+            (Some(error), _) => Phase::Failing(error.to_string()),
+            (None, _) if self.handlers_stopping => Phase::Stopping,
+            (None, RunPhase::Running) => Phase::Running,
+            (None, RunPhase::Draining { .. }) => Phase::Draining,
+            (None, RunPhase::Forced { .. }) => Phase::Stopping,
+        };
+        self.pool.metrics.set_phase(shown);
+    }
+
+    fn forced(&self) -> bool {
+        matches!(self.phase, RunPhase::Forced { .. })
+    }
+
+    /// The drain's deadline, its next report, and the flush, if due.
+    fn timers(&self) -> (Option<Instant>, Option<Instant>, Option<Instant>) {
+        match self.phase {
+            RunPhase::Running => (None, None, None),
+            RunPhase::Draining {
+                deadline,
+                next_report,
+            } => (Some(deadline), Some(next_report), None),
+            RunPhase::Forced { flush_at } => (None, None, flush_at),
+        }
+    }
+
     fn handle_request(&mut self, request: ShutdownRequest) {
         // The first stop request drains even when the source already
         // ended on its own; only a second one forces.
-        let asked_before = self.drain_deadline.is_some() || self.forced;
-        match request {
-            ShutdownRequest::Stop if !asked_before => {
+        match (request, self.phase) {
+            (ShutdownRequest::Stop, RunPhase::Running) => {
                 self.shutdown.take.cancel();
-                self.pool.metrics.set_phase(Phase::Draining);
                 let now = Instant::now();
-                self.drain_deadline = Some(now + self.shutdown_timeout);
-                self.next_report = Some(now);
+                self.enter(RunPhase::Draining {
+                    deadline: now + self.shutdown_timeout,
+                    next_report: now,
+                });
                 tracing::info!(
                     "shutting down: taking no more jobs; waiting up to {} for {} jobs in flight (signal again to stop now)",
                     humantime::format_duration(self.shutdown_timeout),
                     self.pool.in_flight()
                 );
             }
-            ShutdownRequest::Stop | ShutdownRequest::Quit => {
-                if !self.forced {
+            _ => {
+                if !self.forced() {
                     tracing::info!("stopping now: killing handlers; {} jobs in flight will be reported as failed", self.pool.in_flight());
                 }
                 self.force();
@@ -196,35 +236,45 @@ impl Phases {
 
     fn handle_fatal(&mut self, error: FatalError) {
         tracing::error!("{error}");
-        self.pool
-            .metrics
-            .set_phase(Phase::Failing(error.to_string()));
         if self.fatal.is_none() {
             self.fatal = Some(error);
         }
+        self.show();
         self.force();
     }
 
     fn force(&mut self) {
         self.shutdown.take.cancel();
-        self.drain_deadline = None;
-        self.next_report = None;
-        if self.forced {
+        if self.forced() {
             return;
         }
-        self.forced = true;
-        if self.fatal.is_none() {
-            self.pool.metrics.set_phase(Phase::Stopping);
-        }
         self.pool.force();
-        self.flush_at = Some(Instant::now() + FLUSH_WINDOW);
+        self.enter(RunPhase::Forced {
+            flush_at: Some(Instant::now() + FLUSH_WINDOW),
+        });
+    }
+
+    fn flush(&mut self) {
+        tracing::info!("keeping undelivered results in the spool now");
+        self.shutdown.flush.cancel();
+        self.enter(RunPhase::Forced { flush_at: None });
+    }
+
+    /// The source has ended: handlers are stopped next.
+    fn stop_handlers(&mut self) {
+        self.handlers_stopping = true;
+        self.show();
+        self.shutdown.take.cancel();
     }
 
     fn report_drain(&mut self) {
-        let Some(deadline) = self.drain_deadline else {
+        let RunPhase::Draining { deadline, .. } = self.phase else {
             return;
         };
-        self.next_report = Some(Instant::now() + DRAIN_REPORT_EVERY);
+        self.phase = RunPhase::Draining {
+            deadline,
+            next_report: Instant::now() + DRAIN_REPORT_EVERY,
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         tracing::info!(
             "draining: {} jobs in flight ({}); {}s left",

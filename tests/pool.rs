@@ -47,7 +47,13 @@ fn start(config: HandlerConfig) -> Arc<Pool> {
     });
     // A fatal error would show as a job that never ends; these handlers start.
     let (fatal, _) = mpsc::unbounded_channel();
-    Pool::start(config, identity, Arc::new(Metrics::default()), fatal)
+    Pool::start(
+        config,
+        identity,
+        Arc::new(Metrics::default()),
+        fatal,
+        &tokio_util::sync::CancellationToken::new(),
+    )
 }
 
 async fn submit(pool: &Pool, id: &str, input: Value) -> JobEvents {

@@ -76,13 +76,14 @@ impl std::fmt::Debug for QueueSourceConfig {
 pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, FatalError> {
     // A database that is down at start is waited for; a stop request
     // ends the wait.
+    let queue_tasks = ctx.shutdown.child();
     let queue = tokio::select! {
-        queue = config.queue.open() => queue?,
+        queue = config.queue.open(&queue_tasks) => queue?,
         _ = ctx.shutdown.take.cancelled() => return Ok(exit::OK),
     };
     let tasks = TaskTracker::new();
-    let background = CancellationToken::new();
-    let api_stop = CancellationToken::new();
+    let background = ctx.shutdown.child();
+    let api_stop = ctx.shutdown.child();
     if let Some(addr) = config.api_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             FatalError::Config(ConfigError::Invalid(format!(

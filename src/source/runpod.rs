@@ -15,6 +15,7 @@ use reqwest::Url;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::runpod_config::RunpodConfig;
@@ -223,17 +224,32 @@ pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalEr
     let endpoint = Arc::new(Endpoint::new(config, &ctx.identity.worker_id)?);
     let runner = Arc::new(Runner::start(endpoint.clone(), &ctx, options).await?);
     tracing::info!(worker_id = %ctx.identity.worker_id, "RunPod worker started with {} slots", ctx.pool.capacity());
+    // The heartbeat goes on until every result is delivered; job-stop
+    // polls end when no more jobs are taken. Neither holds a job.
     let background = TaskTracker::new();
-    let heartbeat = background.spawn(ping_loop(endpoint.clone(), runner.clone()));
-    let stops = background.spawn(stop_loop(endpoint.clone(), ctx.pool.clone()));
+    let heartbeat = ctx.shutdown.child();
+    let stop_polls = ctx.shutdown.child();
+    background.spawn(ping_loop(
+        endpoint.clone(),
+        runner.clone(),
+        background.clone(),
+        heartbeat.clone(),
+    ));
+    background.spawn(stop_loop(
+        endpoint.clone(),
+        ctx.pool.clone(),
+        stop_polls.clone(),
+    ));
     take_loop(&endpoint, &runner, &ctx).await;
     tracing::info!(
         "no longer taking jobs; waiting for {} jobs and their results",
         ctx.pool.in_flight()
     );
-    stops.abort();
+    stop_polls.cancel();
     runner.finish().await;
-    heartbeat.abort();
+    heartbeat.cancel();
+    background.close();
+    background.wait().await;
     Ok(exit::OK)
 }
 
@@ -316,35 +332,52 @@ async fn take_loop(endpoint: &Arc<Endpoint>, runner: &Runner<Endpoint>, ctx: &So
 }
 
 /// Sends the heartbeat with the ids this worker holds, on its own schedule.
-async fn ping_loop(endpoint: Arc<Endpoint>, runner: Arc<Runner<Endpoint>>) {
+/// A ping in flight when the heartbeat ends is dropped with it.
+async fn ping_loop(
+    endpoint: Arc<Endpoint>,
+    runner: Arc<Runner<Endpoint>>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
     if endpoint.config.ping_url.is_none() {
         return;
     }
     let mut ticks = tokio::time::interval(endpoint.config.ping_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
+        }
         let ids = runner.ids();
         // Each ping runs apart from the schedule, so a slow answer never
         // delays the next heartbeat.
         let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            if let Err(why) = endpoint.ping(&ids).await {
-                tracing::warn!("heartbeat failed: {why}; the next one goes out on schedule");
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                pinged = endpoint.ping(&ids) => if let Err(why) = pinged {
+                    tracing::warn!("heartbeat failed: {why}; the next one goes out on schedule");
+                },
+                _ = stop.cancelled() => {}
             }
         });
     }
 }
 
 /// Long-polls job-stop and stops the listed jobs.
-async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
+async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>, stop: CancellationToken) {
     let Some(stop_url) = endpoint.urls.stop.clone() else {
         return;
     };
     let mut delays = TAKE_BACKOFF.iter();
     loop {
         let started = Instant::now();
-        let pause = match endpoint.stop_poll(stop_url.clone()).await {
+        let polled = tokio::select! {
+            polled = endpoint.stop_poll(stop_url.clone()) => polled,
+            _ = stop.cancelled() => return,
+        };
+        let pause = match polled {
             Ok(ids) if ids.is_empty() => {
                 delays.reset();
                 POLL_PACE.after(started)
@@ -370,7 +403,10 @@ async fn stop_loop(endpoint: Arc<Endpoint>, pool: Arc<Pool>) {
             }
         };
         if let Some(pause) = pause {
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return,
+            }
         }
     }
 }

@@ -58,8 +58,18 @@ impl PgQueue {
     /// Connects, applies pending migrations and starts listening. A
     /// database that cannot be reached is waited for (with back-off, logged
     /// once); one that refuses us (password, user, database, permissions)
-    /// is an error at once.
+    /// is an error at once. The queue is the root of its own tasks; in a
+    /// run, [`PgQueue::open_in`] puts them under the run's.
     pub async fn open(target: PgTarget) -> Result<PgQueue, QueueError> {
+        PgQueue::open_in(target, &CancellationToken::new()).await
+    }
+
+    /// [`PgQueue::open`], with the listener stopped when `parent` is
+    /// cancelled or the queue dropped, whichever comes first.
+    pub async fn open_in(
+        target: PgTarget,
+        parent: &CancellationToken,
+    ) -> Result<PgQueue, QueueError> {
         let reach = Arc::new(Reachability::default());
         let mut delays = OPEN_RETRY.iter();
         loop {
@@ -104,7 +114,7 @@ impl PgQueue {
                 why: e.to_string(),
             })?;
         let events = broadcast::channel(4096).0;
-        let stop = CancellationToken::new();
+        let stop = parent.child_token();
         let (listening, listens) = oneshot::channel();
         tokio::spawn(super::postgres_listen::run(
             target.clone(),

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use super::postgres::{PgQueue, PgTarget};
 use super::sqlite::SqliteQueue;
+use tokio_util::sync::CancellationToken;
+
 use super::{Queue, QueueError};
 use crate::error::{ConfigError, FatalError};
 
@@ -29,9 +31,9 @@ pub enum QueueLocation {
 }
 
 impl QueueLocation {
-    /// Opens the queue a configuration names; a queue that cannot be opened is
+    /// Opens the queue a configuration names, its tasks under `parent`; a queue that cannot be opened is
     /// a configuration error (exit 2).
-    pub async fn open(&self) -> Result<Arc<dyn Queue>, FatalError> {
+    pub async fn open(&self, parent: &CancellationToken) -> Result<Arc<dyn Queue>, FatalError> {
         match self {
             QueueLocation::Sqlite(path) => match SqliteQueue::open(path).await {
                 Ok(queue) => Ok(Arc::new(queue)),
@@ -39,7 +41,7 @@ impl QueueLocation {
                     "{e}; set --queue (JOBPIPE_QUEUE) to sqlite:PATH of a file this process may create and write"
                 )))),
             },
-            QueueLocation::Postgres(target) => match PgQueue::open((**target).clone()).await {
+            QueueLocation::Postgres(target) => match PgQueue::open_in((**target).clone(), parent).await {
                 Ok(queue) => Ok(Arc::new(queue)),
                 Err(e @ QueueError::Open { .. }) => Err(FatalError::Config(ConfigError::Invalid(format!(
                     "{e}; check the user, the password (in the URL or PGPASSWORD) and the database named in --queue (JOBPIPE_QUEUE)"
