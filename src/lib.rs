@@ -42,7 +42,8 @@
 //!   (`/health`, `/ready`, `/metrics`) when `--metrics-addr` is set;
 //!   [`logging`] writes jobpipe's own lines.
 //! * Leaves used everywhere: [`error`] (fatal errors and exit codes, config
-//!   errors), [`backoff`], [`json`], [`text`], [`units`], [`timer`].
+//!   errors), [`backoff`], [`json`], [`text`], [`units`], [`timer`],
+//!   [`secret`].
 
 pub mod backoff;
 pub mod config;
@@ -60,6 +61,7 @@ pub mod observe;
 pub mod os;
 pub mod pool;
 pub mod runner;
+pub mod secret;
 pub mod signals;
 pub mod source;
 pub mod supervisor;

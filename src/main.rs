@@ -32,10 +32,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, matches: &ArgMatches) -> Result<u8, FatalError> {
-    if matches.value_source("runpod_api_key") == Some(ValueSource::CommandLine) {
-        tracing::warn!(
-            "the API key was given with --runpod-api-key, so every user of this machine can read it in the process list; set RUNPOD_AI_API_KEY in the environment instead"
-        );
+    // Every key flag: what is on a command line is in the process list.
+    for (id, flag, instead) in [
+        (
+            "runpod_api_key",
+            "--runpod-api-key",
+            "RUNPOD_AI_API_KEY or --runpod-api-key-file",
+        ),
+        ("api_key", "--api-key", "JOBPIPE_API_KEY or --api-key-file"),
+    ] {
+        if matches.value_source(id) == Some(ValueSource::CommandLine) {
+            tracing::warn!(
+                "a key was given with {flag}, so every user of this machine can read it in the process list; use {instead} instead"
+            );
+        }
     }
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let config = cli.into_config(&cwd)?;

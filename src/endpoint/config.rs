@@ -66,7 +66,10 @@ pub struct EndpointArgs {
     pub api_only: bool,
 
     /// Key callers must send as `Authorization: Bearer KEY` on every API
-    /// route [default: no key needed]; never logged.
+    /// route; never logged. Without a key the API listens only on a
+    /// loopback address, unless --insecure-no-auth is given. An empty key
+    /// is an error. Prefer the variable or --api-key-file: a flag is seen
+    /// in the process list.
     #[arg(
         long,
         env = "JOBPIPE_API_KEY",
@@ -74,6 +77,17 @@ pub struct EndpointArgs {
         value_name = "KEY"
     )]
     pub api_key: Option<String>,
+
+    /// File holding the API key (its first line; the Docker and Kubernetes
+    /// secrets convention), instead of --api-key.
+    #[arg(long, env = "JOBPIPE_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Serve the API without a key on an address other than loopback:
+    /// anyone who can reach it can submit, read and cancel jobs. Logged at
+    /// WARN on every start.
+    #[arg(long, env = "JOBPIPE_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_no_auth: bool,
 
     /// JSON Schema file every job's "input" must match; /run and /runsync
     /// answer 400 listing the violations, and nothing is queued.
@@ -142,18 +156,26 @@ impl EndpointArgs {
             ..JobDefaults::default()
         };
         defaults.sync_retention = defaults.sync_retention.min(self.result_retention);
+        let api_key = crate::secret::resolve(
+            if self.api_key_file.is_some() {
+                "--api-key-file (JOBPIPE_API_KEY_FILE)"
+            } else {
+                "--api-key (JOBPIPE_API_KEY)"
+            },
+            self.api_key.as_deref(),
+            self.api_key_file.as_deref(),
+        )?;
+        let api_addr = if self.serve_api || self.api_only {
+            let addr = self.api_addr()?;
+            self.check_exposure(addr, api_key.is_some())?;
+            Some(addr)
+        } else {
+            None
+        };
         Ok(QueueSourceConfig {
             queue: QueueLocation::parse(&self.queue, std::env::var("PGPASSWORD").ok())?,
-            api_addr: if self.serve_api || self.api_only {
-                Some(self.api_addr()?)
-            } else {
-                None
-            },
-            api_key: self
-                .api_key
-                .clone()
-                .filter(|k| !k.is_empty())
-                .map(Arc::from),
+            api_addr,
+            api_key,
             schema,
             defaults,
             lease: self.lease,
@@ -161,6 +183,23 @@ impl EndpointArgs {
             max_undelivered,
             take_jobs: !self.api_only,
         })
+    }
+
+    /// An API without a key may listen on loopback only, unless the user
+    /// says otherwise, and then hears about it at every start.
+    fn check_exposure(&self, addr: SocketAddr, has_key: bool) -> Result<(), ConfigError> {
+        if has_key || addr.ip().is_loopback() {
+            return Ok(());
+        }
+        if !self.insecure_no_auth {
+            return Err(ConfigError::Invalid(format!(
+                "the endpoint API would listen on {addr} without a key, open to anyone who can reach it; set JOBPIPE_API_KEY (or --api-key-file), listen on 127.0.0.1, or give --insecure-no-auth if that is really meant"
+            )));
+        }
+        tracing::warn!(
+            "the endpoint API listens on {addr} without a key (--insecure-no-auth): anyone who can reach it can submit, read and cancel jobs"
+        );
+        Ok(())
     }
 
     fn api_addr(&self) -> Result<SocketAddr, ConfigError> {

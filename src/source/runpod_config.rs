@@ -53,6 +53,11 @@ pub struct RunpodArgs {
         value_name = "KEY"
     )]
     pub runpod_api_key: Option<String>,
+
+    /// File holding the RunPod API key (the Docker and Kubernetes secrets
+    /// convention), instead of RUNPOD_AI_API_KEY.
+    #[arg(long, env = "RUNPOD_AI_API_KEY_FILE", value_name = "FILE")]
+    pub runpod_api_key_file: Option<PathBuf>,
 }
 
 /// The RunPod worker endpoints and credentials.
@@ -105,11 +110,22 @@ impl RunpodArgs {
                 "RUNPOD_WEBHOOK_GET_JOB is set but RUNPOD_WEBHOOK_POST_OUTPUT is not: results would have nowhere to go".into(),
             )
         })?;
-        let api_key = self.runpod_api_key.ok_or_else(|| {
+        let what = if self.runpod_api_key_file.is_some() {
+            "--runpod-api-key-file (RUNPOD_AI_API_KEY_FILE)"
+        } else {
+            "RUNPOD_AI_API_KEY (--runpod-api-key)"
+        };
+        let api_key = crate::secret::resolve(
+            what,
+            self.runpod_api_key.as_deref(),
+            self.runpod_api_key_file.as_deref(),
+        )?
+        .ok_or_else(|| {
             ConfigError::Invalid(
                 "RUNPOD_WEBHOOK_GET_JOB is set but RUNPOD_AI_API_KEY is not: set the endpoint's API key".into(),
             )
-        })?;
+        })?
+        .to_string();
         for (name, url) in [
             ("RUNPOD_WEBHOOK_GET_JOB", take_url.as_str()),
             ("RUNPOD_WEBHOOK_POST_OUTPUT", done_url.as_str()),
