@@ -6,7 +6,8 @@
 //!   cleared; [`run`] runs it to its end on top of that; [`live`] probes
 //!   its HTTP endpoints.
 //! - [`fixtures`], [`procs`]: handler files and job inputs; processes
-//!   followed through /proc.
+//!   followed through /proc; [`shutdown`]: tagged handlers for the
+//!   shutdown tests.
 //! - [`fake_runpod`], [`endpoint`], [`endpoint_routes`], [`postgres`],
 //!   [`tcp_proxy`], [`tls`]: the services jobpipe talks to in tests.
 //! - [`prereq`]: what a missing prerequisite does (fail, or skip if opted
@@ -23,6 +24,7 @@ pub mod postgres;
 pub mod prereq;
 pub mod procs;
 pub mod run;
+pub mod shutdown;
 pub mod tcp_proxy;
 pub mod tls;
 
