@@ -2,10 +2,10 @@
 //! the real jobpipe binary, which checks that it speaks the protocol without
 //! any helper library.
 
-mod common;
+mod support;
 
-use common::{c_echo, jobpipe};
 use serde_json::json;
+use support::{c_echo, jobpipe};
 
 #[test]
 fn c_echo_returns_the_input_unchanged() {

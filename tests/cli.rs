@@ -6,15 +6,15 @@
 //! by the job's input (`{"do": "crash"}`, ...). Local test mode runs a single
 //! job, so behaviour across several jobs is tested with the RunPod source.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{
+use serde_json::{json, Value};
+use support::{
     assert_gone, fake_handler, fake_job, jobpipe, pid_of, python_echo, read_pid, repo_path, Run,
 };
-use serde_json::{json, Value};
 
 /// Runs the fake handler on one job doing `what`.
 fn fake(what: &str, extra: Value, flags: &[&str]) -> Run {

@@ -2,9 +2,9 @@
 //! 1/0, true/false or yes/no, the SDK's log levels, and errors that name the
 //! variable a bad value came from; and the INFO line for each finished job.
 
-mod common;
+mod support;
 
-use common::{jobpipe, python_echo};
+use support::{jobpipe, python_echo};
 
 #[test]
 fn booleans_in_the_environment_accept_the_usual_spellings() {
@@ -119,7 +119,7 @@ fn each_finished_job_gets_an_info_line_with_outcome_and_duration() {
     let crashed = jobpipe()
         .env("RUNPOD_LOG_LEVEL", "INFO")
         .test_input(r#"{"input": {"do": "crash"}}"#)
-        .handler(["python3".to_owned(), common::fake_handler()])
+        .handler(["python3".to_owned(), support::fake_handler()])
         .run();
     crashed.expect_code(1);
     assert!(

@@ -5,14 +5,14 @@
 //! `/app/`; the test lays out the same files in a temporary directory and
 //! points `/app/` there.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{jobpipe, repo, repo_path};
+use support::{jobpipe, repo, repo_path};
 
 /// The files an example image holds under /app, and where they come from.
 const APP: [(&str, &str); 5] = [

@@ -7,10 +7,12 @@ use support::prereq::venv_python;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use support::daemon::{daemon, Daemon};
 use support::endpoint::free_port;
 
 const KEY: &str = "blackbox-key";
@@ -22,7 +24,7 @@ fn fixture(name: &str) -> String {
 
 /// A jobpipe process serving the endpoint API.
 struct Server {
-    child: Child,
+    daemon: Daemon,
     base: String,
     http: reqwest::Client,
 }
@@ -30,7 +32,7 @@ struct Server {
 impl Server {
     async fn start(queue: &Path, handler: &[String], extra: &[&str]) -> Server {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_jobpipe"))
+        let daemon = daemon()
             .args(["--serve-api", "--api-key", KEY, "--log-level", "info"])
             .args(["--api-addr", &format!("127.0.0.1:{port}")])
             .arg("--queue")
@@ -40,19 +42,19 @@ impl Server {
             .args(extra)
             .arg("--")
             .args(handler)
-            .env_remove("JOBPIPE_API_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .start();
         let server = Server {
-            child,
+            daemon,
             base: format!("http://127.0.0.1:{port}/v2/ep"),
             http: reqwest::Client::new(),
         };
         let started = Instant::now();
         while server.try_get("/health").await.is_none() {
-            assert!(started.elapsed() < WAIT, "jobpipe did not start serving");
+            assert!(
+                started.elapsed() < WAIT,
+                "jobpipe did not start serving\n{}",
+                server.daemon.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server
@@ -102,7 +104,8 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.daemon.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -111,17 +114,13 @@ impl Server {
     }
 
     fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.daemon.kill();
     }
 
+    /// SIGTERM; the exit code.
     fn stop(mut self) -> i32 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        self.child.wait().unwrap().code().unwrap_or(-1)
+        self.daemon.signal(Signal::SIGTERM);
+        self.daemon.wait(WAIT).code().unwrap_or(-1)
     }
 }
 

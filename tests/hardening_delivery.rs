@@ -9,73 +9,48 @@ mod support;
 
 use support::spooled;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use support::daemon::{daemon, Daemon};
 use support::fake_runpod::{job_id, parse_body, FakeRunpod};
 
 /// The jobpipe binary under test.
 fn binary() -> String {
-    std::env::var("JOBPIPE_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_jobpipe").into())
+    std::env::var("JOBPIPE_TEST_BINARY").unwrap_or_else(|_| support::binary().into())
 }
 const KEY: &str = "delivery-test-key";
 
-fn fake_handler() -> String {
-    format!(
-        "{}/tests/fixtures/fake_handler.py",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// A jobpipe process with its stderr in a file.
-struct Worker {
-    child: Child,
-    stderr: PathBuf,
-}
+/// A jobpipe process in the background (with its stderr in a file).
+struct Worker(Daemon);
 
 impl Worker {
     /// Starts jobpipe as a RunPod worker of `fake` with `extra` flags and
     /// the fake handler (unless `extra` names a handler after `--`).
-    fn start(fake: &FakeRunpod, dir: &Path, spool: &Path, extra: &[&str]) -> Worker {
-        Self::start_env(fake.env(), dir, spool, extra)
+    fn start(fake: &FakeRunpod, spool: &Path, extra: &[&str]) -> Worker {
+        Self::start_env(fake.env(), spool, extra)
     }
 
-    fn start_env(env: Vec<(String, String)>, dir: &Path, spool: &Path, extra: &[&str]) -> Worker {
-        let stderr = dir.join(format!("jobpipe-{}.stderr", uuid::Uuid::new_v4()));
-        let mut cmd = Command::new(binary());
-        cmd.args(["--spool-dir", spool.to_str().unwrap()])
+    fn start_env(env: Vec<(String, String)>, spool: &Path, extra: &[&str]) -> Worker {
+        let mut builder = daemon()
+            .program(binary())
+            .args(["--spool-dir", spool.to_str().unwrap()])
             .args(["--runpod-ping-interval", "200", "--kill-grace", "1s"])
             .args(extra);
         if !extra.contains(&"--") {
-            cmd.args(["--", "python3", &fake_handler()]);
+            builder = builder.args(["--", "python3", &support::fake_handler()]);
         }
-        for (name, _) in std::env::vars() {
-            if name.starts_with("JOBPIPE_") || name.starts_with("RUNPOD_") {
-                cmd.env_remove(name);
-            }
-        }
-        cmd.envs(env)
-            .env("JOBPIPE_LOG_LEVEL", "INFO")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).unwrap());
-        Worker {
-            child: cmd.spawn().expect("jobpipe starts"),
-            stderr,
-        }
+        Worker(builder.envs(env).env("JOBPIPE_LOG_LEVEL", "INFO").start())
     }
 
     fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.0.pid()
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.0.log()
     }
 
     /// Resident and peak resident memory in KiB, from /proc.
@@ -95,37 +70,23 @@ impl Worker {
 
     /// Waits up to `limit` for the exit; its code, or `None` if still running.
     async fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let until = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status.code().unwrap_or(-1));
-            }
-            if Instant::now() > until {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let status = self.0.wait_for_exit_async(limit).await?;
+        Some(status.code().unwrap_or(-1))
     }
 
-    /// SIGTERM, a second one after `patience`, SIGKILL as a last resort.
+    /// SIGTERM, a second one after `patience`, SIGKILL as a last resort
+    /// (when the worker is dropped).
     async fn stop(&mut self, patience: Duration) -> Option<i32> {
-        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        self.0.signal(Signal::SIGTERM);
         if let Some(code) = self.wait(patience).await {
             return Some(code);
         }
-        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        self.0.signal(Signal::SIGTERM);
         self.wait(Duration::from_secs(15)).await
     }
 
     fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill9();
+        self.0.kill();
     }
 }
 
@@ -173,7 +134,6 @@ async fn a_flood_of_partials_to_a_slow_stream_endpoint_keeps_memory_flat() {
     let spool = dir.path().join("spool");
     let mut worker = Worker::start(
         &fake,
-        dir.path(),
         &spool,
         &[
             "--shutdown-timeout",
@@ -232,7 +192,7 @@ async fn every_answered_result_is_spooled_before_kill_9_and_delivered_at_restart
     }
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let mut worker = Worker::start(&fake, dir.path(), &spool, &[]);
+    let mut worker = Worker::start(&fake, &spool, &[]);
     // Each job's handler has answered once its result was posted (and refused).
     assert!(
         eventually(Duration::from_secs(30), || ids.iter().all(|id| fake
@@ -258,7 +218,7 @@ async fn every_answered_result_is_spooled_before_kill_9_and_delivered_at_restart
         worker.stderr()
     );
     fake.fail_done_posts(0);
-    let mut again = Worker::start(&fake, dir.path(), &spool, &[]);
+    let mut again = Worker::start(&fake, &spool, &[]);
     fake.wait_for_results(ids.len(), Duration::from_secs(30))
         .await;
     for id in &ids {
@@ -283,7 +243,7 @@ async fn taking_stops_at_the_undelivered_bound_and_resumes_with_delivery() {
     }
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let mut worker = Worker::start(&fake, dir.path(), &spool, &["--max-undelivered", "4"]);
+    let mut worker = Worker::start(&fake, &spool, &["--max-undelivered", "4"]);
     assert!(
         eventually(Duration::from_secs(30), || spooled(&spool).len() >= 4).await,
         "results were not spooled\n{}",
@@ -322,7 +282,7 @@ async fn polls_answered_at_once_are_paced() {
     fake.set_empty_take_body(Some("[]"));
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let mut worker = Worker::start(&fake, dir.path(), &spool, &["--concurrency", "2"]);
+    let mut worker = Worker::start(&fake, &spool, &["--concurrency", "2"]);
     // The handler may take long to start on a loaded machine: the window
     // opens at the first take and the first job-stop poll, not at start.
     let ready = Instant::now();
@@ -367,7 +327,7 @@ async fn a_take_url_without_job_take_loses_no_job() {
     }
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let mut worker = Worker::start_env(env, dir.path(), &spool, &["--concurrency", "2"]);
+    let mut worker = Worker::start_env(env, &spool, &["--concurrency", "2"]);
     let results = fake.wait_for_results(20, Duration::from_secs(30)).await;
     assert_eq!(results.len(), 20, "{}", worker.stderr());
     let warnings = worker
@@ -393,7 +353,7 @@ async fn weird_job_ids_are_answered_or_logged_never_retried_forever() {
             json!({"job_id": id, "kind": {"Final": {"is_stream": false}}, "body": {"output": 0}});
         std::fs::write(spool.join(name), post.to_string()).unwrap();
     }
-    let mut worker = Worker::start(&fake, dir.path(), &spool, &[]);
+    let mut worker = Worker::start(&fake, &spool, &[]);
     fake.wait_for_results(3, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let answered = fake.results_for("line\nbreak");
@@ -435,10 +395,9 @@ async fn weird_job_ids_are_answered_or_logged_never_retried_forever() {
 async fn an_unwritable_spool_is_exit_6_at_start() {
     let fake = FakeRunpod::start(KEY).await;
     fake.push_job(echo_job("never", json!(1)));
-    let dir = tempfile::tempdir().unwrap();
     // A directory that exists but where even root cannot create a file.
     let spool = Path::new("/proc/self");
-    let mut worker = Worker::start(&fake, dir.path(), spool, &[]);
+    let mut worker = Worker::start(&fake, spool, &[]);
     let code = worker.wait(Duration::from_secs(10)).await;
     assert_eq!(code, Some(6), "{}", worker.stderr());
     assert!(

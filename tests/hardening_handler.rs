@@ -3,15 +3,14 @@
 //! fail every job, and descendants that escape their process group. The
 //! real binary runs against the stand-in queue in tests/support.
 
-mod common;
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::fake_handler;
 use serde_json::json;
+use support::daemon::{daemon, Daemon};
+use support::fake_handler;
 use support::fake_runpod::FakeRunpod;
 
 const KEY: &str = "hardening-test-key";
@@ -41,51 +40,35 @@ async fn run_worker_for(
     argv: &[String],
     limit: Duration,
 ) -> Outcome {
-    let started = Instant::now();
-    let child = spawn_worker(fake, spool, extra, argv);
-    wait_worker(child, started, limit).await
+    let worker = spawn_worker(fake, spool, extra, argv);
+    wait_worker(worker, limit).await
 }
 
-async fn wait_worker(child: tokio::process::Child, started: Instant, limit: Duration) -> Outcome {
-    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(output) => output.expect("jobpipe's output"),
-        Err(_) => panic!("jobpipe did not exit within {limit:?}"),
-    };
+async fn wait_worker(mut worker: Daemon, limit: Duration) -> Outcome {
+    let status = worker.wait_async(limit).await;
     Outcome {
-        code: output.status.code(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        elapsed: started.elapsed(),
+        code: status.code(),
+        stderr: worker.stderr(),
+        elapsed: worker
+            .exited_at()
+            .expect("exited")
+            .duration_since(worker.started()),
     }
 }
 
 /// Starts the binary as a RunPod worker of `fake`.
-fn spawn_worker(
-    fake: &FakeRunpod,
-    spool: &Path,
-    extra: &[&str],
-    argv: &[String],
-) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(common::binary());
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
+fn spawn_worker(fake: &FakeRunpod, spool: &Path, extra: &[&str], argv: &[String]) -> Daemon {
+    daemon()
         // PYTHONUNBUFFERED would hide a handler that forgets to flush.
-        if text.starts_with("JOBPIPE_") || text.starts_with("RUNPOD_") || text == "PYTHONUNBUFFERED"
-        {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.envs(fake.env())
+        .env_remove("PYTHONUNBUFFERED")
+        .envs(fake.env())
         .arg("--spool-dir")
         .arg(spool)
         .args(["--kill-grace", "500ms", "--log-level", "info"])
         .args(extra)
         .arg("--")
         .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.spawn().expect("jobpipe starts")
+        .start()
 }
 
 fn python_handler(args: &[&str]) -> Vec<String> {
@@ -183,7 +166,7 @@ fn an_absurd_duration_exits_2_at_once() {
         ("--kill-grace", "300000000000years"),
         ("--job-timeout", "300000000000years"),
     ] {
-        let run = common::jobpipe()
+        let run = support::jobpipe()
             .args([flag, value])
             .test_input(r#"{"input": {}}"#)
             .handler(python_handler(&[]))
@@ -197,7 +180,7 @@ fn an_absurd_duration_exits_2_at_once() {
         );
         assert_contains(&run.stderr, "is longer than the limit of", &run);
     }
-    let run = common::jobpipe()
+    let run = support::jobpipe()
         .env("JOBPIPE_STARTUP_TIMEOUT", "300000000000years")
         .test_input(r#"{"input": {}}"#)
         .handler(python_handler(&[]))
@@ -208,7 +191,7 @@ fn an_absurd_duration_exits_2_at_once() {
 
 #[test]
 fn an_absurd_concurrency_is_refused_with_exit_2() {
-    let run = common::jobpipe()
+    let run = support::jobpipe()
         .env("JOBPIPE_CONCURRENCY", "100000")
         .test_input(r#"{"input": {}}"#)
         .handler(python_handler(&[]))
@@ -223,7 +206,7 @@ fn an_absurd_concurrency_is_refused_with_exit_2() {
     );
 }
 
-fn assert_contains(text: &str, wanted: &str, run: &common::Run) {
+fn assert_contains(text: &str, wanted: &str, run: &support::Run) {
     assert!(
         text.contains(wanted),
         "missing {wanted:?}\n{}",
@@ -242,8 +225,8 @@ fn an_unreadable_answer_fails_its_job_at_once_naming_the_cause() {
         ("surrogate", "lone surrogate"),
         ("nan", "contains NaN"),
     ] {
-        let run = common::jobpipe()
-            .test_input(&common::fake_job("bad-line", json!({ "kind": kind })))
+        let run = support::jobpipe()
+            .test_input(&support::fake_job("bad-line", json!({ "kind": kind })))
             .args(["--kill-grace", "200ms"])
             .handler(python_handler(&[]))
             .deadline(Duration::from_secs(15))
@@ -274,7 +257,7 @@ fn the_helpers_never_write_a_lone_surrogate() {
         format!(
             "import sys\nsys.path.insert(0, {:?})\nimport jobpipe_handler\n\
              jobpipe_handler.serve(lambda job: {{'text': 'a\\udc80b'}})\n",
-            common::repo_path("handlers/python")
+            support::repo_path("handlers/python")
         ),
     )
     .unwrap();
@@ -283,7 +266,7 @@ fn the_helpers_never_write_a_lone_surrogate() {
         &node,
         format!(
             "const {{ serve }} = require({:?});\nserve(() => ({{ text: 'a\\udc80b' }}));\n",
-            common::repo_path("handlers/node/jobpipe_handler.js")
+            support::repo_path("handlers/node/jobpipe_handler.js")
         ),
     )
     .unwrap();
@@ -291,7 +274,7 @@ fn the_helpers_never_write_a_lone_surrogate() {
         ["python3".to_owned(), python.display().to_string()],
         ["node".to_owned(), node.display().to_string()],
     ] {
-        let run = common::jobpipe()
+        let run = support::jobpipe()
             .test_input(r#"{"input": {}}"#)
             .handler(argv.clone())
             .deadline(Duration::from_secs(15))
@@ -395,7 +378,7 @@ async fn run_daemon_job(fake: &FakeRunpod, id: &str) -> i32 {
     let pid = body["output"]["orphan"]
         .as_i64()
         .unwrap_or_else(|| panic!("{body}")) as i32;
-    assert!(common::running(pid), "the daemon runs while its job ends");
+    assert!(support::running(pid), "the daemon runs while its job ends");
     pid
 }
 
@@ -403,8 +386,7 @@ async fn run_daemon_job(fake: &FakeRunpod, id: &str) -> i32 {
 async fn no_setsid_daemon_outlives_its_handler_or_jobpipe() {
     let fake = FakeRunpod::start(KEY).await;
     let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let child = spawn_worker(
+    let worker = spawn_worker(
         &fake,
         &dir.path().join("spool"),
         &["--refresh-worker"],
@@ -412,13 +394,12 @@ async fn no_setsid_daemon_outlives_its_handler_or_jobpipe() {
     );
     // Replaced after its job (--refresh-worker): the daemon goes with it.
     let first = run_daemon_job(&fake, "job-1").await;
-    let left = common::wait_gone(&[first], Duration::from_secs(5));
+    let left = support::wait_gone(&[first], Duration::from_secs(5));
     // Exit: the daemon of the last handler goes with jobpipe.
     let second = run_daemon_job(&fake, "job-2").await;
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let run = wait_worker(child, started, Duration::from_secs(20)).await;
-    let left_at_exit = common::wait_gone(&[second], Duration::from_secs(2));
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    let run = wait_worker(worker, Duration::from_secs(20)).await;
+    let left_at_exit = support::wait_gone(&[second], Duration::from_secs(2));
     for &pid in left.iter().chain(&left_at_exit) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -446,38 +427,15 @@ async fn no_setsid_daemon_outlives_its_handler_or_jobpipe() {
 /// dropped, and the job (whose handler floods stderr) still completes.
 #[test]
 fn a_stalled_stderr_does_not_stall_jobs() {
-    use std::io::Read;
-    let mut child = std::process::Command::new(common::binary())
+    let mut jobpipe = daemon()
         .args(["--log-level", "debug", "--test-input"])
-        .arg(common::fake_job("stderr-flood", json!({"lines": 20000})))
+        .arg(support::fake_job("stderr-flood", json!({"lines": 20000})))
         .arg("--")
         .args(python_handler(&[]))
-        .env_remove("JOBPIPE_TEST_INPUT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("jobpipe starts");
-    let _stalled = child.stderr.take();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = reader.join().unwrap();
+        .stderr_unread()
+        .start();
+    let status = jobpipe.wait_for_exit(Duration::from_secs(30));
+    let stdout = jobpipe.stdout();
     assert!(
         status.is_some(),
         "jobpipe stalled on its stderr; stdout: {stdout}"

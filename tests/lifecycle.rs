@@ -3,16 +3,15 @@
 //! every new process runs. Black-box runs of the real binary, against the
 //! stand-in RunPod queue where several jobs are needed.
 
-mod common;
 mod support;
 
 use std::time::Duration;
 
-use common::{c_echo, fake_handler, jobpipe, Run};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use support::fake_runpod::{parse_body, FakeRunpod};
 use support::live::Live;
+use support::{c_echo, fake_handler, jobpipe, Run};
 
 const KEY: &str = "lifecycle-key";
 const WAIT: Duration = Duration::from_secs(30);

@@ -3,7 +3,6 @@
 //! stand-in RunPod queue; promtool judges the metrics text and the alert
 //! rules in config/.
 
-mod common;
 mod support;
 
 use std::process::{Command, Stdio};
@@ -22,7 +21,7 @@ pub fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     use std::io::Write;
     let mut child = Command::new("promtool")
         .args(args)
-        .current_dir(common::repo())
+        .current_dir(support::repo())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,7 +80,7 @@ fn sample(text: &str, series: &str) -> f64 {
 async fn metrics_after_real_jobs_satisfy_promtool() {
     let fake = FakeRunpod::start(KEY).await;
     let dir = tempfile::tempdir().unwrap();
-    let (args, mut env) = worker_args(&fake, &dir.path().join("spool"), &[common::c_echo()]);
+    let (args, mut env) = worker_args(&fake, &dir.path().join("spool"), &[support::c_echo()]);
     env.push(("RUNPOD_AI_API_KEY".into(), KEY.into()));
     let live = Live::start(&args, &env);
     for i in 0..4 {
@@ -175,7 +174,7 @@ async fn ready_flips_during_start_up_busy_and_drain() {
     let dir = tempfile::tempdir().unwrap();
     let handler = [
         "python3".to_owned(),
-        common::fake_handler(),
+        support::fake_handler(),
         "--slow-ready".into(),
         "2".into(),
     ];

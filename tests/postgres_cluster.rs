@@ -3,17 +3,13 @@
 //! and a database connection cut by a proxy. Whatever happens to a worker,
 //! every job ends with exactly one final status and none is lost.
 
-mod common;
 mod support;
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use support::daemon::{daemon, Daemon};
 use support::postgres::{self, TestDb};
 use support::tcp_proxy::TcpProxy;
 
@@ -23,95 +19,44 @@ const LEASE: &str = "10s";
 /// Longer than the lease and a sweep after it.
 const PAST_LEASE: Duration = Duration::from_secs(22);
 
-/// One jobpipe process in the background, its log in a file.
-struct Daemon {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// A jobpipe process in the background named `name` (its worker id, if it
+/// is a worker), with text logs at INFO and a spool of its own.
+fn start(name: &str, args: &[&str]) -> Daemon {
+    let builder = daemon()
+        .name(name)
+        .args(["--log-level", "INFO", "--log-format", "text"])
+        .args(args);
+    let spool = builder.dir().join("spool");
+    builder.env("JOBPIPE_SPOOL_DIR", spool).start()
 }
 
-impl Daemon {
-    fn start(name: &str, args: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stderr.log");
-        let child = Command::new(common::binary())
-            .args(["--log-level", "INFO", "--log-format", "text"])
-            .args(args)
-            .env_remove("RUNPOD_WEBHOOK_GET_JOB")
-            .env_remove("JOBPIPE_QUEUE")
-            .env_remove("PGPASSWORD")
-            .env("JOBPIPE_SPOOL_DIR", dir.path().join("spool"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon {
-            name: name.into(),
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// A worker with a handler pool and no API.
-    fn worker(name: &str, url: &str) -> Daemon {
-        let handler = common::fake_handler();
-        Daemon::start(
+/// A worker with a handler pool and no API.
+fn worker(name: &str, url: &str) -> Daemon {
+    let handler = support::fake_handler();
+    start(
+        name,
+        &[
+            "--queue",
+            url,
+            "--worker-id",
             name,
-            &[
-                "--queue",
-                url,
-                "--worker-id",
-                name,
-                "--lease",
-                LEASE,
-                "--max-attempts",
-                "10",
-                "--concurrency",
-                "2",
-                "--",
-                "python3",
-                &handler,
-            ],
-        )
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status within `limit`.
-    fn stop(mut self, limit: Duration) -> Option<i32> {
-        self.signal(Signal::SIGTERM);
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
+            "--lease",
+            LEASE,
+            "--max-attempts",
+            "10",
+            "--concurrency",
+            "2",
+            "--",
+            "python3",
+            &handler,
+        ],
+    )
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let pid = Pid::from_raw(self.child.id() as i32);
-            let _ = kill(pid, Signal::SIGCONT);
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- {} log ---\n{}", self.name, self.log());
-        }
-    }
+/// SIGTERM, then the exit code within `limit` (`None` if it did not exit).
+fn stop(mut daemon: Daemon, limit: Duration) -> Option<i32> {
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_for_exit(limit).and_then(|status| status.code())
 }
 
 /// The API process (no handlers) on a free port; returns it and its base URL.
@@ -122,7 +67,7 @@ async fn api(url: &str) -> (Daemon, String) {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let daemon = Daemon::start(
+    let daemon = start(
         "api",
         &[
             "--serve-api",
@@ -213,7 +158,7 @@ async fn wait_count(
         }
         if Instant::now() > deadline {
             for daemon in daemons {
-                eprintln!("--- {} log ---\n{}", daemon.name, daemon.log());
+                eprintln!("--- {} log ---\n{}", daemon.name(), daemon.log());
             }
             panic!("only {now} jobs with {condition}, waited for {at_least}");
         }
@@ -226,14 +171,14 @@ async fn wait_count(
 fn stop_holding(db: &TestDb, worker: &Daemon, signal: Signal) -> Vec<String> {
     let held = format!(
         "SELECT id FROM jobpipe.jobs WHERE status = 'IN_PROGRESS' AND worker_id = '{}'",
-        worker.name
+        worker.name()
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(
             Instant::now() < deadline,
             "{} never held a job:\n{}",
-            worker.name,
+            worker.name(),
             worker.log()
         );
         if db.psql(&held).is_empty() {
@@ -258,7 +203,7 @@ fn stop_holding(db: &TestDb, worker: &Daemon, signal: Signal) -> Vec<String> {
             signal,
             Signal::SIGSTOP,
             "{} was killed between jobs",
-            worker.name
+            worker.name()
         );
         worker.signal(Signal::SIGCONT);
     }
@@ -271,10 +216,7 @@ async fn three_workers_lose_one_to_sigkill_and_one_to_sigstop_and_every_job_ends
     };
     let url = db.url();
     let (api, base) = api(&url).await;
-    let workers: Vec<Daemon> = ["w1", "w2", "w3"]
-        .iter()
-        .map(|w| Daemon::worker(w, &url))
-        .collect();
+    let workers: Vec<Daemon> = ["w1", "w2", "w3"].iter().map(|w| worker(w, &url)).collect();
     let total = 2000;
     let ids = submit(&base, total, json!({"do": "sleep", "ms": 50})).await;
     assert_eq!(ids.len(), total);
@@ -344,9 +286,9 @@ async fn three_workers_lose_one_to_sigkill_and_one_to_sigstop_and_every_job_ends
     let mut workers = workers.into_iter();
     drop(workers.next());
     for worker in workers {
-        assert_eq!(worker.stop(Duration::from_secs(30)), Some(0));
+        assert_eq!(stop(worker, Duration::from_secs(30)), Some(0));
     }
-    assert_eq!(api.stop(Duration::from_secs(30)), Some(0));
+    assert_eq!(stop(api, Duration::from_secs(30)), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +301,7 @@ async fn a_worker_cut_off_from_the_database_loses_its_leases_and_its_jobs_finish
     let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
     let proxied = direct.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
     let (api, base) = api(&direct).await;
-    let cut = Daemon::worker("cut", &proxied);
+    let cut = worker("cut", &proxied);
     let ids = submit(&base, 4, json!({"do": "sleep", "ms": 3000})).await;
     let daemons = [&cut, &api];
     wait_count(
@@ -376,7 +318,7 @@ async fn a_worker_cut_off_from_the_database_loses_its_leases_and_its_jobs_finish
         .map(str::to_owned)
         .collect();
     proxy.cut();
-    let other = Daemon::worker("other", &direct);
+    let other = worker("other", &direct);
     let daemons = [&cut, &api, &other];
     wait_count(
         &db,
@@ -417,9 +359,9 @@ async fn a_worker_cut_off_from_the_database_loses_its_leases_and_its_jobs_finish
         ));
         assert_eq!(row, "COMPLETED other", "{id}");
     }
-    assert_eq!(cut.stop(Duration::from_secs(30)), Some(0));
-    assert_eq!(other.stop(Duration::from_secs(30)), Some(0));
-    assert_eq!(api.stop(Duration::from_secs(30)), Some(0));
+    assert_eq!(stop(cut, Duration::from_secs(30)), Some(0));
+    assert_eq!(stop(other, Duration::from_secs(30)), Some(0));
+    assert_eq!(stop(api, Duration::from_secs(30)), Some(0));
 }
 
 /// A server that asks for a password, and a URL without one (and no
@@ -432,20 +374,8 @@ async fn a_url_without_the_password_the_server_asks_for_exits_2() {
     };
     let url = db.url().replace(&format!(":{}@", db.server.password), "@");
     assert!(!url.contains(&db.server.password));
-    let worker = Daemon::worker("no-password", &url);
-    let mut worker = worker;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = worker.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running after 60 s:\n{}",
-            worker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut worker = worker("no-password", &url);
+    let status = worker.wait_async(Duration::from_secs(60)).await;
     let log = worker.log();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.contains("PGPASSWORD"), "{log}");
@@ -484,5 +414,5 @@ async fn an_api_only_process_becomes_ready() {
         .await
         .unwrap();
     assert_eq!(health["state"], "ready", "{health}");
-    assert_eq!(api.stop(Duration::from_secs(20)), Some(0));
+    assert_eq!(stop(api, Duration::from_secs(20)), Some(0));
 }

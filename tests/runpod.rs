@@ -1,7 +1,6 @@
 //! In-process tests of the RunPod source: `supervisor::run` against the
 //! stand-in queue in tests/support, with scripted faults.
 
-mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -588,7 +587,7 @@ async fn jobs_and_outputs_pass_through_as_they_came() {
     fake.push_raw(&format!(
         "{{\n  \"id\": \"exact\",\n  \"input\": {input},\r\n  \"webhook\": \"w\"\n}}"
     ));
-    let worker = start(&fake, &["--", &common::c_echo()]);
+    let worker = start(&fake, &["--", &support::c_echo()]);
     fake.wait_for_results(1, WAIT).await;
     let body = &fake.results_for("exact")[0].body;
     assert_eq!(body, &format!(r#"{{"output":{input}}}"#));
@@ -609,7 +608,7 @@ async fn the_next_job_waits_while_a_large_result_is_posted() {
     fake.push_job(job("small-2", json!("b")));
     let worker = start(
         &fake,
-        &["--max-output-size", "20MB", "--", &common::c_echo()],
+        &["--max-output-size", "20MB", "--", &support::c_echo()],
     );
     fake.wait_for_results(3, WAIT).await;
     let posted = &fake.results_for("large")[0];

@@ -7,20 +7,18 @@
 //! the SDK's own worker posts for the same job; the differences that are
 //! intended are named where they are normalised away.
 
-mod common;
 mod support;
 use support::prereq::venv_python;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{jobpipe, repo_path};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use support::daemon::daemon;
 use support::fake_runpod::{parse_body, query, FakeRunpod, Request};
+use support::{jobpipe, repo_path};
 use tokio::sync::Semaphore;
 
 const KEY: &str = "sdk-test-key";
@@ -370,28 +368,23 @@ async fn serve(
     for job in jobs {
         fake.push_job(job.clone());
     }
-    let spool = tempfile::tempdir().unwrap();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    let builder = daemon()
+        .program(&argv[0])
+        .args(&argv[1..])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .env("JOBPIPE_SPOOL_DIR", spool.path())
+        .env("HOME", std::env::var("HOME").unwrap_or_default());
+    let spool = builder.dir().join("spool");
+    let mut worker = builder
+        .env("JOBPIPE_SPOOL_DIR", &spool)
         .env("JOBPIPE_KILL_GRACE", "1s")
         // The SDK's checks of the machine (free disk, memory, network) are
         // not what is compared here; a crowded test machine fails them.
         .env("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
         .envs(fake.env())
         .envs(extra_env.iter().copied())
-        .current_dir(spool.path())
-        .stdin(Stdio::null())
-        .stdout(log.as_file().try_clone().unwrap())
-        .stderr(log.as_file().try_clone().unwrap())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("start the worker");
-    let pgid = Pid::from_raw(child.id().expect("running") as i32);
+        .own_process_group()
+        .start();
     let ids: Vec<String> = jobs
         .iter()
         .map(|j| j["id"].as_str().unwrap().to_owned())
@@ -406,22 +399,22 @@ async fn serve(
                     >= progress
         })
         .await;
-    let _ = killpg(pgid, Signal::SIGTERM);
-    let code = match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-        Ok(status) => status.ok().and_then(|s| s.code()),
-        Err(_) => None,
-    };
-    let _ = killpg(pgid, Signal::SIGKILL);
+    worker.signal_group(Signal::SIGTERM);
+    let code = worker
+        .wait_for_exit_async(Duration::from_secs(20))
+        .await
+        .and_then(|s| s.code());
+    worker.kill();
     assert!(
         all_in,
         "{argv:?}: results missing; worker output:\n{}",
-        std::fs::read_to_string(log.path()).unwrap_or_default()
+        worker.logs()
     );
     (fake, code)
 }
 
 fn jobpipe_argv(python: Python, fixture: &str, extra: &[&str]) -> Vec<String> {
-    let mut argv = vec![common::binary().to_owned()];
+    let mut argv = vec![support::binary().to_owned()];
     argv.extend(extra.iter().map(|s| s.to_string()));
     argv.push("--".into());
     argv.extend(python.argv(fixture));

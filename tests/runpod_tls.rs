@@ -4,7 +4,6 @@
 //! and what to do, and takes no job. Black-box runs of the real binary, so
 //! the environment is read the way a container provides it.
 
-mod common;
 mod support;
 
 use std::time::Duration;
@@ -28,7 +27,7 @@ fn worker(fake: &FakeRunpod, dir: &std::path::Path, ca_file: &std::path::Path) -
         "2s",
         "--",
         "python3",
-        &common::fake_handler(),
+        &support::fake_handler(),
     ]
     .map(str::to_owned)
     .to_vec();
@@ -104,7 +103,7 @@ fn an_unreadable_ssl_cert_file_is_a_configuration_error() {
         (&missing, "cannot be read"),
         (&empty, "holds no PEM certificate"),
     ] {
-        let run = common::jobpipe()
+        let run = support::jobpipe()
             .env(
                 "RUNPOD_WEBHOOK_GET_JOB",
                 "https://127.0.0.1:9/v2/ep/job-take/$RUNPOD_POD_ID?gpu=TEST",
@@ -115,7 +114,7 @@ fn an_unreadable_ssl_cert_file_is_a_configuration_error() {
             )
             .env("RUNPOD_AI_API_KEY", KEY)
             .env("SSL_CERT_FILE", &file.display().to_string())
-            .handler(["python3".to_owned(), common::fake_handler()])
+            .handler(["python3".to_owned(), support::fake_handler()])
             .run();
         run.expect_code(2);
         let expected = format!("SSL_CERT_FILE is {}, which {problem}", file.display());

@@ -1,18 +1,17 @@
-//! A jobpipe binary running in the background with `--metrics-addr
-//! 127.0.0.1:0`: its stderr is collected line by line, the address it
-//! listens on is read from its log, and its endpoints are asked over plain
-//! HTTP/1.1, the way a probe or a scraper would.
+//! A jobpipe binary running in the background (a [`super::daemon`]
+//! process) with `--metrics-addr 127.0.0.1:0`: the address it listens on is
+//! read from its log, and its endpoints are asked over plain HTTP/1.1, the
+//! way a probe or a scraper would.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::daemon::{daemon, Daemon};
 
 /// A running jobpipe.
 pub struct Live {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+    daemon: Daemon,
     addr: String,
 }
 
@@ -20,73 +19,35 @@ impl Live {
     /// Starts jobpipe with `args` and `env` (on top of a clean environment
     /// without `JOBPIPE_*`/`RUNPOD_*`), serving its endpoints on a free port.
     pub fn start(args: &[String], env: &[(String, String)]) -> Live {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobpipe"));
-        cmd.arg("--metrics-addr")
+        let mut daemon = daemon()
+            .arg("--metrics-addr")
             .arg("127.0.0.1:0")
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            let text = name.to_string_lossy();
-            if text.starts_with("JOBPIPE_") || text.starts_with("RUNPOD_") {
-                cmd.env_remove(&name);
-            }
-        }
-        cmd.env("JOBPIPE_LOG_LEVEL", "DEBUG");
-        for (name, value) in env {
-            cmd.env(name, value);
-        }
-        let mut child = cmd.spawn().expect("jobpipe starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut all = sink.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-        let mut live = Live {
-            child,
-            stderr,
-            addr: String::new(),
-        };
-        let line = live.wait_for_log(
+            .env("JOBPIPE_LOG_LEVEL", "DEBUG")
+            .envs(env.iter().cloned())
+            .start();
+        let line = daemon.wait_for_log(
             "health, readiness and metrics on http://",
             Duration::from_secs(20),
         );
         let start = line.find("http://").unwrap() + "http://".len();
-        live.addr = line[start..].split_whitespace().next().unwrap().to_owned();
-        live
+        let addr = line[start..].split_whitespace().next().unwrap().to_owned();
+        Live { daemon, addr }
     }
 
     /// Waits until a log line contains `needle`; returns that line.
     pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "no log line with {needle:?} within {limit:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.daemon.wait_for_log(needle, limit)
     }
 
-    /// Everything jobpipe logged so far.
+    /// Everything jobpipe logged so far, each line with the seconds since
+    /// its start.
     pub fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.daemon.log()
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.daemon.pid()
     }
 
     /// `GET path`: the status code and the body.
@@ -114,29 +75,12 @@ impl Live {
 
     /// Sends a signal to jobpipe.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal");
+        self.daemon.signal(signal);
     }
 
     /// Waits for jobpipe to exit; returns its exit code.
     pub fn wait(mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("jobpipe did not exit within {limit:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.wait(limit).code()
     }
 }
 

@@ -1,12 +1,42 @@
+//! What the integration tests share. Each test file has `mod support;`
+//! and uses what it needs (hence `dead_code` is allowed here):
+//!
+//! - [`daemon`]: the one way to start the jobpipe binary, in the
+//!   background, with the developer's `JOBPIPE_*`/`RUNPOD_*` settings
+//!   cleared; [`run`] runs it to its end on top of that; [`live`] probes
+//!   its HTTP endpoints.
+//! - [`fixtures`], [`procs`]: handler files and job inputs; processes
+//!   followed through /proc; [`shutdown`]: tagged handlers for the
+//!   shutdown tests.
+//! - [`fake_runpod`], [`endpoint`], [`endpoint_routes`], [`postgres`],
+//!   [`tcp_proxy`], [`tls`]: the services jobpipe talks to in tests.
+//! - [`prereq`]: what a missing prerequisite does (fail, or skip if opted
+//!   out with `JOBPIPE_TEST_SKIP`).
+
 #![allow(dead_code)]
+pub mod daemon;
 pub mod endpoint;
 pub mod endpoint_routes;
 pub mod fake_runpod;
+pub mod fixtures;
 pub mod live;
 pub mod postgres;
 pub mod prereq;
+pub mod procs;
+pub mod run;
+pub mod shutdown;
 pub mod tcp_proxy;
 pub mod tls;
+
+// What most tests use, at the top (each test binary uses a subset).
+#[allow(unused_imports)]
+pub use daemon::{binary, daemon, Daemon};
+#[allow(unused_imports)]
+pub use fixtures::*;
+#[allow(unused_imports)]
+pub use procs::*;
+#[allow(unused_imports)]
+pub use run::{jobpipe, Jobpipe, Run, DEFAULT_DEADLINE};
 
 /// The results kept in a spool directory (`{"job_id", "kind", "body"}`):
 /// its `.json` files, not the temporary `.name.tmp` ones, nor a file the
