@@ -3,19 +3,20 @@
 //! [`QueueSourceConfig`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
+use super::api::Limits;
 use super::queue::stores::{self, QueueLocation, DEFAULT_QUEUE};
 use super::source::QueueSourceConfig;
 use crate::endpoint::api::JobDefaults;
 use crate::error::ConfigError;
 use crate::input_schema::InputSchema;
-use crate::units::parse_long_duration;
+use crate::units::{parse_long_duration, parse_short_duration, parse_size};
 
 /// Options of the self-hosted endpoint.
 #[derive(Args)]
@@ -88,6 +89,37 @@ pub struct EndpointArgs {
     /// WARN on every start.
     #[arg(long, env = "JOBPIPE_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_no_auth: bool,
+
+    /// Time a request's header may take from its first byte (for a new
+    /// connection, from its opening); a slower one is closed. At most 1 hour.
+    #[arg(long, env = "JOBPIPE_API_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_short_duration)]
+    pub api_header_timeout: Duration,
+
+    /// Time a keep-alive connection may wait with no request before it is
+    /// closed. At most 1 hour.
+    #[arg(long, env = "JOBPIPE_API_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_short_duration)]
+    pub api_idle_timeout: Duration,
+
+    /// A request body that sends nothing for this long is cut (408), and so
+    /// is one slower on average than --api-body-min-rate once this long has
+    /// passed. At most 1 hour.
+    #[arg(long, env = "JOBPIPE_API_BODY_TIMEOUT", default_value = "30s", value_parser = parse_short_duration)]
+    pub api_body_timeout: Duration,
+
+    /// The slowest average a request body may arrive at, per second, e.g.
+    /// 1KB (a 10 MB body then has 10,000 s).
+    #[arg(long, env = "JOBPIPE_API_BODY_MIN_RATE", default_value = "1KB", value_name = "SIZE", value_parser = parse_size)]
+    pub api_body_min_rate: usize,
+
+    /// Most connections open at once; one more is answered 503 and closed.
+    /// Keep it well under the open-file limit.
+    #[arg(
+        long,
+        env = "JOBPIPE_API_MAX_CONNECTIONS",
+        default_value = "1024",
+        value_name = "N"
+    )]
+    pub api_max_connections: NonZeroUsize,
 
     /// JSON Schema file every job's "input" must match; /run and /runsync
     /// answer 400 listing the violations, and nothing is queued.
@@ -176,6 +208,13 @@ impl EndpointArgs {
             queue: QueueLocation::parse(&self.queue, std::env::var("PGPASSWORD").ok())?,
             api_addr,
             api_key,
+            api_limits: Limits {
+                header_timeout: self.api_header_timeout,
+                idle_timeout: self.api_idle_timeout,
+                body_timeout: self.api_body_timeout,
+                body_min_rate: self.api_body_min_rate as u64,
+                max_connections: self.api_max_connections.get(),
+            },
             schema,
             defaults,
             lease: self.lease,

@@ -51,6 +51,8 @@ pub struct QueueSourceConfig {
     /// Where the API listens; `None` takes jobs without serving the API.
     pub api_addr: Option<SocketAddr>,
     pub api_key: Option<Arc<str>>,
+    /// What one client may take of the API: timeouts, connections.
+    pub api_limits: api::Limits,
     pub schema: Option<Arc<InputSchema>>,
     pub defaults: JobDefaults,
     pub lease: Duration,
@@ -101,8 +103,9 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             metrics: Some(ctx.pool.metrics.clone()),
         };
         let stop = api_stop.clone();
+        let limits = config.api_limits;
         tasks.spawn(async move {
-            if let Err(e) = api::serve(listener, api::router(state), stop).await {
+            if let Err(e) = api::serve(listener, api::router(state), limits, stop).await {
                 tracing::error!("endpoint API server failed: {e}");
             }
         });

@@ -22,7 +22,11 @@ pub(crate) enum ApiError {
     NotFound(String),
     MethodNotAllowed(String),
     Conflict(String),
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
+    /// The request body came in too slowly.
+    TooSlow(String),
     ShuttingDown,
     Database(QueueError),
 }
@@ -57,6 +61,7 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": format!("request body is larger than this route's limit of {} MiB", limit / (1024 * 1024))}),
             ),
+            ApiError::TooSlow(message) => (StatusCode::REQUEST_TIMEOUT, json!({"error": message})),
             ApiError::ShuttingDown => {
                 let body = json!({"error": "jobpipe is shutting down and accepts no new jobs; retry against another worker or after the restart"});
                 let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
@@ -86,4 +91,42 @@ impl IntoResponse for ApiError {
         };
         (status, Json(body)).into_response()
     }
+}
+
+/// Every error answer is JSON: one that is not (an extractor's rejection,
+/// such as a path that does not decode as UTF-8) becomes `{"error": its
+/// text}` with the same status.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // A rejection's text is a sentence; more is not read.
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(
+        parts,
+        axum::body::Body::from(json!({ "error": message }).to_string()),
+    )
 }

@@ -21,7 +21,10 @@ use crate::endpoint::queue::Queue;
 use crate::input_schema::InputSchema;
 use crate::metrics::Metrics;
 
+pub use conn::{Limits, SlowBody};
+
 mod auth;
+mod conn;
 mod error;
 mod request;
 mod routes;
@@ -111,17 +114,17 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             auth::require_key,
         ))
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then lets the
-/// requests in progress finish.
+/// Serves `router` on `listener` within `limits` until `stop` is
+/// cancelled, then lets the requests in progress finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    conn::serve(listener, router, limits, stop).await
 }

@@ -213,6 +213,8 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         let source = e.into_inner();
         if source.is::<http_body_util::LengthLimitError>() {
             ApiError::TooLarge { limit }
+        } else if let Some(slow) = source.downcast_ref::<super::SlowBody>() {
+            ApiError::TooSlow(slow.to_string())
         } else {
             ApiError::BadRequest(format!("could not read the request body: {source}"))
         }
