@@ -20,7 +20,13 @@ pub mod oneshot;
 pub mod process;
 pub mod protocol;
 mod recycle;
+mod running;
 mod startup;
+
+#[cfg(test)]
+mod actor_tests;
+#[cfg(test)]
+mod fake;
 
 /// What every actor is given by the pool.
 pub struct ActorContext {
