@@ -9,9 +9,16 @@
 //! through `Actor::finish` or one of the failure paths, each of which
 //! finishes the ticket exactly once.
 //!
-//! Where the actor is in that life is its [`ActorState`]; the state alone
-//! decides how many more jobs the actor could start now, which it tells the
-//! pool so that no job is taken for a handler that is not ready.
+//! Where the actor is in that life is its [`ActorState`], which holds what
+//! only that stage has: the process once started; while serving, the jobs
+//! in flight and whether more are taken ([`Intake`]); while stopping, why
+//! the process ends. The state alone decides how many more jobs the actor
+//! could start now, which it tells the pool so that no job is taken for a
+//! handler that is not ready.
+//!
+//! The process is reached through [`RunningHandler`] and started by a
+//! [`Spawner`], so unit tests (`actor_tests.rs`) drive the actor with a
+//! scripted fake instead of a child.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,8 +29,8 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::lines::{clip_middle, Line};
-use super::process::HandlerProcess;
 use super::protocol::{cancel_line, parse_line, sniff_id, Frame};
+use super::running::{Event, OsSpawner, RunningHandler, Spawner};
 
 use super::startup::{log_stray_line, stderr_note};
 use super::ActorContext;
@@ -39,43 +46,32 @@ const RESTART_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(10), 0.2);
 /// How long a closed stdout may precede the process's exit.
 pub(super) const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
-/// Longest time spent killing what a replaced handler left behind.
-const ESCAPED_KILL_LIMIT: Duration = Duration::from_secs(2);
 /// How long, after the process exited, lines it wrote are still read.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 
-/// Where an actor's handler process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActorState {
+/// Where an actor is in its life; each stage holds what only it has.
+enum ActorState<P> {
     /// A process is being started and has not said it is ready.
     Starting,
-    /// Ready, with no job.
-    Idle,
-    /// Ready, running `jobs` jobs since `since`.
-    Busy { jobs: usize, since: Instant },
-    /// Finishing the jobs it holds and taking no more: the process is due
-    /// to be replaced, or the pool is stopping.
-    Draining { jobs: usize },
-    /// The process is being stopped (its whole group).
-    Stopping,
+    /// A ready process, serving jobs.
+    Serving(P, Serving),
+    /// The process is being stopped (its whole group), and why.
+    Stopping(P, End),
     /// No process, and none will be started.
     Exited,
 }
 
-impl ActorState {
-    /// Whether the process is ready and serving (it may be full).
-    fn is_ready(self) -> bool {
-        matches!(self, ActorState::Idle | ActorState::Busy { .. })
-    }
-
-    /// How many more jobs an actor in this state could start now.
-    fn room(self, capacity: usize) -> usize {
-        match self {
-            ActorState::Idle => capacity,
-            ActorState::Busy { jobs, .. } => capacity.saturating_sub(jobs),
-            _ => 0,
-        }
-    }
+/// Whether a serving process takes more jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intake {
+    /// Ready: it takes jobs while it has room.
+    Open,
+    /// It finishes the jobs it holds and takes no more: the pool is
+    /// stopping.
+    Closed,
+    /// It finishes the jobs it holds and takes no more, then is replaced
+    /// for this reason.
+    Replace(RestartReason),
 }
 
 /// Why a job is being stopped.
@@ -117,13 +113,15 @@ struct Running {
     stopping: Option<(StopCause, Instant)>,
 }
 
-/// State of one served process.
+/// What only a serving process has.
 struct Serving {
+    /// The jobs in flight, by id.
     jobs: HashMap<String, Running>,
-    /// A restart is due once the jobs in flight are done.
-    draining: Option<RestartReason>,
-    queue_open: bool,
+    intake: Intake,
+    /// Each job's watcher sends at most one request, so this channel holds
+    /// at most one per job in flight.
     stops: mpsc::UnboundedSender<(String, StopCause)>,
+    stop_requests: mpsc::UnboundedReceiver<(String, StopCause)>,
     /// The process (and process group) id, for its memory use.
     pid: i32,
     /// Jobs this process has finished, for `--max-jobs-per-handler`.
@@ -163,81 +161,109 @@ impl StrayLines {
 
 /// Runs the actor until the pool stops or the handler cannot start.
 pub async fn run(ctx: ActorContext) {
+    run_with(ctx, OsSpawner).await;
+}
+
+/// [`run`], with processes started by `spawner`.
+pub(super) async fn run_with<S: Spawner>(ctx: ActorContext, spawner: S) {
     let mut actor = Actor {
         backoff: RESTART_BACKOFF.iter(),
         ctx,
-        state: ActorState::Starting,
+        spawner,
+        ready: false,
         last_end: String::new(),
     };
     actor.life().await;
-    actor.set_state(ActorState::Exited);
 }
 
-impl Actor {
+impl<S: Spawner> Actor<S> {
     /// Starts, serves and replaces processes until the pool stops or the
     /// handler cannot start.
     async fn life(&mut self) {
+        let mut state = ActorState::Starting;
         loop {
-            self.set_state(ActorState::Starting);
-            let Some(mut process) = self.start().await else {
-                return;
-            };
-            self.set_state(ActorState::Idle);
-            let end = self.serve(&mut process).await;
-            self.set_state(ActorState::Stopping);
-            match end {
-                End::Kill => {
-                    process.kill().await;
-                    return;
-                }
-                End::Stop => {
-                    process
-                        .stop(self.ctx.config.kill_grace, &self.ctx.force)
-                        .await;
-                    return;
-                }
-                End::Restart(reason) => {
-                    self.ctx.metrics.restarted(reason);
-                    tracing::info!(
-                        handler = self.ctx.index,
-                        pid = process.pid,
-                        "replacing handler process ({})",
-                        reason.name()
-                    );
-                    process
-                        .stop(self.ctx.config.kill_grace, &self.ctx.force)
-                        .await;
-                    crate::os::kill_escaped(&self.ctx.identity.worker_id, ESCAPED_KILL_LIMIT).await;
-                    let crashed = matches!(
-                        reason,
-                        RestartReason::Crashed
-                            | RestartReason::ExitedIdle
-                            | RestartReason::ProtocolError
-                    );
-                    let ended =
-                        matches!(reason, RestartReason::Crashed | RestartReason::ExitedIdle);
-                    if ended && self.failing_every_job() {
-                        return;
-                    }
-                    if crashed && !self.pause().await {
-                        return;
-                    }
-                }
+            match &state {
+                ActorState::Serving(_, s) => self.tell_pool(Some(s)),
+                _ => self.tell_pool(None),
             }
+            state = match state {
+                ActorState::Starting => match self.start().await {
+                    Some(process) => {
+                        let s = Serving::new(process.pid());
+                        ActorState::Serving(process, s)
+                    }
+                    None => ActorState::Exited,
+                },
+                ActorState::Serving(mut process, mut s) => {
+                    let end = self.serve(&mut process, &mut s).await;
+                    ActorState::Stopping(process, end)
+                }
+                ActorState::Stopping(process, end) => {
+                    if self.end(process, end).await {
+                        ActorState::Starting
+                    } else {
+                        ActorState::Exited
+                    }
+                }
+                ActorState::Exited => return,
+            };
+        }
+    }
+
+    /// Stops a served process as `end` says; true when another is to be
+    /// started.
+    async fn end(&mut self, process: S::Process, end: End) -> bool {
+        let grace = self.ctx.config.kill_grace;
+        let reason = match end {
+            End::Kill => {
+                process.kill().await;
+                return false;
+            }
+            End::Stop => {
+                process.stop(grace, &self.ctx.force).await;
+                return false;
+            }
+            End::Restart(reason) => reason,
+        };
+        self.ctx.metrics.restarted(reason);
+        tracing::info!(
+            handler = self.ctx.index,
+            pid = process.pid(),
+            "replacing handler process ({})",
+            reason.name()
+        );
+        process.stop(grace, &self.ctx.force).await;
+        self.spawner.kill_escaped(&self.ctx).await;
+        match reason {
+            // The handler ended by itself: that counts towards failing
+            // every job, and the next start waits its back-off.
+            RestartReason::Crashed | RestartReason::ExitedIdle => {
+                !self.failing_every_job() && self.pause().await
+            }
+            RestartReason::ProtocolError => self.pause().await,
+            RestartReason::Timeout
+            | RestartReason::Cancelled
+            | RestartReason::Refresh
+            | RestartReason::JobFailed
+            | RestartReason::StartFailed
+            | RestartReason::MaxJobs
+            | RestartReason::MaxMemory => true,
         }
     }
 }
 
-pub(super) struct Actor {
+pub(super) struct Actor<S> {
     pub(super) ctx: ActorContext,
     pub(super) backoff: Backoff,
-    state: ActorState,
+    pub(super) spawner: S,
+    /// Whether the pool's metrics count this actor's handler as ready.
+    ready: bool,
     /// How the last process ended by itself, for the report when the
     /// handler turns out to fail every job.
     last_end: String,
 }
 
-impl Actor {
+impl<S: Spawner> Actor<S> {
     /// Counts one more crash or exit of the handler; true (with a fatal
     /// error reported) when that makes too many in a row.
     fn failing_every_job(&mut self) -> bool {
@@ -256,64 +282,47 @@ impl Actor {
         true
     }
 
-    /// Moves to `state` and tells the pool how many jobs this actor could
-    /// start now.
-    pub(super) fn set_state(&mut self, state: ActorState) {
-        match (self.state.is_ready(), state.is_ready()) {
-            (false, true) => self.ctx.metrics.handler_up(),
-            (true, false) => self.ctx.metrics.handler_down(),
-            _ => {}
+    /// Tells the pool how many jobs this actor could start now: some only
+    /// while serving with its intake open (then the handler is ready).
+    fn tell_pool(&mut self, serving: Option<&Serving>) {
+        let (ready, room) = match serving {
+            Some(s) => (s.intake == Intake::Open, s.room(&self.ctx)),
+            None => (false, 0),
+        };
+        if ready != self.ready {
+            self.ready = ready;
+            if ready {
+                self.ctx.metrics.handler_up();
+            } else {
+                self.ctx.metrics.handler_down();
+            }
         }
-        self.state = state;
-        self.ctx
-            .room
-            .set(state.room(self.ctx.config.jobs_per_handler));
-    }
-
-    /// The state that matches the jobs held while serving.
-    fn serving_state(&self, s: &Serving) -> ActorState {
-        let jobs = s.jobs.len();
-        if s.draining.is_some() || !s.queue_open || self.ctx.stop.is_cancelled() {
-            return ActorState::Draining { jobs };
-        }
-        match self.state {
-            _ if jobs == 0 => ActorState::Idle,
-            ActorState::Busy { since, .. } => ActorState::Busy { jobs, since },
-            _ => ActorState::Busy {
-                jobs,
-                since: Instant::now(),
-            },
-        }
+        self.ctx.room.set(room);
     }
 
     /// Feeds jobs to a ready process until it must be replaced or stopped.
-    async fn serve(&mut self, process: &mut HandlerProcess) -> End {
-        let (stops, mut stop_requests) = mpsc::unbounded_channel();
-        let mut s = Serving {
-            jobs: HashMap::new(),
-            draining: None,
-            queue_open: true,
-            stops,
-            pid: process.pid,
-            served: 0,
-            stray: StrayLines::default(),
-        };
+    async fn serve(&mut self, process: &mut S::Process, s: &mut Serving) -> End {
         let mut tagged = String::new();
         loop {
-            self.set_state(self.serving_state(&s));
-            let room = self.state.room(self.ctx.config.jobs_per_handler) > 0;
+            if self.ctx.stop.is_cancelled() {
+                s.close();
+            }
+            self.tell_pool(Some(s));
+            let room = s.room(&self.ctx) > 0;
             let grace_over = s.next_grace_deadline();
             let step = tokio::select! {
                 biased;
                 _ = self.ctx.force.cancelled() => Step::Force,
-                line = process.stdout.recv() => Step::Line(line),
-                status = process.exit.wait() => Step::Exited(status),
-                Some((id, cause)) = stop_requests.recv() => Step::StopJob(id, cause),
+                event = process.next() => match event {
+                    Event::Line(line) => Step::Line(line),
+                    Event::Exited(status) => Step::Exited(status),
+                },
+                Some((id, cause)) = s.stop_requests.recv() => Step::StopJob(id, cause),
                 _ = sleep_until(grace_over), if grace_over.is_some() => Step::GraceOver,
                 ticket = self.ctx.queue.recv(), if room => Step::Job(ticket.ok()),
                 _ = self.ctx.stop.cancelled(), if s.jobs.is_empty() => Step::Shutdown,
             };
-            if let Some(end) = self.handle(step, process, &mut s).await {
+            if let Some(end) = self.handle(step, process, s).await {
                 return end;
             }
             // Stderr lines are tagged with the jobs the process holds now.
@@ -322,10 +331,8 @@ impl Actor {
                 process.set_jobs(ids.clone());
                 tagged = ids;
             }
-            if s.jobs.is_empty() {
-                if let Some(reason) = s.draining {
-                    return End::Restart(reason);
-                }
+            if let (true, Intake::Replace(reason)) = (s.jobs.is_empty(), s.intake) {
+                return End::Restart(reason);
             }
         }
     }
@@ -333,7 +340,7 @@ impl Actor {
     async fn handle(
         &mut self,
         step: Step,
-        process: &mut HandlerProcess,
+        process: &mut S::Process,
         s: &mut Serving,
     ) -> Option<End> {
         match step {
@@ -346,7 +353,7 @@ impl Actor {
             }
             Step::Shutdown => Some(End::Stop),
             Step::Job(None) => {
-                s.queue_open = false;
+                s.close();
                 None
             }
             Step::Job(Some(ticket)) => {
@@ -361,13 +368,13 @@ impl Actor {
         }
     }
 
-    fn handle_job(&mut self, mut ticket: JobTicket, process: &HandlerProcess, s: &mut Serving) {
+    fn handle_job(&mut self, mut ticket: JobTicket, process: &S::Process, s: &mut Serving) {
         if ticket.is_cancelled() {
             ticket.finish(JobResult::cancelled());
             return;
         }
         let id = ticket.id().to_owned();
-        tracing::debug!(job_id = %id, pid = process.pid, "job sent to handler");
+        tracing::debug!(job_id = %id, pid = process.pid(), "job sent to handler");
         process.send(std::mem::take(&mut ticket.job.line));
         // One deadline for the job, watched apart and when it waits to stream.
         let deadline = self
@@ -391,7 +398,7 @@ impl Actor {
     async fn handle_line(
         &mut self,
         line: Line,
-        process: &HandlerProcess,
+        process: &S::Process,
         s: &mut Serving,
     ) -> Option<End> {
         let max = self.ctx.config.max_output_size;
@@ -489,7 +496,7 @@ impl Actor {
             Some(RestartReason::Refresh)
         } else if !success && single && !self.ctx.config.keep_handler_on_error {
             Some(RestartReason::JobFailed)
-        } else if s.draining.is_none() {
+        } else if !matches!(s.intake, Intake::Replace(_)) {
             super::recycle::due(&self.ctx.config, s.served, s.pid)
         } else {
             None
@@ -497,7 +504,7 @@ impl Actor {
         match reason {
             Some(reason) if s.jobs.is_empty() => Some(End::Restart(reason)),
             Some(reason) => {
-                s.draining = Some(reason);
+                s.intake = Intake::Replace(reason);
                 None
             }
             None => None,
@@ -558,13 +565,13 @@ impl Actor {
     async fn handle_exit(
         &mut self,
         status: crate::os::ExitStatus,
-        process: &mut HandlerProcess,
+        process: &mut S::Process,
         s: &mut Serving,
     ) -> End {
         // Lines written just before the exit may still be in the pipe.
         let deadline = Instant::now() + DRAIN_AFTER_EXIT;
         while !s.jobs.is_empty() {
-            match tokio::time::timeout_at(deadline, process.stdout.recv()).await {
+            match tokio::time::timeout_at(deadline, process.recv()).await {
                 Ok(Some(line)) => {
                     self.handle_line(line, process, s).await;
                 }
@@ -574,10 +581,10 @@ impl Actor {
         let tail = process.stderr_tail().await;
         self.last_end = format!("handler {status}{}", stderr_note(&tail));
         if s.jobs.is_empty() {
-            tracing::warn!(pid = process.pid, "handler {status} while idle");
+            tracing::warn!(pid = process.pid(), "handler {status} while idle");
             return End::Restart(RestartReason::ExitedIdle);
         }
-        tracing::warn!(pid = process.pid, jobs = %s.ids(), "handler {status} while running jobs");
+        tracing::warn!(pid = process.pid(), jobs = %s.ids(), "handler {status} while running jobs");
         s.fail_all(
             JobFailure::new(FailureKind::HandlerCrashed, format!("handler {status}"))
                 .with_stderr(tail),
@@ -585,7 +592,7 @@ impl Actor {
         End::Restart(RestartReason::Crashed)
     }
 
-    async fn handle_stdout_closed(&mut self, process: &mut HandlerProcess, s: &mut Serving) -> End {
+    async fn handle_stdout_closed(&mut self, process: &mut S::Process, s: &mut Serving) -> End {
         if let Ok(status) = tokio::time::timeout(EXIT_AFTER_EOF, process.exited()).await {
             return self.handle_exit(status, process, s).await;
         }
@@ -604,7 +611,7 @@ impl Actor {
         &mut self,
         id: &str,
         cause: StopCause,
-        process: &HandlerProcess,
+        process: &S::Process,
         s: &mut Serving,
     ) -> Option<End> {
         let grace = self.ctx.config.kill_grace;
@@ -651,7 +658,7 @@ impl Actor {
     }
 }
 
-impl Actor {
+impl<S: Spawner> Actor<S> {
     /// Ends a job that was stopped: nothing for a cancel, an error for a
     /// timeout.
     fn end_stopped(&self, ticket: JobTicket, cause: StopCause, stray: &StrayLines) {
@@ -666,6 +673,34 @@ impl Actor {
 }
 
 impl Serving {
+    fn new(pid: i32) -> Serving {
+        let (stops, stop_requests) = mpsc::unbounded_channel();
+        Serving {
+            jobs: HashMap::new(),
+            intake: Intake::Open,
+            stops,
+            stop_requests,
+            pid,
+            served: 0,
+            stray: StrayLines::default(),
+        }
+    }
+
+    /// How many more jobs it could start now.
+    fn room(&self, ctx: &ActorContext) -> usize {
+        match self.intake {
+            Intake::Open => ctx.config.jobs_per_handler.saturating_sub(self.jobs.len()),
+            Intake::Closed | Intake::Replace(_) => 0,
+        }
+    }
+
+    /// Takes no more jobs: the pool is stopping.
+    fn close(&mut self) {
+        if self.intake == Intake::Open {
+            self.intake = Intake::Closed;
+        }
+    }
+
     fn ids(&self) -> String {
         let mut ids: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
         ids.sort_unstable();

@@ -2,7 +2,8 @@
 //! running process ([`process`]), and the two kinds of actor that own
 //! processes: [`actor`] keeps a persistent handler warm across jobs,
 //! [`oneshot`] starts a fresh process per job; [`startup`] brings a
-//! persistent handler to ready.
+//! persistent handler to ready. The persistent actor sees its process
+//! through [`running`], so its unit tests give it a scripted fake instead.
 
 use std::sync::Arc;
 
@@ -22,7 +23,13 @@ pub mod oneshot;
 pub mod process;
 pub mod protocol;
 mod recycle;
+mod running;
 mod startup;
+
+#[cfg(test)]
+mod actor_tests;
+#[cfg(test)]
+mod fake;
 
 /// What every actor is given by the pool.
 pub struct ActorContext {

@@ -6,8 +6,9 @@ use tokio::time::Instant;
 
 use super::actor::{Actor, EXIT_AFTER_EOF};
 use super::lines::{clip_middle, Line};
-use super::process::{HandlerProcess, LOG_LINE_MAX};
+use super::process::LOG_LINE_MAX;
 use super::protocol::{parse_line, Frame};
+use super::running::{Event, RunningHandler, Spawner};
 use crate::error::FatalError;
 use crate::metrics::RestartReason;
 
@@ -25,7 +26,7 @@ enum StartError {
     Fatal(FatalError),
 }
 
-impl Actor {
+impl<S: Spawner> Actor<S> {
     pub(super) fn stopping(&self) -> bool {
         self.ctx.stop.is_cancelled() || self.ctx.force.is_cancelled()
     }
@@ -43,7 +44,7 @@ impl Actor {
     /// Starts a process and waits until it is ready, retrying failed
     /// starts with back-off; `None` when the pool stops or the handler can
     /// never start (then a fatal error has been reported).
-    pub(super) async fn start(&mut self) -> Option<HandlerProcess> {
+    pub(super) async fn start(&mut self) -> Option<S::Process> {
         let mut failures = 0;
         loop {
             if self.stopping() {
@@ -83,16 +84,18 @@ impl Actor {
     /// Starts one process and waits for it to be ready. A process that
     /// does not get there is stopped as a whole group before this returns,
     /// so nothing it started can outlive the attempt.
-    async fn try_start(&mut self) -> Result<HandlerProcess, StartError> {
+    async fn try_start(&mut self) -> Result<S::Process, StartError> {
         let config = &self.ctx.config;
-        let mut process = HandlerProcess::spawn(config, &self.ctx.identity.worker_id, None)
+        let mut process = self
+            .spawner
+            .spawn(&self.ctx)
             .map_err(|e| StartError::Failed {
                 what: format!("cannot execute handler {:?}: {e}", config.argv[0]),
                 stderr: String::new(),
             })?;
         tracing::debug!(
             handler = self.ctx.index,
-            pid = process.pid,
+            pid = process.pid(),
             "handler started; waiting for {{\"ready\": true}}"
         );
         let ready = match self.wait_ready(&mut process).await {
@@ -108,7 +111,7 @@ impl Actor {
         }
     }
 
-    async fn wait_ready(&self, process: &mut HandlerProcess) -> Result<(), StartError> {
+    async fn wait_ready(&self, process: &mut S::Process) -> Result<(), StartError> {
         let config = &self.ctx.config;
         let started = Instant::now();
         let deadline = started + config.startup_timeout;
@@ -129,7 +132,7 @@ impl Actor {
                     self.ctx.metrics.handler_started(started.elapsed());
                     tracing::info!(
                         handler = self.ctx.index,
-                        pid = process.pid,
+                        pid = process.pid(),
                         "handler ready after {:.2}s",
                         started.elapsed().as_secs_f64()
                     );
@@ -151,12 +154,12 @@ impl Actor {
     /// Runs the `--warmup-input` job on a process that just became ready.
     /// An error answer, an exit or a closed stdout is a failed start; no
     /// answer within the start-up timeout is fatal, as for the ready line.
-    async fn warm_up(&self, process: &mut HandlerProcess) -> Result<(), StartError> {
+    async fn warm_up(&self, process: &mut S::Process) -> Result<(), StartError> {
         let config = &self.ctx.config;
         let Some(job) = &config.warmup else {
             return Ok(());
         };
-        let id = format!("jobpipe-warmup-{}", process.pid);
+        let id = format!("jobpipe-warmup-{}", process.pid());
         let mut job = job.clone();
         job["id"] = id.clone().into();
         process.send(job.to_string().into());
@@ -202,7 +205,7 @@ impl Actor {
                     self.ctx.metrics.handler_warmed_up(took);
                     tracing::info!(
                         handler = self.ctx.index,
-                        pid = process.pid,
+                        pid = process.pid(),
                         "warm-up job done in {:.2}s",
                         took.as_secs_f64()
                     );
@@ -219,15 +222,17 @@ impl Actor {
     /// the pool ends the start.
     async fn next_event(
         &self,
-        process: &mut HandlerProcess,
+        process: &mut S::Process,
         deadline: Instant,
     ) -> Result<Starting, StartError> {
         tokio::select! {
             _ = self.ctx.force.cancelled() => Err(StartError::Shutdown),
             _ = self.ctx.stop.cancelled() => Err(StartError::Shutdown),
             _ = tokio::time::sleep_until(deadline) => Ok(Starting::TimedOut),
-            status = process.exit.wait() => Ok(Starting::Exited(status)),
-            line = process.stdout.recv() => Ok(line.map_or(Starting::StdoutClosed, Starting::Line)),
+            event = process.next() => Ok(match event {
+                Event::Exited(status) => Starting::Exited(status),
+                Event::Line(line) => line.map_or(Starting::StdoutClosed, Starting::Line),
+            }),
         }
     }
 }
@@ -241,7 +246,7 @@ enum Starting {
 }
 
 /// A failed start, with the handler's last stderr lines: tried again.
-async fn failed(process: &mut HandlerProcess, what: String) -> StartError {
+async fn failed(process: &mut impl RunningHandler, what: String) -> StartError {
     StartError::Failed {
         what,
         stderr: process.stderr_tail().await,
@@ -249,7 +254,7 @@ async fn failed(process: &mut HandlerProcess, what: String) -> StartError {
 }
 
 /// A start that ran out of time: fatal, since the next would too.
-async fn too_slow(process: &mut HandlerProcess, what: String) -> StartError {
+async fn too_slow(process: &mut impl RunningHandler, what: String) -> StartError {
     let tail = process.stderr_tail().await;
     StartError::Fatal(FatalError::HandlerStart(format!(
         "{what}{}",
