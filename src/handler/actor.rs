@@ -32,7 +32,7 @@ use super::lines::{clip_middle, Line};
 use super::protocol::{cancel_line, parse_line, sniff_id, Frame};
 use super::running::{Event, OsSpawner, RunningHandler, Spawner};
 
-use super::startup::{log_stray_line, stderr_note};
+use super::report::{log_stray_line, stderr_note, EXIT_AFTER_EOF};
 use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::error::FatalError;
@@ -44,8 +44,6 @@ use crate::timer::sleep_until;
 /// Delays between restarts after a crash.
 const RESTART_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(10), 0.2);
-/// How long a closed stdout may precede the process's exit.
-pub(super) const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
 /// How long, after the process exited, lines it wrote are still read.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 

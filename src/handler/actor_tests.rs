@@ -25,7 +25,7 @@ use crate::os::ExitStatus;
 fn config() -> HandlerConfig {
     HandlerConfig {
         argv: vec!["fake-handler".into()],
-        mode: crate::config::Mode::Worker,
+        mode: crate::handler::config::Mode::Worker,
         concurrency: 1,
         jobs_per_handler: 1,
         startup_timeout: Duration::from_secs(30),

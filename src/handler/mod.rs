@@ -23,6 +23,7 @@ pub mod oneshot;
 pub mod process;
 pub mod protocol;
 mod recycle;
+mod report;
 mod running;
 mod startup;
 

@@ -4,10 +4,11 @@
 
 use tokio::time::Instant;
 
-use super::actor::{Actor, EXIT_AFTER_EOF};
+use super::actor::Actor;
 use super::lines::{clip_middle, Line};
 use super::process::LOG_LINE_MAX;
 use super::protocol::{parse_line, Frame};
+use super::report::{log_stray_line, stderr_note, EXIT_AFTER_EOF};
 use super::running::{Event, RunningHandler, Spawner};
 use crate::error::FatalError;
 use crate::metrics::RestartReason;
@@ -271,27 +272,5 @@ fn exit_hint(status: crate::os::ExitStatus) -> &'static str {
         }
         crate::os::ExitStatus::Code(126) => " (126: a command it runs is not executable)",
         _ => "",
-    }
-}
-
-pub(super) fn stderr_note(tail: &str) -> String {
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("; its stderr ended with:\n{tail}")
-    }
-}
-
-pub(super) fn log_stray_line(line: &Line) {
-    match line {
-        Line::Whole(bytes) => {
-            tracing::warn!(
-                "handler stdout, not a protocol line (protocol lines are JSON objects; print logs to stderr): {}",
-                clip_middle(&String::from_utf8_lossy(bytes), LOG_LINE_MAX)
-            );
-        }
-        Line::TooLong { len, .. } => {
-            tracing::warn!("handler wrote a {len} byte line to stdout outside any job; dropped");
-        }
     }
 }
