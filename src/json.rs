@@ -53,6 +53,35 @@ impl Json {
         Some(Json::one(text))
     }
 
+    /// Text the caller has checked to be one JSON value (UTF-8).
+    pub(crate) fn checked(text: Bytes) -> Json {
+        debug_assert!(Json::parse(text.clone()).is_some());
+        Json::one(text)
+    }
+
+    /// Checks that `text` is one JSON value, kept without a copy; gives
+    /// `text` back when it is not.
+    pub fn from_text(text: String) -> Result<Json, String> {
+        match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+            Ok(_) => Ok(Json::one(Bytes::from(text))),
+            Err(_) => Err(text),
+        }
+    }
+
+    /// The text in one buffer, without a copy when it is one piece.
+    pub fn into_bytes(self) -> Bytes {
+        match self.0 {
+            Repr::One(bytes) => bytes,
+            Repr::Pieces(pieces) => Bytes::from(pieces.concat()),
+        }
+    }
+
+    /// The text as an HTTP body of known length, its pieces sent in turn
+    /// rather than joined first.
+    pub fn into_http_body(self) -> HttpBody {
+        HttpBody(self.pieces().iter().cloned().collect())
+    }
+
     /// The part of `whole` that `raw` was read from, without a copy.
     /// `raw` must have been borrowed from `whole`'s bytes.
     pub(crate) fn slice_of(whole: &Bytes, raw: &RawValue) -> Json {
@@ -99,6 +128,33 @@ impl Json {
     /// True for `null`.
     pub fn is_null(&self) -> bool {
         self.contiguous().trim_ascii() == b"null"
+    }
+}
+
+/// A [`Json`] as an HTTP body (see [`Json::into_http_body`]).
+pub struct HttpBody(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for HttpBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|piece| Ok(http_body::Frame::data(piece))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().map(|p| p.len() as u64).sum())
     }
 }
 

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::task::AbortHandle;
 
@@ -14,6 +16,7 @@ use crate::backoff::BackoffPolicy;
 use crate::delivery::ResultSink;
 use crate::delivery::{Attempt, Post, PostKind};
 use crate::endpoint::queue::{Ending, Lease, Queue, QueueError};
+use crate::json::{self, Json};
 use crate::pool::Pool;
 
 /// Delays between writes of a job's update or end while the database
@@ -47,7 +50,7 @@ impl Held {
     }
 
     /// Records a taken job and starts its `executionTimeout` timer.
-    pub(super) fn hold(&self, lease: &Lease, queue: &Arc<dyn Queue>, pool: &Arc<Pool>) {
+    pub(super) fn hold(&self, lease: &Lease<Json>, queue: &Arc<dyn Queue>, pool: &Arc<Pool>) {
         let timer = lease.execution_timeout.map(|limit| {
             tokio::spawn(time_out(
                 lease.clone(),
@@ -89,7 +92,7 @@ impl Held {
 /// Ends a job that runs past its `executionTimeout` as TIMED_OUT, then
 /// stops its handler (whose own end is then not written).
 async fn time_out(
-    lease: Lease,
+    lease: Lease<Json>,
     limit: Duration,
     queue: Arc<dyn Queue>,
     pool: Arc<Pool>,
@@ -101,7 +104,10 @@ async fn time_out(
         "the job ran longer than its executionTimeout of {} ms; its handler was stopped",
         limit.as_millis()
     );
-    match queue.finish(id, &lease.token, Ending::TimedOut(why)).await {
+    match queue
+        .finish_raw(id, &lease.token, Ending::TimedOut(why))
+        .await
+    {
         Ok(true) => {
             tracing::info!(job_id = %id, "job ran past its executionTimeout; stopping its handler");
             held.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -129,13 +135,18 @@ impl ResultSink for QueueSink {
         // than fail the attempt: the queue logs the outage once, where a
         // failed attempt would be logged for every job at every retry.
         // Delivery's flush deadline still cuts this wait short.
+        // The handler's values go on as the text it wrote.
+        let ending = is_final.then(|| ending(&post.body));
         let mut delays = UNREACHABLE_RETRY.iter();
         let written = loop {
-            let body = post.body.to_value();
-            let written = match post.kind {
-                PostKind::Progress => self.queue.progress(id, &token, body).await,
-                PostKind::Stream => self.queue.stream(id, &token, body).await,
-                PostKind::Final { .. } => self.queue.finish(id, &token, ending(body)).await,
+            let body = post.body.clone();
+            let written = match (&post.kind, &ending) {
+                (PostKind::Progress, _) => self.queue.progress_raw(id, &token, body).await,
+                (PostKind::Stream, _) => self.queue.stream_raw(id, &token, body).await,
+                (PostKind::Final { .. }, Some(ending)) => {
+                    self.queue.finish_raw(id, &token, ending.clone()).await
+                }
+                (PostKind::Final { .. }, None) => unreachable!("a final post has its ending"),
             };
             match written {
                 Err(QueueError::Unavailable(why)) => {
@@ -162,18 +173,33 @@ impl ResultSink for QueueSink {
     }
 }
 
+/// The keys of a final result body, as the text of their values.
+#[derive(Deserialize)]
+struct FinalBody<'a> {
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    output: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    error: Option<&'a RawValue>,
+}
+
 /// What a final result body (`{"output"}` or `{"error", "output"?}`)
-/// means for the queue.
-fn ending(body: Value) -> Ending {
-    let Value::Object(mut body) = body else {
-        return Ending::Completed(body);
+/// means for the queue. The output stays the text the handler wrote (a
+/// slice of the body, no copy when the body is one piece).
+fn ending(body: &Json) -> Ending<Json> {
+    let whole = body.clone().into_bytes();
+    let is_object = whole.trim_ascii_start().starts_with(b"{");
+    let keys = match serde_json::from_slice::<FinalBody>(&whole) {
+        Ok(keys) if is_object => keys,
+        _ => return Ending::Completed(body.clone()),
     };
-    let Some(error) = body.remove("error") else {
-        return Ending::Completed(body.remove("output").unwrap_or(Value::Null));
+    let output = keys.output.map(|raw| Json::slice_of(&whole, raw));
+    let Some(error) = keys.error else {
+        return Ending::Completed(output.unwrap_or_else(Json::null));
     };
-    let error = match error {
-        Value::String(text) => text,
-        other => other.to_string(),
+    let error = match serde_json::from_str::<Value>(error.get()) {
+        Ok(Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(_) => error.get().to_owned(),
     };
     match failure_kind(&error) {
         Some((kind, message)) if RETRYABLE.contains(&kind.as_str()) => {
@@ -182,10 +208,7 @@ fn ending(body: Value) -> Ending {
         Some((kind, message)) if kind == "JobTimeout" => {
             Ending::TimedOut(format!("{kind}: {message}"))
         }
-        _ => Ending::Failed {
-            error,
-            output: body.remove("output"),
-        },
+        _ => Ending::Failed { error, output },
     }
 }
 
@@ -217,17 +240,47 @@ mod tests {
         JobFailure::new(kind, "went wrong").report(&identity)
     }
 
+    fn body(text: &str) -> Json {
+        Json::parse(bytes::Bytes::from(text.to_owned())).unwrap()
+    }
+
     #[test]
     fn crashes_are_retried_and_handler_errors_are_final() {
-        let crash = json!({"error": report(FailureKind::HandlerCrashed)});
-        assert!(matches!(ending(crash), Ending::Retry(m) if m.contains("went wrong")));
-        let own = json!({"error": "{\"error_type\": \"HandlerCrashed\"}", "output": 1});
+        let crash = Json::from_value(&json!({"error": report(FailureKind::HandlerCrashed)}));
+        assert!(matches!(ending(&crash), Ending::Retry(m) if m.contains("went wrong")));
+        let own = Json::from_value(
+            &json!({"error": "{\"error_type\": \"HandlerCrashed\"}", "output": 1}),
+        );
         assert!(
-            matches!(ending(own), Ending::Failed { output: Some(o), .. } if o == 1),
+            matches!(ending(&own), Ending::Failed { output: Some(o), .. } if o == body("1")),
             "a handler's own text is not a report"
         );
-        let timeout = json!({"error": report(FailureKind::Timeout)});
-        assert!(matches!(ending(timeout), Ending::TimedOut(_)));
-        assert_eq!(ending(json!({"output": 1})), Ending::Completed(json!(1)));
+        let timeout = Json::from_value(&json!({"error": report(FailureKind::Timeout)}));
+        assert!(matches!(ending(&timeout), Ending::TimedOut(_)));
+        assert_eq!(
+            ending(&body(r#"{"output":1}"#)),
+            Ending::Completed(body("1"))
+        );
+        assert_eq!(ending(&body("{}")), Ending::Completed(Json::null()));
+    }
+
+    #[test]
+    fn outputs_keep_the_handlers_text() {
+        let exact = r#"{"big": 1180591620717411303424, "neg": -0, "z": 1, "a": "\u00e9\n", "f": 1.50, "e": 2E+3}"#;
+        let completed = ending(&body(&format!(r#"{{"output": {exact}}}"#)));
+        assert_eq!(completed, Ending::Completed(body(exact)));
+        let failed = ending(&body(&format!(r#"{{"error": "no", "output": {exact}}}"#)));
+        assert_eq!(
+            failed,
+            Ending::Failed {
+                error: "no".into(),
+                output: Some(body(exact))
+            }
+        );
+        // A body in pieces (a large output) reads the same.
+        let large = Json::from_value(&json!("x".repeat(64 * 1024)));
+        let pieces = json::object([("output", &large)]);
+        assert!(pieces.pieces().len() > 1);
+        assert_eq!(ending(&pieces), Ending::Completed(large));
     }
 }

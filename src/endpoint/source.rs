@@ -201,7 +201,7 @@ async fn take_loop(
         let Some(mut slots) = runner.slots().await else {
             return;
         };
-        let leases = match queue.take(&worker, slots.len(), config.lease).await {
+        let leases = match queue.take_raw(&worker, slots.len(), config.lease).await {
             Ok(leases) => {
                 failures.reset();
                 leases
@@ -231,7 +231,8 @@ async fn take_loop(
             tracing::debug!(job_id = %lease.job_id, "attempt {} of this job", lease.attempt);
             ctx.pool.metrics.queue_wait(lease.waited);
             held.hold(&lease, queue, &ctx.pool);
-            runner.start_job(lease.payload, slot);
+            // The job object goes to the handler as it was queued.
+            runner.start_job_text(lease.payload.into_bytes(), slot);
         }
         report_slots(queue, &worker, &ctx.pool, &mut reported).await;
     }

@@ -85,7 +85,16 @@ async fn job_finished(events: &mut broadcast::Receiver<QueueEvent>) {
 }
 
 async fn deliver(queue: &dyn Queue, http: &reqwest::Client, post: WebhookPost) {
-    let outcome = match http.post(&post.url).json(&post.body).send().await {
+    // The body as it was written with the final status: the handler's
+    // output exactly as it wrote it.
+    let body = reqwest::Body::from(post.body.clone().into_bytes());
+    let sent = http
+        .post(&post.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await;
+    let outcome = match sent {
         Ok(response) if response.status().is_success() => Ok(()),
         Ok(response) => Err(format!("HTTP {}", response.status().as_u16())),
         Err(e) => Err(e.without_url().to_string()),
@@ -130,12 +139,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use async_trait::async_trait;
-    use serde_json::Value;
 
     use super::*;
     use crate::endpoint::queue::{
         Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueError, RetryOutcome, Swept,
     };
+    use crate::json::Json;
 
     /// A queue with no webhook ever due, counting how often it is asked.
     struct NothingDue {
@@ -159,16 +168,16 @@ mod tests {
         async fn webhook_later(&self, _: i64, _: SystemTime) -> Result<(), QueueError> {
             unreachable!("no post is due")
         }
-        async fn enqueue(&self, _: NewJob) -> Result<(), QueueError> {
+        async fn enqueue_raw(&self, _: NewJob<Json>) -> Result<(), QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn status(&self, _: &str) -> Result<Option<JobRecord>, QueueError> {
+        async fn status_raw(&self, _: &str) -> Result<Option<JobRecord<Json>>, QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn read_stream(
+        async fn read_stream_raw(
             &self,
             _: &str,
-        ) -> Result<Option<(JobStatus, Vec<Value>)>, QueueError> {
+        ) -> Result<Option<(JobStatus, Vec<Json>)>, QueueError> {
             unreachable!("not used by webhook delivery")
         }
         async fn cancel(&self, _: &str) -> Result<Option<JobStatus>, QueueError> {
@@ -183,7 +192,12 @@ mod tests {
         async fn health(&self) -> Result<Health, QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn take(&self, _: &str, _: usize, _: Duration) -> Result<Vec<Lease>, QueueError> {
+        async fn take_raw(
+            &self,
+            _: &str,
+            _: usize,
+            _: Duration,
+        ) -> Result<Vec<Lease<Json>>, QueueError> {
             unreachable!("not used by webhook delivery")
         }
         async fn renew(
@@ -193,13 +207,13 @@ mod tests {
         ) -> Result<Vec<String>, QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn progress(&self, _: &str, _: &str, _: Value) -> Result<bool, QueueError> {
+        async fn progress_raw(&self, _: &str, _: &str, _: Json) -> Result<bool, QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn stream(&self, _: &str, _: &str, _: Value) -> Result<bool, QueueError> {
+        async fn stream_raw(&self, _: &str, _: &str, _: Json) -> Result<bool, QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn finish(&self, _: &str, _: &str, _: Ending) -> Result<bool, QueueError> {
+        async fn finish_raw(&self, _: &str, _: &str, _: Ending<Json>) -> Result<bool, QueueError> {
             unreachable!("not used by webhook delivery")
         }
         async fn heartbeat(&self, _: &str, _: usize, _: usize) -> Result<(), QueueError> {

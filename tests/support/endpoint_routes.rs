@@ -31,6 +31,7 @@ macro_rules! all_route_tests {
             shutdown_refuses_new_jobs_answers_waiters_and_keeps_the_queue,
             webhooks_are_retried_until_delivered,
             webhooks_survive_a_restart,
+            json_text_passes_through_unchanged,
         );
     };
 }
@@ -655,4 +656,120 @@ pub async fn webhooks_survive_a_restart(store: &Store) {
         .unwrap();
     assert_eq!(delivered["id"], id.as_str());
     again.stop().await;
+}
+
+/// A job's input as the caller wrote it: an integer past 64 bits, `-0`,
+/// keys out of order, escapes, a trailing zero and an exponent, all of
+/// which parsing and writing the JSON again would change.
+const EXACT_INPUT: &str = r#"{"do": "raw-echo", "big": 1180591620717411303424, "neg": -0, "z": 1, "a": 2, "esc": "\u00e9\n", "f": 1.50, "e": 2E+3, "in": {"y": [-0.0, 1e-7], "x": null}}"#;
+
+/// Posts a body's text as it is; answers status and body text.
+async fn post_text(endpoint: &Endpoint, path: &str, body: String) -> (u16, String) {
+    let response = endpoint
+        .http
+        .post(format!("{}{path}", endpoint.base))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the endpoint answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+async fn get_text(endpoint: &Endpoint, path: &str) -> (u16, String) {
+    let response = endpoint
+        .http
+        .get(format!("{}{path}", endpoint.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("the endpoint answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The handler (fake_handler's raw-echo) answers with the text of the
+/// input it was given, as a stream partial and as its output; every answer
+/// must carry that text byte for byte. Bodies are compared as text, since
+/// parsing them would hide exactly the changes looked for.
+pub async fn json_text_passes_through_unchanged(store: &Store) {
+    // A webhook receiver that keeps the text of each post.
+    let (tx, mut hooks) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| async move {
+            let _ = tx.send(body);
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let endpoint = Endpoint::start(store, &[]).await;
+    let output = format!(r#""output":{EXACT_INPUT}"#);
+
+    // /run, then /status, /stream and the webhook.
+    let body = format!(r#"{{"input": {EXACT_INPUT}, "webhook": "{hook}"}}"#);
+    let (code, answer) = post_text(&endpoint, "/run", body).await;
+    assert_eq!(code, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let id = answer["id"].as_str().unwrap().to_owned();
+    endpoint.wait_for(&id, "COMPLETED").await;
+    let (code, status) = get_text(&endpoint, &format!("/status/{id}")).await;
+    assert_eq!(code, 200, "{status}");
+    assert!(
+        status.contains(&output),
+        "/status changed the output: {status}"
+    );
+    let (code, stream) = get_text(&endpoint, &format!("/stream/{id}")).await;
+    assert_eq!(code, 200, "{stream}");
+    assert!(
+        stream.contains(&format!(r#""stream":[{{{output}}}]"#)),
+        "/stream changed the partial: {stream}"
+    );
+    let posted = tokio::time::timeout(super::endpoint::WAIT, hooks.recv())
+        .await
+        .expect("the webhook is posted")
+        .unwrap();
+    assert!(
+        posted.contains(&output),
+        "the webhook changed the output: {posted}"
+    );
+    let posted: Value = serde_json::from_str(&posted).unwrap();
+    assert_eq!(
+        (posted["id"].as_str(), posted["status"].as_str()),
+        (Some(id.as_str()), Some("COMPLETED"))
+    );
+
+    // /runsync, with the body's own "id" (replaced, so the job object is
+    // written again from the text of its values), white space of its own,
+    // and an input large enough to travel in pieces.
+    let large = EXACT_INPUT.replace(
+        r#""z": 1"#,
+        &format!(r#""z": 1, "pad": "{}""#, "p".repeat(40_000)),
+    );
+    for (body, input) in [
+        (format!("\t{{ \"input\" :{EXACT_INPUT} }} "), EXACT_INPUT),
+        (
+            format!(r#"{{"id": "mine", "input": {large}, "policy": {{"ttl": 60000}}}}"#),
+            large.as_str(),
+        ),
+        (
+            format!(r#"{{"input": 1, "input": {EXACT_INPUT}}}"#),
+            EXACT_INPUT,
+        ),
+    ] {
+        let (code, answer) = post_text(&endpoint, "/runsync", body).await;
+        assert_eq!(code, 200, "{answer}");
+        assert!(
+            answer.contains(&format!(r#""output":{input}"#)),
+            "/runsync changed the output: {answer:.500}"
+        );
+        let parsed: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(parsed["status"], "COMPLETED", "{answer:.500}");
+        assert_ne!(parsed["id"], "mine", "the job's id is jobpipe's");
+    }
+    endpoint.stop().await;
 }

@@ -1,12 +1,13 @@
 //! One function per route. Each answers RunPod's JSON shape, or an
-//! [`ApiError`].
+//! [`ApiError`]. A job's output goes out as the text its handler wrote.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -15,8 +16,25 @@ use super::error::ApiError;
 use super::request::parse_job;
 use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
 use crate::endpoint::queue::{JobStatus, QueueEvent, RetryOutcome};
+use crate::json::{self, Json as JsonText};
 
 type Answer = Result<Json<Value>, ApiError>;
+/// An answer that carries a job's output as its text.
+type TextAnswer = Result<TextBody, ApiError>;
+
+/// A JSON body written as the text it is.
+pub(crate) struct TextBody(JsonText);
+
+impl IntoResponse for TextBody {
+    fn into_response(self) -> Response {
+        let mut response = Response::new(Body::new(self.0.into_http_body()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
 
 /// How often a waiting `/runsync` looks at its job without being told.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -34,7 +52,7 @@ pub(crate) async fn run(State(state): State<ApiState>, headers: HeaderMap, body:
         state.schema.as_deref(),
     )?;
     let id = job.id.clone();
-    state.queue.enqueue(job).await?;
+    state.queue.enqueue_raw(job).await?;
     Ok(Json(json!({"id": id, "status": "IN_QUEUE"})))
 }
 
@@ -43,7 +61,7 @@ pub(crate) async fn runsync(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
-) -> Answer {
+) -> TextAnswer {
     if state.closing.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
@@ -69,7 +87,7 @@ pub(crate) async fn runsync(
     let id = job.id.clone();
     // Subscribed before the job exists, so its end cannot be missed.
     let mut events = state.queue.subscribe();
-    state.queue.enqueue(job).await?;
+    state.queue.enqueue_raw(job).await?;
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
@@ -80,7 +98,7 @@ pub(crate) async fn runsync(
                 Ok(_) => {}
                 // Missed events: look at the job itself.
                 Err(RecvError::Lagged(_)) => {
-                    if state.queue.status(&id).await?.is_none_or(|r| r.status.is_final()) {
+                    if state.queue.status_raw(&id).await?.is_none_or(|r| r.status.is_final()) {
                         break;
                     }
                 }
@@ -91,37 +109,45 @@ pub(crate) async fn runsync(
             // A notification lost with a database connection must not
             // leave the caller waiting: look now and then.
             _ = recheck.tick() => {
-                if state.queue.status(&id).await?.is_none_or(|r| r.status.is_final()) {
+                if state.queue.status_raw(&id).await?.is_none_or(|r| r.status.is_final()) {
                     break;
                 }
             }
         }
     }
-    match state.queue.status(&id).await? {
-        Some(record) => Ok(Json(record.to_json())),
+    match state.queue.status_raw(&id).await? {
+        Some(record) => Ok(TextBody(record.to_json())),
         None => Err(ApiError::NotFound(format!(
             "job {id} was removed (purged) before it ended"
         ))),
     }
 }
 
-pub(crate) async fn status(State(state): State<ApiState>, Path(params): Params) -> Answer {
+pub(crate) async fn status(State(state): State<ApiState>, Path(params): Params) -> TextAnswer {
     let id = job_id(&params);
-    match state.queue.status(id).await? {
-        Some(record) => Ok(Json(record.to_json())),
+    match state.queue.status_raw(id).await? {
+        Some(record) => Ok(TextBody(record.to_json())),
         None => Err(unknown_job(id)),
     }
 }
 
-pub(crate) async fn stream(State(state): State<ApiState>, Path(params): Params) -> Answer {
+pub(crate) async fn stream(State(state): State<ApiState>, Path(params): Params) -> TextAnswer {
     let id = job_id(&params);
-    let Some((status, partials)) = state.queue.read_stream(id).await? else {
+    let Some((status, partials)) = state.queue.read_stream_raw(id).await? else {
         return Err(unknown_job(id));
     };
-    let stream: Vec<Value> = partials.into_iter().map(|p| json!({"output": p})).collect();
-    Ok(Json(
-        json!({"id": id, "status": status.as_str(), "stream": stream}),
-    ))
+    let chunks: Vec<JsonText> = partials
+        .iter()
+        .map(|p| json::object([("output", p)]))
+        .collect();
+    let stream = json::array(&chunks);
+    let id = JsonText::from_value(&json!(id));
+    let status = JsonText::from_value(&json!(status.as_str()));
+    Ok(TextBody(json::object([
+        ("id", &id),
+        ("status", &status),
+        ("stream", &stream),
+    ])))
 }
 
 pub(crate) async fn cancel(State(state): State<ApiState>, Path(params): Params) -> Answer {

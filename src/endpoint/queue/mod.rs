@@ -22,6 +22,13 @@
 //! * Finished jobs are deleted when their retention runs out, so the
 //!   database does not grow with the jobs that pass through it.
 //!
+//! JSON travels as text ([`Json`]): a job's object as it was submitted
+//! (with its `id` added), the handler's output as it wrote it. The stores
+//! keep that text, and the API answers with it, so numbers of any size,
+//! `-0`, key order and escapes reach the handler and the caller unchanged.
+//! The methods whose names end in `_raw` carry the text; the others are
+//! the same calls with parsed values, for code that builds jobs itself.
+//!
 //! Changes are announced on a broadcast channel ([`QueueEvent`]) so that
 //! idle workers wake at once, `/runsync` answers as soon as the job ends,
 //! and a cancel reaches the worker holding the job.
@@ -31,6 +38,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
+
+use crate::json::{self, Json};
 
 pub mod postgres;
 mod postgres_conn;
@@ -83,15 +92,28 @@ impl JobStatus {
     }
 }
 
-/// A job accepted by `/run` or `/runsync`.
+/// A job accepted by `/run` or `/runsync`; `NewJob<Json>` carries the
+/// job object's text.
 #[derive(Debug, Clone)]
-pub struct NewJob {
+pub struct NewJob<P = Value> {
     pub id: String,
     /// The job object the handler receives: `id`, `input`, and the caller's
     /// other keys (`webhook`, `policy`, ...).
-    pub payload: Value,
+    pub payload: P,
     pub webhook: Option<String>,
     pub policy: JobPolicy,
+}
+
+impl NewJob {
+    /// The job with its object as text.
+    pub fn into_raw(self) -> NewJob<Json> {
+        NewJob {
+            id: self.id,
+            payload: Json::from_value(&self.payload),
+            webhook: self.webhook,
+            policy: self.policy,
+        }
+    }
 }
 
 /// How long a job may wait, run and be kept, and how often it may be tried.
@@ -108,13 +130,14 @@ pub struct JobPolicy {
     pub retention: Duration,
 }
 
-/// A job as `/status` shows it.
+/// A job as `/status` shows it; `JobRecord<Json>` carries the output's
+/// text.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JobRecord {
+pub struct JobRecord<O = Value> {
     pub id: String,
     pub status: JobStatus,
     /// The result, or the latest progress update while running.
-    pub output: Option<Value>,
+    pub output: Option<O>,
     pub error: Option<String>,
     pub attempts: u32,
     pub worker_id: Option<String>,
@@ -124,54 +147,91 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
 }
 
-impl JobRecord {
-    /// The JSON object RunPod's `/status` answers with.
-    pub fn to_json(&self) -> Value {
-        let mut body = json!({
-            "id": self.id,
-            "status": self.status.as_str(),
-            "retries": self.attempts.saturating_sub(1),
-        });
-        if let Some(started) = self.started_at {
-            body["delayTime"] = json!((started - self.created_at).max(0));
+impl JobRecord<Json> {
+    /// The JSON object RunPod's `/status` answers with, the output as its
+    /// text. Keys in alphabetical order, as RunPod sends them.
+    pub fn to_json(&self) -> Json {
+        let mut fields: Vec<(&str, Json)> = Vec::with_capacity(8);
+        let times = self.started_at.map(|started| {
             let end = self.finished_at.unwrap_or_else(now_ms);
-            body["executionTime"] = json!((end - started).max(0));
-        }
-        if let Some(worker) = &self.worker_id {
-            body["workerId"] = json!(worker);
-        }
-        if let Some(output) = &self.output {
-            body["output"] = output.clone();
+            ((started - self.created_at).max(0), (end - started).max(0))
+        });
+        if let Some((delay, _)) = times {
+            fields.push(("delayTime", Json::from_value(&json!(delay))));
         }
         if let Some(error) = &self.error {
-            body["error"] = json!(error);
+            fields.push(("error", Json::from_value(&json!(error))));
         }
-        body
+        if let Some((_, execution)) = times {
+            fields.push(("executionTime", Json::from_value(&json!(execution))));
+        }
+        fields.push(("id", Json::from_value(&json!(self.id))));
+        if let Some(output) = &self.output {
+            fields.push(("output", output.clone()));
+        }
+        let retries = self.attempts.saturating_sub(1);
+        fields.push(("retries", Json::from_value(&json!(retries))));
+        fields.push(("status", Json::from_value(&json!(self.status.as_str()))));
+        if let Some(worker) = &self.worker_id {
+            fields.push(("workerId", Json::from_value(&json!(worker))));
+        }
+        json::object(fields.iter().map(|(key, value)| (*key, value)))
+    }
+
+    /// The record with its output parsed.
+    pub fn parsed(self) -> JobRecord {
+        JobRecord {
+            id: self.id,
+            status: self.status,
+            output: self.output.map(|output| output.to_value()),
+            error: self.error,
+            attempts: self.attempts,
+            worker_id: self.worker_id,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        }
     }
 }
 
-/// A job held by a worker under a lease.
+/// A job held by a worker under a lease; `Lease<Json>` carries the job
+/// object's text.
 #[derive(Debug, Clone)]
-pub struct Lease {
+pub struct Lease<P = Value> {
     pub job_id: String,
     /// Proves the lease is still this worker's when it writes.
     pub token: String,
     /// 1 for the first take.
     pub attempt: u32,
-    pub payload: Value,
+    pub payload: P,
     pub execution_timeout: Option<Duration>,
     /// How long the job waited in the queue before this take.
     pub waited: Duration,
 }
 
-/// How a leased job ends, as the worker reports it.
+impl Lease<Json> {
+    /// The lease with its job object parsed.
+    pub fn parsed(self) -> Lease {
+        Lease {
+            job_id: self.job_id,
+            token: self.token,
+            attempt: self.attempt,
+            payload: self.payload.to_value(),
+            execution_timeout: self.execution_timeout,
+            waited: self.waited,
+        }
+    }
+}
+
+/// How a leased job ends, as the worker reports it; `Ending<Json>` carries
+/// the output's text.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Ending {
-    Completed(Value),
+pub enum Ending<O = Value> {
+    Completed(O),
     /// The handler's own error: final, not retried.
     Failed {
         error: String,
-        output: Option<Value>,
+        output: Option<O>,
     },
     /// The attempt ran past `executionTimeout`.
     TimedOut(String),
@@ -179,6 +239,21 @@ pub enum Ending {
     /// job is queued again while attempts remain, else it fails with this
     /// error.
     Retry(String),
+}
+
+impl Ending {
+    /// The ending with its output as text.
+    pub fn into_raw(self) -> Ending<Json> {
+        match self {
+            Ending::Completed(output) => Ending::Completed(Json::from_value(&output)),
+            Ending::Failed { error, output } => Ending::Failed {
+                error,
+                output: output.as_ref().map(Json::from_value),
+            },
+            Ending::TimedOut(why) => Ending::TimedOut(why),
+            Ending::Retry(why) => Ending::Retry(why),
+        }
+    }
 }
 
 /// What `/retry` found.
@@ -217,7 +292,8 @@ pub struct WebhookPost {
     pub id: i64,
     pub job_id: String,
     pub url: String,
-    pub body: Value,
+    /// The JSON text to post.
+    pub body: Json,
     /// Failed posts so far.
     pub attempts: u32,
     pub created_at: i64,
@@ -269,11 +345,14 @@ pub trait Queue: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<QueueEvent>;
 
     // Caller side.
-    async fn enqueue(&self, job: NewJob) -> Result<(), QueueError>;
-    async fn status(&self, id: &str) -> Result<Option<JobRecord>, QueueError>;
-    /// The partials not read before, oldest first, with the job's status;
-    /// they are marked read.
-    async fn read_stream(&self, id: &str) -> Result<Option<(JobStatus, Vec<Value>)>, QueueError>;
+    /// Queues a job whose object is kept as the text given.
+    async fn enqueue_raw(&self, job: NewJob<Json>) -> Result<(), QueueError>;
+    /// The job, its output as the text the handler wrote.
+    async fn status_raw(&self, id: &str) -> Result<Option<JobRecord<Json>>, QueueError>;
+    /// The partials not read before, oldest first, as the handler wrote
+    /// them, with the job's status; they are marked read.
+    async fn read_stream_raw(&self, id: &str)
+        -> Result<Option<(JobStatus, Vec<Json>)>, QueueError>;
     /// Cancels a job that has not ended; returns its status afterwards.
     async fn cancel(&self, id: &str) -> Result<Option<JobStatus>, QueueError>;
     async fn retry(&self, id: &str) -> Result<RetryOutcome, QueueError>;
@@ -282,13 +361,14 @@ pub trait Queue: Send + Sync + 'static {
     async fn health(&self) -> Result<Health, QueueError>;
 
     // Worker side.
-    /// Takes up to `count` queued jobs for `worker`, each under a lease.
-    async fn take(
+    /// Takes up to `count` queued jobs for `worker`, each under a lease,
+    /// with the job objects as they were queued.
+    async fn take_raw(
         &self,
         worker: &str,
         count: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError>;
+    ) -> Result<Vec<Lease<Json>>, QueueError>;
     /// Extends leases; returns the ids of the jobs whose lease is no longer
     /// held (cancelled, or lost), which the worker must stop.
     async fn renew(
@@ -297,12 +377,23 @@ pub trait Queue: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Vec<String>, QueueError>;
     /// Records a progress update (shown as the running job's output).
-    async fn progress(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError>;
+    async fn progress_raw(
+        &self,
+        job_id: &str,
+        token: &str,
+        output: Json,
+    ) -> Result<bool, QueueError>;
     /// Appends a stream partial; false when the lease is no longer held.
-    async fn stream(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError>;
+    async fn stream_raw(&self, job_id: &str, token: &str, output: Json)
+        -> Result<bool, QueueError>;
     /// Ends a leased job; false (and nothing written) when the lease is no
     /// longer held.
-    async fn finish(&self, job_id: &str, token: &str, ending: Ending) -> Result<bool, QueueError>;
+    async fn finish_raw(
+        &self,
+        job_id: &str,
+        token: &str,
+        ending: Ending<Json>,
+    ) -> Result<bool, QueueError>;
     /// Reports this worker's handler slots, so `/health` can count them.
     async fn heartbeat(&self, worker: &str, capacity: usize, busy: usize)
         -> Result<(), QueueError>;
@@ -317,6 +408,40 @@ pub trait Queue: Send + Sync + 'static {
     async fn webhook_done(&self, id: i64) -> Result<(), QueueError>;
     /// Schedules another try of a webhook post.
     async fn webhook_later(&self, id: i64, at: SystemTime) -> Result<(), QueueError>;
+
+    // The same calls with parsed values.
+    async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
+        self.enqueue_raw(job.into_raw()).await
+    }
+    async fn status(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        Ok(self.status_raw(id).await?.map(JobRecord::parsed))
+    }
+    async fn read_stream(&self, id: &str) -> Result<Option<(JobStatus, Vec<Value>)>, QueueError> {
+        Ok(self
+            .read_stream_raw(id)
+            .await?
+            .map(|(status, partials)| (status, partials.iter().map(Json::to_value).collect())))
+    }
+    async fn take(
+        &self,
+        worker: &str,
+        count: usize,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let leases = self.take_raw(worker, count, lease).await?;
+        Ok(leases.into_iter().map(Lease::parsed).collect())
+    }
+    async fn progress(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
+        self.progress_raw(job_id, token, Json::from_value(&output))
+            .await
+    }
+    async fn stream(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
+        self.stream_raw(job_id, token, Json::from_value(&output))
+            .await
+    }
+    async fn finish(&self, job_id: &str, token: &str, ending: Ending) -> Result<bool, QueueError> {
+        self.finish_raw(job_id, token, ending.into_raw()).await
+    }
 }
 
 /// Logs a failed queue call, unless the database is unreachable: the store
@@ -342,12 +467,37 @@ pub(crate) fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-// How both stores keep a job: JSON as text, the status as its RunPod name.
-// Reading a row back goes through these, so the stores cannot disagree.
+// How both stores keep a job: JSON as the text it came as (`text` columns,
+// never PostgreSQL's `jsonb`, which rewrites numbers and reorders keys), the
+// status as its RunPod name. Reading a row back goes through these, so the
+// stores cannot disagree.
 
-/// A value kept as JSON text; text that is not JSON reads as a string.
-pub(crate) fn stored_json(text: String) -> Value {
-    serde_json::from_str(&text).unwrap_or(Value::String(text))
+/// A value kept as JSON text, read back as that text; text that is not
+/// JSON reads as a string.
+pub(crate) fn stored_json(text: String) -> Json {
+    Json::from_text(text).unwrap_or_else(|text| Json::from_value(&Value::String(text)))
+}
+
+/// Whether a completed job's output is empty (`null` or `[]`): a streaming
+/// handler's is, and the job's output is then the list of its partials.
+/// Looks no further than the first bytes that are not white space.
+pub(crate) fn is_empty_output(output: &Json) -> bool {
+    let mut bytes = output
+        .pieces()
+        .iter()
+        .flat_map(|piece| piece.iter().copied())
+        .filter(|b| !b.is_ascii_whitespace());
+    match bytes.next() {
+        // The only JSON value that starts with `n`.
+        Some(b'n') => true,
+        Some(b'[') => bytes.next() == Some(b']') && bytes.next().is_none(),
+        _ => false,
+    }
+}
+
+/// The partials as one output: `[p1, p2, ...]`.
+pub(crate) fn partials_output(partials: &[Json]) -> Json {
+    json::array(partials)
 }
 
 /// A status column that holds no status this jobpipe knows: the database
@@ -362,7 +512,7 @@ pub(crate) fn stored_status(text: &str) -> Result<JobStatus, UnknownStatus> {
 }
 
 /// Stream partials read as `(seq, output)` rows, oldest first.
-pub(crate) fn stored_partials(mut rows: Vec<(i64, String)>) -> Vec<Value> {
+pub(crate) fn stored_partials(mut rows: Vec<(i64, String)>) -> Vec<Json> {
     rows.sort_by_key(|(seq, _)| *seq);
     rows.into_iter()
         .map(|(_, text)| stored_json(text))
@@ -376,38 +526,88 @@ pub(crate) fn retry_delay_ms(attempts: i64) -> i64 {
     (1000_i64 << exponent).min(60_000)
 }
 
-/// The body of a job's webhook post: the final job object.
+/// The body of a job's webhook post: the final job object, the output as
+/// its text, keys in alphabetical order.
 pub(crate) fn webhook_body(
     id: &str,
     status: JobStatus,
-    output: &Option<Value>,
+    output: &Option<Json>,
     error: &Option<String>,
-) -> Value {
-    let mut body = json!({"id": id, "status": status.as_str()});
-    if let Some(output) = output {
-        body["output"] = output.clone();
-    }
-    if let Some(error) = error {
-        body["error"] = json!(error);
-    }
-    body
+) -> Json {
+    let error = error.as_ref().map(|error| Json::from_value(&json!(error)));
+    let id = Json::from_value(&json!(id));
+    let status = Json::from_value(&json!(status.as_str()));
+    let fields = [
+        ("error", error.as_ref()),
+        ("id", Some(&id)),
+        ("output", output.as_ref()),
+        ("status", Some(&status)),
+    ];
+    json::object(
+        fields
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| (key, value))),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn text(json: &Json) -> String {
+        json.text().into_owned()
+    }
+
     #[test]
     fn stored_values_read_back_as_written() {
-        assert_eq!(stored_json(r#"{"a":1}"#.into()), json!({"a": 1}));
-        assert_eq!(stored_json("not json".into()), json!("not json"));
-        let rows = vec![(3, "3".into()), (1, "1".into()), (2, "x".into())];
-        assert_eq!(stored_partials(rows), [json!(1), json!("x"), json!(3)]);
+        let exact = r#"{"z": 1180591620717411303424, "a": -0, "e": "\u00e9", "f": 1.50}"#;
+        assert_eq!(text(&stored_json(exact.into())), exact);
+        assert_eq!(text(&stored_json("not json".into())), r#""not json""#);
+        let rows = vec![(3, "3".into()), (1, "-0".into()), (2, "x".into())];
+        let partials: Vec<String> = stored_partials(rows).iter().map(text).collect();
+        assert_eq!(partials, ["-0", r#""x""#, "3"]);
         for status in JobStatus::ALL {
             assert_eq!(stored_status(status.as_str()).unwrap(), status);
         }
         let unknown = stored_status("DONE").unwrap_err().to_string();
         assert!(unknown.contains("\"DONE\""), "{unknown}");
+    }
+
+    #[test]
+    fn empty_outputs_are_null_or_an_empty_list() {
+        for empty in ["null", "[]", " [ \n ] ", "\tnull"] {
+            let output = Json::parse(empty.as_bytes().to_vec().into()).unwrap();
+            assert!(is_empty_output(&output), "{empty:?}");
+        }
+        for full in ["[0]", "{}", "\"\"", "0", "[null]"] {
+            let output = Json::parse(full.as_bytes().to_vec().into()).unwrap();
+            assert!(!is_empty_output(&output), "{full:?}");
+        }
+    }
+
+    #[test]
+    fn answers_carry_the_output_text_unchanged() {
+        let output = stored_json(r#"{"n": -0, "big": 1180591620717411303424}"#.into());
+        let record = JobRecord {
+            id: "j".into(),
+            status: JobStatus::Completed,
+            output: Some(output.clone()),
+            error: None,
+            attempts: 1,
+            worker_id: Some("w".into()),
+            created_at: 1,
+            started_at: Some(3),
+            finished_at: Some(10),
+        };
+        assert_eq!(
+            text(&record.to_json()),
+            r#"{"delayTime":2,"executionTime":7,"id":"j","output":{"n": -0, "big": 1180591620717411303424},"retries":0,"status":"COMPLETED","workerId":"w"}"#
+        );
+        let body = webhook_body("j", JobStatus::Failed, &Some(output), &Some("e".into()));
+        assert_eq!(
+            text(&body),
+            r#"{"error":"e","id":"j","output":{"n": -0, "big": 1180591620717411303424},"status":"FAILED"}"#
+        );
     }
 
     #[test]

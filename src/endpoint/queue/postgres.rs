@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -35,6 +34,7 @@ use super::{
     RetryOutcome, Swept, WebhookPost,
 };
 use crate::backoff::BackoffPolicy;
+use crate::json::Json;
 
 /// Connections one process keeps at most.
 const POOL_SIZE: usize = 16;
@@ -174,17 +174,20 @@ impl Queue for PgQueue {
         self.events.subscribe()
     }
 
-    async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
+    async fn enqueue_raw(&self, job: NewJob<Json>) -> Result<(), QueueError> {
         self.call(|client| async move { ops::enqueue(&client, &job).await })
             .await
     }
 
-    async fn status(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+    async fn status_raw(&self, id: &str) -> Result<Option<JobRecord<Json>>, QueueError> {
         self.call(|client| async move { ops::status(&client, id).await })
             .await
     }
 
-    async fn read_stream(&self, id: &str) -> Result<Option<(JobStatus, Vec<Value>)>, QueueError> {
+    async fn read_stream_raw(
+        &self,
+        id: &str,
+    ) -> Result<Option<(JobStatus, Vec<Json>)>, QueueError> {
         self.call(|mut client| async move { ops::read_stream(&mut client, id).await })
             .await
     }
@@ -212,12 +215,12 @@ impl Queue for PgQueue {
             .await
     }
 
-    async fn take(
+    async fn take_raw(
         &self,
         worker: &str,
         count: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
+    ) -> Result<Vec<Lease<Json>>, QueueError> {
         if count == 0 {
             return Ok(Vec::new());
         }
@@ -234,20 +237,30 @@ impl Queue for PgQueue {
             .await
     }
 
-    async fn progress(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
+    async fn progress_raw(
+        &self,
+        job_id: &str,
+        token: &str,
+        output: Json,
+    ) -> Result<bool, QueueError> {
         self.call(|client| async move {
             let sql = "UPDATE jobpipe.jobs SET output = $3
                  WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'";
             let statement = client.prepare_cached(sql).await?;
             let changed = client
-                .execute(&statement, &[&job_id, &token, &output.to_string()])
+                .execute(&statement, &[&job_id, &token, &&*output.text()])
                 .await?;
             Ok(changed > 0)
         })
         .await
     }
 
-    async fn stream(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
+    async fn stream_raw(
+        &self,
+        job_id: &str,
+        token: &str,
+        output: Json,
+    ) -> Result<bool, QueueError> {
         self.call(|client| async move {
             // One statement: the partial is added only under the lease, and
             // the notification goes out with it.
@@ -259,14 +272,19 @@ impl Queue for PgQueue {
                  SELECT pg_notify('jobpipe', 's:' || job_id) FROM added";
             let statement = client.prepare_cached(sql).await?;
             let rows = client
-                .query(&statement, &[&job_id, &token, &output.to_string()])
+                .query(&statement, &[&job_id, &token, &&*output.text()])
                 .await?;
             Ok(!rows.is_empty())
         })
         .await
     }
 
-    async fn finish(&self, job_id: &str, token: &str, ending: Ending) -> Result<bool, QueueError> {
+    async fn finish_raw(
+        &self,
+        job_id: &str,
+        token: &str,
+        ending: Ending<Json>,
+    ) -> Result<bool, QueueError> {
         self.call(|mut client| async move { ops::finish(&mut client, job_id, token, ending).await })
             .await
     }

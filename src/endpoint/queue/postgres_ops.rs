@@ -7,14 +7,15 @@
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Object, Transaction};
-use serde_json::Value;
 use tokio_postgres::Row;
 
 use super::postgres_listen::{payload, CHANNEL};
 use super::{
-    duration_ms, retry_delay_ms, stored_json, stored_partials, stored_status, webhook_body, Ending,
-    Health, JobRecord, JobStatus, Lease, NewJob, QueueEvent, RetryOutcome, Swept, WebhookPost,
+    duration_ms, is_empty_output, partials_output, retry_delay_ms, stored_json, stored_partials,
+    stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueEvent,
+    RetryOutcome, Swept, WebhookPost,
 };
+use crate::json::Json;
 
 /// Most rows one maintenance pass changes, so no transaction runs long.
 const SWEEP_BATCH: i64 = 500;
@@ -88,7 +89,7 @@ async fn notify(client: &impl GenericClient, event: &QueueEvent) -> Result<(), F
     Ok(())
 }
 
-pub(super) async fn enqueue(client: &Object, job: &NewJob) -> Result<(), Fault> {
+pub(super) async fn enqueue(client: &Object, job: &NewJob<Json>) -> Result<(), Fault> {
     let sql = "WITH added AS (
             INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after)
@@ -100,12 +101,13 @@ pub(super) async fn enqueue(client: &Object, job: &NewJob) -> Result<(), Fault> 
     let statement = client.prepare_cached(sql).await?;
     let policy = job.policy;
     let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
+    let payload = job.payload.text();
     let rows = client
         .query(
             &statement,
             &[
                 &job.id,
-                &job.payload.to_string(),
+                &&*payload,
                 &job.webhook,
                 &policy.execution_timeout.map(duration_ms),
                 &duration_ms(policy.ttl),
@@ -120,7 +122,7 @@ pub(super) async fn enqueue(client: &Object, job: &NewJob) -> Result<(), Fault> 
     Ok(())
 }
 
-pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord>, Fault> {
+pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord<Json>>, Fault> {
     let sql = "SELECT id, status, output, error, attempts, worker_id, created_at, started_at,
             finished_at FROM jobpipe.jobs WHERE id = $1";
     let statement = client.prepare_cached(sql).await?;
@@ -154,7 +156,7 @@ async fn lock_status(tx: &Transaction<'_>, id: &str) -> Result<Option<JobStatus>
 pub(super) async fn read_stream(
     client: &mut Object,
     id: &str,
-) -> Result<Option<(JobStatus, Vec<Value>)>, Fault> {
+) -> Result<Option<(JobStatus, Vec<Json>)>, Fault> {
     let tx = client.transaction().await?;
     let statement = tx
         .prepare_cached("SELECT status FROM jobpipe.jobs WHERE id = $1")
@@ -184,7 +186,7 @@ async fn finalize(
     tx: &Transaction<'_>,
     id: &str,
     status: JobStatus,
-    output: Option<Value>,
+    output: Option<Json>,
     error: Option<String>,
 ) -> Result<(), Fault> {
     let statement = tx
@@ -195,13 +197,16 @@ async fn finalize(
              WHERE id = $1 RETURNING webhook, finished_at",
         )
         .await?;
-    let output_text = output.as_ref().map(Value::to_string);
+    let output_text = output.as_ref().map(|output| output.text());
+    let output_text = output_text.as_deref();
     let row = tx
         .query_one(&statement, &[&id, &status.as_str(), &output_text, &error])
         .await?;
     if let Some(url) = row.get::<_, Option<String>>(0) {
         let finished_at: i64 = row.get(1);
-        let body = webhook_body(id, status, &output, &error).to_string();
+        let body = webhook_body(id, status, &output, &error);
+        let body = body.text();
+        let body: &str = &body;
         let statement = tx
             .prepare_cached(
                 "INSERT INTO jobpipe.webhooks (job_id, url, body, next_at, created_at)
@@ -319,7 +324,7 @@ pub(super) async fn take(
     worker: &str,
     slots: usize,
     lease: Duration,
-) -> Result<Vec<Lease>, Fault> {
+) -> Result<Vec<Lease<Json>>, Fault> {
     let sql = "WITH picked AS (
             SELECT id FROM jobpipe.jobs
              WHERE status = 'IN_QUEUE' AND run_after <= jobpipe.now_ms()
@@ -342,7 +347,7 @@ pub(super) async fn take(
     Ok(rows.iter().map(lease_of).collect())
 }
 
-fn lease_of(row: &Row) -> Lease {
+fn lease_of(row: &Row) -> Lease<Json> {
     Lease {
         job_id: row.get(0),
         token: row.get(1),
@@ -389,7 +394,7 @@ pub(super) async fn finish(
     client: &mut Object,
     id: &str,
     token: &str,
-    ending: Ending,
+    ending: Ending<Json>,
 ) -> Result<bool, Fault> {
     let tx = client.transaction().await?;
     let statement = tx
@@ -405,10 +410,15 @@ pub(super) async fn finish(
         Ending::Completed(output) => {
             // A streaming handler's final output is empty: the job's output
             // is then the list of its partials.
-            let empty = output.is_null() || output.as_array().is_some_and(Vec::is_empty);
-            let output = match partials(&tx, id).await? {
-                list if empty && !list.is_empty() => Value::Array(list),
-                _ => output,
+            let list = if is_empty_output(&output) {
+                partials(&tx, id).await?
+            } else {
+                Vec::new()
+            };
+            let output = if list.is_empty() {
+                output
+            } else {
+                partials_output(&list)
             };
             finalize(&tx, id, JobStatus::Completed, Some(output), None).await?;
         }
@@ -426,7 +436,7 @@ pub(super) async fn finish(
     Ok(true)
 }
 
-async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Value>, Fault> {
+async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Json>, Fault> {
     let statement = tx
         .prepare_cached("SELECT output FROM jobpipe.stream WHERE job_id = $1 ORDER BY seq")
         .await?;

@@ -17,14 +17,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{
-    duration_ms, now_ms, retry_delay_ms, stored_json, stored_partials, stored_status, to_ms,
-    webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, Queue, QueueError,
-    QueueEvent, RetryOutcome, Swept, WebhookPost,
+    duration_ms, is_empty_output, now_ms, partials_output, retry_delay_ms, stored_json,
+    stored_partials, stored_status, to_ms, webhook_body, Ending, Health, JobRecord, JobStatus,
+    Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
 };
+use crate::json::Json;
 
 /// Most rows one maintenance pass changes, so no transaction runs long.
 const SWEEP_BATCH: i64 = 500;
@@ -147,23 +147,18 @@ fn finalize(
     tx: &Transaction,
     id: &str,
     status: JobStatus,
-    output: Option<Value>,
+    output: Option<Json>,
     error: Option<String>,
     events: &mut Vec<QueueEvent>,
 ) -> rusqlite::Result<()> {
     let now = now_ms();
+    let output_text = output.as_ref().map(|output| output.text());
     let webhook: Option<Option<String>> = tx
         .query_row(
             "UPDATE jobs SET status = ?2, output = ?3, error = ?4, finished_at = ?5,
                 expires_at = ?5 + retention_ms, lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?1 RETURNING webhook",
-            params![
-                id,
-                status.as_str(),
-                output.as_ref().map(Value::to_string),
-                error,
-                now
-            ],
+            params![id, status.as_str(), output_text.as_deref(), error, now],
             |row| row.get(0),
         )
         .optional()?;
@@ -171,7 +166,7 @@ fn finalize(
         let body = webhook_body(id, status, &output, &error);
         tx.execute(
             "INSERT INTO webhooks (job_id, url, body, next_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![id, url, body.to_string(), now],
+            params![id, url, &*body.text(), now],
         )?;
     }
     events.push(QueueEvent::Finished(id.to_owned()));
@@ -228,7 +223,7 @@ fn job_status(tx: &Transaction, id: &str) -> rusqlite::Result<Option<JobStatus>>
 }
 
 /// The partials of a job, oldest first.
-fn partials(tx: &Transaction, id: &str) -> rusqlite::Result<Vec<Value>> {
+fn partials(tx: &Transaction, id: &str) -> rusqlite::Result<Vec<Json>> {
     let mut stmt = tx.prepare_cached("SELECT output FROM stream WHERE job_id = ?1 ORDER BY seq")?;
     let rows = stmt.query_map([id], |row| row.get::<_, String>(0))?;
     rows.map(|text| text.map(stored_json)).collect()
@@ -240,19 +235,20 @@ impl Queue for SqliteQueue {
         self.events.subscribe()
     }
 
-    async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {
+    async fn enqueue_raw(&self, job: NewJob<Json>) -> Result<(), QueueError> {
         let id = job.id.clone();
         let inserted = self
             .write(move |tx, events| {
                 let now = now_ms();
                 let p = job.policy;
+                let payload = job.payload.text();
                 let inserted = tx.execute(
                     "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
                         ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after)
                      VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
                     params![
                         job.id,
-                        job.payload.to_string(),
+                        &*payload,
                         job.webhook,
                         p.execution_timeout.map(duration_ms),
                         duration_ms(p.ttl),
@@ -271,7 +267,7 @@ impl Queue for SqliteQueue {
         Ok(())
     }
 
-    async fn status(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+    async fn status_raw(&self, id: &str) -> Result<Option<JobRecord<Json>>, QueueError> {
         let id = id.to_owned();
         self.call(move |conn| {
             conn.query_row(
@@ -297,7 +293,10 @@ impl Queue for SqliteQueue {
         .await
     }
 
-    async fn read_stream(&self, id: &str) -> Result<Option<(JobStatus, Vec<Value>)>, QueueError> {
+    async fn read_stream_raw(
+        &self,
+        id: &str,
+    ) -> Result<Option<(JobStatus, Vec<Json>)>, QueueError> {
         let id = id.to_owned();
         self.write(move |tx, _| {
             let Some(status) = job_status(tx, &id)? else {
@@ -398,12 +397,12 @@ impl Queue for SqliteQueue {
         .await
     }
 
-    async fn take(
+    async fn take_raw(
         &self,
         worker: &str,
         count: usize,
         lease: Duration,
-    ) -> Result<Vec<Lease>, QueueError> {
+    ) -> Result<Vec<Lease<Json>>, QueueError> {
         let worker = worker.to_owned();
         let lease_ms = duration_ms(lease);
         self.write(move |tx, _| {
@@ -468,19 +467,29 @@ impl Queue for SqliteQueue {
         .await
     }
 
-    async fn progress(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
+    async fn progress_raw(
+        &self,
+        job_id: &str,
+        token: &str,
+        output: Json,
+    ) -> Result<bool, QueueError> {
         let (id, token) = (job_id.to_owned(), token.to_owned());
         self.write(move |tx, _| {
             let changed = tx.execute(
                 "UPDATE jobs SET output = ?3 WHERE id = ?1 AND lease_token = ?2 AND status = 'IN_PROGRESS'",
-                params![id, token, output.to_string()],
+                params![id, token, &*output.text()],
             )?;
             Ok(changed > 0)
         })
         .await
     }
 
-    async fn stream(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
+    async fn stream_raw(
+        &self,
+        job_id: &str,
+        token: &str,
+        output: Json,
+    ) -> Result<bool, QueueError> {
         let (id, token) = (job_id.to_owned(), token.to_owned());
         self.write(move |tx, events| {
             if !holds(tx, &id, &token)? {
@@ -489,7 +498,7 @@ impl Queue for SqliteQueue {
             tx.execute(
                 "INSERT INTO stream (job_id, seq, output)
                  VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM stream WHERE job_id = ?1), ?2)",
-                params![id, output.to_string()],
+                params![id, &*output.text()],
             )?;
             events.push(QueueEvent::Streamed(id));
             Ok(true)
@@ -497,7 +506,12 @@ impl Queue for SqliteQueue {
         .await
     }
 
-    async fn finish(&self, job_id: &str, token: &str, ending: Ending) -> Result<bool, QueueError> {
+    async fn finish_raw(
+        &self,
+        job_id: &str,
+        token: &str,
+        ending: Ending<Json>,
+    ) -> Result<bool, QueueError> {
         let (id, token) = (job_id.to_owned(), token.to_owned());
         self.write(move |tx, events| {
             if !holds(tx, &id, &token)? {
@@ -507,10 +521,15 @@ impl Queue for SqliteQueue {
                 Ending::Completed(output) => {
                     // A streaming handler's final output is empty: the job's
                     // output is then the list of its partials.
-                    let empty = output.is_null() || output.as_array().is_some_and(Vec::is_empty);
-                    let output = match partials(tx, &id)? {
-                        list if empty && !list.is_empty() => Value::Array(list),
-                        _ => output,
+                    let list = if is_empty_output(&output) {
+                        partials(tx, &id)?
+                    } else {
+                        Vec::new()
+                    };
+                    let output = if list.is_empty() {
+                        output
+                    } else {
+                        partials_output(&list)
                     };
                     finalize(tx, &id, JobStatus::Completed, Some(output), None, events)?;
                 }
