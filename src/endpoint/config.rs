@@ -142,6 +142,18 @@ pub struct EndpointArgs {
     /// days.
     #[arg(long, env = "JOBPIPE_RESULT_RETENTION", default_value = "30m", value_parser = parse_long_duration)]
     pub result_retention: Duration,
+
+    /// Secret that signs webhook posts: each carries `X-Jobpipe-Signature:
+    /// t=UNIX_SECONDS,v1=HEX`, HEX being the HMAC-SHA256, keyed with the
+    /// secret, of "UNIX_SECONDS.BODY" (Stripe's scheme; check the time to
+    /// refuse replays) [default: posts are not signed]; never logged.
+    #[arg(
+        long,
+        env = "JOBPIPE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub webhook_secret: Option<String>,
 }
 
 impl EndpointArgs {
@@ -221,6 +233,11 @@ impl EndpointArgs {
             spool_dir,
             max_undelivered,
             take_jobs: !self.api_only,
+            webhook_secret: self
+                .webhook_secret
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(Arc::from),
         })
     }
 

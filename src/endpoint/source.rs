@@ -62,6 +62,8 @@ pub struct QueueSourceConfig {
     pub max_undelivered: usize,
     /// False with `--api-only`: serve the API, run no jobs here.
     pub take_jobs: bool,
+    /// Signs webhook posts (`--webhook-secret`); never printed.
+    pub webhook_secret: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for QueueSourceConfig {
@@ -70,6 +72,10 @@ impl std::fmt::Debug for QueueSourceConfig {
             .field("queue", &self.queue)
             .field("api_addr", &self.api_addr)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -111,7 +117,11 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         });
     }
     if !config.take_jobs {
-        tasks.spawn(webhook_task(queue.clone(), background.clone()));
+        tasks.spawn(webhook_task(
+            queue.clone(),
+            config.webhook_secret.clone(),
+            background.clone(),
+        ));
         ctx.pool.metrics.serve_api_only();
         tasks.spawn(upkeep(
             queue.clone(),
@@ -138,7 +148,11 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         max_undelivered: config.max_undelivered,
     };
     let runner = Runner::start(sink, &ctx, options).await?;
-    tasks.spawn(webhook_task(queue.clone(), background.clone()));
+    tasks.spawn(webhook_task(
+        queue.clone(),
+        config.webhook_secret.clone(),
+        background.clone(),
+    ));
     let metrics = ctx.pool.metrics.clone();
     tasks.spawn(upkeep(
         queue.clone(),
@@ -374,8 +388,8 @@ async fn upkeep(
     }
 }
 
-async fn webhook_task(queue: Arc<dyn Queue>, stop: CancellationToken) {
-    crate::endpoint::webhook::run(queue, stop).await;
+async fn webhook_task(queue: Arc<dyn Queue>, secret: Option<Arc<str>>, stop: CancellationToken) {
+    crate::endpoint::webhook::run(queue, secret, stop).await;
 }
 
 #[cfg(test)]

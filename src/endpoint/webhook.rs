@@ -1,35 +1,67 @@
 //! Webhook delivery: the final job object is POSTed to the job's `webhook`
 //! URL. Posts wait in the queue's database (written with the final status),
-//! so a restart does not lose them; this task sends the due ones a few at a
-//! time, apart from the job path, so a slow or dead receiver never holds up
-//! the queue. A failed post is tried again with back-off until it is a day
-//! old.
+//! so a restart does not lose them; this task sends the due ones apart from
+//! the job path, so a slow or dead receiver never holds up the queue. A
+//! failed post is tried again with back-off until it is a day old.
+//!
+//! Receivers are kept apart, so one that hangs or keeps failing delays only
+//! its own posts ([`receivers`]): each gets a few posts in flight, and a
+//! circuit breaker backs it off on its own. Posts taken from the database
+//! for a receiver that cannot take them now are held here briefly (a
+//! bounded number) or put back, due later, so the database keeps handing
+//! out the posts of healthy receivers. Posts are signed with
+//! `--webhook-secret` ([`signature`]).
 
+#[path = "webhook_post.rs"]
+mod post;
+#[path = "webhook_receivers.rs"]
+mod receivers;
+#[path = "webhook_signature.rs"]
+mod signature;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::BackoffPolicy;
-use crate::endpoint::queue::{now_ms, Queue, QueueEvent, WebhookPost};
+use self::post::{deliver, origin, shown, GIVE_UP_AFTER};
+use self::receivers::{Health, Receivers, Verdict};
+use self::signature::Signer;
+use crate::endpoint::queue::{log_failure, now_ms, Queue, QueueEvent, WebhookPost};
 
-/// Delays between tries of one post.
-const RETRY: BackoffPolicy =
-    BackoffPolicy::new(Duration::from_millis(500), Duration::from_secs(600), 0.2);
-/// A post not delivered after this long is given up, with an error logged.
-const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
-/// Posts in flight at once.
-const PARALLEL: usize = 8;
-/// Timeout of one post.
+pub use self::signature::HEADER as SIGNATURE_HEADER;
+
+/// Posts in flight at once, over all receivers: the task count and the
+/// bodies in memory stay bounded whatever the receivers do.
+const PARALLEL: usize = 32;
+/// Due posts taken from the database at once.
+const FETCH: usize = 32;
+/// Posts held here waiting for their receiver's turn, in all and per
+/// receiver, and for how long at most before they go back to the database
+/// (well within the database's 60 s claim on a taken post).
+const HOLD: usize = 32;
+const HOLD_PER_RECEIVER: usize = 4 * receivers::PER_RECEIVER;
+const HOLD_FOR: Duration = Duration::from_secs(20);
+/// When a post whose receiver is busy, and that cannot be held, is due
+/// again.
+const BUSY_AGAIN: Duration = Duration::from_secs(1);
+/// Timeouts of one post: a receiver that does not accept the connection
+/// soon is as good as down; one that accepts but does not answer holds a
+/// slot of its own receiver's for at most `POST_TIMEOUT`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often due posts are looked for when no job ends.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// Sends due webhook posts until `stop` is cancelled.
-pub async fn run(queue: Arc<dyn Queue>, stop: CancellationToken) {
+/// Sends due webhook posts until `stop` is cancelled, signing them with
+/// `secret` if there is one.
+pub async fn run(queue: Arc<dyn Queue>, secret: Option<Arc<str>>, stop: CancellationToken) {
     let http = match reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
         .timeout(POST_TIMEOUT)
         .user_agent(concat!("jobpipe/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -41,33 +73,184 @@ pub async fn run(queue: Arc<dyn Queue>, stop: CancellationToken) {
         }
     };
     let mut events = queue.subscribe();
-    // Every post runs in `posts`, reaped before new ones are spawned, so
-    // its length is the number in flight: never more than PARALLEL tasks,
-    // each holding one post, whatever the receivers do.
-    let mut posts = JoinSet::new();
+    let mut delivery = Delivery {
+        queue,
+        http,
+        signer: secret.as_deref().map(Signer::new),
+        receivers: Receivers::default(),
+        held: VecDeque::new(),
+        posts: JoinSet::new(),
+        origins: HashMap::new(),
+    };
     loop {
-        while posts.try_join_next().is_some() {}
-        let free = PARALLEL - posts.len();
-        if free > 0 {
-            match queue.webhooks_due(free).await {
-                Ok(due) => {
-                    for post in due.into_iter().take(free) {
-                        let (queue, http) = (queue.clone(), http.clone());
-                        posts.spawn(async move { deliver(&*queue, &http, post).await });
-                    }
-                }
-                Err(e) => crate::endpoint::queue::log_failure("reading due webhooks", &e),
+        delivery.reap();
+        if delivery.dispatch().await {
+            // More are due and a slot is free: look again at once.
+            if stop.is_cancelled() {
+                break;
             }
+            continue;
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            Some(_) = posts.join_next() => {}
+            Some(done) = delivery.posts.join_next_with_id() => delivery.ended(done),
             _ = job_finished(&mut events) => {}
             _ = tokio::time::sleep(IDLE_CHECK) => {}
         }
     }
-    // Posts in flight get their timeout to finish; the rest stay queued.
-    while posts.join_next().await.is_some() {}
+    // Posts in flight get their timeout to finish; held ones are due again
+    // when the database's claim on them runs out.
+    while let Some(done) = delivery.posts.join_next_with_id().await {
+        delivery.ended(done);
+    }
+}
+
+/// The delivery task's state.
+struct Delivery {
+    queue: Arc<dyn Queue>,
+    http: reqwest::Client,
+    signer: Option<Signer>,
+    receivers: Receivers,
+    /// Posts taken whose receiver was busy, oldest first.
+    held: VecDeque<Held>,
+    /// Every post in flight, reaped before new ones start, so its length
+    /// is the number in flight.
+    posts: JoinSet<(String, Health)>,
+    /// The receiver of each post in flight, by task, should one panic.
+    origins: HashMap<tokio::task::Id, String>,
+}
+
+struct Held {
+    post: WebhookPost,
+    origin: String,
+    since: Instant,
+}
+
+/// Posts taken this round that do not go out now.
+#[derive(Default)]
+struct PutBack {
+    /// Ids put back into the database, by when they are due again.
+    due: HashMap<Instant, Vec<i64>>,
+    /// Posts a day old whose receiver is backed off: given up.
+    expired: Vec<WebhookPost>,
+}
+
+impl PutBack {
+    fn is_empty(&self) -> bool {
+        self.due.is_empty() && self.expired.is_empty()
+    }
+
+    /// Puts a post back, due at `at`, unless it is a day old: a post held
+    /// back that long (its receiver's circuit open all day) is given up as
+    /// a failing one is.
+    fn add(&mut self, post: WebhookPost, at: Instant) {
+        if now_ms() - post.created_at > GIVE_UP_AFTER.as_millis() as i64 {
+            self.expired.push(post);
+        } else {
+            self.due.entry(at).or_default().push(post.id);
+        }
+    }
+
+    async fn write(self, queue: &dyn Queue, now: Instant) {
+        for (at, ids) in self.due {
+            let at = SystemTime::now() + at.saturating_duration_since(now);
+            if let Err(e) = queue.webhooks_defer(&ids, at).await {
+                // They are due again when the claim on them runs out.
+                log_failure("putting back webhook posts", &e);
+            }
+        }
+        for post in self.expired {
+            tracing::error!(job_id = %post.job_id, "webhook to {} not delivered for a day (its receiver kept failing); giving up", shown(&post.url));
+            if let Err(e) = queue.webhook_done(post.id).await {
+                log_failure("giving up a webhook", &e);
+            }
+        }
+    }
+}
+
+impl Delivery {
+    fn reap(&mut self) {
+        while let Some(done) = self.posts.try_join_next_with_id() {
+            self.ended(done);
+        }
+    }
+
+    fn ended(&mut self, done: Result<(tokio::task::Id, (String, Health)), tokio::task::JoinError>) {
+        let (id, health) = match done {
+            Ok((id, (_, health))) => (id, health),
+            Err(e) => (e.id(), Health::Failed),
+        };
+        if let Some(origin) = self.origins.remove(&id) {
+            self.receivers.finished(&origin, health, Instant::now());
+        }
+    }
+
+    /// Starts the held posts whose receiver is free, then due posts from
+    /// the database; answers whether more may be due with a slot free.
+    async fn dispatch(&mut self) -> bool {
+        let now = Instant::now();
+        let mut put_back = PutBack::default();
+        for held in std::mem::take(&mut self.held) {
+            match self.receivers.verdict(&held.origin, now) {
+                Verdict::Start if self.posts.len() < PARALLEL => self.start(held.post, held.origin),
+                Verdict::Open(until) => put_back.add(held.post, until),
+                _ if now - held.since > HOLD_FOR => put_back.add(held.post, now),
+                _ => self.held.push_back(held),
+            }
+        }
+        let mut more = false;
+        if self.posts.len() < PARALLEL {
+            match self.queue.webhooks_due(FETCH).await {
+                Ok(due) => {
+                    more = due.len() == FETCH;
+                    for post in due {
+                        self.sort(post, now, &mut put_back);
+                    }
+                }
+                Err(e) => log_failure("reading due webhooks", &e),
+            }
+        }
+        // Looking again at once makes progress only if this round put
+        // posts back (behind the rest) and a slot is free.
+        more &= !put_back.is_empty() && self.posts.len() < PARALLEL;
+        put_back.write(&*self.queue, now).await;
+        more
+    }
+
+    /// Starts, holds or puts back a post just taken.
+    fn sort(&mut self, post: WebhookPost, now: Instant, put_back: &mut PutBack) {
+        let origin = origin(&post.url);
+        let verdict = self.receivers.verdict(&origin, now);
+        if let Verdict::Open(until) = verdict {
+            return put_back.add(post, until);
+        }
+        if verdict == Verdict::Start && self.posts.len() < PARALLEL {
+            return self.start(post, origin);
+        }
+        let held_here = self.held.iter().filter(|h| h.origin == origin).count();
+        if self.held.len() < HOLD && held_here < HOLD_PER_RECEIVER {
+            self.held.push_back(Held {
+                post,
+                origin,
+                since: now,
+            });
+        } else if verdict == Verdict::Busy {
+            put_back.add(post, now + BUSY_AGAIN);
+        } else {
+            put_back.add(post, now);
+        }
+    }
+
+    fn start(&mut self, post: WebhookPost, origin: String) {
+        self.receivers.started(&origin, Instant::now());
+        let (queue, http, signer) = (self.queue.clone(), self.http.clone(), self.signer.clone());
+        let task_origin = origin.clone();
+        let task = self.posts.spawn(async move {
+            let health = deliver(&*queue, &http, signer.as_ref(), post).await;
+            (task_origin, health)
+        });
+        self.origins.insert(task.id(), origin);
+    }
 }
 
 /// Resolves when a job ends (its webhook may be due now) or events were
@@ -81,56 +264,6 @@ async fn job_finished(events: &mut broadcast::Receiver<QueueEvent>) {
             // The queue is gone; the idle check alone remains.
             Err(RecvError::Closed) => std::future::pending().await,
         }
-    }
-}
-
-async fn deliver(queue: &dyn Queue, http: &reqwest::Client, post: WebhookPost) {
-    // The body as it was written with the final status: the handler's
-    // output exactly as it wrote it.
-    let body = reqwest::Body::from(post.body.clone().into_bytes());
-    let sent = http
-        .post(&post.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await;
-    let outcome = match sent {
-        Ok(response) if response.status().is_success() => Ok(()),
-        Ok(response) => Err(format!("HTTP {}", response.status().as_u16())),
-        Err(e) => Err(e.without_url().to_string()),
-    };
-    let id = &post.job_id;
-    let recorded = match outcome {
-        Ok(()) => {
-            tracing::debug!(job_id = %id, "webhook delivered");
-            queue.webhook_done(post.id).await
-        }
-        Err(why) if now_ms() - post.created_at > GIVE_UP_AFTER.as_millis() as i64 => {
-            tracing::error!(job_id = %id, "webhook to {} failed ({why}) for a day; giving up", shown(&post.url));
-            queue.webhook_done(post.id).await
-        }
-        Err(why) => {
-            let delay = RETRY
-                .iter()
-                .nth(post.attempts as usize)
-                .unwrap_or(RETRY.max);
-            tracing::warn!(job_id = %id, "webhook post failed ({why}); retrying in {}ms", delay.as_millis());
-            queue
-                .webhook_later(post.id, SystemTime::now() + delay)
-                .await
-        }
-    };
-    if let Err(e) = recorded {
-        tracing::warn!(job_id = %id, "cannot record the webhook's delivery: {e}");
-    }
-}
-
-/// A webhook URL as logs show it: its origin alone, since the path or
-/// query of many webhook URLs is their secret.
-fn shown(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(url) => format!("{}/…", url.origin().ascii_serialization()),
-        Err(_) => "an invalid URL".to_owned(),
     }
 }
 
@@ -158,7 +291,7 @@ mod tests {
             self.events.subscribe()
         }
         async fn webhooks_due(&self, limit: usize) -> Result<Vec<WebhookPost>, QueueError> {
-            assert!(limit <= PARALLEL);
+            assert!(limit <= FETCH);
             self.asked.fetch_add(1, Ordering::SeqCst);
             Ok(Vec::new())
         }
@@ -166,6 +299,9 @@ mod tests {
             unreachable!("no post is due")
         }
         async fn webhook_later(&self, _: i64, _: SystemTime) -> Result<(), QueueError> {
+            unreachable!("no post is due")
+        }
+        async fn webhooks_defer(&self, _: &[i64], _: SystemTime) -> Result<(), QueueError> {
             unreachable!("no post is due")
         }
         async fn enqueue_raw(&self, _: NewJob<Json>) -> Result<(), QueueError> {
@@ -239,7 +375,7 @@ mod tests {
             asked: AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(queue.clone(), stop.clone()));
+        let task = tokio::spawn(run(queue.clone(), None, stop.clone()));
         let asked = || queue.asked.load(Ordering::SeqCst);
         // Paused, the clock moves only once every task waits.
         let settle = |ms| tokio::time::sleep(Duration::from_millis(ms));

@@ -2,7 +2,8 @@
 //! store (see `route_tests!`): every route, every error answer, streaming,
 //! cancellation, timeouts, ttl, retries and attempts.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -32,6 +33,8 @@ macro_rules! all_route_tests {
             webhooks_are_retried_until_delivered,
             webhooks_survive_a_restart,
             json_text_passes_through_unchanged,
+            webhooks_to_a_hanging_receiver_do_not_delay_others,
+            webhook_posts_are_signed_with_the_secret,
         );
     };
 }
@@ -656,6 +659,230 @@ pub async fn webhooks_survive_a_restart(store: &Store) {
         .unwrap();
     assert_eq!(delivered["id"], id.as_str());
     again.stop().await;
+}
+
+/// A webhook receiver that records each post with its arrival time and
+/// signature header, answering 200.
+struct Recorder {
+    url: String,
+    posts: std::sync::Arc<std::sync::Mutex<Vec<Arrival>>>,
+}
+
+#[derive(Clone)]
+struct Arrival {
+    at: Instant,
+    signature: Option<String>,
+    body: bytes::Bytes,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        use axum::extract::State;
+        type Posts = std::sync::Arc<std::sync::Mutex<Vec<Arrival>>>;
+        let posts: Posts = Default::default();
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    |State(posts): State<Posts>,
+                     headers: axum::http::HeaderMap,
+                     body: bytes::Bytes| async move {
+                        let signature = headers
+                            .get("x-jobpipe-signature")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        posts.lock().unwrap().push(Arrival {
+                            at: Instant::now(),
+                            signature,
+                            body,
+                        });
+                        "ok"
+                    },
+                ),
+            )
+            .with_state(posts.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Recorder { url, posts }
+    }
+
+    /// Waits for the post of job `id`.
+    async fn arrival(&self, id: &str) -> Arrival {
+        let started = Instant::now();
+        loop {
+            let found = self
+                .posts
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|a| serde_json::from_slice::<Value>(&a.body).unwrap()["id"] == id)
+                .cloned();
+            if let Some(arrival) = found {
+                return arrival;
+            }
+            assert!(
+                started.elapsed() < super::endpoint::WAIT,
+                "the webhook of {id} never came"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A webhook receiver that accepts connections and never answers; it
+/// counts the connections open, each one a post in flight.
+struct Hanging {
+    url: String,
+    open: std::sync::Arc<AtomicUsize>,
+    /// Most connections open at once, after a grace for closes to be seen.
+    most: std::sync::Arc<AtomicUsize>,
+    close: tokio_util::sync::CancellationToken,
+}
+
+impl Hanging {
+    async fn start() -> Hanging {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let hanging = Hanging {
+            url,
+            open: Default::default(),
+            most: Default::default(),
+            close: Default::default(),
+        };
+        let (open, most, close) = (
+            hanging.open.clone(),
+            hanging.most.clone(),
+            hanging.close.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let mut stream = tokio::select! {
+                    accepted = listener.accept() => accepted.unwrap().0,
+                    _ = close.cancelled() => return,
+                };
+                open.fetch_add(1, Ordering::SeqCst);
+                let (open, most, close) = (open.clone(), most.clone(), close.clone());
+                tokio::spawn(async move {
+                    // The close of a timed-out post may be seen just after
+                    // the next connection; what counts is a count that stays.
+                    let seen = Instant::now();
+                    while open.load(Ordering::SeqCst) > LIMIT
+                        && seen.elapsed() < Duration::from_secs(1)
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    most.fetch_max(open.load(Ordering::SeqCst), Ordering::SeqCst);
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        tokio::select! {
+                            read = stream.read(&mut buf) => if !matches!(read, Ok(n) if n > 0) { break },
+                            _ = close.cancelled() => break,
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        hanging
+    }
+}
+
+/// Webhook posts in flight to one receiver at most (jobpipe's limit).
+const LIMIT: usize = 2;
+
+pub async fn webhooks_to_a_hanging_receiver_do_not_delay_others(store: &Store) {
+    let hanging = Hanging::start().await;
+    let healthy = Recorder::start().await;
+    let endpoint = Endpoint::start(store, &[]).await;
+    // Far more posts to the hanging receiver than posts in flight before
+    // receivers were kept apart (8); all due before the healthy ones.
+    let mut hung = Vec::new();
+    for i in 0..24 {
+        let mut body = fake("echo", json!({ "hung": i }));
+        body["webhook"] = json!(hanging.url);
+        hung.push(endpoint.submit(body).await);
+    }
+    for id in &hung {
+        endpoint.wait_for(id, "COMPLETED").await;
+    }
+    let started = Instant::now();
+    while hanging.open.load(Ordering::SeqCst) < LIMIT {
+        assert!(
+            started.elapsed() < super::endpoint::WAIT,
+            "the hanging receiver got no posts"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut delays, mut from_submission) = (Vec::new(), Vec::new());
+    for i in 0..4 {
+        let mut body = fake("echo", json!({ "healthy": i }));
+        body["webhook"] = json!(healthy.url);
+        let submitted = Instant::now();
+        let id = endpoint.submit(body).await;
+        endpoint.wait_for(&id, "COMPLETED").await;
+        let ended = Instant::now();
+        let arrival = healthy.arrival(&id).await;
+        // From the end as the test saw it (0 when the post came first),
+        // and from the submission (an upper bound, the job's run included).
+        delays.push(arrival.at.saturating_duration_since(ended));
+        from_submission.push(arrival.at - submitted);
+    }
+    eprintln!(
+        "while another receiver hangs, the healthy one got each post {delays:?} after its job's end was seen, {from_submission:?} after the job's submission"
+    );
+    // Well under the 10 s a hanging post holds its slot.
+    let worst = delays.iter().max().unwrap();
+    assert!(*worst < Duration::from_secs(5), "{delays:?}");
+    assert!(
+        hanging.most.load(Ordering::SeqCst) <= LIMIT,
+        "{} posts in flight to one receiver",
+        hanging.most.load(Ordering::SeqCst)
+    );
+    // Closing the hanging connections fails its posts at once, so the stop
+    // does not wait for their timeout.
+    hanging.close.cancel();
+    endpoint.stop().await;
+}
+
+pub async fn webhook_posts_are_signed_with_the_secret(store: &Store) {
+    use hmac::{Hmac, KeyInit, Mac};
+    const SECRET: &str = "whsec-route-test";
+    let hook = Recorder::start().await;
+    let endpoint = Endpoint::start(store, &["--webhook-secret", SECRET]).await;
+    let mut body = fake("echo", json!({ "signed": true }));
+    body["webhook"] = json!(hook.url);
+    let id = endpoint.submit(body.clone()).await;
+    let arrival = hook.arrival(&id).await;
+    let header = arrival.signature.expect("a signature header");
+    let (t, v1) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .unwrap_or_else(|| panic!("not t=…,v1=…: {header}"));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&arrival.body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v1, expected, "the signature verifies");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t: u64 = t.parse().unwrap();
+    assert!(t.abs_diff(now) < 300, "signed at {t}, now {now}");
+    let posted: Value = serde_json::from_slice(&arrival.body).unwrap();
+    assert_eq!(posted["output"]["signed"], true);
+    endpoint.stop().await;
+    // Without a secret, posts carry no signature.
+    let endpoint = Endpoint::start(store, &[]).await;
+    let id = endpoint.submit(body).await;
+    assert_eq!(hook.arrival(&id).await.signature, None);
+    endpoint.stop().await;
 }
 
 /// A job's input as the caller wrote it: an integer past 64 bits, `-0`,

@@ -408,6 +408,10 @@ pub trait Queue: Send + Sync + 'static {
     async fn webhook_done(&self, id: i64) -> Result<(), QueueError>;
     /// Schedules another try of a webhook post.
     async fn webhook_later(&self, id: i64, at: SystemTime) -> Result<(), QueueError>;
+    /// Puts taken webhook posts back, due at `at`, without counting a try:
+    /// delivery set them aside because their receiver was busy or backed
+    /// off.
+    async fn webhooks_defer(&self, ids: &[i64], at: SystemTime) -> Result<(), QueueError>;
 
     // The same calls with parsed values.
     async fn enqueue(&self, job: NewJob) -> Result<(), QueueError> {

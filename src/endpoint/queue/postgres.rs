@@ -341,6 +341,18 @@ impl Queue for PgQueue {
         })
         .await
     }
+
+    async fn webhooks_defer(&self, ids: &[i64], at: SystemTime) -> Result<(), QueueError> {
+        let delay = (to_ms(at) - to_ms(SystemTime::now())).max(0);
+        let ids = ids.to_vec();
+        self.call(|client| async move {
+            let sql =
+                "UPDATE jobpipe.webhooks SET next_at = jobpipe.now_ms() + $2 WHERE id = ANY($1)";
+            client.execute(sql, &[&ids, &delay]).await?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 fn count_i32(count: usize) -> i32 {

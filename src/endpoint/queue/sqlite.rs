@@ -652,4 +652,16 @@ impl Queue for SqliteQueue {
         .await
         .map(drop)
     }
+
+    async fn webhooks_defer(&self, ids: &[i64], at: SystemTime) -> Result<(), QueueError> {
+        let (ids, at) = (ids.to_vec(), to_ms(at));
+        self.write(move |tx, _| {
+            let mut stmt = tx.prepare_cached("UPDATE webhooks SET next_at = ?2 WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute(params![id, at])?;
+            }
+            Ok(())
+        })
+        .await
+    }
 }
