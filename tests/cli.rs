@@ -365,6 +365,26 @@ fn output_over_max_output_size_fails_the_job() {
     );
 }
 
+/// An answer that passes the limit fails its job at once, though its line
+/// never ends and the handler then stalls (no --job-timeout).
+#[test]
+fn an_over_long_line_without_a_newline_fails_its_job_at_once() {
+    let run = fake(
+        "flood-then-stall",
+        json!({"size": 3 * 64 * 1024}),
+        &["--max-output-size", "64KiB"],
+    );
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "OutputTooLarge", "{report}");
+    assert!(
+        run.elapsed < Duration::from_secs(15),
+        "took {:?} (before: forever)\n{}",
+        run.elapsed,
+        run.describe()
+    );
+}
+
 #[test]
 fn two_megabyte_line_under_the_default_limit_works() {
     let run = fake("long-line", json!({"size": 2 * 1024 * 1024}), &[]);

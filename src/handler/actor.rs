@@ -516,7 +516,7 @@ impl<S: Spawner> Actor<S> {
             sniff_id(prefix, s.jobs.keys().map(String::as_str)).map(str::to_owned)
         };
         let message = format!(
-            "the handler's result is {len} bytes, more than the {} byte limit (--max-output-size); store large outputs elsewhere and return a reference",
+            "the handler's result is more than the {} byte limit (--max-output-size; {len} bytes were read); store large outputs elsewhere and return a reference",
             self.ctx.config.max_output_size
         );
         let Some(id) = id else {

@@ -323,16 +323,15 @@ async fn oversized_output_fails_the_job_and_replaces_the_process() {
     assert_eq!(failed["error_type"], "OutputTooLarge");
     assert_eq!(
         failed["error_message"],
-        "the handler's result is 5000 bytes, more than the 100 byte limit (--max-output-size); store large outputs elsewhere and return a reference"
+        "the handler's result is more than the 100 byte limit (--max-output-size; 5000 bytes were read); store large outputs elsewhere and return a reference"
     );
     // A whole line over the limit is refused the same way.
     let (mut b, _) = h.submit("b");
     let failed = report(&result(&mut b).await);
     assert_eq!(failed["error_type"], "OutputTooLarge");
-    assert!(failed["error_message"]
-        .as_str()
-        .unwrap()
-        .starts_with("the handler's result is 222 bytes"));
+    assert!(failed["error_message"].as_str().unwrap().starts_with(
+        "the handler's result is more than the 100 byte limit (--max-output-size; 222 bytes"
+    ));
     let (mut c, _) = h.submit("c");
     assert_eq!(output_of(&result(&mut c).await), json!("c"));
     assert_eq!(h.fake.spawned(), 3);

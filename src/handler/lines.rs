@@ -23,10 +23,53 @@ pub enum Line {
 }
 
 /// Reads one line of at most `cap` bytes; `None` at end of input. A last
-/// line without a newline still counts as a line.
+/// line without a newline still counts as a line. A longer line is read to
+/// its end and reported with its whole length.
 pub async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     cap: usize,
+) -> std::io::Result<Option<Line>> {
+    read_line_until(reader, cap, false).await
+}
+
+/// As [`read_line`], but a line is reported [`Line::TooLong`] as soon as it
+/// passes `cap`, with the length read so far, and the rest of it is left
+/// unread: a handler that writes too much and then stalls without a newline
+/// does not hold its job. [`skip_line`] discards the rest.
+pub async fn read_line_or_cut<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    cap: usize,
+) -> std::io::Result<Option<Line>> {
+    read_line_until(reader, cap, true).await
+}
+
+/// Discards input up to and including the next newline (or to the end);
+/// returns how many bytes were discarded.
+pub async fn skip_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<usize> {
+    let mut skipped = 0;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(skipped);
+        }
+        match memchr::memchr(b'\n', chunk) {
+            Some(pos) => {
+                reader.consume(pos + 1);
+                return Ok(skipped + pos);
+            }
+            None => {
+                let n = chunk.len();
+                skipped += n;
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+async fn read_line_until<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    cap: usize,
+    cut: bool,
 ) -> std::io::Result<Option<Line>> {
     let mut buf = Vec::new();
     let mut len = 0usize;
@@ -55,7 +98,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
             }
         }
         reader.consume(if done { take + 1 } else { take });
-        if done {
+        if done || (cut && too_long) {
             break;
         }
     }
@@ -108,5 +151,24 @@ mod tests {
         assert_eq!(*len, 100_000);
         assert!(prefix.len() <= PREFIX_KEPT && prefix.len() >= 1000);
         assert_eq!(lines[1], Line::Whole(Bytes::from_static(b"ok")));
+    }
+
+    #[tokio::test]
+    async fn a_line_past_the_cap_is_cut_at_once_and_its_rest_skipped() {
+        let input = format!("{}rest\nnext\n", "x".repeat(10_000));
+        let mut reader = BufReader::with_capacity(1024, input.as_bytes());
+        let Some(Line::TooLong { len, prefix }) = read_line_or_cut(&mut reader, 100).await.unwrap()
+        else {
+            panic!("expected TooLong")
+        };
+        assert!(
+            len > 100 && len <= 1024,
+            "{len}: cut within the first buffer past the cap"
+        );
+        assert!(prefix.starts_with(b"xxx"));
+        let skipped = skip_line(&mut reader).await.unwrap();
+        assert_eq!(len + skipped, 10_004);
+        let next = read_line_or_cut(&mut reader, 100).await.unwrap();
+        assert_eq!(next, Some(Line::Whole(Bytes::from_static(b"next"))));
     }
 }

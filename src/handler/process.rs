@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::lines::{clip_middle, read_line, Line};
+use super::lines::{clip_middle, read_line, read_line_or_cut, skip_line, Line};
 use crate::handler::config::HandlerConfig;
 use crate::os::{self, ExitStatus, SpawnSpec, SECRETS};
 
@@ -242,9 +242,15 @@ async fn write_lines(mut stdin: pipe::Sender, mut lines: mpsc::UnboundedReceiver
 async fn read_stdout(stdout: pipe::Receiver, lines: mpsc::Sender<Line>, cap: usize) {
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     loop {
-        match read_line(&mut reader, cap).await {
+        match read_line_or_cut(&mut reader, cap).await {
             Ok(Some(line)) => {
+                let cut = matches!(line, Line::TooLong { .. });
                 if lines.send(line).await.is_err() {
+                    return;
+                }
+                // The job has already failed; the rest of the line goes
+                // (the handler is being replaced meanwhile).
+                if cut && skip_line(&mut reader).await.is_err() {
                     return;
                 }
             }
