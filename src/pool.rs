@@ -248,6 +248,22 @@ impl Pool {
         ids
     }
 
+    /// The jobs in flight with how long ago each was submitted, oldest
+    /// first.
+    pub fn in_flight_ages(&self) -> Vec<(String, std::time::Duration)> {
+        let jobs = self
+            .in_flight
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut ages: Vec<_> = jobs
+            .iter()
+            .map(|(id, (_, since))| (id.clone(), since.elapsed()))
+            .collect();
+        ages.sort_by(|a, b| b.1.cmp(&a.1));
+        ages
+    }
+
     /// Number of jobs in flight.
     pub fn in_flight(&self) -> usize {
         *self.in_flight.count.borrow()

@@ -26,6 +26,8 @@ use crate::timer::sleep_until;
 /// How long results of jobs failed by a forced shutdown may try to reach
 /// their destination before they are spooled.
 const FLUSH_WINDOW: Duration = Duration::from_secs(2);
+/// Jobs a state dump names; the rest are counted.
+const DUMP_JOBS: usize = 20;
 /// How often the draining phase says what it waits for.
 const DRAIN_REPORT_EVERY: Duration = Duration::from_secs(5);
 
@@ -212,6 +214,7 @@ impl Phases {
         // The first stop request drains even when the source already
         // ended on its own; only a second one forces.
         match (request, self.phase) {
+            (ShutdownRequest::StateDump, _) => self.dump_state(),
             (ShutdownRequest::Stop, RunPhase::Running) => {
                 self.shutdown.take.cancel();
                 let now = Instant::now();
@@ -265,6 +268,42 @@ impl Phases {
         self.handlers_stopping = true;
         self.show();
         self.shutdown.take.cancel();
+    }
+
+    /// SIGUSR1: one screen of what the worker is doing, in the log.
+    fn dump_state(&self) {
+        let figures = self.pool.metrics.snapshot();
+        let phase = match self.phase {
+            RunPhase::Running if self.handlers_stopping => "stopping handlers".to_owned(),
+            RunPhase::Running => "running".to_owned(),
+            RunPhase::Draining { deadline, .. } => format!(
+                "draining ({}s left)",
+                deadline.saturating_duration_since(Instant::now()).as_secs()
+            ),
+            RunPhase::Forced { .. } => "forced stop".to_owned(),
+        };
+        let jobs: Vec<String> = self
+            .pool
+            .in_flight_ages()
+            .iter()
+            .take(DUMP_JOBS)
+            .map(|(id, age)| format!("{id} ({:.1}s)", age.as_secs_f64()))
+            .collect();
+        let more = self.pool.in_flight().saturating_sub(jobs.len());
+        tracing::info!(
+            "state (SIGUSR1): phase {phase}, state {}; slots {} ({} in use), handlers ready {}; jobs in flight: {}{}; undelivered results: {}; jobs done {} (failed {}); handler restarts {}; up {:.0}s",
+            figures.state.name(),
+            figures.slots,
+            figures.in_flight,
+            figures.handlers_ready,
+            if jobs.is_empty() { "none".to_owned() } else { jobs.join(", ") },
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+            figures.undelivered_results,
+            figures.jobs_processed,
+            figures.jobs_failed,
+            serde_json::to_string(&figures.handler_restarts).unwrap_or_default(),
+            figures.uptime_s,
+        );
     }
 
     fn report_drain(&mut self) {

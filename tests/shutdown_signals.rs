@@ -158,3 +158,38 @@ async fn a_second_signal_while_handlers_stop_kills_them_at_once() {
     assert!(!handler_alive(pid, &tag), "handler {pid} still running");
     assert_nothing_left(&tag);
 }
+
+// ---------------------------------------------------------------------------
+// SIGUSR1 and SIGUSR2 never end the worker
+// ---------------------------------------------------------------------------
+
+/// SIGUSR1 logs the state with the job in flight and its age; SIGUSR2 is
+/// ignored; the job finishes and is printed, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_dumps_the_state_and_sigusr2_is_ignored_with_a_job_in_flight() {
+    let dir = tempdir();
+    let tag = new_tag();
+    let pidfile = dir.path().join("handler.pid");
+    let job = json!({"id": "t-usr", "input": {"do": "sleep", "ms": 2000, "pidfile": pidfile}});
+    let mut jp = start(&test_mode_args(&job, &[], &tag), &[], dir.path());
+    wait_for_pid(&pidfile, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("the job never started\n{}", jp.logs()));
+    jp.signal(Signal::SIGUSR1);
+    jp.signal(Signal::SIGUSR2);
+    eventually(Duration::from_secs(10), || {
+        jp.stderr().contains("state (SIGUSR1)") && jp.stderr().contains("SIGUSR2; ignored")
+    })
+    .await
+    .unwrap_or_else(|| panic!("no state dump or SIGUSR2 line\n{}", jp.logs()));
+    let status = jp.wait_async(Duration::from_secs(30)).await;
+    let log = jp.stderr();
+    let dump = log
+        .lines()
+        .find(|l| l.contains("state (SIGUSR1)"))
+        .expect("the dump line");
+    assert!(dump.contains("t-usr ("), "the job and its age: {dump}");
+    assert!(dump.contains("undelivered results"), "{dump}");
+    assert_eq!(status.code(), Some(0), "{}", jp.logs());
+    assert_eq!(result_line(&jp)["status"], "COMPLETED", "{}", jp.logs());
+}
