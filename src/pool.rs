@@ -260,7 +260,7 @@ impl Pool {
             .iter()
             .map(|(id, (_, since))| (id.clone(), since.elapsed()))
             .collect();
-        ages.sort_by(|a, b| b.1.cmp(&a.1));
+        ages.sort_by_key(|(_, age)| std::cmp::Reverse(*age));
         ages
     }
 

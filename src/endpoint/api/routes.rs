@@ -239,10 +239,23 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         let source = e.into_inner();
         if source.is::<http_body_util::LengthLimitError>() {
             ApiError::TooLarge { limit }
-        } else if let Some(slow) = source.downcast_ref::<super::SlowBody>() {
+        } else if let Some(slow) = slow_body(&*source) {
             ApiError::TooSlow(slow.to_string())
         } else {
             ApiError::BadRequest(format!("could not read the request body: {source}"))
         }
     })
+}
+
+/// The [`super::SlowBody`] among an error's causes, if it is there (the
+/// body's error arrives wrapped by axum and by the length limit).
+fn slow_body<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a super::SlowBody> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(slow) = error.downcast_ref::<super::SlowBody>() {
+            return Some(slow);
+        }
+        cause = error.source();
+    }
+    None
 }
