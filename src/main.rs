@@ -40,6 +40,11 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<u8, FatalError> {
             "RUNPOD_AI_API_KEY or --runpod-api-key-file",
         ),
         ("api_key", "--api-key", "JOBPIPE_API_KEY or --api-key-file"),
+        (
+            "webhook_secret",
+            "--webhook-secret",
+            "JOBPIPE_WEBHOOK_SECRET",
+        ),
     ] {
         if matches.value_source(id) == Some(ValueSource::CommandLine) {
             tracing::warn!(

@@ -330,6 +330,12 @@ pub enum QueueError {
     Open { what: String, why: String },
     #[error("queue database error: {0}")]
     Database(String),
+    /// The embedded database refused a statement.
+    #[error("queue database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+    /// The task that ran the statement was lost (it panicked).
+    #[error("queue database error: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The database cannot be reached right now; the store logs when that
     /// starts and ends, so callers retry without logging each failure.
     #[error("the queue database cannot be reached: {0}")]

@@ -48,7 +48,7 @@ impl SqliteQueue {
         let path = path.to_owned();
         let queue = tokio::task::spawn_blocking(move || open_blocking(&path))
             .await
-            .map_err(|e| QueueError::Database(e.to_string()))??;
+            .map_err(QueueError::Task)??;
         // Jobs running when a previous process died: their leases end now.
         queue
             .call(|conn| {
@@ -82,8 +82,8 @@ impl SqliteQueue {
             f(&mut conn)
         })
         .await
-        .map_err(|e| QueueError::Database(e.to_string()))?
-        .map_err(|e| QueueError::Database(e.to_string()))
+        .map_err(QueueError::Task)?
+        .map_err(QueueError::Sqlite)
     }
 
     /// Runs `f` in one transaction and announces the events it returns.
