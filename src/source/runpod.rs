@@ -432,34 +432,7 @@ fn runpod_body(post: &Post) -> Json {
 fn http_body(json: &Json) -> reqwest::Body {
     match json.pieces() {
         [one] => reqwest::Body::from(one.clone()),
-        pieces => reqwest::Body::wrap(Pieces(pieces.iter().cloned().collect())),
-    }
-}
-
-/// The pieces of a body, as an HTTP body of known length.
-struct Pieces(std::collections::VecDeque<Bytes>);
-
-impl http_body::Body for Pieces {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(
-            self.0
-                .pop_front()
-                .map(|piece| Ok(http_body::Frame::data(piece))),
-        )
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.0.iter().map(|p| p.len() as u64).sum())
+        _ => reqwest::Body::wrap(json.clone().into_http_body()),
     }
 }
 
