@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::queue::Queue;
 use crate::input_schema::InputSchema;
 use crate::metrics::Metrics;
 
-pub use conn::{Limits, SlowBody};
+pub use conn::{serve, Limits, SlowBody};
 
 mod auth;
 mod conn;
@@ -116,15 +115,4 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` within `limits` until `stop` is
-/// cancelled, then lets the requests in progress finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: Limits,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    conn::serve(listener, router, limits, stop).await
 }
