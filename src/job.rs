@@ -8,7 +8,7 @@
 //! handler when the source falls behind (see [`events`]).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -35,6 +35,9 @@ pub struct Job {
     /// The whole job object as the one line the handler receives (without
     /// its newline): the text it came in, not parsed and written again.
     pub line: Bytes,
+    /// This job's own `--stall-timeout` (an endpoint job's
+    /// `policy.stallTimeout`), which wins over the worker's.
+    pub stall_timeout: Option<Duration>,
 }
 
 /// The keys a job must have; the rest of it is passed on as it is.
@@ -86,7 +89,11 @@ impl Job {
         } else {
             text
         };
-        Ok(Job { id, line })
+        Ok(Job {
+            id,
+            line,
+            stall_timeout: None,
+        })
     }
 
     /// The job's `input`, parsed: for the rare check that must look inside.

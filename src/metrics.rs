@@ -42,10 +42,12 @@ pub enum RestartReason {
     MaxJobs,
     /// Its process group grew past `--max-handler-memory`.
     MaxMemory,
+    /// A job got nothing from it for `--stall-timeout`: it counts as hung.
+    Stalled,
 }
 
 impl RestartReason {
-    pub const ALL: [RestartReason; 10] = [
+    pub const ALL: [RestartReason; 11] = [
         RestartReason::Crashed,
         RestartReason::ExitedIdle,
         RestartReason::Timeout,
@@ -56,6 +58,7 @@ impl RestartReason {
         RestartReason::StartFailed,
         RestartReason::MaxJobs,
         RestartReason::MaxMemory,
+        RestartReason::Stalled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +73,7 @@ impl RestartReason {
             RestartReason::StartFailed => "start_failed",
             RestartReason::MaxJobs => "max_jobs",
             RestartReason::MaxMemory => "max_memory",
+            RestartReason::Stalled => "stalled",
         }
     }
 }

@@ -205,6 +205,15 @@ impl<S: ResultSink> Runner<S> {
         self.admit(Job::from_json(text), slot)
     }
 
+    /// [`Self::start_job_text`] for a job with its own stall timeout.
+    pub fn start_leased(&self, text: Bytes, stall_timeout: Option<Duration>, slot: Slot) -> bool {
+        let job = Job::from_json(text).map(|job| Job {
+            stall_timeout,
+            ..job
+        });
+        self.admit(job, slot)
+    }
+
     /// Starts or answers a job; false when it had to be dropped unanswered.
     fn admit(&self, job: Result<Job, (String, Option<String>)>, slot: Slot) -> bool {
         let name = self.shared.options.source_name;

@@ -385,6 +385,37 @@ fn an_over_long_line_without_a_newline_fails_its_job_at_once() {
     );
 }
 
+/// A handler alive but hung (it answers nothing) fails its job as Stalled
+/// within --stall-timeout, without a --job-timeout.
+#[test]
+fn a_silent_handler_fails_its_job_as_stalled_within_the_stall_timeout() {
+    let run = fake("hang", json!({}), &["--stall-timeout", "2s"]);
+    run.expect_code(1);
+    let report = run.error_report();
+    assert_eq!(report["error_type"], "Stalled", "{report}");
+    let message = report["error_message"].as_str().unwrap();
+    assert!(message.contains("for 2s (--stall-timeout"), "{message}");
+    // Start-up of the handler plus 2 s, with slack for a loaded machine.
+    assert!(
+        run.elapsed >= Duration::from_secs(2) && run.elapsed < Duration::from_secs(15),
+        "took {:?} (before: forever)\n{}",
+        run.elapsed,
+        run.describe()
+    );
+}
+
+/// Heartbeat lines keep a job that works longer than --stall-timeout alive.
+#[test]
+fn heartbeats_keep_a_long_job_alive_under_the_stall_timeout() {
+    let run = fake(
+        "heartbeat",
+        json!({"ms": 4000, "every_ms": 100}),
+        &["--stall-timeout", "2s"],
+    );
+    run.expect_code(0);
+    assert_eq!(run.output()["do"], "heartbeat");
+}
+
 #[test]
 fn two_megabyte_line_under_the_default_limit_works() {
     let run = fake("long-line", json!({"size": 2 * 1024 * 1024}), &[]);

@@ -288,6 +288,48 @@ fn the_helpers_never_write_a_lone_surrogate() {
     }
 }
 
+/// Both helpers' heartbeat keeps a job that works past --stall-timeout in
+/// silence alive.
+#[test]
+fn the_helpers_heartbeat_keeps_a_quiet_job_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = dir.path().join("handler.py");
+    std::fs::write(
+        &python,
+        format!(
+            "import sys, time\nsys.path.insert(0, {:?})\nimport jobpipe_handler\n\
+             def handler(job):\n    for _ in range(30):\n        time.sleep(0.1)\n        jobpipe_handler.heartbeat(job)\n    return 'done'\n\
+             jobpipe_handler.serve(handler)\n",
+            support::repo_path("handlers/python")
+        ),
+    )
+    .unwrap();
+    let node = dir.path().join("handler.js");
+    std::fs::write(
+        &node,
+        format!(
+            "const {{ serve, heartbeat }} = require({:?});\n\
+             const sleep = (ms) => new Promise((r) => setTimeout(r, ms));\n\
+             serve(async (job) => {{ for (let i = 0; i < 30; i++) {{ await sleep(100); heartbeat(job); }} return 'done'; }});\n",
+            support::repo_path("handlers/node/jobpipe_handler.js")
+        ),
+    )
+    .unwrap();
+    for argv in [
+        ["python3".to_owned(), python.display().to_string()],
+        ["node".to_owned(), node.display().to_string()],
+    ] {
+        let run = support::jobpipe()
+            .args(["--stall-timeout", "1500ms"])
+            .test_input(r#"{"input": {}}"#)
+            .handler(argv.clone())
+            .deadline(Duration::from_secs(20))
+            .run();
+        run.expect_code(0);
+        assert_eq!(run.output(), json!("done"), "{argv:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // A start failure is reported as one
 // ---------------------------------------------------------------------------

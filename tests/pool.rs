@@ -28,6 +28,7 @@ fn config(jobs_per_handler: usize, job_timeout: Option<Duration>) -> HandlerConf
         startup_timeout: Duration::from_secs(20),
         job_timeout,
         job_timeout_is_default: false,
+        stall_timeout: None,
         kill_grace: Duration::from_millis(500),
         refresh_worker: false,
         keep_handler_on_error: false,

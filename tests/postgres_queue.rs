@@ -25,6 +25,7 @@ fn policy(max_attempts: u32) -> JobPolicy {
         ttl: Duration::from_secs(3600),
         max_attempts,
         retention: Duration::from_secs(3600),
+        stall_timeout: None,
     }
 }
 
@@ -77,7 +78,7 @@ async fn many_processes_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert_eq!(queues.len(), 6);
-    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "1");
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "2");
     assert_eq!(
         db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
         "5"

@@ -102,6 +102,16 @@ function progress(job, value) {
   send({ id, progress: jsonValue(value) });
 }
 
+/**
+ * Say the job is alive without progress: {"id": ..., "heartbeat": true}.
+ * Resets the job's --stall-timeout; call it from the code that makes
+ * progress, not from a timer, or a hung engine would look alive.
+ */
+function heartbeat(job) {
+  const id = isPlainObject(job) ? job.id : job;
+  send({ id, heartbeat: true });
+}
+
 function errorText(err) {
   if (err instanceof Error || (isPlainObject(err) && typeof err.message === 'string')) {
     const name = err.name || 'Error';
@@ -321,7 +331,7 @@ function serve(handler, options = {}) {
   });
 }
 
-module.exports = { serve, progress };
+module.exports = { serve, progress, heartbeat };
 
 if (require.main === module) {
   process.stderr.write('jobpipe_handler.js is a library; see handlers/node/echo.js\n');

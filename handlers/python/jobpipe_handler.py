@@ -22,6 +22,13 @@ Public API:
     progress(job, value)
         Send {"id": job["id"], "progress": value}. `job` may also be the id.
 
+    heartbeat(job)
+        Send {"id": job["id"], "heartbeat": true}: the job is still being
+        worked on, with nothing to report. Under jobpipe's --stall-timeout a
+        job that sends nothing for that long counts as hung; call this from
+        the code that makes progress (a loop over tokens or steps), not from
+        a timer thread, or a hung engine would look alive.
+
 What handler(job) may return:
     * any JSON-serialisable value     -> {"id": ..., "output": value}
     * a dict with a non-null "error"  -> {"id": ..., "error": text}, where text
@@ -55,7 +62,7 @@ import sys
 import threading
 import traceback
 
-__all__ = ["serve", "progress"]
+__all__ = ["serve", "progress", "heartbeat"]
 
 _write_lock = threading.Lock()
 _proto_fd = None  # private duplicate of the original stdout, set by serve()
@@ -135,6 +142,15 @@ def progress(job, value):
     """
     job_id = job.get("id") if isinstance(job, dict) else job
     _send({"id": job_id, "progress": value})
+
+
+def heartbeat(job):
+    """Say the job is alive without progress: {"id": ..., "heartbeat": true}.
+
+    Resets the job's --stall-timeout. Safe to call from any thread.
+    """
+    job_id = job.get("id") if isinstance(job, dict) else job
+    _send({"id": job_id, "heartbeat": True})
 
 
 def _final_line(job_id, result):

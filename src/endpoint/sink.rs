@@ -30,6 +30,7 @@ const RETRYABLE: &[&str] = &[
     "HandlerCrashed",
     "HandlerRestarted",
     "HandlerStartFailed",
+    "Stalled",
     "WorkerShutdown",
 ];
 

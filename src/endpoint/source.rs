@@ -246,7 +246,7 @@ async fn take_loop(
             ctx.pool.metrics.queue_wait(lease.waited);
             held.hold(&lease, queue, &ctx.pool);
             // The job object goes to the handler as it was queued.
-            runner.start_job_text(lease.payload.into_bytes(), slot);
+            runner.start_leased(lease.payload.into_bytes(), lease.stall_timeout, slot);
         }
         report_slots(queue, &worker, &ctx.pool, &mut reported).await;
     }

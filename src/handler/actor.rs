@@ -32,6 +32,7 @@ use super::lines::{clip_middle, Line};
 use super::protocol::{cancel_line, parse_line, sniff_id, Frame};
 use super::running::{Event, OsSpawner, RunningHandler, Spawner};
 
+use super::config::HandlerConfig;
 use super::report::{log_stray_line, stderr_note, EXIT_AFTER_EOF};
 use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
@@ -96,6 +97,7 @@ enum Step {
     Line(Option<Line>),
     StopJob(String, StopCause),
     GraceOver,
+    Stalled,
     Job(Option<JobTicket>),
     Shutdown,
 }
@@ -106,6 +108,9 @@ struct Running {
     watcher: AbortHandle,
     /// When `--job-timeout` runs out for it.
     deadline: Option<Instant>,
+    /// Its `--stall-timeout`, and when the handler last sent a line for it.
+    stall: Option<Duration>,
+    heard: Instant,
     streamed: bool,
     /// Set once the job was asked to stop (jobs-per-handler > 1).
     stopping: Option<(StopCause, Instant)>,
@@ -245,7 +250,8 @@ impl<S: Spawner> Actor<S> {
             | RestartReason::JobFailed
             | RestartReason::StartFailed
             | RestartReason::MaxJobs
-            | RestartReason::MaxMemory => true,
+            | RestartReason::MaxMemory
+            | RestartReason::Stalled => true,
         }
     }
 }
@@ -308,6 +314,7 @@ impl<S: Spawner> Actor<S> {
             self.tell_pool(Some(s));
             let room = s.room(&self.ctx) > 0;
             let grace_over = s.next_grace_deadline();
+            let stall_at = s.next_stall_deadline();
             let step = tokio::select! {
                 biased;
                 _ = self.ctx.force.cancelled() => Step::Force,
@@ -317,6 +324,7 @@ impl<S: Spawner> Actor<S> {
                 },
                 Some((id, cause)) = s.stop_requests.recv() => Step::StopJob(id, cause),
                 _ = sleep_until(grace_over), if grace_over.is_some() => Step::GraceOver,
+                _ = sleep_until(stall_at), if stall_at.is_some() => Step::Stalled,
                 ticket = self.ctx.queue.recv(), if room => Step::Job(ticket.ok()),
                 _ = self.ctx.stop.cancelled(), if s.jobs.is_empty() => Step::Shutdown,
             };
@@ -363,6 +371,7 @@ impl<S: Spawner> Actor<S> {
             Step::Exited(status) => Some(self.handle_exit(status, process, s).await),
             Step::StopJob(id, cause) => self.handle_stop(&id, cause, process, s),
             Step::GraceOver => Some(self.handle_grace_over(s)),
+            Step::Stalled => self.handle_stalled(process, s).await,
         }
     }
 
@@ -381,12 +390,15 @@ impl<S: Spawner> Actor<S> {
             .job_timeout
             .map(|limit| Instant::now() + limit);
         let watcher = watch_job(&ticket, deadline, s.stops.clone());
+        let stall = ticket.job.stall_timeout.or(self.ctx.config.stall_timeout);
         s.jobs.insert(
             id,
             Running {
                 ticket,
                 watcher,
                 deadline,
+                stall,
+                heard: Instant::now(),
                 streamed: false,
                 stopping: None,
             },
@@ -422,6 +434,7 @@ impl<S: Spawner> Actor<S> {
                     return None;
                 };
                 job.streamed = true;
+                job.heard = Instant::now();
                 // Waiting for room in the job's update queue must not hold
                 // back its timeout or a forced stop.
                 let deadline = job.deadline;
@@ -437,10 +450,22 @@ impl<S: Spawner> Actor<S> {
                 None
             }
             Frame::Progress { id, value } => {
-                match s.jobs.get(&id) {
-                    Some(job) => job.ticket.progress(value),
+                match s.jobs.get_mut(&id) {
+                    Some(job) => {
+                        job.heard = Instant::now();
+                        job.ticket.progress(value);
+                    }
                     None => {
                         tracing::warn!(job_id = %id, "handler sent progress for a job it is not running; ignored")
+                    }
+                }
+                None
+            }
+            Frame::Heartbeat { id } => {
+                match s.jobs.get_mut(&id) {
+                    Some(job) => job.heard = Instant::now(),
+                    None => {
+                        tracing::debug!(job_id = %id, "handler sent a heartbeat for a job it is not running; ignored")
                     }
                 }
                 None
@@ -628,6 +653,43 @@ impl<S: Spawner> Actor<S> {
         None
     }
 
+    /// Fails the jobs whose handler went quiet for their stall timeout. A
+    /// hung handler is replaced: at once when it holds no other job, else
+    /// once the others end (each has the same limit).
+    async fn handle_stalled(&mut self, process: &mut S::Process, s: &mut Serving) -> Option<End> {
+        let now = Instant::now();
+        let stalled: Vec<(String, Duration)> = s
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.stopping.is_none())
+            .filter_map(|(id, job)| {
+                let limit = job.stall?;
+                (job.heard + limit <= now).then(|| (id.clone(), limit))
+            })
+            .collect();
+        if stalled.is_empty() {
+            return None;
+        }
+        let tail = process.stderr_tail().await;
+        for (id, limit) in stalled {
+            let running = s.jobs.remove(&id).expect("present");
+            running.watcher.abort();
+            tracing::warn!(job_id = %id, pid = process.pid(), "the handler sent nothing for this job for {}; it counts as hung and is replaced", humantime::format_duration(limit));
+            if self.ctx.config.jobs_per_handler > 1 {
+                process.send(cancel_line(&id).into());
+            }
+            let message = format!("{}{}", HandlerConfig::stall_message(limit), s.stray.note());
+            running
+                .ticket
+                .fail(JobFailure::new(FailureKind::Stalled, message).with_stderr(tail.clone()));
+        }
+        if s.jobs.is_empty() {
+            return Some(End::Restart(RestartReason::Stalled));
+        }
+        s.intake = Intake::Replace(RestartReason::Stalled);
+        None
+    }
+
     fn handle_grace_over(&mut self, s: &mut Serving) -> End {
         let now = Instant::now();
         let overdue: Vec<String> = s
@@ -703,6 +765,15 @@ impl Serving {
         let mut ids: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
         ids.sort_unstable();
         ids.join(",")
+    }
+
+    /// When the next job counts as stalled, if any job has a limit.
+    fn next_stall_deadline(&self) -> Option<Instant> {
+        self.jobs
+            .values()
+            .filter(|job| job.stopping.is_none())
+            .filter_map(|job| Some(job.heard + job.stall?))
+            .min()
     }
 
     fn next_grace_deadline(&self) -> Option<Instant> {

@@ -31,6 +31,7 @@ fn config() -> HandlerConfig {
         startup_timeout: Duration::from_secs(30),
         job_timeout: None,
         job_timeout_is_default: false,
+        stall_timeout: None,
         kill_grace: Duration::from_secs(5),
         refresh_worker: false,
         keep_handler_on_error: false,
@@ -464,4 +465,126 @@ async fn an_exit_while_idle_starts_a_new_process() {
     assert_eq!(output_of(&result(&mut a).await), json!("a"));
     assert_eq!(h.fake.received(1).len(), 0);
     assert_eq!(h.restarts("exited_idle"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_its_handler_is_silent_on_fails_as_stalled_and_the_process_is_replaced() {
+    // Process 1 is alive but hung: it says nothing about the job.
+    let fake = FakeSpawner::new(|n, line| match n {
+        1 => vec![],
+        _ => echo(n, line),
+    });
+    let h = Harness::start(
+        HandlerConfig {
+            stall_timeout: Some(Duration::from_secs(3)),
+            ..config()
+        },
+        fake,
+    );
+    let started = Instant::now();
+    let (mut a, _) = h.submit("a");
+    let failed = report(&result(&mut a).await);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_millis(3100));
+    assert_eq!(failed["error_type"], "Stalled");
+    let message = failed["error_message"].as_str().unwrap();
+    assert!(message.starts_with("Stalled: the handler sent nothing for this job"));
+    assert!(message.contains("for 3s (--stall-timeout"), "{message}");
+    let (mut b, _) = h.submit("b");
+    assert_eq!(output_of(&result(&mut b).await), json!("b"));
+    assert_eq!(h.fake.ends(), [Record::Stopped(1, Duration::from_secs(5))]);
+    assert_eq!(h.restarts("stalled"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_and_progress_keep_a_long_silent_job_alive() {
+    // Ten seconds of work with a sign of life every two: never stalled at 3.
+    let fake = FakeSpawner::new(|_, line| {
+        let mut acts = Vec::new();
+        for step in 0..5 {
+            acts.push(Act::Wait(Duration::from_secs(2)));
+            acts.push(Act::Say(match step % 2 {
+                0 => json!({"id": line["id"], "heartbeat": true}),
+                _ => json!({"id": line["id"], "progress": step}),
+            }));
+        }
+        acts.push(output(line, json!("done")));
+        acts
+    });
+    let h = Harness::start(
+        HandlerConfig {
+            stall_timeout: Some(Duration::from_secs(3)),
+            ..config()
+        },
+        fake,
+    );
+    let (mut a, _) = h.submit("a");
+    assert_eq!(output_of(&result(&mut a).await), json!("done"));
+    assert_eq!(h.fake.spawned(), 1);
+    assert_eq!(h.restarts("stalled"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_jobs_own_stall_timeout_wins_over_the_workers() {
+    let fake = FakeSpawner::new(|_, _| vec![]);
+    let h = Harness::start(
+        HandlerConfig {
+            stall_timeout: Some(Duration::from_secs(60)),
+            ..config()
+        },
+        fake,
+    );
+    let mut job = Job::from_value(json!({"id": "a", "input": {}})).unwrap();
+    job.stall_timeout = Some(Duration::from_secs(1));
+    let (tx, mut a) = events::channel(None);
+    let ticket = JobTicket::new(
+        job,
+        CancellationToken::new(),
+        tx,
+        h.identity.clone(),
+        Arc::new(NoRegistry),
+    );
+    h.queue.try_send(ticket).unwrap();
+    let started = Instant::now();
+    let failed = report(&result(&mut a).await);
+    assert!(started.elapsed() < Duration::from_millis(1100));
+    assert!(failed["error_message"]
+        .as_str()
+        .unwrap()
+        .contains("for 1s (--stall-timeout"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_job_of_a_multi_job_handler_fails_and_the_process_is_replaced_after_the_others() {
+    // Job "a" gets no answer; "b" answers after 5 s.
+    let fake = FakeSpawner::new(|n, line| match (n, line["id"].as_str()) {
+        (1, Some("a")) => vec![],
+        (1, Some("b")) => vec![Act::Wait(Duration::from_secs(5)), output(line, json!("b"))],
+        (1, _) => vec![],
+        _ => echo(n, line),
+    });
+    let h = Harness::start(
+        HandlerConfig {
+            jobs_per_handler: 2,
+            stall_timeout: Some(Duration::from_secs(2)),
+            ..config()
+        },
+        fake,
+    );
+    let (mut a, _) = h.submit("a");
+    h.received(1, 1).await;
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    let (mut b, _) = h.submit("b");
+    assert_eq!(report(&result(&mut a).await)["error_type"], "Stalled");
+    // The hung process was asked to drop the job.
+    assert!(h
+        .fake
+        .received(1)
+        .contains(&json!({"id": "a", "cancel": true})));
+    // "b" is silent for 5 s, past the limit too: it stalls as well.
+    assert_eq!(report(&result(&mut b).await)["error_type"], "Stalled");
+    let (mut c, _) = h.submit("c");
+    assert_eq!(output_of(&result(&mut c).await), json!("c"));
+    assert_eq!(h.fake.spawned(), 2);
+    assert_eq!(h.restarts("stalled"), 1);
 }

@@ -65,6 +65,14 @@ pub struct HandlerArgs {
     #[arg(long, env = "JOBPIPE_JOB_TIMEOUT", value_parser = parse_long_duration)]
     pub job_timeout: Option<Duration>,
 
+    /// Longest a job may go with nothing from its handler (no progress,
+    /// stream partial, heartbeat line or answer) before it fails as Stalled
+    /// and its handler is replaced: catches a handler that is alive but
+    /// hung. Default: off; an endpoint job's policy.stallTimeout overrides
+    /// it. 0 means off. At most 7 days.
+    #[arg(long, env = "JOBPIPE_STALL_TIMEOUT", value_parser = parse_long_duration)]
+    pub stall_timeout: Option<Duration>,
+
     /// Time between SIGTERM and SIGKILL when a handler's process group is
     /// stopped. At most 1 hour.
     #[arg(long, env = "JOBPIPE_KILL_GRACE", default_value = "5s", value_parser = parse_short_duration)]
@@ -126,6 +134,9 @@ pub struct HandlerConfig {
     pub job_timeout: Option<Duration>,
     /// The job timeout is the test job's default, not one that was given.
     pub job_timeout_is_default: bool,
+    /// How long a job may go without a line from its handler; `None`: no
+    /// limit. A job's own limit ([`crate::job::Job::stall_timeout`]) wins.
+    pub stall_timeout: Option<Duration>,
     pub kill_grace: Duration,
     pub refresh_worker: bool,
     pub keep_handler_on_error: bool,
@@ -151,6 +162,14 @@ impl HandlerConfig {
         } else {
             format!("job timed out after {limit} (--job-timeout)")
         }
+    }
+
+    /// The error of a job whose handler went quiet for `limit`.
+    pub fn stall_message(limit: Duration) -> String {
+        format!(
+            "Stalled: the handler sent nothing for this job (no progress, stream partial, heartbeat or answer) for {} (--stall-timeout or the job's policy.stallTimeout), so it counts as hung and was replaced; a handler that works long in silence sends {{\"id\": ..., \"heartbeat\": true}} lines",
+            humantime::format_duration(limit)
+        )
     }
 }
 
@@ -192,6 +211,7 @@ impl HandlerArgs {
             startup_timeout: self.startup_timeout,
             job_timeout,
             job_timeout_is_default,
+            stall_timeout: self.stall_timeout.filter(|t| !t.is_zero()),
             kill_grace: self.kill_grace,
             refresh_worker: self.refresh_worker,
             keep_handler_on_error: self.keep_handler_on_error,

@@ -8,13 +8,15 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::time::Instant;
 
+use super::config::HandlerConfig;
 use super::lines::Line;
 use super::process::HandlerProcess;
 use super::ActorContext;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
 use crate::json::Json;
-use crate::timer::sleep_for;
+use crate::timer::{sleep_for, sleep_until};
 
 /// How long stdout may stay open (held by a grandchild) after the handler
 /// exited before the output is taken as complete.
@@ -50,6 +52,7 @@ async fn serve(ctx: &mut ActorContext) {
 /// What ended a one-shot run before its process exited by itself.
 enum Interrupt {
     Timeout,
+    Stalled(Duration),
     Cancel,
     Force,
 }
@@ -79,6 +82,9 @@ async fn run_job(ctx: &ActorContext, mut ticket: JobTicket) {
     let mut stdout_open = true;
     let timeout = sleep_for(config.job_timeout);
     tokio::pin!(timeout);
+    // A one-shot handler is heard from through any line on its stdout.
+    let stall = ticket.job.stall_timeout.or(config.stall_timeout);
+    let mut quiet_until = stall.map(|limit| Instant::now() + limit);
     let cancel = ticket.cancel.clone();
     let interrupt = loop {
         tokio::select! {
@@ -86,8 +92,14 @@ async fn run_job(ctx: &ActorContext, mut ticket: JobTicket) {
             _ = ctx.force.cancelled() => break Some(Interrupt::Force),
             _ = cancel.cancelled() => break Some(Interrupt::Cancel),
             _ = &mut timeout => break Some(Interrupt::Timeout),
+            _ = sleep_until(quiet_until), if quiet_until.is_some() => {
+                break Some(Interrupt::Stalled(stall.unwrap_or_default()))
+            }
             line = process.stdout.recv(), if stdout_open => match line {
-                Some(line) => collect(&mut stdout, &mut too_large, line, limit),
+                Some(line) => {
+                    quiet_until = stall.map(|limit| Instant::now() + limit);
+                    collect(&mut stdout, &mut too_large, line, limit)
+                }
                 None => stdout_open = false,
             },
             _ = process.exit.wait() => break None,
@@ -120,6 +132,15 @@ async fn run_job(ctx: &ActorContext, mut ticket: JobTicket) {
         Some(Interrupt::Cancel) => {
             process.stop(config.kill_grace, &ctx.force).await;
             ticket.finish(JobResult::cancelled());
+            return;
+        }
+        Some(Interrupt::Stalled(limit)) => {
+            let tail = process.stderr_tail().await;
+            ticket.fail(
+                JobFailure::new(FailureKind::Stalled, HandlerConfig::stall_message(limit))
+                    .with_stderr(tail),
+            );
+            process.stop(config.kill_grace, &ctx.force).await;
             return;
         }
         Some(Interrupt::Timeout) => {

@@ -27,6 +27,9 @@ pub enum Frame {
     Stream { id: String, value: Json },
     /// `{"id", "progress": ...}`: a progress update.
     Progress { id: String, value: Json },
+    /// `{"id", "heartbeat": true}`: the handler is alive and still working
+    /// on the job, with nothing to report (see `--stall-timeout`).
+    Heartbeat { id: String },
     /// A line that starts like a protocol object but cannot be read, and
     /// why. It fails the job it names, if it names one.
     Unreadable(String),
@@ -50,6 +53,8 @@ struct Keys<'a> {
     stream: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     progress: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    heartbeat: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     refresh_worker: Option<&'a RawValue>,
 }
@@ -115,6 +120,9 @@ pub fn parse_line(line: &Bytes) -> Frame {
             id,
             value: json(value),
         };
+    }
+    if is_true(keys.heartbeat) {
+        return Frame::Heartbeat { id };
     }
     Frame::Other
 }
@@ -186,6 +194,14 @@ mod tests {
     #[test]
     fn frames_are_recognised() {
         assert_eq!(parse_line(br#"{"ready": true}"#), Frame::Ready);
+        assert_eq!(
+            parse_line(br#"{"id": "a", "heartbeat": true}"#),
+            Frame::Heartbeat { id: "a".into() }
+        );
+        assert_eq!(
+            parse_line(br#"{"id": "a", "heartbeat": false}"#),
+            Frame::Other
+        );
         assert_eq!(
             parse_line(br#"{"id": "a", "output": {"x": 1}}"#),
             Frame::Final {

@@ -23,6 +23,8 @@ pub enum FailureKind {
     HandlerStart,
     /// Another job in the same process made it restart.
     HandlerRestarted,
+    /// The handler sent nothing for the job for `--stall-timeout`.
+    Stalled,
 }
 
 impl FailureKind {
@@ -35,6 +37,7 @@ impl FailureKind {
             FailureKind::WorkerShutdown => "WorkerShutdown",
             FailureKind::HandlerStart => "HandlerStartFailed",
             FailureKind::HandlerRestarted => "HandlerRestarted",
+            FailureKind::Stalled => "Stalled",
         }
     }
 }

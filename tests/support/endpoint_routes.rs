@@ -28,6 +28,7 @@ macro_rules! all_route_tests {
             execution_timeout_ends_timed_out_and_replaces_the_handler,
             ttl_ends_unstarted_jobs_and_retry_runs_them_again,
             handler_errors_are_final_and_crashes_use_attempts,
+            a_stalled_attempt_is_retried_while_attempts_remain,
             purge_drops_queued_jobs_only,
             shutdown_refuses_new_jobs_answers_waiters_and_keeps_the_queue,
             webhooks_are_retried_until_delivered,
@@ -476,6 +477,36 @@ pub async fn handler_errors_are_final_and_crashes_use_attempts(store: &Store) {
     assert_eq!(code, 200);
     endpoint.wait_for(&failed, "FAILED").await;
     assert!(endpoint.jobs().await["retried"].as_u64().unwrap() >= 1);
+    endpoint.stop().await;
+}
+
+/// A handler alive but silent past the job's `policy.stallTimeout` fails
+/// the attempt as Stalled; the job runs again while attempts remain.
+pub async fn a_stalled_attempt_is_retried_while_attempts_remain(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let mut hung = fake("hang", json!({}));
+    hung["policy"] = json!({"maxAttempts": 2, "stallTimeout": 1000});
+    let started = Instant::now();
+    let id = endpoint.submit(hung).await;
+    let body = endpoint.wait_for(&id, "FAILED").await;
+    assert_eq!(body["retries"], 1, "a stalled attempt is retried: {body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("attempt 2 of 2"), "{body}");
+    assert!(error.contains("Stalled"), "{body}");
+    // Two attempts of 1 s each and a back-off of about 1 s between them,
+    // with slack for a loaded machine (before: never).
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let (code, answer) = endpoint
+        .post("/run", json!({"input": {}, "policy": {"stallTimeout": -1}}))
+        .await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("policy.stallTimeout"),
+        "{answer}"
+    );
     endpoint.stop().await;
 }
 

@@ -25,7 +25,13 @@ use crate::json::{self, Json};
 
 /// Policy keys jobpipe understands; `lowPriority` is accepted and has no
 /// effect (one queue, first in first out).
-const POLICY_KEYS: &[&str] = &["executionTimeout", "ttl", "lowPriority", "maxAttempts"];
+const POLICY_KEYS: &[&str] = &[
+    "executionTimeout",
+    "ttl",
+    "lowPriority",
+    "maxAttempts",
+    "stallTimeout",
+];
 
 /// Checks a submission body and builds the job it asks for.
 pub(crate) fn parse_job(
@@ -199,6 +205,7 @@ fn parse_policy(
         ttl: defaults.ttl,
         max_attempts: defaults.max_attempts,
         retention,
+        stall_timeout: None,
     };
     let fields = match policy {
         None | Some(Value::Null) => return Ok(result),
@@ -217,6 +224,9 @@ fn parse_policy(
     }
     if let Some(ms) = positive_ms(fields, "executionTimeout")? {
         result.execution_timeout = Some(ms);
+    }
+    if let Some(ms) = positive_ms(fields, "stallTimeout")? {
+        result.stall_timeout = Some(ms);
     }
     if let Some(ms) = positive_ms(fields, "ttl")? {
         result.ttl = ms;

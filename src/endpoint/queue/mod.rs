@@ -128,6 +128,8 @@ pub struct JobPolicy {
     pub max_attempts: u32,
     /// How long the final status can be read before the job is deleted.
     pub retention: Duration,
+    /// The job's own `--stall-timeout`, which wins over the worker's.
+    pub stall_timeout: Option<Duration>,
 }
 
 /// A job as `/status` shows it; `JobRecord<Json>` carries the output's
@@ -207,6 +209,8 @@ pub struct Lease<P = Value> {
     pub execution_timeout: Option<Duration>,
     /// How long the job waited in the queue before this take.
     pub waited: Duration,
+    /// The job's own `--stall-timeout`.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Lease<Json> {
@@ -219,6 +223,7 @@ impl Lease<Json> {
             payload: self.payload.to_value(),
             execution_timeout: self.execution_timeout,
             waited: self.waited,
+            stall_timeout: self.stall_timeout,
         }
     }
 }

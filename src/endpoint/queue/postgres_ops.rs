@@ -92,8 +92,9 @@ async fn notify(client: &impl GenericClient, event: &QueueEvent) -> Result<(), F
 pub(super) async fn enqueue(client: &Object, job: &NewJob<Json>) -> Result<(), Fault> {
     let sql = "WITH added AS (
             INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
-                ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after)
-            SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t, t
+                ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
+                stall_timeout_ms)
+            SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t, t, $8
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT (id) DO NOTHING
             RETURNING id)
@@ -113,6 +114,7 @@ pub(super) async fn enqueue(client: &Object, job: &NewJob<Json>) -> Result<(), F
                 &duration_ms(policy.ttl),
                 &max_attempts,
                 &duration_ms(policy.retention),
+                &policy.stall_timeout.map(duration_ms),
             ],
         )
         .await?;
@@ -338,7 +340,7 @@ pub(super) async fn take(
                 lease_expires_at = jobpipe.now_ms() + $3, started_at = jobpipe.now_ms()
            FROM picked WHERE j.id = picked.id
          RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
-                   j.started_at - j.queued_at";
+                   j.started_at - j.queued_at, j.stall_timeout_ms";
     let statement = client.prepare_cached(sql).await?;
     let limit = i64::try_from(slots).unwrap_or(i64::MAX);
     let rows = client
@@ -357,6 +359,9 @@ fn lease_of(row: &Row) -> Lease<Json> {
             .get::<_, Option<i64>>(4)
             .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         waited: Duration::from_millis(u64::try_from(row.get::<_, i64>(5)).unwrap_or(0)),
+        stall_timeout: row
+            .get::<_, Option<i64>>(6)
+            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
     }
 }
 

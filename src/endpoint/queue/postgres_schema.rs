@@ -73,6 +73,8 @@ const MIGRATIONS: &[&str] = &[
         busy integer NOT NULL,
         seen_at bigint NOT NULL
     );",
+    // 2: a job's own stall timeout (policy.stallTimeout).
+    "ALTER TABLE jobpipe.jobs ADD COLUMN stall_timeout_ms bigint;",
 ];
 
 /// Brings the schema up to date; fails on a schema from a newer jobpipe.

@@ -244,8 +244,9 @@ impl Queue for SqliteQueue {
                 let payload = job.payload.text();
                 let inserted = tx.execute(
                     "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
-                        ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after)
-                     VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
+                        ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
+                        stall_timeout_ms)
+                     VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9)",
                     params![
                         job.id,
                         &*payload,
@@ -254,7 +255,8 @@ impl Queue for SqliteQueue {
                         duration_ms(p.ttl),
                         p.max_attempts,
                         duration_ms(p.retention),
-                        now
+                        now,
+                        p.stall_timeout.map(duration_ms)
                     ],
                 )?;
                 events.push(QueueEvent::Queued);
@@ -420,7 +422,8 @@ impl Queue for SqliteQueue {
                 let lease = tx.query_row(
                     "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, worker_id = ?2,
                         lease_token = ?3, lease_expires_at = ?4, started_at = ?5
-                     WHERE id = ?1 RETURNING payload, attempts, execution_timeout_ms, queued_at",
+                     WHERE id = ?1 RETURNING payload, attempts, execution_timeout_ms, queued_at,
+                        stall_timeout_ms",
                     params![id, worker, token, now + lease_ms, now],
                     |row| {
                         Ok(Lease {
@@ -432,6 +435,9 @@ impl Queue for SqliteQueue {
                                 .get::<_, Option<i64>>(2)?
                                 .map(|ms| Duration::from_millis(ms.max(0) as u64)),
                             waited: Duration::from_millis((now - row.get::<_, i64>(3)?).max(0) as u64),
+                            stall_timeout: row
+                                .get::<_, Option<i64>>(4)?
+                                .map(|ms| Duration::from_millis(ms.max(0) as u64)),
                         })
                     },
                 )?;

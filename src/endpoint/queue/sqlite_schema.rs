@@ -57,6 +57,8 @@ const MIGRATIONS: &[&str] = &[
         busy INTEGER NOT NULL,
         seen_at INTEGER NOT NULL
     );",
+    // 2: a job's own stall timeout (policy.stallTimeout).
+    "ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;",
 ];
 
 /// Brings the schema up to date; fails on a database from a newer jobpipe.
