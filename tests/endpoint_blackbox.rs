@@ -104,13 +104,7 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.daemon.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        support::rss_kib(self.daemon.pid())
     }
 
     fn kill9(mut self) {
@@ -135,7 +129,8 @@ fn logging_handler(log: &Path) -> Vec<String> {
 /// How often each job id ran, from the logging handler's file.
 fn runs(log: &Path) -> HashMap<String, usize> {
     let mut runs = HashMap::new();
-    for id in std::fs::read_to_string(log).unwrap_or_default().lines() {
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let id = line.split(' ').next().unwrap_or_default();
         *runs.entry(id.to_owned()).or_default() += 1;
     }
     runs

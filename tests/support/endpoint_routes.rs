@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::endpoint::{fake, Endpoint, Store, KEY};
+use super::hooks::receiver;
 
 /// Every route test for one store: the list is written once, so every
 /// store runs the same tests.
@@ -584,36 +585,6 @@ pub async fn shutdown_refuses_new_jobs_answers_waiters_and_keeps_the_queue(store
     assert_eq!(body["status"], "COMPLETED", "{body}");
     again.wait_for(&queued, "COMPLETED").await;
     again.stop().await;
-}
-
-/// A webhook receiver that answers 500 to its first `failures` posts.
-struct Receiver {
-    url: String,
-    posts: std::sync::Arc<std::sync::Mutex<Vec<(u16, Value)>>>,
-}
-
-async fn receiver(failures: usize) -> Receiver {
-    use axum::extract::State;
-    use axum::http::StatusCode;
-    type Posts = std::sync::Arc<std::sync::Mutex<Vec<(u16, Value)>>>;
-    let posts: Posts = Default::default();
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            axum::routing::post(
-                move |State(posts): State<Posts>, body: axum::Json<Value>| async move {
-                    let mut posts = posts.lock().unwrap();
-                    let status = if posts.len() < failures { 500 } else { 200 };
-                    posts.push((status, body.0));
-                    StatusCode::from_u16(status).unwrap()
-                },
-            ),
-        )
-        .with_state(posts.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Receiver { url, posts }
 }
 
 pub async fn webhooks_are_retried_until_delivered(store: &Store) {

@@ -9,16 +9,19 @@
 //!   followed through /proc; [`shutdown`]: tagged handlers for the
 //!   shutdown tests.
 //! - [`fake_runpod`], [`endpoint`], [`endpoint_routes`], [`postgres`],
-//!   [`tcp_proxy`], [`tls`]: the services jobpipe talks to in tests.
+//!   [`cluster`], [`hooks`], [`tcp_proxy`], [`tls`]: the services jobpipe
+//!   talks to in tests, and jobpipe processes on a shared queue.
 //! - [`prereq`]: what a missing prerequisite does (fail, or skip if opted
 //!   out with `JOBPIPE_TEST_SKIP`).
 
 #![allow(dead_code)]
+pub mod cluster;
 pub mod daemon;
 pub mod endpoint;
 pub mod endpoint_routes;
 pub mod fake_runpod;
 pub mod fixtures;
+pub mod hooks;
 pub mod live;
 pub mod postgres;
 pub mod prereq;

@@ -81,6 +81,41 @@ pub fn server() -> Option<&'static PgServer> {
     }
 }
 
+/// A server of the caller's own, for a test that restarts or stops it:
+/// its commits are acknowledged only once written to the operating system
+/// (`synchronous_commit = on`), so a crash of the server (`pg_ctl -m
+/// immediate`) loses nothing acknowledged, as on a real deployment (the
+/// machine itself does not crash in a test, so `fsync` stays off).
+/// `None` when the tests skip PostgreSQL.
+pub fn own_server() -> Option<OwnServer> {
+    let bin = match find_bin() {
+        Ok(bin) => bin,
+        Err(why) => {
+            super::prereq::missing("postgres", &why);
+            return None;
+        }
+    };
+    let server =
+        PgServer::start_with(bin, "synchronous_commit = on\n").unwrap_or_else(|e| panic!("{e}"));
+    Some(OwnServer(Box::leak(Box::new(server))))
+}
+
+/// A server of one test's own, stopped and removed when dropped.
+pub struct OwnServer(pub &'static PgServer);
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+impl std::ops::Deref for OwnServer {
+    type Target = PgServer;
+    fn deref(&self) -> &PgServer {
+        self.0
+    }
+}
+
 /// A fresh database on the shared server, or `None` when the tests skip.
 pub fn database() -> Option<TestDb> {
     server().map(PgServer::create_database)
@@ -128,6 +163,11 @@ impl PgServer {
     /// Initialises and starts a server; retries on another port if the
     /// free port found was taken in between.
     pub fn start(bin: PathBuf) -> Result<PgServer, String> {
+        Self::start_with(bin, "")
+    }
+
+    /// [`Self::start`] with `settings` added to the configuration.
+    pub fn start_with(bin: PathBuf, settings: &str) -> Result<PgServer, String> {
         let run_as_postgres = nix::unistd::geteuid().is_root();
         let dir = tempfile::Builder::new()
             .prefix("jobpipe-pg-")
@@ -176,6 +216,7 @@ impl PgServer {
         let conf = server.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
         text.push_str(SETTINGS);
+        text.push_str(settings);
         text.push_str(&format!(
             "unix_socket_directories = '{}'\n",
             server.socket_dir.display()
@@ -332,6 +373,42 @@ impl PgServer {
             "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
             self.password, self.port
         )
+    }
+
+    /// Crashes the server (`pg_ctl restart -m immediate`: every backend is
+    /// killed, crash recovery runs at start) and waits until it answers.
+    pub fn restart_immediate(&self) {
+        let log = self.socket_dir.join("server.log");
+        let port = format!("-p {}", self.port);
+        self.run_tool(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                self.data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                port.as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "120".as_ref(),
+                "restart".as_ref(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("pg_ctl restart: {e}"));
+    }
+
+    /// Ends every client connection but the one asking; how many it ended.
+    pub fn terminate_backends(&self) -> usize {
+        self.psql(
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .parse()
+        .unwrap()
     }
 
     /// Stops the server at once and removes its directory; idempotent.

@@ -24,6 +24,16 @@ pub fn running(pid: i32) -> bool {
     !matches!(state, "Z" | "X" | "x")
 }
 
+/// A process's resident memory in KiB (0 once it is gone).
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits up to `limit` until none of `pids` is running; returns the ones
 /// still running then.
 pub fn wait_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
