@@ -1,6 +1,6 @@
-//! Secrets given to jobpipe (API keys): from a flag, a variable, or a file
-//! (`--*-key-file`, the Docker and Kubernetes secrets convention), never
-//! empty, never shown. A leaf but for [`crate::error`].
+//! Secrets given to jobpipe (API keys, the webhook secret): from a flag, a
+//! variable, or a file (`--*-file`, the Docker and Kubernetes secrets
+//! convention), never empty, never shown. A leaf but for [`crate::error`].
 
 use std::path::Path;
 use std::sync::Arc;

@@ -77,6 +77,14 @@ fn an_empty_key_is_a_start_up_error_naming_the_variable() {
     let (code, stderr) = exits(with_key_file("\n", &[]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("is empty"), "{stderr}");
+
+    // An empty webhook secret must not silently mean unsigned posts.
+    let (code, stderr) = exits(endpoint(&[]).env("JOBPIPE_WEBHOOK_SECRET", ""));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("JOBPIPE_WEBHOOK_SECRET") && stderr.contains("empty"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -154,6 +154,11 @@ pub struct EndpointArgs {
         value_name = "SECRET"
     )]
     pub webhook_secret: Option<String>,
+
+    /// File holding the webhook secret (its first line), instead of
+    /// --webhook-secret.
+    #[arg(long, env = "JOBPIPE_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 impl EndpointArgs {
@@ -233,11 +238,15 @@ impl EndpointArgs {
             spool_dir,
             max_undelivered,
             take_jobs: !self.api_only,
-            webhook_secret: self
-                .webhook_secret
-                .clone()
-                .filter(|s| !s.is_empty())
-                .map(Arc::from),
+            webhook_secret: crate::secret::resolve(
+                if self.webhook_secret_file.is_some() {
+                    "--webhook-secret-file (JOBPIPE_WEBHOOK_SECRET_FILE)"
+                } else {
+                    "--webhook-secret (JOBPIPE_WEBHOOK_SECRET)"
+                },
+                self.webhook_secret.as_deref(),
+                self.webhook_secret_file.as_deref(),
+            )?,
         })
     }
 

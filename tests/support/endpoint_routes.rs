@@ -851,7 +851,12 @@ pub async fn webhook_posts_are_signed_with_the_secret(store: &Store) {
     use hmac::{Hmac, KeyInit, Mac};
     const SECRET: &str = "whsec-route-test";
     let hook = Recorder::start().await;
-    let endpoint = Endpoint::start(store, &["--webhook-secret", SECRET]).await;
+    // From a file, as Docker and Kubernetes secrets are mounted.
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let secret_file = secret_file.display().to_string();
+    let endpoint = Endpoint::start(store, &["--webhook-secret-file", &secret_file]).await;
     let mut body = fake("echo", json!({ "signed": true }));
     body["webhook"] = json!(hook.url);
     let id = endpoint.submit(body.clone()).await;
