@@ -48,6 +48,7 @@ mod postgres_ops;
 mod postgres_schema;
 pub mod sqlite;
 mod sqlite_schema;
+mod sqlite_submit;
 pub mod stores;
 
 /// A job's status, as RunPod names it.
@@ -347,6 +348,9 @@ pub enum QueueError {
     Unavailable(String),
     #[error("a job with id {0:?} already exists")]
     Duplicate(String),
+    /// One error for many callers: a group commit that failed.
+    #[error(transparent)]
+    Shared(std::sync::Arc<QueueError>),
 }
 
 /// A job store shared by API routes and workers. See the module docs.

@@ -1,0 +1,181 @@
+//! Group commit of submissions to the SQLite queue.
+//!
+//! Every acknowledged job must survive a power cut, so a commit waits for
+//! `fsync` (`synchronous = FULL`). One fsync per `/run` would cap the
+//! endpoint at the disk's fsync rate; instead, the submissions that arrive
+//! while one commit runs wait for the next, and go in together: one
+//! transaction, one fsync, then every caller of the group is answered. A
+//! lone caller waits for no one (there is no timer: a group is whatever
+//! queued up meanwhile). If the commit fails, every caller of the group
+//! gets the error, and none is told its job was queued.
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{duration_ms, now_ms, NewJob, QueueError, QueueEvent};
+use crate::json::Json;
+
+/// Most submissions one transaction takes.
+const GROUP_MAX: usize = 512;
+/// Submissions waiting for a commit; more wait for room (back-pressure).
+const WAITING_MAX: usize = 4096;
+
+/// A job to queue and who waits to hear that it is on disk.
+type Submission = (NewJob<Json>, oneshot::Sender<Result<(), QueueError>>);
+
+/// Where submissions go to be committed in groups.
+pub(super) struct Submissions(mpsc::Sender<Submission>);
+
+impl Submissions {
+    /// Starts the task that commits groups on `conn`; it ends when the
+    /// queue (the last sender) is dropped.
+    pub(super) fn start(
+        conn: Arc<Mutex<Connection>>,
+        events: broadcast::Sender<QueueEvent>,
+    ) -> Submissions {
+        let (sender, receiver) = mpsc::channel(WAITING_MAX);
+        tokio::spawn(commit_groups(conn, events, receiver));
+        Submissions(sender)
+    }
+
+    /// Queues `job`; answers once the transaction holding it committed.
+    pub(super) async fn submit(&self, job: NewJob<Json>) -> Result<(), QueueError> {
+        let (answer, answered) = oneshot::channel();
+        let stopped = || QueueError::Database("the queue's writer has stopped".into());
+        self.0.send((job, answer)).await.map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+async fn commit_groups(
+    conn: Arc<Mutex<Connection>>,
+    events: broadcast::Sender<QueueEvent>,
+    mut receiver: mpsc::Receiver<Submission>,
+) {
+    let mut group = Vec::with_capacity(GROUP_MAX);
+    while receiver.recv_many(&mut group, GROUP_MAX).await > 0 {
+        let (jobs, answers): (Vec<_>, Vec<_>) = group.drain(..).unzip();
+        let conn = conn.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            insert_all(&mut conn, &jobs).map(|inserted| (jobs, inserted))
+        })
+        .await;
+        match committed {
+            Ok(Ok((jobs, inserted))) => {
+                if inserted.iter().any(|&new| new) {
+                    let _ = events.send(QueueEvent::Queued);
+                }
+                for ((job, new), answer) in jobs.into_iter().zip(inserted).zip(answers) {
+                    let _ = answer.send(if new {
+                        Ok(())
+                    } else {
+                        Err(QueueError::Duplicate(job.id))
+                    });
+                }
+            }
+            Ok(Err(e)) => answer_all(answers, QueueError::Sqlite(e)),
+            Err(e) => answer_all(answers, QueueError::Task(e)),
+        }
+    }
+}
+
+/// Inserts the group in one transaction; which jobs were new (an id
+/// already present, or twice in the group, is not).
+fn insert_all(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<bool>> {
+    let tx = conn.transaction()?;
+    let mut inserted = Vec::with_capacity(jobs.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
+                ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
+                stall_timeout_ms)
+             VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9)",
+        )?;
+        let now = now_ms();
+        for job in jobs {
+            let p = job.policy;
+            let payload = job.payload.text();
+            let rows = insert.execute(params![
+                job.id,
+                &*payload,
+                job.webhook,
+                p.execution_timeout.map(duration_ms),
+                duration_ms(p.ttl),
+                p.max_attempts,
+                duration_ms(p.retention),
+                now,
+                p.stall_timeout.map(duration_ms)
+            ])?;
+            inserted.push(rows > 0);
+        }
+    }
+    tx.commit()?;
+    Ok(inserted)
+}
+
+/// Tells every caller of a group that failed why.
+fn answer_all(answers: Vec<oneshot::Sender<Result<(), QueueError>>>, error: QueueError) {
+    tracing::error!(
+        "queue database error: {error}; {} submissions refused",
+        answers.len()
+    );
+    let error = Arc::new(error);
+    for answer in answers {
+        let _ = answer.send(Err(QueueError::Shared(error.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::sqlite::SqliteQueue;
+    use super::super::{JobPolicy, JobStatus, Queue};
+    use super::*;
+
+    fn job(id: &str) -> NewJob {
+        NewJob {
+            id: id.into(),
+            payload: serde_json::json!({"id": id, "input": {}}),
+            webhook: None,
+            policy: JobPolicy {
+                execution_timeout: None,
+                ttl: Duration::from_secs(3600),
+                max_attempts: 3,
+                retention: Duration::from_secs(3600),
+                stall_timeout: None,
+            },
+        }
+    }
+
+    /// Many submissions at once: each is answered once, after its group
+    /// committed, a repeated id (in the same group or not) is refused, and
+    /// what was answered Ok is what the file holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submissions_are_committed_in_groups_and_answered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(SqliteQueue::open(&dir.path().join("q.db")).await.unwrap());
+        let submitted: Vec<_> = (0..400)
+            .map(|n| {
+                let queue = queue.clone();
+                // Every tenth id is submitted twice.
+                let id = format!("job-{}", if n % 10 == 9 { n - 1 } else { n });
+                tokio::spawn(async move { queue.enqueue(job(&id)).await })
+            })
+            .collect();
+        let (mut queued, mut duplicates) = (0, 0);
+        for answer in submitted {
+            match answer.await.unwrap() {
+                Ok(()) => queued += 1,
+                Err(QueueError::Duplicate(_)) => duplicates += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((queued, duplicates), (360, 40));
+        let health = queue.health().await.unwrap();
+        assert_eq!(health.count(JobStatus::InQueue), 360);
+    }
+}
