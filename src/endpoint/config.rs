@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::api::Limits;
+use super::queue::postgres::DEFAULT_POOL_SIZE;
 use super::queue::stores::{self, QueueLocation, DEFAULT_QUEUE};
 use super::source::QueueSourceConfig;
 use crate::endpoint::api::JobDefaults;
@@ -59,6 +60,17 @@ pub struct EndpointArgs {
         hide_env_values = true
     )]
     pub queue: String,
+
+    /// Connections to a PostgreSQL queue this process keeps at most,
+    /// besides one that listens for notifications. Keep the fleet's total
+    /// under the server's max_connections.
+    #[arg(
+        long,
+        env = "JOBPIPE_QUEUE_POOL_SIZE",
+        default_value_t = NonZeroUsize::new(DEFAULT_POOL_SIZE).expect("not zero"),
+        value_name = "N"
+    )]
+    pub queue_pool_size: NonZeroUsize,
 
     /// Serve the endpoint API and run no handlers: workers sharing the same
     /// postgres:// --queue run the jobs. Implies --serve-api; no handler
@@ -222,7 +234,8 @@ impl EndpointArgs {
             None
         };
         Ok(QueueSourceConfig {
-            queue: QueueLocation::parse(&self.queue, std::env::var("PGPASSWORD").ok())?,
+            queue: QueueLocation::parse(&self.queue, std::env::var("PGPASSWORD").ok())?
+                .with_pool_size(self.queue_pool_size.get()),
             api_addr,
             api_key,
             api_limits: Limits {

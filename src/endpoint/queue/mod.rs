@@ -42,6 +42,7 @@ use tokio::sync::broadcast;
 use crate::json::{self, Json};
 
 pub mod postgres;
+mod postgres_announce;
 mod postgres_conn;
 mod postgres_listen;
 mod postgres_ops;

@@ -9,8 +9,9 @@
 //!   its lease (it froze, was cut off, or the job was cancelled) writes
 //!   nothing; whoever sweeps after the expiry queues the job again, counting
 //!   the attempt, or fails it when none are left.
-//! * **Events** travel as `NOTIFY` ([`super::postgres_listen`]), sent in
-//!   the transaction that makes the change.
+//! * **Events** travel as `NOTIFY` ([`super::postgres_listen`]), sent
+//!   after the transaction that made the change committed, many in one
+//!   transaction ([`super::postgres_announce`]), never in a job's own.
 //! * **Connections** come from a small pool (deadpool-postgres): API
 //!   requests and worker writes run concurrently, each transaction needs a
 //!   connection of its own, and a connection broken by a database restart
@@ -26,7 +27,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub use super::postgres_conn::PgTarget;
+use super::postgres_announce::Announcer;
+pub use super::postgres_conn::{PgTarget, DEFAULT_POOL_SIZE};
 use super::postgres_conn::{Reachability, CONNECT_TIMEOUT};
 use super::postgres_ops::{self as ops, Fault};
 use super::{
@@ -36,8 +38,6 @@ use super::{
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
 
-/// Connections one process keeps at most.
-const POOL_SIZE: usize = 16;
 /// Longest time one queue call may take, connecting included.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Delays between attempts to reach the database at start.
@@ -49,6 +49,7 @@ pub struct PgQueue {
     pool: Pool,
     target: PgTarget,
     events: broadcast::Sender<QueueEvent>,
+    announcer: Announcer,
     reach: Arc<Reachability>,
     /// Stops the listening connection when the queue is dropped.
     _listener: DropGuard,
@@ -104,7 +105,7 @@ impl PgQueue {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(target.pool_size)
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(CONNECT_TIMEOUT))
             .wait_timeout(Some(CALL_DEADLINE))
@@ -123,7 +124,10 @@ impl PgQueue {
             listening,
         ));
         let _ = tokio::time::timeout(CALL_DEADLINE, listens).await;
+        let announcer =
+            Announcer::start(pool.clone(), target.clone(), events.clone(), stop.clone());
         Ok(PgQueue {
+            announcer,
             pool,
             target,
             events,
@@ -162,6 +166,18 @@ impl PgQueue {
         })
     }
 
+    /// [`Self::call`] for a call whose transaction makes events, which are
+    /// announced once it has committed.
+    async fn call_announcing<T, F, Fut>(&self, f: F) -> Result<T, QueueError>
+    where
+        F: FnOnce(deadpool_postgres::Object, ops::Events) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, ops::Events), Fault>>,
+    {
+        let (value, events) = self.call(|client| f(client, Vec::new())).await?;
+        self.announcer.announce(events);
+        Ok(value)
+    }
+
     /// Whether the database was unreachable at the last call.
     pub fn is_unreachable(&self) -> bool {
         self.reach.is_down()
@@ -175,8 +191,11 @@ impl Queue for PgQueue {
     }
 
     async fn enqueue_raw(&self, job: NewJob<Json>) -> Result<(), QueueError> {
-        self.call(|client| async move { ops::enqueue(&client, &job).await })
-            .await
+        self.call_announcing(|client, mut events| async move {
+            ops::enqueue(&client, &job, &mut events).await?;
+            Ok(((), events))
+        })
+        .await
     }
 
     async fn status_raw(&self, id: &str) -> Result<Option<JobRecord<Json>>, QueueError> {
@@ -193,13 +212,19 @@ impl Queue for PgQueue {
     }
 
     async fn cancel(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
-        self.call(|mut client| async move { ops::cancel(&mut client, id).await })
-            .await
+        self.call_announcing(|mut client, mut events| async move {
+            let status = ops::cancel(&mut client, id, &mut events).await?;
+            Ok((status, events))
+        })
+        .await
     }
 
     async fn retry(&self, id: &str) -> Result<RetryOutcome, QueueError> {
-        self.call(|mut client| async move { ops::retry(&mut client, id).await })
-            .await
+        self.call_announcing(|mut client, mut events| async move {
+            let outcome = ops::retry(&mut client, id, &mut events).await?;
+            Ok((outcome, events))
+        })
+        .await
     }
 
     async fn purge(&self) -> Result<u64, QueueError> {
@@ -261,20 +286,20 @@ impl Queue for PgQueue {
         token: &str,
         output: Json,
     ) -> Result<bool, QueueError> {
-        self.call(|client| async move {
-            // One statement: the partial is added only under the lease, and
-            // the notification goes out with it.
-            let sql = "WITH added AS (
-                    INSERT INTO jobpipe.stream (job_id, output)
+        self.call_announcing(|client, mut events| async move {
+            // One statement: the partial is added only under the lease.
+            let sql = "INSERT INTO jobpipe.stream (job_id, output)
                     SELECT id, $3 FROM jobpipe.jobs
-                     WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'
-                    RETURNING job_id)
-                 SELECT pg_notify('jobpipe', 's:' || job_id) FROM added";
+                     WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'";
             let statement = client.prepare_cached(sql).await?;
-            let rows = client
-                .query(&statement, &[&job_id, &token, &&*output.text()])
-                .await?;
-            Ok(!rows.is_empty())
+            let added = client
+                .execute(&statement, &[&job_id, &token, &&*output.text()])
+                .await?
+                > 0;
+            if added {
+                events.push(QueueEvent::Streamed(job_id.to_owned()));
+            }
+            Ok((added, events))
         })
         .await
     }
@@ -285,8 +310,11 @@ impl Queue for PgQueue {
         token: &str,
         ending: Ending<Json>,
     ) -> Result<bool, QueueError> {
-        self.call(|mut client| async move { ops::finish(&mut client, job_id, token, ending).await })
-            .await
+        self.call_announcing(|mut client, mut events| async move {
+            let written = ops::finish(&mut client, job_id, token, ending, &mut events).await?;
+            Ok((written, events))
+        })
+        .await
     }
 
     async fn heartbeat(
@@ -311,8 +339,11 @@ impl Queue for PgQueue {
     }
 
     async fn sweep(&self) -> Result<Swept, QueueError> {
-        self.call(|mut client| async move { ops::sweep(&mut client).await })
-            .await
+        self.call_announcing(|mut client, mut events| async move {
+            let swept = ops::sweep(&mut client, &mut events).await?;
+            Ok((swept, events))
+        })
+        .await
     }
 
     async fn webhooks_due(&self, limit: usize) -> Result<Vec<WebhookPost>, QueueError> {

@@ -19,6 +19,10 @@ use crate::error::ConfigError;
 /// How long one connection attempt may take before it counts as failed.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections one process keeps at most by default (besides its
+/// listener): a fleet of 100 workers then needs about 500 of the server.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
 /// A PostgreSQL server and database to keep the queue in.
 #[derive(Clone)]
 pub struct PgTarget {
@@ -26,6 +30,8 @@ pub struct PgTarget {
     /// The URL as shown in messages: the password replaced by `***`.
     shown: String,
     password: Option<String>,
+    /// Connections the process keeps at most, besides its listener.
+    pub(super) pool_size: usize,
 }
 
 impl PgTarget {
@@ -72,7 +78,14 @@ impl PgTarget {
             config,
             shown,
             password,
+            pool_size: DEFAULT_POOL_SIZE,
         })
+    }
+
+    /// The target with at most `size` pooled connections (`--queue-pool-size`).
+    pub fn with_pool_size(mut self, size: usize) -> PgTarget {
+        self.pool_size = size.max(1);
+        self
     }
 
     /// `text` with the password, if it appears, replaced by `***`.
@@ -86,6 +99,13 @@ impl PgTarget {
             return "the server asks for a password and none was given: put it in \
                     the URL (postgres://USER:PASSWORD@HOST/DB) or in PGPASSWORD"
                 .to_owned();
+        }
+        if error.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) {
+            return self.redact(&format!(
+                "{} ({}): the server has no connection left for this process; raise max_connections on the server, lower --queue-pool-size (JOBPIPE_QUEUE_POOL_SIZE) on every process, or put PgBouncer in front",
+                error.as_db_error().map_or_else(|| error.to_string(), |db| db.message().to_owned()),
+                SqlState::TOO_MANY_CONNECTIONS.code()
+            ));
         }
         let text = match error.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
@@ -115,7 +135,10 @@ impl PgTarget {
             .iter()
             .any(|kind| text.starts_with(kind));
         };
-        *code == SqlState::INVALID_PASSWORD
+        // Too many clients: at start, a fleet too large for the server,
+        // which waiting will not fix either.
+        *code == SqlState::TOO_MANY_CONNECTIONS
+            || *code == SqlState::INVALID_PASSWORD
             || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             || *code == SqlState::INVALID_CATALOG_NAME
             || *code == SqlState::INSUFFICIENT_PRIVILEGE

@@ -1,7 +1,8 @@
 //! Queue events across machines: every change that someone may be waiting
-//! for is announced with `NOTIFY jobpipe` in the transaction that makes it
-//! (so it is heard only once committed), and one dedicated connection per
-//! process `LISTEN`s and turns the notifications into [`QueueEvent`]s.
+//! for is announced with `NOTIFY jobpipe` once the transaction that made it
+//! has committed (see [`super::postgres_announce`]), and one dedicated
+//! connection per process `LISTEN`s and turns the notifications into
+//! [`QueueEvent`]s.
 //!
 //! Idle workers thus wake within milliseconds of a `/run` on any machine,
 //! `/runsync` answers when the job ends wherever it ran, and a cancel

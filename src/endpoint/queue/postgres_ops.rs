@@ -9,7 +9,6 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use tokio_postgres::Row;
 
-use super::postgres_listen::{payload, CHANNEL};
 use super::{
     duration_ms, is_empty_output, partials_output, retry_delay_ms, stored_json, stored_partials,
     stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueEvent,
@@ -19,6 +18,9 @@ use crate::json::Json;
 
 /// Most rows one maintenance pass changes, so no transaction runs long.
 const SWEEP_BATCH: i64 = 500;
+/// Shortest time between two sweeps of the queue, whichever processes
+/// make them.
+const SWEEP_SPACING_MS: i64 = 250;
 /// A worker not heard from for this long is no longer counted, and is
 /// forgotten.
 const WORKER_GONE_MS: i64 = 30_000;
@@ -81,24 +83,22 @@ fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-async fn notify(client: &impl GenericClient, event: &QueueEvent) -> Result<(), Fault> {
-    let statement = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
-    client
-        .execute(&statement, &[&CHANNEL, &payload(event)])
-        .await?;
-    Ok(())
-}
+/// The events of a transaction, announced once it has committed (see
+/// [`super::postgres_announce`]).
+pub(super) type Events = Vec<QueueEvent>;
 
-pub(super) async fn enqueue(client: &Object, job: &NewJob<Json>) -> Result<(), Fault> {
-    let sql = "WITH added AS (
-            INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
+pub(super) async fn enqueue(
+    client: &Object,
+    job: &NewJob<Json>,
+    events: &mut Events,
+) -> Result<(), Fault> {
+    let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms)
             SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t, t, $8
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT (id) DO NOTHING
-            RETURNING id)
-         SELECT pg_notify('jobpipe', 'q') FROM added";
+            RETURNING id";
     let statement = client.prepare_cached(sql).await?;
     let policy = job.policy;
     let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
@@ -121,6 +121,7 @@ pub(super) async fn enqueue(client: &Object, job: &NewJob<Json>) -> Result<(), F
     if rows.is_empty() {
         return Err(Fault::Duplicate(job.id.clone()));
     }
+    events.push(QueueEvent::Queued);
     Ok(())
 }
 
@@ -186,6 +187,7 @@ pub(super) async fn read_stream(
 /// Writes a job's one final status and queues its webhook, in `tx`.
 async fn finalize(
     tx: &Transaction<'_>,
+    events: &mut Events,
     id: &str,
     status: JobStatus,
     output: Option<Json>,
@@ -218,12 +220,18 @@ async fn finalize(
         tx.execute(&statement, &[&id, &url, &body, &finished_at])
             .await?;
     }
-    notify(tx, &QueueEvent::Finished(id.to_owned())).await
+    events.push(QueueEvent::Finished(id.to_owned()));
+    Ok(())
 }
 
 /// Queues a job again after a lost attempt, or fails it when none are
 /// left; true when queued again. The row must be locked.
-async fn requeue_or_fail(tx: &Transaction<'_>, id: &str, why: &str) -> Result<bool, Fault> {
+async fn requeue_or_fail(
+    tx: &Transaction<'_>,
+    events: &mut Events,
+    id: &str,
+    why: &str,
+) -> Result<bool, Fault> {
     let statement = tx
         .prepare_cached("SELECT attempts, max_attempts FROM jobpipe.jobs WHERE id = $1")
         .await?;
@@ -232,7 +240,7 @@ async fn requeue_or_fail(tx: &Transaction<'_>, id: &str, why: &str) -> Result<bo
     if attempts >= max {
         let error = format!("{why} (attempt {attempts} of {max}; no attempts left)");
         tracing::warn!(job_id = %id, "{error}; the job failed");
-        finalize(tx, id, JobStatus::Failed, None, Some(error)).await?;
+        finalize(tx, events, id, JobStatus::Failed, None, Some(error)).await?;
         return Ok(false);
     }
     let statement = tx
@@ -249,11 +257,15 @@ async fn requeue_or_fail(tx: &Transaction<'_>, id: &str, why: &str) -> Result<bo
         .await?;
     tx.execute(&statement, &[&id]).await?;
     tracing::info!(job_id = %id, "{why}; queued again (attempt {attempts} of {max} used)");
-    notify(tx, &QueueEvent::Queued).await?;
+    events.push(QueueEvent::Queued);
     Ok(true)
 }
 
-pub(super) async fn cancel(client: &mut Object, id: &str) -> Result<Option<JobStatus>, Fault> {
+pub(super) async fn cancel(
+    client: &mut Object,
+    id: &str,
+    events: &mut Events,
+) -> Result<Option<JobStatus>, Fault> {
     let tx = client.transaction().await?;
     let Some(status) = lock_status(&tx, id).await? else {
         return Ok(None);
@@ -261,15 +273,19 @@ pub(super) async fn cancel(client: &mut Object, id: &str) -> Result<Option<JobSt
     if status.is_final() {
         return Ok(Some(status));
     }
-    finalize(&tx, id, JobStatus::Cancelled, None, None).await?;
+    finalize(&tx, events, id, JobStatus::Cancelled, None, None).await?;
     if status == JobStatus::InProgress {
-        notify(&tx, &QueueEvent::Cancelled(id.to_owned())).await?;
+        events.push(QueueEvent::Cancelled(id.to_owned()));
     }
     tx.commit().await?;
     Ok(Some(JobStatus::Cancelled))
 }
 
-pub(super) async fn retry(client: &mut Object, id: &str) -> Result<RetryOutcome, Fault> {
+pub(super) async fn retry(
+    client: &mut Object,
+    id: &str,
+    events: &mut Events,
+) -> Result<RetryOutcome, Fault> {
     let tx = client.transaction().await?;
     let Some(status) = lock_status(&tx, id).await? else {
         return Ok(RetryOutcome::NotFound);
@@ -287,8 +303,8 @@ pub(super) async fn retry(client: &mut Object, id: &str) -> Result<RetryOutcome,
     .await?;
     tx.execute("DELETE FROM jobpipe.stream WHERE job_id = $1", &[&id])
         .await?;
-    notify(&tx, &QueueEvent::Queued).await?;
     tx.commit().await?;
+    events.push(QueueEvent::Queued);
     Ok(RetryOutcome::Requeued)
 }
 
@@ -400,6 +416,7 @@ pub(super) async fn finish(
     id: &str,
     token: &str,
     ending: Ending<Json>,
+    events: &mut Events,
 ) -> Result<bool, Fault> {
     let tx = client.transaction().await?;
     let statement = tx
@@ -425,16 +442,16 @@ pub(super) async fn finish(
             } else {
                 partials_output(&list)
             };
-            finalize(&tx, id, JobStatus::Completed, Some(output), None).await?;
+            finalize(&tx, events, id, JobStatus::Completed, Some(output), None).await?;
         }
         Ending::Failed { error, output } => {
-            finalize(&tx, id, JobStatus::Failed, output, Some(error)).await?;
+            finalize(&tx, events, id, JobStatus::Failed, output, Some(error)).await?;
         }
         Ending::TimedOut(error) => {
-            finalize(&tx, id, JobStatus::TimedOut, None, Some(error)).await?;
+            finalize(&tx, events, id, JobStatus::TimedOut, None, Some(error)).await?;
         }
         Ending::Retry(why) => {
-            requeue_or_fail(&tx, id, &why).await?;
+            requeue_or_fail(&tx, events, id, &why).await?;
         }
     }
     tx.commit().await?;
@@ -453,21 +470,45 @@ async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Json>, Fault> {
         .collect())
 }
 
-pub(super) async fn sweep(client: &mut Object) -> Result<Swept, Fault> {
+/// Sweeps the queue: lost leases, jobs past their ttl, finished jobs past
+/// their retention, silent workers. Every process asks once a second, but
+/// one at a time sweeps, and the cluster at most once per
+/// [`SWEEP_SPACING_MS`]: the sweeper holds the one housekeeping row, the
+/// others skip it. Each query compares with one `now` given as a value, so
+/// the indexes on lease expiry and retention serve it (a VOLATILE function
+/// in the predicate would be a scan of the table).
+pub(super) async fn sweep(client: &mut Object, events: &mut Events) -> Result<Swept, Fault> {
     let tx = client.transaction().await?;
     let mut swept = Swept::default();
+    let turn = tx
+        .query_opt(
+            "SELECT 1 FROM jobpipe.housekeeping WHERE swept_at <= jobpipe.now_ms() - $1
+                FOR UPDATE SKIP LOCKED",
+            &[&SWEEP_SPACING_MS],
+        )
+        .await?;
+    if turn.is_none() {
+        return Ok(swept);
+    }
+    let now: i64 = tx
+        .query_one(
+            "UPDATE jobpipe.housekeeping SET swept_at = jobpipe.now_ms() RETURNING swept_at",
+            &[],
+        )
+        .await?
+        .get(0);
     let lost = tx
         .query(
             "SELECT id FROM jobpipe.jobs
-              WHERE status = 'IN_PROGRESS' AND lease_expires_at < jobpipe.now_ms()
+              WHERE status = 'IN_PROGRESS' AND lease_expires_at < $2
               LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&SWEEP_BATCH],
+            &[&SWEEP_BATCH, &now],
         )
         .await?;
     for row in lost {
         let id: String = row.get(0);
         let why = "its worker stopped holding the job (lease expired)";
-        if requeue_or_fail(&tx, &id, why).await? {
+        if requeue_or_fail(&tx, events, &id, why).await? {
             swept.requeued += 1;
         } else {
             swept.ended += 1;
@@ -476,28 +517,28 @@ pub(super) async fn sweep(client: &mut Object) -> Result<Swept, Fault> {
     let expired = tx
         .query(
             "SELECT id, ttl_ms FROM jobpipe.jobs
-              WHERE status = 'IN_QUEUE' AND queued_at + ttl_ms <= jobpipe.now_ms()
+              WHERE status = 'IN_QUEUE' AND queued_at + ttl_ms <= $2
               LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&SWEEP_BATCH],
+            &[&SWEEP_BATCH, &now],
         )
         .await?;
     for row in expired {
         let (id, ttl): (String, i64) = (row.get(0), row.get(1));
         let error = format!("the job's ttl of {ttl} ms passed before it started; it did not run");
-        finalize(&tx, &id, JobStatus::TimedOut, None, Some(error)).await?;
+        finalize(&tx, events, &id, JobStatus::TimedOut, None, Some(error)).await?;
         swept.ended += 1;
     }
     swept.deleted = tx
         .execute(
             "DELETE FROM jobpipe.jobs WHERE id IN (
-                SELECT id FROM jobpipe.jobs WHERE expires_at <= jobpipe.now_ms()
+                SELECT id FROM jobpipe.jobs WHERE expires_at <= $2
                  LIMIT $1 FOR UPDATE SKIP LOCKED)",
-            &[&SWEEP_BATCH],
+            &[&SWEEP_BATCH, &now],
         )
         .await?;
     tx.execute(
-        "DELETE FROM jobpipe.workers WHERE seen_at < jobpipe.now_ms() - $1",
-        &[&WORKER_GONE_MS],
+        "DELETE FROM jobpipe.workers WHERE seen_at < $1",
+        &[&(now - WORKER_GONE_MS)],
     )
     .await?;
     tx.commit().await?;
@@ -509,7 +550,7 @@ pub(super) async fn webhooks_due(client: &Object, limit: usize) -> Result<Vec<We
     let rows = client
         .query(
             "UPDATE jobpipe.webhooks SET next_at = jobpipe.now_ms() + $1 WHERE id IN (
-                SELECT id FROM jobpipe.webhooks WHERE next_at <= jobpipe.now_ms()
+                SELECT id FROM jobpipe.webhooks WHERE next_at <= (SELECT jobpipe.now_ms())
                  ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, job_id, url, body, attempts, created_at",
             &[&WEBHOOK_CLAIM_MS, &limit],

@@ -75,6 +75,9 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: a job's own stall timeout (policy.stallTimeout).
     "ALTER TABLE jobpipe.jobs ADD COLUMN stall_timeout_ms bigint;",
+    // 3: when the queue was last swept, so one process at a time sweeps.
+    "CREATE TABLE jobpipe.housekeeping (swept_at bigint NOT NULL);
+    INSERT INTO jobpipe.housekeeping VALUES (0);",
 ];
 
 /// Brings the schema up to date; fails on a schema from a newer jobpipe.

@@ -51,6 +51,17 @@ impl QueueLocation {
         }
     }
 
+    /// The location with at most `size` pooled connections, for the stores
+    /// that pool them.
+    pub fn with_pool_size(self, size: usize) -> QueueLocation {
+        match self {
+            QueueLocation::Postgres(target) => {
+                QueueLocation::Postgres(Box::new(target.with_pool_size(size)))
+            }
+            other => other,
+        }
+    }
+
     /// Parses `--queue`; a PostgreSQL URL without a password takes
     /// `pgpassword` (the `PGPASSWORD` variable).
     pub fn parse(text: &str, pgpassword: Option<String>) -> Result<QueueLocation, ConfigError> {

@@ -1,0 +1,133 @@
+//! Queue events announced after the commit that made them, coalesced.
+//!
+//! A transaction that sends `NOTIFY` takes one lock for the whole database
+//! at its commit and holds it through the WAL flush, so notifying in every
+//! job's own transaction makes those commits run one at a time. Instead,
+//! the events of a committed transaction are handed to this process's
+//! announcer, which sends everything that gathered meanwhile in one small
+//! transaction of its own (many `pg_notify` calls, one commit, one lock),
+//! so the lock is taken once per batch rather than once per job. This
+//! process hears its own events at once, without the round trip.
+//!
+//! An event is sent after its commit, so a listener never hears of a
+//! change it cannot see. One can be lost (the process dies between the two
+//! commits, the database goes away); every waiter also looks by itself
+//! now and then (takers poll, `/runsync` rechecks, renewal finds
+//! cancellations), so a lost event costs latency, not correctness.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::postgres_conn::PgTarget;
+use super::postgres_listen::{payload, CHANNEL};
+use super::QueueEvent;
+
+/// Events kept for the next batch at most; past it, per-job events are
+/// dropped (their waiters look by themselves) but a queued job is not.
+const PENDING_MAX: usize = 10_000;
+/// Pause after a batch could not be sent.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Hands committed events to the task that announces them.
+#[derive(Clone)]
+pub(super) struct Announcer {
+    pending: Arc<Mutex<Pending>>,
+    wake: Arc<Notify>,
+    local: broadcast::Sender<QueueEvent>,
+}
+
+/// The payloads waiting for the next batch, a queued job once at most.
+#[derive(Default)]
+struct Pending {
+    payloads: Vec<String>,
+    queued: bool,
+}
+
+impl Announcer {
+    /// Starts the announcing task on `pool`; it ends with `stop`.
+    pub(super) fn start(
+        pool: Pool,
+        target: PgTarget,
+        local: broadcast::Sender<QueueEvent>,
+        stop: CancellationToken,
+    ) -> Announcer {
+        let announcer = Announcer {
+            pending: Arc::default(),
+            wake: Arc::new(Notify::new()),
+            local,
+        };
+        tokio::spawn(announcer.clone().run(pool, target, stop));
+        announcer
+    }
+
+    /// Announces the events of a transaction that committed.
+    pub(super) fn announce(&self, events: Vec<QueueEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for event in &events {
+                match event {
+                    QueueEvent::Queued => pending.queued = true,
+                    other if pending.payloads.len() < PENDING_MAX => {
+                        pending.payloads.push(payload(other));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for event in events {
+            let _ = self.local.send(event);
+        }
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<String> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut payloads = std::mem::take(&mut pending.payloads);
+        if std::mem::take(&mut pending.queued) {
+            payloads.push(payload(&QueueEvent::Queued));
+        }
+        payloads
+    }
+
+    async fn run(self, pool: Pool, target: PgTarget, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+            let payloads = self.take();
+            if payloads.is_empty() {
+                continue;
+            }
+            if let Err(e) = send(&pool, &payloads).await {
+                let why = target.redact(&e);
+                tracing::debug!("{} queue events not announced: {why}", payloads.len());
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// One transaction that notifies every payload.
+async fn send(pool: &Pool, payloads: &[String]) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let statement = client
+        .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .execute(&statement, &[&CHANNEL, &payloads])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
