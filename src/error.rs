@@ -9,6 +9,12 @@
 
 use std::path::PathBuf;
 
+/// A subsystem's own typed error, carried as the cause of a [`FatalError`].
+/// This file is a leaf (CONTRIBUTING.md, Layers) and cannot name the
+/// subsystems' types; `downcast_ref` recovers them (e.g.
+/// `fitness::FitnessError`, `os::ExecutableError`).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -40,13 +46,17 @@ pub enum FatalError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
     #[error("handler {program:?} {problem}")]
-    HandlerUnusable { program: String, problem: String },
+    HandlerUnusable {
+        program: String,
+        #[source]
+        problem: Cause,
+    },
     #[error("handler could not start: {0}")]
     HandlerStart(String),
     #[error("handler fails every job: {0}")]
     HandlerFailing(String),
     #[error("this machine is not fit to take jobs: {0}")]
-    Unfit(String),
+    Unfit(#[source] Cause),
     #[error(
         "RunPod rejected the API key (HTTP {status}); check RUNPOD_AI_API_KEY for this endpoint"
     )]
