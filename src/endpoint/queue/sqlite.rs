@@ -128,7 +128,7 @@ fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
         .and_then(|()| conn.pragma_update(None, "journal_mode", "WAL"))
         .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
         .map_err(|e| fail(e.to_string()))?;
-    super::sqlite_schema::migrate(&mut conn).map_err(fail)?;
+    super::sqlite_schema::migrate(&mut conn).map_err(|e| fail(e.to_string()))?;
     Ok(SqliteQueue {
         conn: Arc::new(Mutex::new(conn)),
         events: broadcast::channel(4096).0,
