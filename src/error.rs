@@ -33,6 +33,30 @@ pub mod exit {
 pub enum ConfigError {
     #[error("{0}")]
     Invalid(String),
+    /// A file the configuration names cannot be read (`test_input.json`).
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file a flag names cannot be read (`--input-schema`).
+    #[error("cannot read {flag} {}: {source}", path.display())]
+    FlagFileUnreadable {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file a key or secret is given in cannot be read; `what` names
+    /// the key as the flag does.
+    #[error("cannot read {what} from {}: {source}", path.display())]
+    KeyFileUnreadable {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "no job source: give one job with --test-input '{{\"input\": ...}}', put a test_input.json \
          in the working directory, run on RunPod (RUNPOD_WEBHOOK_GET_JOB), or serve the endpoint API with --serve-api"
