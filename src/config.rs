@@ -188,9 +188,11 @@ impl Cli {
         }
         let file = cwd.join("test_input.json");
         if file.is_file() {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                ConfigError::Invalid(format!("cannot read {}: {e}", file.display()))
-            })?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|source| ConfigError::Unreadable {
+                    path: file.clone(),
+                    source,
+                })?;
             let job = crate::job::local_job(&text, "test_input.json")?;
             return Ok(SourceConfig::TestInput {
                 job,

@@ -9,6 +9,12 @@
 
 use std::path::PathBuf;
 
+/// A subsystem's own typed error, carried as the cause of a [`FatalError`].
+/// This file is a leaf (CONTRIBUTING.md, Layers) and cannot name the
+/// subsystems' types; `downcast_ref` recovers them (e.g.
+/// `fitness::FitnessError`, `os::ExecutableError`).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -27,6 +33,30 @@ pub mod exit {
 pub enum ConfigError {
     #[error("{0}")]
     Invalid(String),
+    /// A file the configuration names cannot be read (`test_input.json`).
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file a flag names cannot be read (`--input-schema`).
+    #[error("cannot read {flag} {}: {source}", path.display())]
+    FlagFileUnreadable {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file a key or secret is given in cannot be read; `what` names
+    /// the key as the flag does.
+    #[error("cannot read {what} from {}: {source}", path.display())]
+    KeyFileUnreadable {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "no job source: give one job with --test-input '{{\"input\": ...}}', put a test_input.json \
          in the working directory, run on RunPod (RUNPOD_WEBHOOK_GET_JOB), or serve the endpoint API with --serve-api"
@@ -40,13 +70,17 @@ pub enum FatalError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
     #[error("handler {program:?} {problem}")]
-    HandlerUnusable { program: String, problem: String },
+    HandlerUnusable {
+        program: String,
+        #[source]
+        problem: Cause,
+    },
     #[error("handler could not start: {0}")]
     HandlerStart(String),
     #[error("handler fails every job: {0}")]
     HandlerFailing(String),
     #[error("this machine is not fit to take jobs: {0}")]
-    Unfit(String),
+    Unfit(#[source] Cause),
     #[error(
         "RunPod rejected the API key (HTTP {status}); check RUNPOD_AI_API_KEY for this endpoint"
     )]

@@ -80,6 +80,60 @@ impl FitnessArgs {
     }
 }
 
+/// A failed check, naming it: "--require-gpu failed: ...".
+#[derive(Debug, thiserror::Error)]
+#[error("{check} failed: {cause}")]
+pub struct FitnessError {
+    /// The check as [`Check::name`] writes it.
+    pub check: String,
+    #[source]
+    pub cause: CheckError,
+}
+
+/// Why one check does not hold; each reads as the rest of the line after
+/// "CHECK failed: ".
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("only {} {what}, less than the {} required", ByteSize(*.found), ByteSize(*.min))]
+    TooLittle { found: u64, what: String, min: u64 },
+    #[error("cannot read the free space of {}: {source}", path.display())]
+    FreeSpace {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot read /proc/meminfo: {0}")]
+    MemInfo(#[source] std::io::Error),
+    #[error("/proc/meminfo has no MemAvailable line")]
+    NoMemAvailable,
+    #[error("{}: {source}", path.display())]
+    Missing {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nvidia-smi {0}; this machine shows no NVIDIA GPU driver")]
+    NoDriver(#[source] os::ExecutableError),
+    #[error("nvidia-smi -L {status}{}", quote_output(.output))]
+    SmiFailed { status: ExitStatus, output: String },
+    #[error("nvidia-smi -L lists no GPU{}", quote_output(.output))]
+    NoGpu { output: String },
+    /// A `--fitness-check` command that exited other than 0; `output` is the
+    /// tail of what it printed.
+    #[error("{status}{}", quote_output(.output))]
+    CommandFailed { status: ExitStatus, output: String },
+    #[error("cannot execute {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("still running after {} (--startup-timeout); killed", humantime::format_duration(*.0))]
+    StillRunning(Duration),
+    #[error("its exit status was lost")]
+    StatusLost(#[source] tokio::sync::oneshot::error::RecvError),
+}
+
 /// How much of a failing command's output its report quotes.
 const OUTPUT_TAIL: usize = 2000;
 /// How long a command's output may still arrive after it exited.
@@ -153,11 +207,12 @@ impl Check {
 
     /// Runs the check: what was found when it holds, or why it does not.
     /// Commands get `limit` to finish.
-    pub async fn run(&self, limit: Duration) -> Result<String, String> {
+    pub async fn run(&self, limit: Duration) -> Result<String, CheckError> {
         match self {
             Check::FreeDisk { path, min } => {
-                let free = free_disk(path).map_err(|e| {
-                    format!("cannot read the free space of {}: {e}", path.display())
+                let free = free_disk(path).map_err(|source| CheckError::FreeSpace {
+                    path: path.clone(),
+                    source,
                 })?;
                 at_least(free, *min, &format!("free on {}", path.display()))
             }
@@ -167,7 +222,10 @@ impl Check {
             }
             Check::File(path) => match std::fs::metadata(path) {
                 Ok(_) => Ok(format!("{} exists", path.display())),
-                Err(e) => Err(format!("{}: {e}", path.display())),
+                Err(source) => Err(CheckError::Missing {
+                    path: path.clone(),
+                    source,
+                }),
             },
             Check::Gpu => gpu(limit).await,
             Check::Command(argv) => {
@@ -175,7 +233,7 @@ impl Check {
                 if status == ExitStatus::Code(0) {
                     Ok("exited 0".into())
                 } else {
-                    Err(format!("{status}{}", quote_output(&output)))
+                    Err(CheckError::CommandFailed { status, output })
                 }
             }
         }
@@ -183,27 +241,27 @@ impl Check {
 }
 
 /// Runs every check in order and stops at the first failure, which it
-/// returns as one line naming the check.
-pub async fn check_all(checks: &[Check], limit: Duration) -> Result<(), String> {
+/// returns naming the check.
+pub async fn check_all(checks: &[Check], limit: Duration) -> Result<(), FitnessError> {
     for check in checks {
         let name = check.name();
         match check.run(limit).await {
             Ok(found) => tracing::info!("fitness check passed: {name} ({found})"),
-            Err(why) => return Err(format!("{name} failed: {why}")),
+            Err(cause) => return Err(FitnessError { check: name, cause }),
         }
     }
     Ok(())
 }
 
-fn at_least(found: u64, min: u64, what: &str) -> Result<String, String> {
-    let text = format!("{} {what}", ByteSize(found));
+fn at_least(found: u64, min: u64, what: &str) -> Result<String, CheckError> {
     if found >= min {
-        Ok(text)
+        Ok(format!("{} {what}", ByteSize(found)))
     } else {
-        Err(format!(
-            "only {text}, less than the {} required",
-            ByteSize(min)
-        ))
+        Err(CheckError::TooLittle {
+            found,
+            what: what.to_owned(),
+            min,
+        })
     }
 }
 
@@ -213,9 +271,8 @@ fn free_disk(path: &std::path::Path) -> nix::Result<u64> {
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes.
-fn available_memory() -> Result<u64, String> {
-    let text = std::fs::read_to_string("/proc/meminfo")
-        .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+fn available_memory() -> Result<u64, CheckError> {
+    let text = std::fs::read_to_string("/proc/meminfo").map_err(CheckError::MemInfo)?;
     text.lines()
         .find_map(|line| line.strip_prefix("MemAvailable:"))
         .and_then(|rest| {
@@ -226,24 +283,19 @@ fn available_memory() -> Result<u64, String> {
                 .ok()
         })
         .map(|kib| kib * 1024)
-        .ok_or_else(|| "/proc/meminfo has no MemAvailable line".into())
+        .ok_or(CheckError::NoMemAvailable)
 }
 
-async fn gpu(limit: Duration) -> Result<String, String> {
-    let smi = os::check_executable("nvidia-smi").map_err(|problem| {
-        format!("nvidia-smi {problem}; this machine shows no NVIDIA GPU driver")
-    })?;
+async fn gpu(limit: Duration) -> Result<String, CheckError> {
+    let smi = os::check_executable("nvidia-smi").map_err(CheckError::NoDriver)?;
     let argv = [smi.to_string_lossy().into_owned(), "-L".to_owned()];
     let (status, output) = run_command(&argv, limit).await?;
     if status != ExitStatus::Code(0) {
-        return Err(format!("nvidia-smi -L {status}{}", quote_output(&output)));
+        return Err(CheckError::SmiFailed { status, output });
     }
     let gpus: Vec<&str> = output.lines().filter(|l| l.starts_with("GPU ")).collect();
     match gpus.len() {
-        0 => Err(format!(
-            "nvidia-smi -L lists no GPU{}",
-            quote_output(&output)
-        )),
+        0 => Err(CheckError::NoGpu { output }),
         n => Ok(format!("{n} GPU(s): {}", gpus.join("; "))),
     }
 }
@@ -252,13 +304,16 @@ async fn gpu(limit: Duration) -> Result<String, String> {
 /// its exit status and the tail of its stdout and stderr. A command still
 /// running after `limit` is killed with its group; so is anything it left
 /// behind once it exits, since a check must not leave processes around.
-async fn run_command(argv: &[String], limit: Duration) -> Result<(ExitStatus, String), String> {
+async fn run_command(argv: &[String], limit: Duration) -> Result<(ExitStatus, String), CheckError> {
     let spawned = os::spawn(&SpawnSpec {
         argv,
         env_remove: os::SECRETS,
         env_add: &[],
     })
-    .map_err(|e| format!("cannot execute {:?}: {e}", argv[0]))?;
+    .map_err(|source| CheckError::Spawn {
+        program: argv[0].clone(),
+        source,
+    })?;
     drop(spawned.stdin);
     let pid = spawned.pid;
     let stdout = tokio::spawn(read_tail(OwnedFd::from(spawned.stdout)));
@@ -266,12 +321,9 @@ async fn run_command(argv: &[String], limit: Duration) -> Result<(ExitStatus, St
     let exited = tokio::time::timeout(limit, spawned.exit).await;
     os::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     let Ok(status) = exited else {
-        return Err(format!(
-            "still running after {} (--startup-timeout); killed",
-            humantime::format_duration(limit)
-        ));
+        return Err(CheckError::StillRunning(limit));
     };
-    let status = status.map_err(|_| "its exit status was lost".to_owned())?;
+    let status = status.map_err(CheckError::StatusLost)?;
     let output = tokio::time::timeout(OUTPUT_AFTER_EXIT, async {
         let out = stdout.await.unwrap_or_default();
         let err = stderr.await.unwrap_or_default();
@@ -343,6 +395,6 @@ mod tests {
         .run(Duration::from_secs(5))
         .await
         .unwrap_err();
-        assert!(why.contains("less than"), "{why}");
+        assert!(why.to_string().contains("less than"), "{why}");
     }
 }

@@ -32,9 +32,12 @@ impl InputSchema {
     /// Reads and compiles the schema file.
     pub fn load(path: &Path) -> Result<InputSchema, ConfigError> {
         let shown = path.display();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::Invalid(format!("cannot read --input-schema {shown}: {e}"))
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::FlagFileUnreadable {
+                flag: "--input-schema",
+                path: path.to_owned(),
+                source,
+            })?;
         let schema: Value = serde_json::from_str(&text).map_err(|e| {
             ConfigError::Invalid(format!("--input-schema {shown} is not valid JSON: {e}"))
         })?;
@@ -45,8 +48,9 @@ impl InputSchema {
         })
     }
 
-    pub fn new(schema: &Value) -> Result<InputSchema, String> {
-        let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
+    /// Compiles `schema`; the error says why it is no usable JSON Schema.
+    pub fn new(schema: &Value) -> Result<InputSchema, jsonschema::ValidationError<'static>> {
+        let validator = jsonschema::validator_for(schema)?;
         Ok(InputSchema { validator })
     }
 

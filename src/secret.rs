@@ -25,11 +25,12 @@ pub fn resolve(
         ))),
         (Some(key), None) => Ok(Some(Arc::from(key))),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "cannot read {what} from {}: {e}",
-                    path.display()
-                ))
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                ConfigError::KeyFileUnreadable {
+                    what: what.to_owned(),
+                    path: path.to_owned(),
+                    source,
+                }
             })?;
             // A file ends with a newline as often as not.
             let key = text.trim_end_matches(['\n', '\r']);

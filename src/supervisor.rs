@@ -39,12 +39,12 @@ pub async fn run(
 ) -> Result<u8, FatalError> {
     crate::os::init_reaper();
     crate::os::check_handler_limits(config.handler.concurrency)
-        .map_err(|e| FatalError::Config(ConfigError::Invalid(e)))?;
+        .map_err(|e| FatalError::Config(ConfigError::Invalid(e.to_string())))?;
     // An API-only process has no handler to check.
     if let Some(program) = config.handler.argv.first() {
         crate::os::check_executable(program).map_err(|problem| FatalError::HandlerUnusable {
             program: program.clone(),
-            problem,
+            problem: problem.into(),
         })?;
     }
     let identity = Arc::new(config.identity.clone());
@@ -67,8 +67,8 @@ pub async fn run(
         tokio::select! {
             checked = crate::fitness::check_all(&config.fitness, limit) => {
                 if let Err(why) = checked {
-                    metrics.set_phase(Phase::Failing(why.clone()));
-                    return Err(FatalError::Unfit(why));
+                    metrics.set_phase(Phase::Failing(why.to_string()));
+                    return Err(FatalError::Unfit(why.into()));
                 }
             }
             Some(_) = requests.recv() => {

@@ -44,15 +44,27 @@ pub(super) async fn deliver(
                 408 | 429 | 500.. => Health::Failed,
                 _ => Health::Answered,
             };
-            (Err(format!("HTTP {status}")), health)
+            (Err(PostError::Status(status)), health)
         }
-        Err(e) => (Err(e.without_url().to_string()), Health::Failed),
+        Err(e) => (Err(PostError::Send(e.without_url())), Health::Failed),
     };
     record(queue, &post, outcome).await;
     health
 }
 
-async fn record(queue: &dyn Queue, post: &WebhookPost, outcome: Result<(), String>) {
+/// Why one webhook post failed, as the retry and give-up lines say it.
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    /// The receiver answered, but not with a 2xx.
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// No answer (connection, TLS, timeout); the error without its URL,
+    /// whose path or query may be the webhook's secret.
+    #[error("{0}")]
+    Send(#[source] reqwest::Error),
+}
+
+async fn record(queue: &dyn Queue, post: &WebhookPost, outcome: Result<(), PostError>) {
     let id = &post.job_id;
     let recorded = match outcome {
         Ok(()) => {

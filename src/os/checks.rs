@@ -6,9 +6,55 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+/// Why the handler program (or `nvidia-smi`) cannot be run; each reads
+/// after the program's name: "handler \"./h.sh\" is a directory, ...".
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutableError {
+    #[error("was not found on PATH")]
+    NotOnPath,
+    #[error("does not exist")]
+    DoesNotExist,
+    #[error("cannot be read: {0}")]
+    Unreadable(#[source] std::io::Error),
+    #[error("is a directory, not a program")]
+    IsDirectory,
+    #[error("is not executable (chmod +x {}, or run it through its interpreter)", path.display())]
+    NotExecutable {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("has an empty #! line")]
+    EmptyShebang,
+    #[error("names the interpreter {interpreter} in its #! line, which does not exist; fix the #! line or install it")]
+    MissingInterpreter { interpreter: String },
+    /// `#!/usr/bin/env PROGRAM` with no PROGRAM on PATH.
+    #[error("runs `{line}` in its #! line, but {program} was not found on PATH; fix the #! line or install {program}")]
+    EnvProgramMissing { line: String, program: String },
+}
+
+/// Why the machine's limits do not allow the handlers asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("--concurrency {handlers} is more than {MAX_HANDLERS} handler processes; run more workers instead")]
+    TooMany { handlers: usize },
+    #[error("--concurrency {handlers} needs about {wanted} open files but the limit (ulimit -n) is {limit}; lower --concurrency or raise the limit")]
+    OpenFiles {
+        handlers: usize,
+        wanted: u64,
+        limit: u64,
+    },
+    #[error("--concurrency {handlers} needs {handlers} more processes but this user runs {running} of at most {limit} (ulimit -u); lower --concurrency or raise the limit")]
+    Processes {
+        handlers: usize,
+        running: u64,
+        limit: u64,
+    },
+}
+
 /// Finds the program the way `execvp` will and checks that it can be run,
 /// so that a missing handler is reported at once, by name.
-pub fn check_executable(program: &str) -> Result<PathBuf, String> {
+pub fn check_executable(program: &str) -> Result<PathBuf, ExecutableError> {
     let candidates: Vec<PathBuf> = if program.contains('/') {
         vec![PathBuf::from(program)]
     } else {
@@ -27,27 +73,27 @@ pub fn check_executable(program: &str) -> Result<PathBuf, String> {
     }
     Err(found_unusable.unwrap_or_else(|| {
         if program.contains('/') {
-            "does not exist".into()
+            ExecutableError::DoesNotExist
         } else {
-            "was not found on PATH".into()
+            ExecutableError::NotOnPath
         }
     }))
 }
 
 /// Checks the interpreter a script names in its `#!` line, since a missing
 /// one makes `exec` fail with a "no such file" that names the script.
-fn check_interpreter(script: &Path) -> Result<(), String> {
+fn check_interpreter(script: &Path) -> Result<(), ExecutableError> {
     let Some(line) = shebang(script) else {
         return Ok(());
     };
     let mut words = line.split_whitespace();
     let Some(interpreter) = words.next() else {
-        return Err("has an empty #! line".into());
+        return Err(ExecutableError::EmptyShebang);
     };
     if !Path::new(interpreter).exists() {
-        return Err(format!(
-            "names the interpreter {interpreter} in its #! line, which does not exist; fix the #! line or install it"
-        ));
+        return Err(ExecutableError::MissingInterpreter {
+            interpreter: interpreter.to_owned(),
+        });
     }
     let program = words.next().filter(|w| !w.starts_with('-'));
     if let (Some("env"), Some(program)) = (
@@ -55,9 +101,10 @@ fn check_interpreter(script: &Path) -> Result<(), String> {
         program,
     ) {
         if !program.contains('/') && check_executable_on_path(program).is_none() {
-            return Err(format!(
-                "runs `{line}` in its #! line, but {program} was not found on PATH; fix the #! line or install {program}"
-            ));
+            return Err(ExecutableError::EnvProgramMissing {
+                program: program.to_owned(),
+                line,
+            });
         }
     }
     Ok(())
@@ -82,20 +129,20 @@ fn check_executable_on_path(program: &str) -> Option<PathBuf> {
 }
 
 /// `Err(None)`: nothing there; `Err(Some(why))`: there but unusable.
-fn usable(path: &Path) -> Result<(), Option<String>> {
+fn usable(path: &Path) -> Result<(), Option<ExecutableError>> {
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
-        Err(e) => return Err(Some(format!("cannot be read: {e}"))),
+        Err(e) => return Err(Some(ExecutableError::Unreadable(e))),
     };
     if meta.is_dir() {
-        return Err(Some("is a directory, not a program".into()));
+        return Err(Some(ExecutableError::IsDirectory));
     }
-    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).map_err(|_| {
-        Some(format!(
-            "is not executable (chmod +x {}, or run it through its interpreter)",
-            path.display()
-        ))
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).map_err(|source| {
+        Some(ExecutableError::NotExecutable {
+            path: path.to_owned(),
+            source,
+        })
     })
 }
 
@@ -110,12 +157,10 @@ const FDS_RESERVED: u64 = 256;
 /// Checks that `handlers` handler processes fit the machine's limits, after
 /// raising the open-file limit to its hard limit; the error says which limit
 /// is too low.
-pub fn check_handler_limits(handlers: usize) -> Result<(), String> {
+pub fn check_handler_limits(handlers: usize) -> Result<(), LimitError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
     if handlers > MAX_HANDLERS {
-        return Err(format!(
-            "--concurrency {handlers} is more than {MAX_HANDLERS} handler processes; run more workers instead"
-        ));
+        return Err(LimitError::TooMany { handlers });
     }
     let wanted = FDS_RESERVED + handlers as u64 * FDS_PER_HANDLER;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
@@ -124,9 +169,11 @@ pub fn check_handler_limits(handlers: usize) -> Result<(), String> {
             files = hard;
         }
         if files != RLIM_INFINITY && files < wanted {
-            return Err(format!(
-                "--concurrency {handlers} needs about {wanted} open files but the limit (ulimit -n) is {files}; lower --concurrency or raise the limit"
-            ));
+            return Err(LimitError::OpenFiles {
+                handlers,
+                wanted,
+                limit: files,
+            });
         }
     }
     if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NPROC) {
@@ -134,9 +181,11 @@ pub fn check_handler_limits(handlers: usize) -> Result<(), String> {
         if soft != RLIM_INFINITY && !root {
             let running = super::procfs::processes_of_this_user();
             if running + handlers as u64 > soft {
-                return Err(format!(
-                    "--concurrency {handlers} needs {handlers} more processes but this user runs {running} of at most {soft} (ulimit -u); lower --concurrency or raise the limit"
-                ));
+                return Err(LimitError::Processes {
+                    handlers,
+                    running,
+                    limit: soft,
+                });
             }
         }
     }
@@ -159,7 +208,7 @@ mod tests {
 
     #[test]
     fn absurd_handler_counts_are_refused() {
-        let err = check_handler_limits(100_000).unwrap_err();
+        let err = check_handler_limits(100_000).unwrap_err().to_string();
         assert!(err.contains("more than 1024"), "{err}");
         assert!(check_handler_limits(2).is_ok());
     }
@@ -167,17 +216,21 @@ mod tests {
     #[test]
     fn missing_and_non_executable_programs_are_named() {
         assert_eq!(
-            check_executable("no-such-program-jobpipe").unwrap_err(),
+            check_executable("no-such-program-jobpipe")
+                .unwrap_err()
+                .to_string(),
             "was not found on PATH"
         );
         assert_eq!(
-            check_executable("/no/such/file").unwrap_err(),
+            check_executable("/no/such/file").unwrap_err().to_string(),
             "does not exist"
         );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("h.sh");
         std::fs::write(&file, "#!/bin/sh\n").unwrap();
-        let err = check_executable(file.to_str().unwrap()).unwrap_err();
+        let err = check_executable(file.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not executable"), "{err}");
         assert!(check_executable("sh").is_ok());
     }
@@ -192,9 +245,13 @@ mod tests {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
             file.display().to_string()
         };
-        let err = check_executable(&script("a", "#!/usr/bin/python9")).unwrap_err();
+        let err = check_executable(&script("a", "#!/usr/bin/python9"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("interpreter /usr/bin/python9"), "{err}");
-        let err = check_executable(&script("b", "#!/usr/bin/env python9 -u")).unwrap_err();
+        let err = check_executable(&script("b", "#!/usr/bin/env python9 -u"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("python9 was not found on PATH"), "{err}");
         assert!(check_executable(&script("c", "#!/bin/sh")).is_ok());
         assert!(check_executable(&script("d", "#!/usr/bin/env -S sh -e")).is_ok());

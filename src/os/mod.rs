@@ -18,7 +18,10 @@ mod escaped;
 mod procfs;
 mod reaper;
 
-pub use checks::{check_executable, check_handler_limits, make_non_dumpable, MAX_HANDLERS};
+pub use checks::{
+    check_executable, check_handler_limits, make_non_dumpable, ExecutableError, LimitError,
+    MAX_HANDLERS,
+};
 /// Secrets of jobpipe's own that a child process (a handler, a fitness
 /// check) does not get unless asked.
 pub const SECRETS: &[&str] = &["RUNPOD_AI_API_KEY", "JOBPIPE_API_KEY"];

@@ -11,6 +11,7 @@ use crate::runner::SourceContext;
 
 pub mod runpod;
 pub mod runpod_config;
+mod runpod_error;
 mod runpod_urls;
 pub mod test_input;
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::runpod_config::RunpodConfig;
+use super::runpod_error::{describe, RequestError};
 use super::runpod_urls::Urls;
 use crate::backoff::{BackoffPolicy, PollPace};
 use crate::delivery::ResultSink;
@@ -142,24 +143,24 @@ impl Endpoint {
         split_jobs(body)
     }
 
-    async fn ping(&self, ids: &[String]) -> Result<(), String> {
+    async fn ping(&self, ids: &[String]) -> Result<(), RequestError> {
         let Some(url) = self.urls.ping(ids) else {
             return Ok(());
         };
-        let response = self.get(&self.ping_http, url).await.map_err(describe)?;
+        let response = self.get(&self.ping_http, url).await?;
         match response.status().as_u16() {
             200..=299 => Ok(()),
-            status => Err(format!("HTTP {status}")),
+            status => Err(RequestError::Status(status)),
         }
     }
 
     /// One job-stop long poll: the ids to stop.
-    async fn stop_poll(&self, url: Url) -> Result<Vec<String>, String> {
-        let response = self.get(&self.http, url).await.map_err(describe)?;
+    async fn stop_poll(&self, url: Url) -> Result<Vec<String>, RequestError> {
+        let response = self.get(&self.http, url).await?;
         match response.status().as_u16() {
             204 => Ok(Vec::new()),
             200 => {
-                let body: Value = response.json().await.map_err(describe)?;
+                let body: Value = response.json().await?;
                 Ok(body["jobsToStop"]
                     .as_array()
                     .into_iter()
@@ -167,7 +168,7 @@ impl Endpoint {
                     .filter_map(|id| id.as_str().map(str::to_owned))
                     .collect())
             }
-            status => Err(format!("HTTP {status}")),
+            status => Err(RequestError::Status(status)),
         }
     }
 }
@@ -438,23 +439,22 @@ fn http_body(json: &Json) -> reqwest::Body {
 
 /// Reads a response body of at most `cap` bytes into one buffer, freeing
 /// each piece as it is copied in (so a large job is held once, not twice).
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, String> {
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, RequestError> {
     let expected = response.content_length().unwrap_or(0) as usize;
     if expected > cap {
-        return Err(format!(
-            "the answer is {expected} bytes, more than the {cap} bytes a take may hold"
-        ));
+        return Err(RequestError::TooLarge {
+            size: expected,
+            cap,
+        });
     }
     let mut body = Vec::with_capacity(expected);
-    while let Some(chunk) = response.chunk().await.map_err(describe)? {
+    while let Some(chunk) = response.chunk().await? {
         if body.is_empty() && expected > 0 && chunk.len() == expected {
             // The whole answer in one piece: kept as it is.
             return Ok(chunk);
         }
         if body.len() + chunk.len() > cap {
-            return Err(format!(
-                "the answer is more than the {cap} bytes a take may hold"
-            ));
+            return Err(RequestError::OverCap { cap });
         }
         body.extend_from_slice(&chunk);
     }
@@ -490,23 +490,4 @@ fn not_json(body: &[u8], e: &serde_json::Error) -> Take {
         "RunPod sent a job that is not JSON ({e}): {}",
         clip_middle(&String::from_utf8_lossy(&body[..body.len().min(4096)]), 500)
     ))
-}
-
-/// Describes a reqwest error without its URL's query (which never holds a
-/// secret, but is long) and with its cause.
-fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if let Some(hint) = crate::tls::untrusted_hint(&error) {
-        text.push_str(" (");
-        text.push_str(hint);
-        text.push(')');
-    }
-    text
 }

@@ -82,7 +82,7 @@ impl PgQueue {
                     let _ = driver.await;
                     migrated.map_err(|why| QueueError::Open {
                         what: target.to_string(),
-                        why: target.redact(&why),
+                        why: target.redact(&why.to_string()),
                     })?;
                     reach.succeeded(&target);
                     break;

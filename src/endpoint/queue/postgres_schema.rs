@@ -80,45 +80,66 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO jobpipe.housekeeping VALUES (0);",
 ];
 
+/// Why the schema could not be brought up to date. Each renders the
+/// server's message through [`detail`], as the caller reports it (after
+/// redacting the password) as why the queue could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MigrationError {
+    /// Starting, reading or committing the migration transaction.
+    #[error("{}", detail(.0))]
+    Database(#[source] tokio_postgres::Error),
+    #[error("cannot take the migration lock: {}", detail(.0))]
+    Lock(#[source] tokio_postgres::Error),
+    #[error("cannot create the jobpipe schema: {}", detail(.0))]
+    CreateSchema(#[source] tokio_postgres::Error),
+    #[error("its jobpipe schema is version {current}, newer than this jobpipe knows ({known}); use a newer jobpipe")]
+    NewerSchema { current: i32, known: i32 },
+    #[error("schema migration {version} failed: {}", detail(.source))]
+    Step {
+        version: i32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
 /// Brings the schema up to date; fails on a schema from a newer jobpipe.
-pub(super) async fn migrate(client: &mut Client) -> Result<(), String> {
-    let tx = client.transaction().await.map_err(|e| detail(&e))?;
+pub(super) async fn migrate(client: &mut Client) -> Result<(), MigrationError> {
+    use MigrationError::Database;
+    let tx = client.transaction().await.map_err(Database)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(|e| format!("cannot take the migration lock: {}", detail(&e)))?;
+        .map_err(MigrationError::Lock)?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS jobpipe;
          CREATE TABLE IF NOT EXISTS jobpipe.schema_version (version integer NOT NULL);",
     )
     .await
-    .map_err(|e| format!("cannot create the jobpipe schema: {}", detail(&e)))?;
+    .map_err(MigrationError::CreateSchema)?;
     let current: i32 = tx
         .query_opt("SELECT version FROM jobpipe.schema_version", &[])
         .await
-        .map_err(|e| detail(&e))?
+        .map_err(Database)?
         .map_or(0, |row| row.get(0));
     let known = MIGRATIONS.len() as i32;
     if current > known {
-        return Err(format!(
-            "its jobpipe schema is version {current}, newer than this jobpipe knows ({known}); use a newer jobpipe"
-        ));
+        return Err(MigrationError::NewerSchema { current, known });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as i32 + 1;
         tx.batch_execute(sql)
             .await
-            .map_err(|e| format!("schema migration {version} failed: {}", detail(&e)))?;
+            .map_err(|source| MigrationError::Step { version, source })?;
     }
     if current < known {
         tx.batch_execute("DELETE FROM jobpipe.schema_version")
             .await
-            .map_err(|e| detail(&e))?;
+            .map_err(Database)?;
         tx.execute("INSERT INTO jobpipe.schema_version VALUES ($1)", &[&known])
             .await
-            .map_err(|e| detail(&e))?;
+            .map_err(Database)?;
         tracing::info!("queue schema migrated from version {current} to {known}");
     }
-    tx.commit().await.map_err(|e| detail(&e))
+    tx.commit().await.map_err(Database)
 }
 
 /// The server's own message when there is one ("permission denied for

@@ -133,7 +133,7 @@ fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
         // fsync, which group commit (sqlite_submit) pays for.
         .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
         .map_err(|e| fail(e.to_string()))?;
-    super::sqlite_schema::migrate(&mut conn).map_err(fail)?;
+    super::sqlite_schema::migrate(&mut conn).map_err(|e| fail(e.to_string()))?;
     let conn = Arc::new(Mutex::new(conn));
     let events = broadcast::channel(4096).0;
     Ok(SqliteQueue {

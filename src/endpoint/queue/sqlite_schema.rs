@@ -61,24 +61,39 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;",
 ];
 
+/// Why the schema could not be brought up to date; the caller reports it
+/// as why the queue file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MigrationError {
+    /// Reading the schema version or starting a migration's transaction.
+    #[error("{0}")]
+    Database(#[source] rusqlite::Error),
+    #[error("its schema version {current} is newer than this jobpipe knows ({known}); use a newer jobpipe or another queue file")]
+    NewerSchema { current: i64, known: i64 },
+    #[error("schema migration {version} failed: {source}")]
+    Step {
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
 /// Brings the schema up to date; fails on a database from a newer jobpipe.
-pub(super) fn migrate(conn: &mut Connection) -> Result<(), String> {
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
     let current: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(|e| e.to_string())?;
+        .map_err(MigrationError::Database)?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
-        return Err(format!(
-            "its schema version {current} is newer than this jobpipe knows ({known}); use a newer jobpipe or another queue file"
-        ));
+        return Err(MigrationError::NewerSchema { current, known });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as i64 + 1;
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        let tx = conn.transaction().map_err(MigrationError::Database)?;
         tx.execute_batch(sql)
             .and_then(|()| tx.pragma_update(None, "user_version", version))
             .and_then(|()| tx.commit())
-            .map_err(|e| format!("schema migration {version} failed: {e}"))?;
+            .map_err(|source| MigrationError::Step { version, source })?;
     }
     Ok(())
 }
@@ -93,6 +108,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
-        assert!(migrate(&mut conn).unwrap_err().contains("newer"));
+        let err = migrate(&mut conn).unwrap_err().to_string();
+        assert!(err.contains("newer"), "{err}");
     }
 }
