@@ -1,13 +1,16 @@
 //! Group commit of submissions to the SQLite queue.
 //!
-//! Every acknowledged job must survive a power cut, so a commit waits for
-//! `fsync` (`synchronous = FULL`). One fsync per `/run` would cap the
-//! endpoint at the disk's fsync rate; instead, the submissions that arrive
-//! while one commit runs wait for the next, and go in together: one
-//! transaction, one fsync, then every caller of the group is answered. A
-//! lone caller waits for no one (there is no timer: a group is whatever
-//! queued up meanwhile). If the commit fails, every caller of the group
-//! gets the error, and none is told its job was queued.
+//! Every acknowledged job must survive a power cut, so the commit that
+//! holds it waits for `fsync`: it runs with `synchronous = FULL`, whose
+//! commit syncs the write-ahead log (and with it every commit before,
+//! whatever a checkpoint did meanwhile), while the queue's other writes
+//! (takes, results) stay `NORMAL` and cost no fsync. One fsync per `/run`
+//! would cap the endpoint at the disk's fsync rate; instead, the
+//! submissions that arrive while one commit runs wait for the next, and go
+//! in together: one transaction, one fsync, then every caller of the group
+//! is answered. A lone caller waits for no one (there is no timer: a group
+//! is whatever queued up meanwhile). If the commit fails, every caller of
+//! the group gets the error, and none is told its job was queued.
 
 use std::sync::{Arc, Mutex};
 
@@ -85,6 +88,16 @@ async fn commit_groups(
 /// Inserts the group in one transaction; which jobs were new (an id
 /// already present, or twice in the group, is not).
 fn insert_all(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<bool>> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let inserted = insert_durably(conn, jobs);
+    let normal = conn.pragma_update(None, "synchronous", "NORMAL");
+    let inserted = inserted?;
+    normal?;
+    Ok(inserted)
+}
+
+/// [`insert_all`]'s transaction, committed with the fsync.
+fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<bool>> {
     let tx = conn.transaction()?;
     let mut inserted = Vec::with_capacity(jobs.len());
     {
