@@ -267,3 +267,34 @@ async fn an_api_only_process_becomes_ready() {
     assert_eq!(health["state"], "ready", "{health}");
     assert_eq!(stop(api, Duration::from_secs(20)), Some(0));
 }
+
+/// A server with no connection left for a new process: it exits 2 at start
+/// saying so and what to do, instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_out_of_connections_is_a_clear_start_up_error() {
+    let Some(server) =
+        postgres::own_server_with("max_connections = 3\nsuperuser_reserved_connections = 0\n")
+    else {
+        return;
+    };
+    let url = server.url("postgres");
+    // Take every connection the server has.
+    let mut held = Vec::new();
+    while held.len() < 3 {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        held.push(client);
+    }
+    let mut worker = worker("no-room", &url);
+    let status = worker.wait_async(Duration::from_secs(60)).await;
+    let log = worker.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("53300"), "{log}");
+    assert!(log.contains("--queue-pool-size"), "{log}");
+    assert!(log.contains("max_connections"), "{log}");
+    assert!(!log.contains(&server.password), "{log}");
+    drop(held);
+    drop(server);
+}

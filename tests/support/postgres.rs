@@ -88,6 +88,11 @@ pub fn server() -> Option<&'static PgServer> {
 /// machine itself does not crash in a test, so `fsync` stays off).
 /// `None` when the tests skip PostgreSQL.
 pub fn own_server() -> Option<OwnServer> {
+    own_server_with("")
+}
+
+/// [`own_server`] with `settings` added to its configuration.
+pub fn own_server_with(settings: &str) -> Option<OwnServer> {
     let bin = match find_bin() {
         Ok(bin) => bin,
         Err(why) => {
@@ -95,8 +100,8 @@ pub fn own_server() -> Option<OwnServer> {
             return None;
         }
     };
-    let server =
-        PgServer::start_with(bin, "synchronous_commit = on\n").unwrap_or_else(|e| panic!("{e}"));
+    let settings = format!("synchronous_commit = on\n{settings}");
+    let server = PgServer::start_with(bin, &settings).unwrap_or_else(|e| panic!("{e}"));
     Some(OwnServer(Box::leak(Box::new(server))))
 }
 
