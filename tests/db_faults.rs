@@ -345,6 +345,36 @@ impl Rss {
     }
 }
 
+/// A cluster on `url`, running jobs, with its memory followed and jobs
+/// submitted all along: ready for the fault.
+async fn before_fault(db: TestDb, url: &str) -> (Cluster, Rss, Submitting) {
+    let cluster = Cluster::start(db, url).await;
+    cluster.running().await;
+    let rss = Rss::start(&cluster.daemons());
+    let submitting = cluster.submit_through_fault();
+    (cluster, rss, submitting)
+}
+
+/// After the fault: the submissions end, every job must end, the final
+/// state pass the checks, and every process exit 0 on SIGTERM.
+async fn after_fault(
+    mut cluster: Cluster,
+    fault: &str,
+    fault_over: Instant,
+    rss: Rss,
+    submitting: Submitting,
+) {
+    cluster.faulted(submitting).await;
+    let recovered = cluster.recover(fault_over).await;
+    cluster.check(fault, recovered, &rss).await;
+    rss.assert_bounded();
+    for daemon in cluster.daemons() {
+        let log = daemon.log();
+        assert!(!log.contains("panicked"), "{}:\n{log}", daemon.name());
+    }
+    cluster.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_crashes_and_restarts_mid_run() {
     let Some(server) = postgres::own_server() else {
@@ -352,25 +382,19 @@ async fn the_database_crashes_and_restarts_mid_run() {
     };
     let db = server.0.create_database();
     let url = db.url();
-    let mut cluster = Cluster::start(db, &url).await;
-    cluster.running().await;
-    let rss = Rss::start(&cluster.daemons());
-    let submitting = cluster.submit_through_fault();
+    let (cluster, rss, submitting) = before_fault(db, &url).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart_immediate();
     let fault_over = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    cluster.faulted(submitting).await;
-    let recovered = cluster.recover(fault_over).await;
-    cluster
-        .check("pg_ctl restart -m immediate", recovered, &rss)
-        .await;
-    for daemon in cluster.daemons() {
-        let log = daemon.log();
-        assert!(!log.contains("panicked"), "{}:\n{log}", daemon.name());
-    }
-    cluster.stop();
-    drop(server);
+    after_fault(
+        cluster,
+        "pg_ctl restart -m immediate",
+        fault_over,
+        rss,
+        submitting,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,10 +404,7 @@ async fn every_backend_is_terminated_three_times_mid_run() {
     };
     let db = server.0.create_database();
     let url = db.url();
-    let mut cluster = Cluster::start(db, &url).await;
-    cluster.running().await;
-    let rss = Rss::start(&cluster.daemons());
-    let submitting = cluster.submit_through_fault();
+    let (cluster, rss, submitting) = before_fault(db, &url).await;
     let mut ended = 0;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -392,13 +413,14 @@ async fn every_backend_is_terminated_three_times_mid_run() {
     assert!(ended >= 3, "backends were ended: {ended}");
     let fault_over = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    cluster.faulted(submitting).await;
-    let recovered = cluster.recover(fault_over).await;
-    cluster
-        .check("pg_terminate_backend ×3", recovered, &rss)
-        .await;
-    cluster.stop();
-    drop(server);
+    after_fault(
+        cluster,
+        "pg_terminate_backend ×3",
+        fault_over,
+        rss,
+        submitting,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,14 +429,12 @@ async fn the_database_is_unreachable_for_30_seconds() {
         return;
     };
     let db = server.0.create_database();
-    let direct = db.url();
     let port = server.port;
     let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
-    let proxied = direct.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
-    let mut cluster = Cluster::start(db, &proxied).await;
-    cluster.running().await;
-    let mut rss = Rss::start(&cluster.daemons());
-    let submitting = cluster.submit_through_fault();
+    let proxied = db
+        .url()
+        .replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let (cluster, mut rss, submitting) = before_fault(db, &proxied).await;
     proxy.cut();
     let away = Instant::now();
     while away.elapsed() < Duration::from_secs(30) {
@@ -422,13 +442,7 @@ async fn the_database_is_unreachable_for_30_seconds() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     proxy.restore();
-    let fault_over = Instant::now();
-    cluster.faulted(submitting).await;
-    let recovered = cluster.recover(fault_over).await;
-    cluster.check("unreachable 30 s", recovered, &rss).await;
-    rss.assert_bounded();
-    cluster.stop();
-    drop(server);
+    after_fault(cluster, "unreachable 30 s", Instant::now(), rss, submitting).await;
 }
 
 /// The state of a SQLite queue file, as rows for [`FinalState`]. SQLite
