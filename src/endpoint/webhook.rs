@@ -94,7 +94,7 @@ pub async fn run(queue: Arc<dyn Queue>, secret: Option<Arc<str>>, stop: Cancella
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(done) = delivery.posts.join_next_with_id() => delivery.ended(done),
-            _ = job_finished(&mut events) => {}
+            _ = webhook_due(&mut events) => {}
             _ = tokio::time::sleep(IDLE_CHECK) => {}
         }
     }
@@ -253,13 +253,13 @@ impl Delivery {
     }
 }
 
-/// Resolves when a job ends (its webhook may be due now) or events were
-/// missed; other queue events, such as a streaming job's partials, do not
-/// send the task to the database.
-async fn job_finished(events: &mut broadcast::Receiver<QueueEvent>) {
+/// Resolves when a webhook post was queued or events were missed; other
+/// queue events (a job without a webhook ending, a streaming job's
+/// partials) do not send the task to the database.
+async fn webhook_due(events: &mut broadcast::Receiver<QueueEvent>) {
     loop {
         match events.recv().await {
-            Ok(QueueEvent::Finished(_)) | Err(RecvError::Lagged(_)) => return,
+            Ok(QueueEvent::WebhookDue) | Err(RecvError::Lagged(_)) => return,
             Ok(_) => {}
             // The queue is gone; the idle check alone remains.
             Err(RecvError::Closed) => std::future::pending().await,
@@ -369,7 +369,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn due_posts_are_looked_for_when_a_job_ends_not_on_every_event() {
+    async fn due_posts_are_looked_for_when_a_webhook_is_queued_not_on_every_event() {
         let queue = Arc::new(NothingDue {
             events: broadcast::channel(16).0,
             asked: AtomicUsize::new(0),
@@ -388,9 +388,20 @@ mod tests {
         }
         settle(10).await;
         assert_eq!(asked(), 1, "partials sent the task to the database");
-        queue.events.send(QueueEvent::Finished("j".into())).unwrap();
+        // A job without a webhook ending: not a reason either.
+        for _ in 0..200 {
+            queue.events.send(QueueEvent::Finished("j".into())).unwrap();
+            tokio::task::yield_now().await;
+        }
         settle(10).await;
-        assert_eq!(asked(), 2, "a job's end is a reason to look");
+        assert_eq!(
+            asked(),
+            1,
+            "ends without a webhook sent the task to the database"
+        );
+        queue.events.send(QueueEvent::WebhookDue).unwrap();
+        settle(10).await;
+        assert_eq!(asked(), 2, "a queued webhook post is a reason to look");
         settle(IDLE_CHECK.as_millis() as u64).await;
         assert_eq!(asked(), 3, "and so is the idle check");
         stop.cancel();

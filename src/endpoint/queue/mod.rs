@@ -328,6 +328,9 @@ pub enum QueueEvent {
     Cancelled(String),
     /// A stream partial was added.
     Streamed(String),
+    /// A webhook post was queued: only jobs with a webhook make webhook
+    /// delivery look at the database.
+    WebhookDue,
 }
 
 /// A database fault.

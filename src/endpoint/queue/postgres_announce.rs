@@ -40,11 +40,13 @@ pub(super) struct Announcer {
     local: broadcast::Sender<QueueEvent>,
 }
 
-/// The payloads waiting for the next batch, a queued job once at most.
+/// The payloads waiting for the next batch; a queued job and a due
+/// webhook once at most.
 #[derive(Default)]
 struct Pending {
     payloads: Vec<String>,
     queued: bool,
+    webhook: bool,
 }
 
 impl Announcer {
@@ -74,6 +76,7 @@ impl Announcer {
             for event in &events {
                 match event {
                     QueueEvent::Queued => pending.queued = true,
+                    QueueEvent::WebhookDue => pending.webhook = true,
                     other if pending.payloads.len() < PENDING_MAX => {
                         pending.payloads.push(payload(other));
                     }
@@ -92,6 +95,9 @@ impl Announcer {
         let mut payloads = std::mem::take(&mut pending.payloads);
         if std::mem::take(&mut pending.queued) {
             payloads.push(payload(&QueueEvent::Queued));
+        }
+        if std::mem::take(&mut pending.webhook) {
+            payloads.push(payload(&QueueEvent::WebhookDue));
         }
         payloads
     }

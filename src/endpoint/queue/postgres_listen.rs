@@ -39,12 +39,15 @@ pub(super) fn payload(event: &QueueEvent) -> String {
         QueueEvent::Finished(id) => format!("f:{id}"),
         QueueEvent::Cancelled(id) => format!("c:{id}"),
         QueueEvent::Streamed(id) => format!("s:{id}"),
+        QueueEvent::WebhookDue => "w".into(),
     }
 }
 
 fn event(payload: &str) -> Option<QueueEvent> {
-    if payload == "q" {
-        return Some(QueueEvent::Queued);
+    match payload {
+        "q" => return Some(QueueEvent::Queued),
+        "w" => return Some(QueueEvent::WebhookDue),
+        _ => {}
     }
     let (kind, id) = payload.split_once(':')?;
     let id = id.to_owned();

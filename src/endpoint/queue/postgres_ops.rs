@@ -219,6 +219,7 @@ async fn finalize(
             .await?;
         tx.execute(&statement, &[&id, &url, &body, &finished_at])
             .await?;
+        events.push(QueueEvent::WebhookDue);
     }
     events.push(QueueEvent::Finished(id.to_owned()));
     Ok(())

@@ -176,6 +176,7 @@ fn finalize(
             "INSERT INTO webhooks (job_id, url, body, next_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
             params![id, url, &*body.text(), now],
         )?;
+        events.push(QueueEvent::WebhookDue);
     }
     events.push(QueueEvent::Finished(id.to_owned()));
     Ok(())
