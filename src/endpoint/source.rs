@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -209,7 +210,7 @@ async fn take_loop(
     let take = &ctx.shutdown.take;
     let worker = ctx.identity.worker_id.clone();
     let mut events = queue.subscribe();
-    let mut reported = None;
+    let mut reported = Reported::default();
     let mut failures = TAKE_BACKOFF.iter();
     loop {
         let Some(mut slots) = runner.slots().await else {
@@ -262,20 +263,34 @@ async fn pause_after_failure(failures: &mut Backoff, stop: &CancellationToken) -
     }
 }
 
-/// `/health` counts busy slots from heartbeats: a change is reported at
-/// once rather than at the next beat.
-async fn report_slots(
-    queue: &Arc<dyn Queue>,
-    worker: &str,
-    pool: &Pool,
-    reported: &mut Option<(usize, usize)>,
-) {
+/// What the last heartbeat of the take loop said, and when.
+#[derive(Default)]
+struct Reported {
+    slots: Option<(usize, usize)>,
+    at: Option<Instant>,
+}
+
+/// Least time between two heartbeats of the take loop: busy workers would
+/// otherwise write one for almost every job.
+const REPORT_SPACING: Duration = Duration::from_millis(250);
+
+/// `/health` counts busy slots from heartbeats: a change is reported soon
+/// (at once when the worker became idle or the last report is older than
+/// [`REPORT_SPACING`]) rather than at the next beat of the upkeep task.
+async fn report_slots(queue: &Arc<dyn Queue>, worker: &str, pool: &Pool, reported: &mut Reported) {
     let now = (pool.capacity(), pool.in_flight());
-    if *reported == Some(now) {
+    if reported.slots == Some(now) {
+        return;
+    }
+    let recent = reported.at.is_some_and(|at| at.elapsed() < REPORT_SPACING);
+    if recent && now.1 != 0 {
         return;
     }
     match queue.heartbeat(worker, now.0, now.1).await {
-        Ok(()) => *reported = Some(now),
+        Ok(()) => {
+            reported.slots = Some(now);
+            reported.at = Some(Instant::now());
+        }
         Err(e) => log_failure("the worker heartbeat", &e),
     }
 }

@@ -184,7 +184,8 @@ pub(super) async fn read_stream(
     Ok(Some((status, stored_partials(rows))))
 }
 
-/// Writes a job's one final status and queues its webhook, in `tx`.
+/// Writes a job's one final status and queues its webhook, in `tx`. The
+/// row must be locked.
 async fn finalize(
     tx: &Transaction<'_>,
     events: &mut Events,
@@ -193,19 +194,43 @@ async fn finalize(
     output: Option<Json>,
     error: Option<String>,
 ) -> Result<(), Fault> {
+    finalize_under(tx, events, id, None, status, output, error).await?;
+    Ok(())
+}
+
+/// [`finalize`], under the lease `token` when one is given: false (and
+/// nothing written) when the job is no longer held with it. One statement
+/// both checks the lease and writes the end.
+async fn finalize_under(
+    tx: &Transaction<'_>,
+    events: &mut Events,
+    id: &str,
+    token: Option<&str>,
+    status: JobStatus,
+    output: Option<Json>,
+    error: Option<String>,
+) -> Result<bool, Fault> {
     let statement = tx
         .prepare_cached(
             "UPDATE jobpipe.jobs SET status = $2, output = $3, error = $4,
                 finished_at = jobpipe.now_ms(), expires_at = jobpipe.now_ms() + retention_ms,
                 lease_token = NULL, lease_expires_at = NULL
-             WHERE id = $1 RETURNING webhook, finished_at",
+             WHERE id = $1
+               AND ($5::text IS NULL OR (lease_token = $5 AND status = 'IN_PROGRESS'))
+             RETURNING webhook, finished_at",
         )
         .await?;
     let output_text = output.as_ref().map(|output| output.text());
     let output_text = output_text.as_deref();
-    let row = tx
-        .query_one(&statement, &[&id, &status.as_str(), &output_text, &error])
-        .await?;
+    let Some(row) = tx
+        .query_opt(
+            &statement,
+            &[&id, &status.as_str(), &output_text, &error, &token],
+        )
+        .await?
+    else {
+        return Ok(false);
+    };
     if let Some(url) = row.get::<_, Option<String>>(0) {
         let finished_at: i64 = row.get(1);
         let body = webhook_body(id, status, &output, &error);
@@ -222,7 +247,7 @@ async fn finalize(
         events.push(QueueEvent::WebhookDue);
     }
     events.push(QueueEvent::Finished(id.to_owned()));
-    Ok(())
+    Ok(true)
 }
 
 /// Queues a job again after a lost attempt, or fails it when none are
@@ -420,43 +445,61 @@ pub(super) async fn finish(
     events: &mut Events,
 ) -> Result<bool, Fault> {
     let tx = client.transaction().await?;
-    let statement = tx
-        .prepare_cached(
-            "SELECT 1 FROM jobpipe.jobs
-              WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS' FOR UPDATE",
-        )
-        .await?;
-    if tx.query_opt(&statement, &[&id, &token]).await?.is_none() {
-        return Ok(false);
-    }
-    match ending {
+    let held = Some(token);
+    // The usual end is one statement that checks the lease as it writes;
+    // a streamed job's end (its partials become the output) and a lost
+    // attempt lock the row first.
+    let written = match ending {
+        Ending::Completed(output) if !is_empty_output(&output) => {
+            let completed = JobStatus::Completed;
+            finalize_under(&tx, events, id, held, completed, Some(output), None).await?
+        }
+        Ending::Failed { error, output } => {
+            let failed = JobStatus::Failed;
+            finalize_under(&tx, events, id, held, failed, output, Some(error)).await?
+        }
+        Ending::TimedOut(error) => {
+            let timed_out = JobStatus::TimedOut;
+            finalize_under(&tx, events, id, held, timed_out, None, Some(error)).await?
+        }
         Ending::Completed(output) => {
-            // A streaming handler's final output is empty: the job's output
-            // is then the list of its partials.
-            let list = if is_empty_output(&output) {
-                partials(&tx, id).await?
-            } else {
-                Vec::new()
-            };
+            // A streaming handler's final output is empty: the job's
+            // output is then the list of its partials.
+            if !lock_held(&tx, id, token).await? {
+                return Ok(false);
+            }
+            let list = partials(&tx, id).await?;
             let output = if list.is_empty() {
                 output
             } else {
                 partials_output(&list)
             };
             finalize(&tx, events, id, JobStatus::Completed, Some(output), None).await?;
-        }
-        Ending::Failed { error, output } => {
-            finalize(&tx, events, id, JobStatus::Failed, output, Some(error)).await?;
-        }
-        Ending::TimedOut(error) => {
-            finalize(&tx, events, id, JobStatus::TimedOut, None, Some(error)).await?;
+            true
         }
         Ending::Retry(why) => {
+            if !lock_held(&tx, id, token).await? {
+                return Ok(false);
+            }
             requeue_or_fail(&tx, events, id, &why).await?;
+            true
         }
+    };
+    if written {
+        tx.commit().await?;
     }
-    tx.commit().await?;
-    Ok(true)
+    Ok(written)
+}
+
+/// Locks the job's row if it is still held with `token`; false if not.
+async fn lock_held(tx: &Transaction<'_>, id: &str, token: &str) -> Result<bool, Fault> {
+    let statement = tx
+        .prepare_cached(
+            "SELECT 1 FROM jobpipe.jobs
+              WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS' FOR UPDATE",
+        )
+        .await?;
+    Ok(tx.query_opt(&statement, &[&id, &token]).await?.is_some())
 }
 
 async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Json>, Fault> {
