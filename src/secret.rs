@@ -46,6 +46,18 @@ pub fn resolve(
     }
 }
 
+/// [`resolve`] for a secret that has a flag (and variable) of its own and
+/// another for a file: named in errors `direct` or `in_file`, whichever
+/// was used.
+pub fn resolve_either(
+    direct: &str,
+    in_file: &str,
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Arc<str>>, ConfigError> {
+    resolve(if file.is_some() { in_file } else { direct }, value, file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,12 +217,9 @@ impl EndpointArgs {
             ..JobDefaults::default()
         };
         defaults.sync_retention = defaults.sync_retention.min(self.result_retention);
-        let api_key = crate::secret::resolve(
-            if self.api_key_file.is_some() {
-                "--api-key-file (JOBPIPE_API_KEY_FILE)"
-            } else {
-                "--api-key (JOBPIPE_API_KEY)"
-            },
+        let api_key = crate::secret::resolve_either(
+            "--api-key (JOBPIPE_API_KEY)",
+            "--api-key-file (JOBPIPE_API_KEY_FILE)",
             self.api_key.as_deref(),
             self.api_key_file.as_deref(),
         )?;
@@ -251,12 +248,9 @@ impl EndpointArgs {
             spool_dir,
             max_undelivered,
             take_jobs: !self.api_only,
-            webhook_secret: crate::secret::resolve(
-                if self.webhook_secret_file.is_some() {
-                    "--webhook-secret-file (JOBPIPE_WEBHOOK_SECRET_FILE)"
-                } else {
-                    "--webhook-secret (JOBPIPE_WEBHOOK_SECRET)"
-                },
+            webhook_secret: crate::secret::resolve_either(
+                "--webhook-secret (JOBPIPE_WEBHOOK_SECRET)",
+                "--webhook-secret-file (JOBPIPE_WEBHOOK_SECRET_FILE)",
                 self.webhook_secret.as_deref(),
                 self.webhook_secret_file.as_deref(),
             )?,

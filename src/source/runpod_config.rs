@@ -110,13 +110,9 @@ impl RunpodArgs {
                 "RUNPOD_WEBHOOK_GET_JOB is set but RUNPOD_WEBHOOK_POST_OUTPUT is not: results would have nowhere to go".into(),
             )
         })?;
-        let what = if self.runpod_api_key_file.is_some() {
-            "--runpod-api-key-file (RUNPOD_AI_API_KEY_FILE)"
-        } else {
-            "RUNPOD_AI_API_KEY (--runpod-api-key)"
-        };
-        let api_key = crate::secret::resolve(
-            what,
+        let api_key = crate::secret::resolve_either(
+            "RUNPOD_AI_API_KEY (--runpod-api-key)",
+            "--runpod-api-key-file (RUNPOD_AI_API_KEY_FILE)",
             self.runpod_api_key.as_deref(),
             self.runpod_api_key_file.as_deref(),
         )?
