@@ -34,12 +34,12 @@ use super::running::{Event, OsSpawner, RunningHandler, Spawner};
 
 use super::config::HandlerConfig;
 use super::report::{log_stray_line, stderr_note, EXIT_AFTER_EOF};
+use super::restart::RestartReason;
 use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::error::FatalError;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
 use crate::json::Json;
-use crate::metrics::RestartReason;
 use crate::timer::sleep_until;
 
 /// Delays between restarts after a crash.

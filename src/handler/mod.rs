@@ -24,6 +24,7 @@ pub mod process;
 pub mod protocol;
 mod recycle;
 mod report;
+pub mod restart;
 mod running;
 mod startup;
 

@@ -5,8 +5,8 @@
 
 use bytesize::ByteSize;
 
+use super::restart::RestartReason;
 use crate::handler::config::HandlerConfig;
-use crate::metrics::RestartReason;
 
 /// Whether the process `pid` (leader of its process group) is due to be
 /// replaced after finishing its `served`th job.

@@ -9,9 +9,9 @@ use super::lines::{clip_middle, Line};
 use super::process::LOG_LINE_MAX;
 use super::protocol::{parse_line, Frame};
 use super::report::{log_stray_line, stderr_note, EXIT_AFTER_EOF};
+use super::restart::RestartReason;
 use super::running::{Event, RunningHandler, Spawner};
 use crate::error::FatalError;
-use crate::metrics::RestartReason;
 
 /// Failed starts in a row that make a crash loop.
 const MAX_START_FAILURES: u32 = 5;
