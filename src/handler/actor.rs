@@ -16,21 +16,25 @@
 //! could start now, which it tells the pool so that no job is taken for a
 //! handler that is not ready.
 //!
+//! What a serving process holds (its jobs, their stop requests and
+//! deadlines, its intake) is in [`super::serving`]; this file is how the
+//! actor reacts.
+//!
 //! The process is reached through [`RunningHandler`] and started by a
 //! [`Spawner`], so unit tests (`actor_tests.rs`) drive the actor with a
 //! scripted fake instead of a child.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::lines::{clip_middle, Line};
+use super::lines::Line;
 use super::protocol::{cancel_line, parse_line, sniff_id, Frame};
 use super::running::{Event, OsSpawner, RunningHandler, Spawner};
+use super::serving::{
+    cause_name, cause_reason, watch_job, Intake, Running, Serving, StopCause, StrayLines,
+};
 
 use super::config::HandlerConfig;
 use super::report::{log_stray_line, stderr_note, EXIT_AFTER_EOF};
@@ -60,26 +64,6 @@ enum ActorState<P> {
     Exited,
 }
 
-/// Whether a serving process takes more jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Intake {
-    /// Ready: it takes jobs while it has room.
-    Open,
-    /// It finishes the jobs it holds and takes no more: the pool is
-    /// stopping.
-    Closed,
-    /// It finishes the jobs it holds and takes no more, then is replaced
-    /// for this reason.
-    Replace(RestartReason),
-}
-
-/// Why a job is being stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopCause {
-    Timeout,
-    Cancel,
-}
-
 /// How a served process ended.
 enum End {
     /// Replace the process.
@@ -100,66 +84,6 @@ enum Step {
     Stalled,
     Job(Option<JobTicket>),
     Shutdown,
-}
-
-/// A job the handler is running.
-struct Running {
-    ticket: JobTicket,
-    watcher: AbortHandle,
-    /// When `--job-timeout` runs out for it.
-    deadline: Option<Instant>,
-    /// Its `--stall-timeout`, and when the handler last sent a line for it.
-    stall: Option<Duration>,
-    heard: Instant,
-    streamed: bool,
-    /// Set once the job was asked to stop (jobs-per-handler > 1).
-    stopping: Option<(StopCause, Instant)>,
-}
-
-/// What only a serving process has.
-struct Serving {
-    /// The jobs in flight, by id.
-    jobs: HashMap<String, Running>,
-    intake: Intake,
-    /// Each job's watcher sends at most one request, so this channel holds
-    /// at most one per job in flight.
-    stops: mpsc::UnboundedSender<(String, StopCause)>,
-    stop_requests: mpsc::UnboundedReceiver<(String, StopCause)>,
-    /// The process (and process group) id, for its memory use.
-    pid: i32,
-    /// Jobs this process has finished, for `--max-jobs-per-handler`.
-    served: u64,
-    /// Lines on stdout that were no protocol line, named when a job gets
-    /// no answer.
-    stray: StrayLines,
-}
-
-/// How many stdout lines were not protocol lines, and the last of them.
-#[derive(Default)]
-struct StrayLines {
-    count: u64,
-    last: String,
-}
-
-impl StrayLines {
-    /// How many characters of the last stray line a job's error quotes.
-    const QUOTED: usize = 200;
-
-    fn record(&mut self, line: &[u8]) {
-        self.count += 1;
-        self.last = clip_middle(&String::from_utf8_lossy(line), Self::QUOTED);
-    }
-
-    /// What a job that got no answer is told of them, if any.
-    fn note(&self) -> String {
-        match self.count {
-            0 => String::new(),
-            n => format!(
-                "; the handler wrote {n} line(s) to stdout that are not protocol lines, the last: {:?} (protocol lines are JSON objects; print logs to stderr)",
-                self.last
-            ),
-        }
-    }
 }
 
 /// Runs the actor until the pool stops or the handler cannot start.
@@ -729,96 +653,5 @@ impl<S: Spawner> Actor<S> {
                 format!("{}{}", self.ctx.config.timeout_message(), stray.note()),
             )),
         }
-    }
-}
-
-impl Serving {
-    fn new(pid: i32) -> Serving {
-        let (stops, stop_requests) = mpsc::unbounded_channel();
-        Serving {
-            jobs: HashMap::new(),
-            intake: Intake::Open,
-            stops,
-            stop_requests,
-            pid,
-            served: 0,
-            stray: StrayLines::default(),
-        }
-    }
-
-    /// How many more jobs it could start now.
-    fn room(&self, ctx: &ActorContext) -> usize {
-        match self.intake {
-            Intake::Open => ctx.config.jobs_per_handler.saturating_sub(self.jobs.len()),
-            Intake::Closed | Intake::Replace(_) => 0,
-        }
-    }
-
-    /// Takes no more jobs: the pool is stopping.
-    fn close(&mut self) {
-        if self.intake == Intake::Open {
-            self.intake = Intake::Closed;
-        }
-    }
-
-    fn ids(&self) -> String {
-        let mut ids: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
-        ids.sort_unstable();
-        ids.join(",")
-    }
-
-    /// When the next job counts as stalled, if any job has a limit.
-    fn next_stall_deadline(&self) -> Option<Instant> {
-        self.jobs
-            .values()
-            .filter(|job| job.stopping.is_none())
-            .filter_map(|job| Some(job.heard + job.stall?))
-            .min()
-    }
-
-    fn next_grace_deadline(&self) -> Option<Instant> {
-        self.jobs
-            .values()
-            .filter_map(|job| job.stopping.map(|(_, at)| at))
-            .min()
-    }
-
-    fn fail_all(&mut self, failure: JobFailure) {
-        for (_, running) in self.jobs.drain() {
-            running.watcher.abort();
-            running.ticket.fail(failure.clone());
-        }
-    }
-}
-
-/// Spawns the task that reports when a job is cancelled or times out.
-fn watch_job(
-    ticket: &JobTicket,
-    deadline: Option<Instant>,
-    stops: mpsc::UnboundedSender<(String, StopCause)>,
-) -> AbortHandle {
-    let cancel = ticket.cancel.clone();
-    let id = ticket.id().to_owned();
-    tokio::spawn(async move {
-        let cause = tokio::select! {
-            _ = cancel.cancelled() => StopCause::Cancel,
-            _ = sleep_until(deadline) => StopCause::Timeout,
-        };
-        let _ = stops.send((id, cause));
-    })
-    .abort_handle()
-}
-
-fn cause_name(cause: StopCause) -> &'static str {
-    match cause {
-        StopCause::Timeout => "timed out",
-        StopCause::Cancel => "stop requested",
-    }
-}
-
-fn cause_reason(cause: StopCause) -> RestartReason {
-    match cause {
-        StopCause::Timeout => RestartReason::Timeout,
-        StopCause::Cancel => RestartReason::Cancelled,
     }
 }

@@ -26,6 +26,7 @@ mod recycle;
 mod report;
 pub mod restart;
 mod running;
+mod serving;
 mod startup;
 
 #[cfg(test)]
