@@ -10,7 +10,11 @@
 //!   one's COMPLETED, both on the database's clock;
 //! * **idle pick-up latency**: with every worker idle, one job at a time;
 //!   the time from its creation to a worker taking it (`started_at -
-//!   created_at`, the database's clock), p50 and p99.
+//!   created_at`, the database's clock), p50 and p99;
+//! * **the floor**: the same server doing a job's SQL with `pgbench`, 32
+//!   clients for 10 s, three transactions a job (insert it; take one with
+//!   `FOR UPDATE SKIP LOCKED`; mark it completed), no HTTP and no
+//!   processes, and jobpipe's throughput as a share of it.
 //!
 //! Every job must end COMPLETED with its input echoed, or the benchmark
 //! fails.
@@ -89,8 +93,9 @@ fn build(args: &Args) -> (PathBuf, PathBuf) {
 fn spawn(jobpipe: &PathBuf, args: &[&str]) -> Proc {
     Proc(
         Command::new(jobpipe)
-            .args(args)
+            // Before the arguments, which may end with `-- HANDLER`.
             .args(["--log-level", "WARN"])
+            .args(args)
             .env_remove("RUNPOD_WEBHOOK_GET_JOB")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -225,6 +230,54 @@ async fn main() {
         percentile(&latencies, 0.99),
         latencies.last().unwrap()
     );
+    let jobpipe_rate = args.jobs as f64 / (span_ms.max(1) as f64 / 1000.0);
+    let floor = floor(server, &db, &url);
+    println!(
+        "floor: pgbench, the same server, 32 clients, insert + take (SKIP LOCKED) + complete: {floor:.0} jobs/s; jobpipe / floor = {:.2}",
+        jobpipe_rate / floor
+    );
+}
+
+/// Jobs per second the database does with a job's SQL alone (see the
+/// module docs), measured by `pgbench` on a table shaped like the queue's.
+/// A take that finds every queued job locked by other clients takes none
+/// (its completion is then a no-op) and still counts, so the floor errs
+/// high, against jobpipe.
+fn floor(server: &postgres::PgServer, db: &postgres::TestDb, url: &str) -> f64 {
+    db.psql(
+        "CREATE TABLE floor_jobs (
+            id bigserial PRIMARY KEY, status text NOT NULL, payload text NOT NULL,
+            lease_token text, output text, queued_at bigint NOT NULL);
+         CREATE INDEX floor_queued ON floor_jobs (queued_at, id) WHERE status = 'IN_QUEUE'",
+    );
+    let script = std::env::temp_dir().join(format!("jobpipe-floor-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        "INSERT INTO floor_jobs (status, payload, queued_at)
+            VALUES ('IN_QUEUE', '{\"input\": {\"n\": 1}}', (extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+WITH taken AS (UPDATE floor_jobs SET status = 'IN_PROGRESS', lease_token = md5(random()::text) WHERE id = (SELECT id FROM floor_jobs WHERE status = 'IN_QUEUE' ORDER BY queued_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id) SELECT coalesce((SELECT id FROM taken), 0) AS id \\gset
+UPDATE floor_jobs SET status = 'COMPLETED', output = payload, lease_token = NULL WHERE id = :id;
+",
+    )
+    .unwrap();
+    let output = Command::new(server.tool("pgbench"))
+        .args(["-n", "-c", "32", "-j", "2", "-T", "10", "-f"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .expect("pgbench runs");
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pgbench failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text.lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}"))
 }
 
 async fn post(client: &reqwest::Client, base: &str, input: Value) -> String {

@@ -372,6 +372,11 @@ impl PgServer {
         TestDb { server: self, name }
     }
 
+    /// The path of one of the server's programs (`pgbench`, say).
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
     /// A connection URL for `database` with the superuser's password.
     pub fn url(&self, database: &str) -> String {
         format!(
