@@ -31,6 +31,10 @@ use super::QueueEvent;
 const PENDING_MAX: usize = 10_000;
 /// Pause after a batch could not be sent.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Longest a batch may take, connecting included: a database that stops
+/// answering must not hold the announcer (and the events gathering behind
+/// it) for ever.
+const SEND_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Hands committed events to the task that announces them.
 #[derive(Clone)]
@@ -126,6 +130,12 @@ impl Announcer {
 
 /// One transaction that notifies every payload.
 async fn send(pool: &Pool, payloads: &[String]) -> Result<(), String> {
+    tokio::time::timeout(SEND_DEADLINE, send_now(pool, payloads))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}s", SEND_DEADLINE.as_secs())))
+}
+
+async fn send_now(pool: &Pool, payloads: &[String]) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     let statement = client
         .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
