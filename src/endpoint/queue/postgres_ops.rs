@@ -524,23 +524,21 @@ async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Json>, Fault> {
 pub(super) async fn sweep(client: &mut Object, events: &mut Events) -> Result<Swept, Fault> {
     let tx = client.transaction().await?;
     let mut swept = Swept::default();
+    // The row, if no one else holds it and its time has come: this
+    // process's turn, and the `now` of the whole sweep.
     let turn = tx
         .query_opt(
-            "SELECT 1 FROM jobpipe.housekeeping WHERE swept_at <= jobpipe.now_ms() - $1
-                FOR UPDATE SKIP LOCKED",
+            "UPDATE jobpipe.housekeeping SET swept_at = jobpipe.now_ms()
+              WHERE ctid = (SELECT ctid FROM jobpipe.housekeeping
+                             WHERE swept_at <= jobpipe.now_ms() - $1 FOR UPDATE SKIP LOCKED)
+              RETURNING swept_at",
             &[&SWEEP_SPACING_MS],
         )
         .await?;
-    if turn.is_none() {
+    let Some(turn) = turn else {
         return Ok(swept);
-    }
-    let now: i64 = tx
-        .query_one(
-            "UPDATE jobpipe.housekeeping SET swept_at = jobpipe.now_ms() RETURNING swept_at",
-            &[],
-        )
-        .await?
-        .get(0);
+    };
+    let now: i64 = turn.get(0);
     let lost = tx
         .query(
             "SELECT id FROM jobpipe.jobs
