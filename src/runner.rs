@@ -202,7 +202,7 @@ impl<S: ResultSink> Runner<S> {
     /// The same for a job object's text as it came (see [`Job::from_json`]).
     /// Returns false when nothing in it could be answered (it was dropped).
     pub fn start_job_text(&self, text: Bytes, slot: Slot) -> bool {
-        self.admit(Job::from_json(text), slot)
+        self.start_leased(text, None, slot)
     }
 
     /// [`Self::start_job_text`] for a job with its own stall timeout.
