@@ -246,34 +246,39 @@ fn an_unreadable_answer_fails_its_job_at_once_naming_the_cause() {
     }
 }
 
+/// A handler written with each helper, in `dir`: `python` after the
+/// Python helper is imported as `jobpipe_handler`, `node` after the Node
+/// helper's `serve` and `heartbeat` are required; the argv of each.
+fn with_each_helper(dir: &std::path::Path, python: &str, node: &str) -> [[String; 2]; 2] {
+    let python_file = dir.join("handler.py");
+    let python_prelude = format!(
+        "import sys\nsys.path.insert(0, {:?})\nimport jobpipe_handler\n",
+        support::repo_path("handlers/python")
+    );
+    std::fs::write(&python_file, python_prelude + python).unwrap();
+    let node_file = dir.join("handler.js");
+    let node_prelude = format!(
+        "const {{ serve, heartbeat }} = require({:?});\n",
+        support::repo_path("handlers/node/jobpipe_handler.js")
+    );
+    std::fs::write(&node_file, node_prelude + node).unwrap();
+    [
+        ["python3".to_owned(), python_file.display().to_string()],
+        ["node".to_owned(), node_file.display().to_string()],
+    ]
+}
+
 /// Both helpers answer a result holding a lone surrogate with an error line
 /// jobpipe can read, instead of an escape it rejects.
 #[test]
 fn the_helpers_never_write_a_lone_surrogate() {
     let dir = tempfile::tempdir().unwrap();
-    let python = dir.path().join("handler.py");
-    std::fs::write(
-        &python,
-        format!(
-            "import sys\nsys.path.insert(0, {:?})\nimport jobpipe_handler\n\
-             jobpipe_handler.serve(lambda job: {{'text': 'a\\udc80b'}})\n",
-            support::repo_path("handlers/python")
-        ),
-    )
-    .unwrap();
-    let node = dir.path().join("handler.js");
-    std::fs::write(
-        &node,
-        format!(
-            "const {{ serve }} = require({:?});\nserve(() => ({{ text: 'a\\udc80b' }}));\n",
-            support::repo_path("handlers/node/jobpipe_handler.js")
-        ),
-    )
-    .unwrap();
-    for argv in [
-        ["python3".to_owned(), python.display().to_string()],
-        ["node".to_owned(), node.display().to_string()],
-    ] {
+    let handlers = with_each_helper(
+        dir.path(),
+        "jobpipe_handler.serve(lambda job: {'text': 'a\\udc80b'})\n",
+        "serve(() => ({ text: 'a\\udc80b' }));\n",
+    );
+    for argv in handlers {
         let run = support::jobpipe()
             .test_input(r#"{"input": {}}"#)
             .handler(argv.clone())
@@ -293,32 +298,15 @@ fn the_helpers_never_write_a_lone_surrogate() {
 #[test]
 fn the_helpers_heartbeat_keeps_a_quiet_job_alive() {
     let dir = tempfile::tempdir().unwrap();
-    let python = dir.path().join("handler.py");
-    std::fs::write(
-        &python,
-        format!(
-            "import sys, time\nsys.path.insert(0, {:?})\nimport jobpipe_handler\n\
-             def handler(job):\n    for _ in range(30):\n        time.sleep(0.1)\n        jobpipe_handler.heartbeat(job)\n    return 'done'\n\
-             jobpipe_handler.serve(handler)\n",
-            support::repo_path("handlers/python")
-        ),
-    )
-    .unwrap();
-    let node = dir.path().join("handler.js");
-    std::fs::write(
-        &node,
-        format!(
-            "const {{ serve, heartbeat }} = require({:?});\n\
-             const sleep = (ms) => new Promise((r) => setTimeout(r, ms));\n\
-             serve(async (job) => {{ for (let i = 0; i < 30; i++) {{ await sleep(100); heartbeat(job); }} return 'done'; }});\n",
-            support::repo_path("handlers/node/jobpipe_handler.js")
-        ),
-    )
-    .unwrap();
-    for argv in [
-        ["python3".to_owned(), python.display().to_string()],
-        ["node".to_owned(), node.display().to_string()],
-    ] {
+    let handlers = with_each_helper(
+        dir.path(),
+        "import time\n\
+         def handler(job):\n    for _ in range(30):\n        time.sleep(0.1)\n        jobpipe_handler.heartbeat(job)\n    return 'done'\n\
+         jobpipe_handler.serve(handler)\n",
+        "const sleep = (ms) => new Promise((r) => setTimeout(r, ms));\n\
+         serve(async (job) => { for (let i = 0; i < 30; i++) { await sleep(100); heartbeat(job); } return 'done'; });\n",
+    );
+    for argv in handlers {
         let run = support::jobpipe()
             .args(["--stall-timeout", "1500ms"])
             .test_input(r#"{"input": {}}"#)
