@@ -47,6 +47,7 @@ mod postgres_conn;
 mod postgres_listen;
 mod postgres_ops;
 mod postgres_schema;
+mod postgres_typed;
 pub mod sqlite;
 mod sqlite_schema;
 mod sqlite_submit;

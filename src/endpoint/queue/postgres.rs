@@ -31,6 +31,7 @@ use super::postgres_announce::Announcer;
 pub use super::postgres_conn::{PgTarget, DEFAULT_POOL_SIZE};
 use super::postgres_conn::{Reachability, CONNECT_TIMEOUT};
 use super::postgres_ops::{self as ops, Fault};
+use super::postgres_typed::p;
 use super::{
     to_ms, Ending, Health, JobRecord, JobStatus, Lease, NewJob, Queue, QueueError, QueueEvent,
     RetryOutcome, Swept, WebhookPost,
@@ -230,7 +231,7 @@ impl Queue for PgQueue {
     async fn purge(&self) -> Result<u64, QueueError> {
         self.call(|client| async move {
             let sql = "DELETE FROM jobpipe.jobs WHERE status = 'IN_QUEUE'";
-            Ok(client.execute(sql, &[]).await?)
+            Ok(client.execute_typed(sql, &[]).await?)
         })
         .await
     }
@@ -271,9 +272,8 @@ impl Queue for PgQueue {
         self.call(|client| async move {
             let sql = "UPDATE jobpipe.jobs SET output = $3
                  WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'";
-            let statement = client.prepare_cached(sql).await?;
             let changed = client
-                .execute(&statement, &[&job_id, &token, &&*output.text()])
+                .execute_typed(sql, &[p(&job_id), p(&token), p(&&*output.text())])
                 .await?;
             Ok(changed > 0)
         })
@@ -291,9 +291,8 @@ impl Queue for PgQueue {
             let sql = "INSERT INTO jobpipe.stream (job_id, output)
                     SELECT id, $3 FROM jobpipe.jobs
                      WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'";
-            let statement = client.prepare_cached(sql).await?;
             let added = client
-                .execute(&statement, &[&job_id, &token, &&*output.text()])
+                .execute_typed(sql, &[p(&job_id), p(&token), p(&&*output.text())])
                 .await?
                 > 0;
             if added {
@@ -329,9 +328,8 @@ impl Queue for PgQueue {
                  VALUES ($1, $2, $3, jobpipe.now_ms())
                  ON CONFLICT (id) DO UPDATE
                  SET capacity = $2, busy = $3, seen_at = jobpipe.now_ms()";
-            let statement = client.prepare_cached(sql).await?;
             client
-                .execute(&statement, &[&worker, &capacity, &busy])
+                .execute_typed(sql, &[p(&worker), p(&capacity), p(&busy)])
                 .await?;
             Ok(())
         })
@@ -354,7 +352,7 @@ impl Queue for PgQueue {
     async fn webhook_done(&self, id: i64) -> Result<(), QueueError> {
         self.call(|client| async move {
             client
-                .execute("DELETE FROM jobpipe.webhooks WHERE id = $1", &[&id])
+                .execute_typed("DELETE FROM jobpipe.webhooks WHERE id = $1", &[p(&id)])
                 .await?;
             Ok(())
         })
@@ -367,7 +365,7 @@ impl Queue for PgQueue {
         self.call(|client| async move {
             let sql = "UPDATE jobpipe.webhooks
                  SET attempts = attempts + 1, next_at = jobpipe.now_ms() + $2 WHERE id = $1";
-            client.execute(sql, &[&id, &delay]).await?;
+            client.execute_typed(sql, &[p(&id), p(&delay)]).await?;
             Ok(())
         })
         .await
@@ -379,7 +377,7 @@ impl Queue for PgQueue {
         self.call(|client| async move {
             let sql =
                 "UPDATE jobpipe.webhooks SET next_at = jobpipe.now_ms() + $2 WHERE id = ANY($1)";
-            client.execute(sql, &[&ids, &delay]).await?;
+            client.execute_typed(sql, &[p(&ids), p(&delay)]).await?;
             Ok(())
         })
         .await

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::postgres_conn::PgTarget;
 use super::postgres_listen::{payload, CHANNEL};
+use super::postgres_typed::p;
 use super::QueueEvent;
 
 /// Events kept for the next batch at most; past it, per-job events are
@@ -137,12 +138,9 @@ async fn send(pool: &Pool, payloads: &[String]) -> Result<(), String> {
 
 async fn send_now(pool: &Pool, payloads: &[String]) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
-    let statement = client
-        .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-        .await
-        .map_err(|e| e.to_string())?;
+    let sql = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
     client
-        .execute(&statement, &[&CHANNEL, &payloads])
+        .execute_typed(sql, &[p(&CHANNEL), p(&payloads)])
         .await
         .map_err(|e| e.to_string())?;
     Ok(())

@@ -9,6 +9,8 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use tokio_postgres::Row;
 
+use super::postgres_typed::p;
+
 use super::{
     duration_ms, is_empty_output, partials_output, retry_delay_ms, stored_json, stored_partials,
     stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueEvent,
@@ -99,22 +101,21 @@ pub(super) async fn enqueue(
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT (id) DO NOTHING
             RETURNING id";
-    let statement = client.prepare_cached(sql).await?;
     let policy = job.policy;
     let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
     let payload = job.payload.text();
     let rows = client
-        .query(
-            &statement,
+        .query_typed(
+            sql,
             &[
-                &job.id,
-                &&*payload,
-                &job.webhook,
-                &policy.execution_timeout.map(duration_ms),
-                &duration_ms(policy.ttl),
-                &max_attempts,
-                &duration_ms(policy.retention),
-                &policy.stall_timeout.map(duration_ms),
+                p(&job.id),
+                p(&&*payload),
+                p(&job.webhook),
+                p(&policy.execution_timeout.map(duration_ms)),
+                p(&duration_ms(policy.ttl)),
+                p(&max_attempts),
+                p(&duration_ms(policy.retention)),
+                p(&policy.stall_timeout.map(duration_ms)),
             ],
         )
         .await?;
@@ -128,8 +129,7 @@ pub(super) async fn enqueue(
 pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord<Json>>, Fault> {
     let sql = "SELECT id, status, output, error, attempts, worker_id, created_at, started_at,
             finished_at FROM jobpipe.jobs WHERE id = $1";
-    let statement = client.prepare_cached(sql).await?;
-    let Some(row) = client.query_opt(&statement, &[&id]).await? else {
+    let Some(row) = client.query_typed_opt(sql, &[p(&id)]).await? else {
         return Ok(None);
     };
     Ok(Some(JobRecord {
@@ -147,10 +147,13 @@ pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord
 
 /// The job's status, its row locked for the rest of the transaction.
 async fn lock_status(tx: &Transaction<'_>, id: &str) -> Result<Option<JobStatus>, Fault> {
-    let statement = tx
-        .prepare_cached("SELECT status FROM jobpipe.jobs WHERE id = $1 FOR UPDATE")
-        .await?;
-    match tx.query_opt(&statement, &[&id]).await? {
+    match tx
+        .query_typed_opt(
+            "SELECT status FROM jobpipe.jobs WHERE id = $1 FOR UPDATE",
+            &[p(&id)],
+        )
+        .await?
+    {
         Some(row) => Ok(Some(status_of(row.get(0))?)),
         None => Ok(None),
     }
@@ -161,21 +164,19 @@ pub(super) async fn read_stream(
     id: &str,
 ) -> Result<Option<(JobStatus, Vec<Json>)>, Fault> {
     let tx = client.transaction().await?;
-    let statement = tx
-        .prepare_cached("SELECT status FROM jobpipe.jobs WHERE id = $1")
-        .await?;
-    let Some(row) = tx.query_opt(&statement, &[&id]).await? else {
+    let Some(row) = tx
+        .query_typed_opt("SELECT status FROM jobpipe.jobs WHERE id = $1", &[p(&id)])
+        .await?
+    else {
         return Ok(None);
     };
     let status = status_of(row.get(0))?;
-    let statement = tx
-        .prepare_cached(
+    let rows = tx
+        .query_typed(
             "UPDATE jobpipe.stream SET read = true WHERE job_id = $1 AND NOT read
              RETURNING seq, output",
+            &[p(&id)],
         )
-        .await?;
-    let rows = tx
-        .query(&statement, &[&id])
         .await?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
@@ -210,22 +211,23 @@ async fn finalize_under(
     output: Option<Json>,
     error: Option<String>,
 ) -> Result<bool, Fault> {
-    let statement = tx
-        .prepare_cached(
+    let output_text = output.as_ref().map(|output| output.text());
+    let output_text = output_text.as_deref();
+    let Some(row) = tx
+        .query_typed_opt(
             "UPDATE jobpipe.jobs SET status = $2, output = $3, error = $4,
                 finished_at = jobpipe.now_ms(), expires_at = jobpipe.now_ms() + retention_ms,
                 lease_token = NULL, lease_expires_at = NULL
              WHERE id = $1
                AND ($5::text IS NULL OR (lease_token = $5 AND status = 'IN_PROGRESS'))
              RETURNING webhook, finished_at",
-        )
-        .await?;
-    let output_text = output.as_ref().map(|output| output.text());
-    let output_text = output_text.as_deref();
-    let Some(row) = tx
-        .query_opt(
-            &statement,
-            &[&id, &status.as_str(), &output_text, &error, &token],
+            &[
+                p(&id),
+                p(&status.as_str()),
+                p(&output_text),
+                p(&error),
+                p(&token),
+            ],
         )
         .await?
     else {
@@ -236,14 +238,12 @@ async fn finalize_under(
         let body = webhook_body(id, status, &output, &error);
         let body = body.text();
         let body: &str = &body;
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO jobpipe.webhooks (job_id, url, body, next_at, created_at)
+        tx.execute_typed(
+            "INSERT INTO jobpipe.webhooks (job_id, url, body, next_at, created_at)
                  VALUES ($1, $2, $3, $4, $4)",
-            )
-            .await?;
-        tx.execute(&statement, &[&id, &url, &body, &finished_at])
-            .await?;
+            &[p(&id), p(&url), p(&body), p(&finished_at)],
+        )
+        .await?;
         events.push(QueueEvent::WebhookDue);
     }
     events.push(QueueEvent::Finished(id.to_owned()));
@@ -258,10 +258,12 @@ async fn requeue_or_fail(
     id: &str,
     why: &str,
 ) -> Result<bool, Fault> {
-    let statement = tx
-        .prepare_cached("SELECT attempts, max_attempts FROM jobpipe.jobs WHERE id = $1")
+    let row = tx
+        .query_typed_one(
+            "SELECT attempts, max_attempts FROM jobpipe.jobs WHERE id = $1",
+            &[p(&id)],
+        )
         .await?;
-    let row = tx.query_one(&statement, &[&id]).await?;
     let (attempts, max): (i32, i32) = (row.get(0), row.get(1));
     if attempts >= max {
         let error = format!("{why} (attempt {attempts} of {max}; no attempts left)");
@@ -269,19 +271,15 @@ async fn requeue_or_fail(
         finalize(tx, events, id, JobStatus::Failed, None, Some(error)).await?;
         return Ok(false);
     }
-    let statement = tx
-        .prepare_cached(
-            "UPDATE jobpipe.jobs SET status = 'IN_QUEUE', run_after = jobpipe.now_ms() + $2,
+    tx.execute_typed(
+        "UPDATE jobpipe.jobs SET status = 'IN_QUEUE', run_after = jobpipe.now_ms() + $2,
                 lease_token = NULL, lease_expires_at = NULL, output = NULL
              WHERE id = $1",
-        )
+        &[p(&id), p(&retry_delay_ms(attempts.into()))],
+    )
+    .await?;
+    tx.execute_typed("DELETE FROM jobpipe.stream WHERE job_id = $1", &[p(&id)])
         .await?;
-    tx.execute(&statement, &[&id, &retry_delay_ms(attempts.into())])
-        .await?;
-    let statement = tx
-        .prepare_cached("DELETE FROM jobpipe.stream WHERE job_id = $1")
-        .await?;
-    tx.execute(&statement, &[&id]).await?;
     tracing::info!(job_id = %id, "{why}; queued again (attempt {attempts} of {max} used)");
     events.push(QueueEvent::Queued);
     Ok(true)
@@ -319,15 +317,15 @@ pub(super) async fn retry(
     if !matches!(status, JobStatus::Failed | JobStatus::TimedOut) {
         return Ok(RetryOutcome::NotRetryable(status));
     }
-    tx.execute(
+    tx.execute_typed(
         "UPDATE jobpipe.jobs SET status = 'IN_QUEUE', attempts = 0, queued_at = jobpipe.now_ms(),
             run_after = jobpipe.now_ms(), started_at = NULL, finished_at = NULL,
             expires_at = NULL, worker_id = NULL, output = NULL, error = NULL
          WHERE id = $1",
-        &[&id],
+        &[p(&id)],
     )
     .await?;
-    tx.execute("DELETE FROM jobpipe.stream WHERE job_id = $1", &[&id])
+    tx.execute_typed("DELETE FROM jobpipe.stream WHERE job_id = $1", &[p(&id)])
         .await?;
     tx.commit().await?;
     events.push(QueueEvent::Queued);
@@ -337,7 +335,7 @@ pub(super) async fn retry(
 pub(super) async fn health(client: &Object) -> Result<Health, Fault> {
     let mut health = Health::default();
     for row in client
-        .query(
+        .query_typed(
             "SELECT status, COUNT(*) FROM jobpipe.jobs GROUP BY status",
             &[],
         )
@@ -348,13 +346,13 @@ pub(super) async fn health(client: &Object) -> Result<Health, Fault> {
             .push((status_of(row.get(0))?, count(row.get(1))));
     }
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT (SELECT COUNT(*) FROM jobpipe.jobs WHERE attempts > 1),
                     (SELECT SUM(GREATEST(capacity - busy, 0)) FROM jobpipe.workers
                       WHERE seen_at > jobpipe.now_ms() - $1)::bigint,
                     (SELECT SUM(busy) FROM jobpipe.workers
                       WHERE seen_at > jobpipe.now_ms() - $1)::bigint",
-            &[&WORKER_GONE_MS],
+            &[p(&WORKER_GONE_MS)],
         )
         .await?;
     health.retried = count(row.get(0));
@@ -383,10 +381,9 @@ pub(super) async fn take(
            FROM picked WHERE j.id = picked.id
          RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
                    j.started_at - j.queued_at, j.stall_timeout_ms";
-    let statement = client.prepare_cached(sql).await?;
     let limit = i64::try_from(slots).unwrap_or(i64::MAX);
     let rows = client
-        .query(&statement, &[&worker, &limit, &duration_ms(lease)])
+        .query_typed(sql, &[p(&worker), p(&limit), p(&duration_ms(lease))])
         .await?;
     Ok(rows.iter().map(lease_of).collect())
 }
@@ -423,9 +420,8 @@ pub(super) async fn renew(
            FROM unnest($1::text[], $2::text[]) AS held (id, token)
           WHERE j.id = held.id AND j.lease_token = held.token AND j.status = 'IN_PROGRESS'
          RETURNING j.id";
-    let statement = client.prepare_cached(sql).await?;
     let renewed: Vec<String> = client
-        .query(&statement, &[&ids, &tokens, &duration_ms(lease)])
+        .query_typed(sql, &[p(&ids), p(&tokens), p(&duration_ms(lease))])
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -493,21 +489,22 @@ pub(super) async fn finish(
 
 /// Locks the job's row if it is still held with `token`; false if not.
 async fn lock_held(tx: &Transaction<'_>, id: &str, token: &str) -> Result<bool, Fault> {
-    let statement = tx
-        .prepare_cached(
+    Ok(tx
+        .query_typed_opt(
             "SELECT 1 FROM jobpipe.jobs
               WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS' FOR UPDATE",
+            &[p(&id), p(&token)],
         )
-        .await?;
-    Ok(tx.query_opt(&statement, &[&id, &token]).await?.is_some())
+        .await?
+        .is_some())
 }
 
 async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Json>, Fault> {
-    let statement = tx
-        .prepare_cached("SELECT output FROM jobpipe.stream WHERE job_id = $1 ORDER BY seq")
-        .await?;
     Ok(tx
-        .query(&statement, &[&id])
+        .query_typed(
+            "SELECT output FROM jobpipe.stream WHERE job_id = $1 ORDER BY seq",
+            &[p(&id)],
+        )
         .await?
         .iter()
         .map(|row| stored_json(row.get(0)))
@@ -527,12 +524,12 @@ pub(super) async fn sweep(client: &mut Object, events: &mut Events) -> Result<Sw
     // The row, if no one else holds it and its time has come: this
     // process's turn, and the `now` of the whole sweep.
     let turn = tx
-        .query_opt(
+        .query_typed_opt(
             "UPDATE jobpipe.housekeeping SET swept_at = jobpipe.now_ms()
               WHERE ctid = (SELECT ctid FROM jobpipe.housekeeping
                              WHERE swept_at <= jobpipe.now_ms() - $1 FOR UPDATE SKIP LOCKED)
               RETURNING swept_at",
-            &[&SWEEP_SPACING_MS],
+            &[p(&SWEEP_SPACING_MS)],
         )
         .await?;
     let Some(turn) = turn else {
@@ -540,11 +537,11 @@ pub(super) async fn sweep(client: &mut Object, events: &mut Events) -> Result<Sw
     };
     let now: i64 = turn.get(0);
     let lost = tx
-        .query(
+        .query_typed(
             "SELECT id FROM jobpipe.jobs
               WHERE status = 'IN_PROGRESS' AND lease_expires_at < $2
               LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&SWEEP_BATCH, &now],
+            &[p(&SWEEP_BATCH), p(&now)],
         )
         .await?;
     for row in lost {
@@ -557,11 +554,11 @@ pub(super) async fn sweep(client: &mut Object, events: &mut Events) -> Result<Sw
         }
     }
     let expired = tx
-        .query(
+        .query_typed(
             "SELECT id, ttl_ms FROM jobpipe.jobs
               WHERE status = 'IN_QUEUE' AND queued_at + ttl_ms <= $2
               LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&SWEEP_BATCH, &now],
+            &[p(&SWEEP_BATCH), p(&now)],
         )
         .await?;
     for row in expired {
@@ -571,16 +568,16 @@ pub(super) async fn sweep(client: &mut Object, events: &mut Events) -> Result<Sw
         swept.ended += 1;
     }
     swept.deleted = tx
-        .execute(
+        .execute_typed(
             "DELETE FROM jobpipe.jobs WHERE id IN (
                 SELECT id FROM jobpipe.jobs WHERE expires_at <= $2
                  LIMIT $1 FOR UPDATE SKIP LOCKED)",
-            &[&SWEEP_BATCH, &now],
+            &[p(&SWEEP_BATCH), p(&now)],
         )
         .await?;
-    tx.execute(
+    tx.execute_typed(
         "DELETE FROM jobpipe.workers WHERE seen_at < $1",
-        &[&(now - WORKER_GONE_MS)],
+        &[p(&(now - WORKER_GONE_MS))],
     )
     .await?;
     tx.commit().await?;
@@ -590,12 +587,12 @@ pub(super) async fn sweep(client: &mut Object, events: &mut Events) -> Result<Sw
 pub(super) async fn webhooks_due(client: &Object, limit: usize) -> Result<Vec<WebhookPost>, Fault> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = client
-        .query(
+        .query_typed(
             "UPDATE jobpipe.webhooks SET next_at = jobpipe.now_ms() + $1 WHERE id IN (
                 SELECT id FROM jobpipe.webhooks WHERE next_at <= (SELECT jobpipe.now_ms())
                  ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, job_id, url, body, attempts, created_at",
-            &[&WEBHOOK_CLAIM_MS, &limit],
+            &[p(&WEBHOOK_CLAIM_MS), p(&limit)],
         )
         .await?;
     Ok(rows
