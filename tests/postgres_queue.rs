@@ -413,3 +413,102 @@ async fn a_take_never_claims_more_than_asked() {
         db.psql("UPDATE jobpipe.jobs SET status = 'CANCELLED' WHERE status = 'IN_QUEUE'");
     }
 }
+
+/// Results that finish together are written in one transaction (group
+/// commit); a stale lease token among them refuses only its own result.
+#[tokio::test]
+async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    for i in 0..64 {
+        queue.enqueue(job(&format!("r{i}"), 3)).await.unwrap();
+    }
+    let leases = queue.take("w1", 64, LONG).await.unwrap();
+    assert_eq!(leases.len(), 64);
+    let stale = &leases[17].job_id;
+    let finishes = leases.iter().map(|lease| {
+        let token = if &lease.job_id == stale {
+            "not-the-token".to_owned()
+        } else {
+            lease.token.clone()
+        };
+        let output = json!({"done": lease.job_id});
+        let queue = &queue;
+        async move {
+            let ending = Ending::Completed(output);
+            let written = queue.finish(&lease.job_id, &token, ending).await;
+            (
+                lease.job_id.clone(),
+                written.expect("the write is answered"),
+            )
+        }
+    });
+    let written = futures_util::future::join_all(finishes).await;
+    for (id, written) in &written {
+        assert_eq!(*written, id != stale, "{id}: written {written}");
+        let record = queue.status(id).await.unwrap().unwrap();
+        let want = if id == stale {
+            JobStatus::InProgress
+        } else {
+            JobStatus::Completed
+        };
+        assert_eq!(record.status, want, "{id}");
+    }
+}
+
+/// Submissions that arrive together are committed together; when a
+/// statement or the commit of the group fails, no caller is told its job
+/// was queued unless it is: the failing one gets an error, every other
+/// one an answer that matches the table.
+#[tokio::test]
+async fn a_group_whose_commit_fails_answers_no_job_as_queued_that_is_not() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    // Fails at COMMIT (a deferred constraint trigger) for one payload, and
+    // at the INSERT itself for another.
+    db.psql(
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.payload LIKE '%refused-at-commit%' OR NEW.payload LIKE '%refused-now%' THEN
+             RAISE EXCEPTION 'refused by the test';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON jobpipe.jobs
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+           WHEN (NEW.payload LIKE '%refused-at-commit%') EXECUTE FUNCTION public.refuse();
+         CREATE TRIGGER refuse_now BEFORE INSERT ON jobpipe.jobs
+           FOR EACH ROW WHEN (NEW.payload LIKE '%refused-now%')
+           EXECUTE FUNCTION public.refuse();",
+    );
+    for round in 0..3 {
+        let ids: Vec<String> = (0..48).map(|i| format!("g{round}-{i}")).collect();
+        let submits = ids.iter().enumerate().map(|(i, id)| {
+            let mut job = job(id, 3);
+            if i == 7 {
+                job.payload = json!({"input": "refused-at-commit"});
+            }
+            if i == 30 {
+                job.payload = json!({"input": "refused-now"});
+            }
+            let queue = &queue;
+            async move { queue.enqueue(job).await }
+        });
+        let answers = futures_util::future::join_all(submits).await;
+        for (i, (id, answer)) in ids.iter().zip(&answers).enumerate() {
+            let stored = queue.status(id).await.unwrap();
+            match answer {
+                Ok(()) => assert!(stored.is_some(), "{id} answered queued but is not stored"),
+                Err(e) => {
+                    assert!(matches!(e, QueueError::Database(_)), "{id}: {e:?}");
+                    assert!(stored.is_none(), "{id} refused but stored");
+                }
+            }
+            assert_eq!(answer.is_err(), i == 7 || i == 30, "{id}: {answer:?}");
+        }
+    }
+}

@@ -43,7 +43,9 @@ use crate::json::{self, Json};
 
 pub mod postgres;
 mod postgres_announce;
+mod postgres_call;
 mod postgres_conn;
+mod postgres_group;
 mod postgres_listen;
 mod postgres_ops;
 mod postgres_schema;

@@ -28,9 +28,11 @@ use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::postgres_announce::Announcer;
+use super::postgres_call::{Db, CALL_DEADLINE};
 pub use super::postgres_conn::{PgTarget, DEFAULT_POOL_SIZE};
 use super::postgres_conn::{Reachability, CONNECT_TIMEOUT};
-use super::postgres_ops::{self as ops, Fault};
+use super::postgres_group::{Write, Writer};
+use super::postgres_ops as ops;
 use super::postgres_typed::p;
 use super::{
     to_ms, Ending, Health, JobRecord, JobStatus, Lease, NewJob, Queue, QueueError, QueueEvent,
@@ -39,19 +41,16 @@ use super::{
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
 
-/// Longest time one queue call may take, connecting included.
-const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Delays between attempts to reach the database at start.
 const OPEN_RETRY: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(10), 0.3);
 
 /// The PostgreSQL queue. See the module docs.
 pub struct PgQueue {
-    pool: Pool,
-    target: PgTarget,
+    db: Arc<Db>,
+    /// Commits submissions and results in groups.
+    writer: Writer,
     events: broadcast::Sender<QueueEvent>,
-    announcer: Announcer,
-    reach: Arc<Reachability>,
     /// Stops the listening connection when the queue is dropped.
     _listener: DropGuard,
 }
@@ -127,61 +126,24 @@ impl PgQueue {
         let _ = tokio::time::timeout(CALL_DEADLINE, listens).await;
         let announcer =
             Announcer::start(pool.clone(), target.clone(), events.clone(), stop.clone());
-        Ok(PgQueue {
-            announcer,
+        let db = Arc::new(Db {
             pool,
             target,
-            events,
             reach,
+            announcer,
+        });
+        let writer = Writer::start(db.clone());
+        Ok(PgQueue {
+            db,
+            writer,
+            events,
             _listener: stop.drop_guard(),
         })
     }
 
-    /// Runs one call with a pooled connection under the call deadline,
-    /// turning faults into redacted errors and noting reachability.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, QueueError>
-    where
-        F: FnOnce(deadpool_postgres::Object) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Fault>>,
-    {
-        let attempt = async {
-            let client = self.pool.get().await.map_err(Fault::from)?;
-            f(client).await
-        };
-        let fault = match tokio::time::timeout(CALL_DEADLINE, attempt).await {
-            Ok(Ok(value)) => {
-                self.reach.succeeded(&self.target);
-                return Ok(value);
-            }
-            Ok(Err(fault)) => fault,
-            Err(_) => Fault::Unreachable(format!("no answer within {}s", CALL_DEADLINE.as_secs())),
-        };
-        Err(match fault {
-            Fault::Duplicate(id) => QueueError::Duplicate(id),
-            Fault::Unreachable(why) => {
-                let why = self.target.redact(&why);
-                self.reach.failed(&self.target, &why);
-                QueueError::Unavailable(why)
-            }
-            Fault::Sql(why) => QueueError::Database(self.target.redact(&why)),
-        })
-    }
-
-    /// [`Self::call`] for a call whose transaction makes events, which are
-    /// announced once it has committed.
-    async fn call_announcing<T, F, Fut>(&self, f: F) -> Result<T, QueueError>
-    where
-        F: FnOnce(deadpool_postgres::Object, ops::Events) -> Fut,
-        Fut: std::future::Future<Output = Result<(T, ops::Events), Fault>>,
-    {
-        let (value, events) = self.call(|client| f(client, Vec::new())).await?;
-        self.announcer.announce(events);
-        Ok(value)
-    }
-
     /// Whether the database was unreachable at the last call.
     pub fn is_unreachable(&self) -> bool {
-        self.reach.is_down()
+        self.db.reach.is_down()
     }
 }
 
@@ -192,15 +154,12 @@ impl Queue for PgQueue {
     }
 
     async fn enqueue_raw(&self, job: NewJob<Json>) -> Result<(), QueueError> {
-        self.call_announcing(|client, mut events| async move {
-            ops::enqueue(&client, &job, &mut events).await?;
-            Ok(((), events))
-        })
-        .await
+        self.writer.write(Write::Enqueue(job)).await.map(|_| ())
     }
 
     async fn status_raw(&self, id: &str) -> Result<Option<JobRecord<Json>>, QueueError> {
-        self.call(|client| async move { ops::status(&client, id).await })
+        self.db
+            .call(|client| async move { ops::status(&client, id).await })
             .await
     }
 
@@ -208,36 +167,41 @@ impl Queue for PgQueue {
         &self,
         id: &str,
     ) -> Result<Option<(JobStatus, Vec<Json>)>, QueueError> {
-        self.call(|mut client| async move { ops::read_stream(&mut client, id).await })
+        self.db
+            .call(|mut client| async move { ops::read_stream(&mut client, id).await })
             .await
     }
 
     async fn cancel(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
-        self.call_announcing(|mut client, mut events| async move {
-            let status = ops::cancel(&mut client, id, &mut events).await?;
-            Ok((status, events))
-        })
-        .await
+        self.db
+            .call_announcing(|mut client, mut events| async move {
+                let status = ops::cancel(&mut client, id, &mut events).await?;
+                Ok((status, events))
+            })
+            .await
     }
 
     async fn retry(&self, id: &str) -> Result<RetryOutcome, QueueError> {
-        self.call_announcing(|mut client, mut events| async move {
-            let outcome = ops::retry(&mut client, id, &mut events).await?;
-            Ok((outcome, events))
-        })
-        .await
+        self.db
+            .call_announcing(|mut client, mut events| async move {
+                let outcome = ops::retry(&mut client, id, &mut events).await?;
+                Ok((outcome, events))
+            })
+            .await
     }
 
     async fn purge(&self) -> Result<u64, QueueError> {
-        self.call(|client| async move {
-            let sql = "DELETE FROM jobpipe.jobs WHERE status = 'IN_QUEUE'";
-            Ok(client.execute_typed(sql, &[]).await?)
-        })
-        .await
+        self.db
+            .call(|client| async move {
+                let sql = "DELETE FROM jobpipe.jobs WHERE status = 'IN_QUEUE'";
+                Ok(client.execute_typed(sql, &[]).await?)
+            })
+            .await
     }
 
     async fn health(&self) -> Result<Health, QueueError> {
-        self.call(|client| async move { ops::health(&client).await })
+        self.db
+            .call(|client| async move { ops::health(&client).await })
             .await
     }
 
@@ -250,7 +214,8 @@ impl Queue for PgQueue {
         if count == 0 {
             return Ok(Vec::new());
         }
-        self.call(|client| async move { ops::take(&client, worker, count, lease).await })
+        self.db
+            .call(|client| async move { ops::take(&client, worker, count, lease).await })
             .await
     }
 
@@ -259,7 +224,8 @@ impl Queue for PgQueue {
         leases: &[(String, String)],
         lease: Duration,
     ) -> Result<Vec<String>, QueueError> {
-        self.call(|client| async move { ops::renew(&client, leases, lease).await })
+        self.db
+            .call(|client| async move { ops::renew(&client, leases, lease).await })
             .await
     }
 
@@ -269,15 +235,16 @@ impl Queue for PgQueue {
         token: &str,
         output: Json,
     ) -> Result<bool, QueueError> {
-        self.call(|client| async move {
-            let sql = "UPDATE jobpipe.jobs SET output = $3
+        self.db
+            .call(|client| async move {
+                let sql = "UPDATE jobpipe.jobs SET output = $3
                  WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'";
-            let changed = client
-                .execute_typed(sql, &[p(&job_id), p(&token), p(&&*output.text())])
-                .await?;
-            Ok(changed > 0)
-        })
-        .await
+                let changed = client
+                    .execute_typed(sql, &[p(&job_id), p(&token), p(&&*output.text())])
+                    .await?;
+                Ok(changed > 0)
+            })
+            .await
     }
 
     async fn stream_raw(
@@ -286,21 +253,22 @@ impl Queue for PgQueue {
         token: &str,
         output: Json,
     ) -> Result<bool, QueueError> {
-        self.call_announcing(|client, mut events| async move {
-            // One statement: the partial is added only under the lease.
-            let sql = "INSERT INTO jobpipe.stream (job_id, output)
+        self.db
+            .call_announcing(|client, mut events| async move {
+                // One statement: the partial is added only under the lease.
+                let sql = "INSERT INTO jobpipe.stream (job_id, output)
                     SELECT id, $3 FROM jobpipe.jobs
                      WHERE id = $1 AND lease_token = $2 AND status = 'IN_PROGRESS'";
-            let added = client
-                .execute_typed(sql, &[p(&job_id), p(&token), p(&&*output.text())])
-                .await?
-                > 0;
-            if added {
-                events.push(QueueEvent::Streamed(job_id.to_owned()));
-            }
-            Ok((added, events))
-        })
-        .await
+                let added = client
+                    .execute_typed(sql, &[p(&job_id), p(&token), p(&&*output.text())])
+                    .await?
+                    > 0;
+                if added {
+                    events.push(QueueEvent::Streamed(job_id.to_owned()));
+                }
+                Ok((added, events))
+            })
+            .await
     }
 
     async fn finish_raw(
@@ -309,11 +277,8 @@ impl Queue for PgQueue {
         token: &str,
         ending: Ending<Json>,
     ) -> Result<bool, QueueError> {
-        self.call_announcing(|mut client, mut events| async move {
-            let written = ops::finish(&mut client, job_id, token, ending, &mut events).await?;
-            Ok((written, events))
-        })
-        .await
+        let (id, token) = (job_id.to_owned(), token.to_owned());
+        self.writer.write(Write::Finish { id, token, ending }).await
     }
 
     async fn heartbeat(
@@ -323,64 +288,70 @@ impl Queue for PgQueue {
         busy: usize,
     ) -> Result<(), QueueError> {
         let (capacity, busy) = (count_i32(capacity), count_i32(busy));
-        self.call(|client| async move {
-            let sql = "INSERT INTO jobpipe.workers (id, capacity, busy, seen_at)
+        self.db
+            .call(|client| async move {
+                let sql = "INSERT INTO jobpipe.workers (id, capacity, busy, seen_at)
                  VALUES ($1, $2, $3, jobpipe.now_ms())
                  ON CONFLICT (id) DO UPDATE
                  SET capacity = $2, busy = $3, seen_at = jobpipe.now_ms()";
-            client
-                .execute_typed(sql, &[p(&worker), p(&capacity), p(&busy)])
-                .await?;
-            Ok(())
-        })
-        .await
+                client
+                    .execute_typed(sql, &[p(&worker), p(&capacity), p(&busy)])
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn sweep(&self) -> Result<Swept, QueueError> {
-        self.call_announcing(|mut client, mut events| async move {
-            let swept = ops::sweep(&mut client, &mut events).await?;
-            Ok((swept, events))
-        })
-        .await
+        self.db
+            .call_announcing(|mut client, mut events| async move {
+                let swept = ops::sweep(&mut client, &mut events).await?;
+                Ok((swept, events))
+            })
+            .await
     }
 
     async fn webhooks_due(&self, limit: usize) -> Result<Vec<WebhookPost>, QueueError> {
-        self.call(|client| async move { ops::webhooks_due(&client, limit).await })
+        self.db
+            .call(|client| async move { ops::webhooks_due(&client, limit).await })
             .await
     }
 
     async fn webhook_done(&self, id: i64) -> Result<(), QueueError> {
-        self.call(|client| async move {
-            client
-                .execute_typed("DELETE FROM jobpipe.webhooks WHERE id = $1", &[p(&id)])
-                .await?;
-            Ok(())
-        })
-        .await
+        self.db
+            .call(|client| async move {
+                client
+                    .execute_typed("DELETE FROM jobpipe.webhooks WHERE id = $1", &[p(&id)])
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn webhook_later(&self, id: i64, at: SystemTime) -> Result<(), QueueError> {
         // The caller's clock says when; the database's clock keeps time.
         let delay = (to_ms(at) - to_ms(SystemTime::now())).max(0);
-        self.call(|client| async move {
-            let sql = "UPDATE jobpipe.webhooks
+        self.db
+            .call(|client| async move {
+                let sql = "UPDATE jobpipe.webhooks
                  SET attempts = attempts + 1, next_at = jobpipe.now_ms() + $2 WHERE id = $1";
-            client.execute_typed(sql, &[p(&id), p(&delay)]).await?;
-            Ok(())
-        })
-        .await
+                client.execute_typed(sql, &[p(&id), p(&delay)]).await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn webhooks_defer(&self, ids: &[i64], at: SystemTime) -> Result<(), QueueError> {
         let delay = (to_ms(at) - to_ms(SystemTime::now())).max(0);
         let ids = ids.to_vec();
-        self.call(|client| async move {
-            let sql =
+        self.db
+            .call(|client| async move {
+                let sql =
                 "UPDATE jobpipe.webhooks SET next_at = jobpipe.now_ms() + $2 WHERE id = ANY($1)";
-            client.execute_typed(sql, &[p(&ids), p(&delay)]).await?;
-            Ok(())
-        })
-        .await
+                client.execute_typed(sql, &[p(&ids), p(&delay)]).await?;
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -36,7 +36,6 @@ pub(super) enum Fault {
     Unreachable(String),
     /// The statement itself failed.
     Sql(String),
-    Duplicate(String),
 }
 
 impl From<tokio_postgres::Error> for Fault {
@@ -89,11 +88,13 @@ fn count(value: i64) -> u64 {
 /// [`super::postgres_announce`]).
 pub(super) type Events = Vec<QueueEvent>;
 
+/// Inserts `job` unless a job with its id exists; true when inserted. On
+/// a pooled connection or in a group's transaction alike.
 pub(super) async fn enqueue(
-    client: &Object,
+    client: &impl tokio_postgres::GenericClient,
     job: &NewJob<Json>,
     events: &mut Events,
-) -> Result<(), Fault> {
+) -> Result<bool, Fault> {
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms)
@@ -120,10 +121,10 @@ pub(super) async fn enqueue(
         )
         .await?;
     if rows.is_empty() {
-        return Err(Fault::Duplicate(job.id.clone()));
+        return Ok(false);
     }
     events.push(QueueEvent::Queued);
-    Ok(())
+    Ok(true)
 }
 
 pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord<Json>>, Fault> {
@@ -433,6 +434,8 @@ pub(super) async fn renew(
         .collect())
 }
 
+/// Writes a job's end in a transaction of its own; false (and nothing
+/// written) when the job is no longer held with `token`.
 pub(super) async fn finish(
     client: &mut Object,
     id: &str,
@@ -441,50 +444,62 @@ pub(super) async fn finish(
     events: &mut Events,
 ) -> Result<bool, Fault> {
     let tx = client.transaction().await?;
+    let written = finish_in(&tx, id, token, ending, events).await?;
+    if written {
+        tx.commit().await?;
+    }
+    Ok(written)
+}
+
+/// [`finish`] in `tx`, which may hold other jobs' writes too (a group
+/// commit); the caller commits.
+pub(super) async fn finish_in(
+    tx: &Transaction<'_>,
+    id: &str,
+    token: &str,
+    ending: Ending<Json>,
+    events: &mut Events,
+) -> Result<bool, Fault> {
     let held = Some(token);
     // The usual end is one statement that checks the lease as it writes;
     // a streamed job's end (its partials become the output) and a lost
     // attempt lock the row first.
-    let written = match ending {
+    Ok(match ending {
         Ending::Completed(output) if !is_empty_output(&output) => {
             let completed = JobStatus::Completed;
-            finalize_under(&tx, events, id, held, completed, Some(output), None).await?
+            finalize_under(tx, events, id, held, completed, Some(output), None).await?
         }
         Ending::Failed { error, output } => {
             let failed = JobStatus::Failed;
-            finalize_under(&tx, events, id, held, failed, output, Some(error)).await?
+            finalize_under(tx, events, id, held, failed, output, Some(error)).await?
         }
         Ending::TimedOut(error) => {
             let timed_out = JobStatus::TimedOut;
-            finalize_under(&tx, events, id, held, timed_out, None, Some(error)).await?
+            finalize_under(tx, events, id, held, timed_out, None, Some(error)).await?
         }
         Ending::Completed(output) => {
             // A streaming handler's final output is empty: the job's
             // output is then the list of its partials.
-            if !lock_held(&tx, id, token).await? {
+            if !lock_held(tx, id, token).await? {
                 return Ok(false);
             }
-            let list = partials(&tx, id).await?;
+            let list = partials(tx, id).await?;
             let output = if list.is_empty() {
                 output
             } else {
                 partials_output(&list)
             };
-            finalize(&tx, events, id, JobStatus::Completed, Some(output), None).await?;
+            finalize(tx, events, id, JobStatus::Completed, Some(output), None).await?;
             true
         }
         Ending::Retry(why) => {
-            if !lock_held(&tx, id, token).await? {
+            if !lock_held(tx, id, token).await? {
                 return Ok(false);
             }
-            requeue_or_fail(&tx, events, id, &why).await?;
+            requeue_or_fail(tx, events, id, &why).await?;
             true
         }
-    };
-    if written {
-        tx.commit().await?;
-    }
-    Ok(written)
+    })
 }
 
 /// Locks the job's row if it is still held with `token`; false if not.

@@ -1,0 +1,173 @@
+//! Group commit of the PostgreSQL queue's writes: submissions and results.
+//!
+//! A commit is the expensive part of a write (a WAL flush, and the work
+//! the server does per transaction), so paying one per job caps a fleet at
+//! the server's commit rate. Instead, the writes that arrive while one
+//! group commits wait for the next and go in together: one transaction,
+//! their statements pipelined on one connection, one commit, then every
+//! caller is answered. A lone write waits for no one (there is no timer:
+//! a group is whatever queued up meanwhile), so the group grows with the
+//! load and an idle queue answers as fast as before.
+//!
+//! Each write keeps its own outcome: a duplicate id refuses only that
+//! submission, a result whose lease token is stale is refused alone (its
+//! `UPDATE` checks the token and changes nothing). If a statement or the
+//! commit fails, the whole transaction is rolled back and nobody is told
+//! their write is on disk; the writes are then tried one by one, so the
+//! one that failed gets its error and the others their answers. If the
+//! database cannot be reached, every caller of the group gets a 5xx.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, oneshot};
+
+use super::postgres_call::Db;
+use super::postgres_ops::{self as ops, Events, Fault};
+use super::{Ending, NewJob, QueueError};
+use crate::json::Json;
+
+/// Most writes one transaction takes.
+const GROUP_MAX: usize = 256;
+/// Writes waiting for a commit; more wait for room (back-pressure).
+const WAITING_MAX: usize = 4096;
+
+/// A write to commit with others.
+pub(super) enum Write {
+    /// Queue a job; refused with [`QueueError::Duplicate`] if its id exists.
+    Enqueue(NewJob<Json>),
+    /// End a job held with `token`; false when the lease is no longer held.
+    Finish {
+        id: String,
+        token: String,
+        ending: Ending<Json>,
+    },
+}
+
+/// What a write's caller hears: true when it changed the queue.
+type Outcome = Result<bool, QueueError>;
+
+/// Where writes go to be committed in groups.
+pub(super) struct Writer(mpsc::Sender<(Write, oneshot::Sender<Outcome>)>);
+
+impl Writer {
+    /// Starts the task that commits groups through `db`; it ends when the
+    /// queue (the last sender) is dropped.
+    pub(super) fn start(db: Arc<Db>) -> Writer {
+        let (sender, receiver) = mpsc::channel(WAITING_MAX);
+        tokio::spawn(commit_groups(db, receiver));
+        Writer(sender)
+    }
+
+    /// Makes `write`; answers once the transaction holding it committed.
+    pub(super) async fn write(&self, write: Write) -> Outcome {
+        let (answer, answered) = oneshot::channel();
+        let stopped = || QueueError::Database("the queue's writer has stopped".into());
+        self.0.send((write, answer)).await.map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+async fn commit_groups(
+    db: Arc<Db>,
+    mut receiver: mpsc::Receiver<(Write, oneshot::Sender<Outcome>)>,
+) {
+    let mut group = Vec::with_capacity(GROUP_MAX);
+    while receiver.recv_many(&mut group, GROUP_MAX).await > 0 {
+        let (writes, answers): (Vec<_>, Vec<_>) = group.drain(..).unzip();
+        let outcomes = if writes.len() == 1 {
+            vec![alone(&db, &writes[0]).await]
+        } else {
+            match together(&db, &writes).await {
+                Ok(outcomes) => outcomes,
+                Err(QueueError::Unavailable(why)) => {
+                    let unavailable = || Err(QueueError::Unavailable(why.clone()));
+                    writes.iter().map(|_| unavailable()).collect()
+                }
+                // A statement or the commit failed: nothing of the group
+                // is on disk. One by one, each write gets its own answer.
+                Err(_) => {
+                    let mut outcomes = Vec::with_capacity(writes.len());
+                    for write in &writes {
+                        outcomes.push(alone(&db, write).await);
+                    }
+                    outcomes
+                }
+            }
+        };
+        for (outcome, answer) in outcomes.into_iter().zip(answers) {
+            let _ = answer.send(outcome);
+        }
+    }
+}
+
+/// One write in a transaction of its own (a lone submission is one
+/// statement, no transaction).
+async fn alone(db: &Db, write: &Write) -> Outcome {
+    match write {
+        Write::Enqueue(job) => {
+            let inserted = db
+                .call_announcing(|client, mut events| async move {
+                    let inserted = ops::enqueue(&**client, job, &mut events).await?;
+                    Ok((inserted, events))
+                })
+                .await?;
+            inserted_or_duplicate(inserted, job)
+        }
+        Write::Finish { id, token, ending } => {
+            db.call_announcing(|mut client, mut events| async move {
+                let ending = ending.clone();
+                let written = ops::finish(&mut client, id, token, ending, &mut events).await?;
+                Ok((written, events))
+            })
+            .await
+        }
+    }
+}
+
+/// Every write of the group in one transaction, pipelined; the outcomes
+/// in order, or the error that rolled the group back.
+async fn together(db: &Db, writes: &[Write]) -> Result<Vec<Outcome>, QueueError> {
+    let (written, events) = db
+        .call(|mut client| async move {
+            let tx = client.transaction().await?;
+            let done = join_all(writes.iter().map(|write| async {
+                let mut events = Events::new();
+                let written = match write {
+                    Write::Enqueue(job) => ops::enqueue(&*tx, job, &mut events).await?,
+                    Write::Finish { id, token, ending } => {
+                        ops::finish_in(&tx, id, token, ending.clone(), &mut events).await?
+                    }
+                };
+                Ok::<_, Fault>((written, events))
+            }))
+            .await;
+            let mut written = Vec::with_capacity(done.len());
+            let mut events = Events::new();
+            for result in done {
+                let (changed, more) = result?;
+                written.push(changed);
+                events.extend(more);
+            }
+            tx.commit().await?;
+            Ok((written, events))
+        })
+        .await?;
+    db.announcer.announce(events);
+    Ok(writes
+        .iter()
+        .zip(written)
+        .map(|(write, written)| match write {
+            Write::Enqueue(job) => inserted_or_duplicate(written, job),
+            Write::Finish { .. } => Ok(written),
+        })
+        .collect())
+}
+
+fn inserted_or_duplicate(inserted: bool, job: &NewJob<Json>) -> Outcome {
+    if inserted {
+        Ok(true)
+    } else {
+        Err(QueueError::Duplicate(job.id.clone()))
+    }
+}
