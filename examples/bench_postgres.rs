@@ -48,9 +48,20 @@ struct Args {
     /// Jobs for the throughput run.
     #[arg(long, default_value_t = 5000)]
     jobs: usize,
-    /// Worker processes (each `--concurrency 1`).
+    /// Worker processes.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Each worker's `--concurrency` (warm handlers).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Run the server without fsync (and synchronous_commit off): the
+    /// floor is then the CPU's, not the disk's.
+    #[arg(long)]
+    no_fsync: bool,
+    /// A soak: print the rate, the jobs table's size and its dead rows
+    /// every this many completed jobs.
+    #[arg(long)]
+    report_every: Option<usize>,
     /// Single jobs for the idle pick-up latency.
     #[arg(long, default_value_t = 200)]
     samples: usize,
@@ -113,8 +124,14 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 async fn main() {
     let args = Args::parse();
     let (jobpipe, echo) = build(&args);
-    let server = postgres::server().expect("PostgreSQL server binaries are needed");
+    let durability = if args.no_fsync { "off" } else { "on" };
+    let own = postgres::own_server_with(&format!(
+        "fsync = {durability}\nsynchronous_commit = {durability}\nfull_page_writes = {durability}\nshared_preload_libraries = 'pg_stat_statements'\n"
+    ))
+    .expect("PostgreSQL server binaries are needed");
+    let server = own.0;
     let db = server.create_database();
+    db.psql("CREATE EXTENSION pg_stat_statements");
     let url = db.url();
     let (watch, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -158,7 +175,16 @@ async fn main() {
             let id = format!("bench-w{i}");
             spawn(
                 &jobpipe,
-                &["--queue", &url, "--worker-id", &id, "--", &echo],
+                &[
+                    "--queue",
+                    &url,
+                    "--worker-id",
+                    &id,
+                    "--concurrency",
+                    &args.concurrency.to_string(),
+                    "--",
+                    &echo,
+                ],
             )
         })
         .collect();
@@ -185,6 +211,8 @@ async fn main() {
     db.psql("DELETE FROM jobpipe.jobs");
 
     // Throughput: N jobs through /run.
+    db.psql("SELECT pg_stat_statements_reset()");
+    let commits_before = commits(&db);
     let wall = Instant::now();
     let mut posts = tokio::task::JoinSet::new();
     for i in 0..args.jobs {
@@ -199,8 +227,23 @@ async fn main() {
     while let Some(done) = posts.join_next().await {
         done.unwrap();
     }
-    wait_done(&watch, "true", args.jobs).await;
+    let polls = match args.report_every {
+        Some(every) => soak_report(&watch, args.jobs, every).await,
+        None => wait_done(&watch, "true", args.jobs).await,
+    };
     let wall = wall.elapsed();
+    // Statistics of idle backends reach pg_stat_database within 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let commits = commits(&db) - commits_before - polls - 1;
+    let statements: f64 = db
+        .psql(
+            "SELECT sum(calls) FROM pg_stat_statements
+              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND query NOT IN ('BEGIN', 'COMMIT', 'ROLLBACK')
+                AND query NOT LIKE '%pg_stat%' AND query NOT LIKE '%bench-poll%'",
+        )
+        .parse()
+        .unwrap();
     let span_ms: i64 = db
         .psql("SELECT max(finished_at) - min(created_at) FROM jobpipe.jobs")
         .parse()
@@ -213,8 +256,8 @@ async fn main() {
         "jobs that did not complete with their input echoed"
     );
     println!(
-        "workers: {} jobpipe processes, --concurrency 1, handler handlers/c/echo.c",
-        args.workers
+        "workers: {} jobpipe processes, --concurrency {}, handler handlers/c/echo.c; server fsync {durability}",
+        args.workers, args.concurrency
     );
     println!(
         "throughput: {} jobs from /run to COMPLETED in {:.2}s: {:.0} jobs/s (wall clock {:.2}s)",
@@ -229,6 +272,11 @@ async fn main() {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.last().unwrap()
+    );
+    println!(
+        "per job (pg_stat_statements, the bench's own queries left out): {:.2} statements besides BEGIN/COMMIT, {:.2} commits",
+        statements / args.jobs as f64,
+        commits as f64 / args.jobs as f64
     );
     let jobpipe_rate = args.jobs as f64 / (span_ms.max(1) as f64 / 1000.0);
     let floor = floor(server, &db, &url);
@@ -304,12 +352,56 @@ async fn count_workers(client: &reqwest::Client, base: &str) -> u64 {
     body["workers"]["idle"].as_u64().unwrap_or(0) + body["workers"]["running"].as_u64().unwrap_or(0)
 }
 
-async fn wait_done(db: &tokio_postgres::Client, condition: &str, count: usize) {
-    let sql =
-        format!("SELECT count(*) FROM jobpipe.jobs WHERE status = 'COMPLETED' AND ({condition})");
+/// Waits until `count` jobs meeting `condition` completed; the number of
+/// queries (transactions) it made.
+async fn wait_done(db: &tokio_postgres::Client, condition: &str, count: usize) -> i64 {
+    let sql = format!(
+        "SELECT count(*) /* bench-poll */ FROM jobpipe.jobs WHERE status = 'COMPLETED' AND ({condition})"
+    );
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut polls = 1;
     while (db.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) as usize) < count {
         assert!(Instant::now() < deadline, "jobs did not complete in time");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        polls += 1;
     }
+    polls
+}
+
+/// [`wait_done`] for a soak: a line every `every` completed jobs with the
+/// rate since the last line, the size of the jobs table with its indexes
+/// and its dead rows.
+async fn soak_report(db: &tokio_postgres::Client, count: usize, every: usize) -> i64 {
+    let sql = "SELECT count(*) /* bench-poll */ FROM jobpipe.jobs WHERE status = 'COMPLETED'";
+    let size = "SELECT pg_total_relation_size('jobpipe.jobs') /* bench-poll */,
+                       (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'jobpipe.jobs'::regclass),
+                       (SELECT count(*) FROM jobpipe.jobs)";
+    let (mut polls, mut next, mut last) = (0, every, Instant::now());
+    let mut done = 0;
+    while done < count {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        done = db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as usize;
+        polls += 1;
+        if done >= next {
+            let row = db.query_one(size, &[]).await.unwrap();
+            polls += 1;
+            let (bytes, dead, rows): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            println!(
+                "soak: {done} completed, {:.0} jobs/s over the last {every}; jobs table with indexes {:.1} MB for {rows} rows ({:.0} bytes a row), {dead} dead rows",
+                every as f64 / last.elapsed().as_secs_f64(),
+                bytes as f64 / 1e6,
+                bytes as f64 / rows.max(1) as f64,
+            );
+            last = Instant::now();
+            next += every;
+        }
+    }
+    polls
+}
+
+/// Transactions committed in the bench's database so far.
+fn commits(db: &postgres::TestDb) -> i64 {
+    db.psql("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        .parse()
+        .unwrap()
 }
