@@ -72,6 +72,20 @@ pub struct EndpointArgs {
     )]
     pub queue_pool_size: NonZeroUsize,
 
+    /// Where this process listens for a PostgreSQL queue's notifications
+    /// (a job queued, a job ended). Default: a connection to --queue. Behind
+    /// PgBouncer in transaction mode, which cannot hold a LISTEN, give a
+    /// postgres:// URL that reaches the same database directly, or `off`
+    /// to look at the database every 250 ms instead (jittered; costs a
+    /// statement per process each time).
+    #[arg(
+        long,
+        env = "JOBPIPE_QUEUE_LISTEN_URL",
+        value_name = "URL|off",
+        hide_env_values = true
+    )]
+    pub queue_listen_url: Option<String>,
+
     /// Serve the endpoint API and run no handlers: workers sharing the same
     /// postgres:// --queue run the jobs. Implies --serve-api; no handler
     /// command is needed.
@@ -232,7 +246,11 @@ impl EndpointArgs {
         };
         Ok(QueueSourceConfig {
             queue: QueueLocation::parse(&self.queue, std::env::var("PGPASSWORD").ok())?
-                .with_pool_size(self.queue_pool_size.get()),
+                .with_pool_size(self.queue_pool_size.get())
+                .with_listen(
+                    self.queue_listen_url.as_deref(),
+                    std::env::var("PGPASSWORD").ok(),
+                )?,
             api_addr,
             api_key,
             api_limits: Limits {

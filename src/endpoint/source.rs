@@ -298,7 +298,7 @@ async fn report_slots(queue: &Arc<dyn Queue>, worker: &str, pool: &Pool, reporte
 async fn wait_for_queued(events: &mut tokio::sync::broadcast::Receiver<QueueEvent>) {
     loop {
         match events.recv().await {
-            Ok(QueueEvent::Queued) | Err(RecvError::Lagged(_)) => return,
+            Ok(QueueEvent::Queued | QueueEvent::Poll) | Err(RecvError::Lagged(_)) => return,
             Ok(_) => {}
             Err(RecvError::Closed) => std::future::pending().await,
         }

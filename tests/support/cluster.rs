@@ -32,6 +32,11 @@ pub fn worker(name: &str, url: &str) -> Daemon {
 
 /// A worker with two handlers of `handler` and no API.
 pub fn worker_with(name: &str, url: &str, handler: &[String]) -> Daemon {
+    worker_with_args(name, url, &[], handler)
+}
+
+/// [`worker_with`], with `extra` arguments before the handler.
+pub fn worker_with_args(name: &str, url: &str, extra: &[&str], handler: &[String]) -> Daemon {
     let mut args = vec![
         "--queue",
         url,
@@ -43,8 +48,9 @@ pub fn worker_with(name: &str, url: &str, handler: &[String]) -> Daemon {
         "10",
         "--concurrency",
         "2",
-        "--",
     ];
+    args.extend(extra);
+    args.push("--");
     args.extend(handler.iter().map(String::as_str));
     start(name, &args)
 }
@@ -57,27 +63,31 @@ pub fn stop(mut daemon: Daemon, limit: Duration) -> Option<i32> {
 
 /// The API process (no handlers) on a free port; returns it and its base URL.
 pub async fn api(url: &str) -> (Daemon, String) {
+    api_with(url, &[]).await
+}
+
+/// [`api`], with `extra` arguments.
+pub async fn api_with(url: &str, extra: &[&str]) -> (Daemon, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let daemon = start(
-        "api",
-        &[
-            "--serve-api",
-            "--api-only",
-            "--api-addr",
-            &addr,
-            "--queue",
-            url,
-            "--lease",
-            LEASE,
-            "--max-attempts",
-            "10",
-        ],
-    );
+    let mut args = vec![
+        "--serve-api",
+        "--api-only",
+        "--api-addr",
+        &addr,
+        "--queue",
+        url,
+        "--lease",
+        LEASE,
+        "--max-attempts",
+        "10",
+    ];
+    args.extend(extra);
+    let daemon = start("api", &args);
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -9,7 +9,7 @@
 //!   followed through /proc; [`shutdown`]: tagged handlers for the
 //!   shutdown tests.
 //! - [`fake_runpod`], [`endpoint`], [`endpoint_routes`], [`postgres`],
-//!   [`cluster`], [`hooks`], [`tcp_proxy`], [`tls`]: the services jobpipe
+//!   [`pgbouncer`], [`cluster`], [`hooks`], [`tcp_proxy`], [`tls`]: the services jobpipe
 //!   talks to in tests, and jobpipe processes on a shared queue.
 //! - [`prereq`]: what a missing prerequisite does (fail, or skip if opted
 //!   out with `JOBPIPE_TEST_SKIP`).
@@ -23,6 +23,7 @@ pub mod fake_runpod;
 pub mod fixtures;
 pub mod hooks;
 pub mod live;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod prereq;
 pub mod procs;

@@ -95,13 +95,13 @@ pub(crate) async fn runsync(
         tokio::select! {
             event = events.recv() => match event {
                 Ok(QueueEvent::Finished(done)) if done == id => break,
-                Ok(_) => {}
-                // Missed events: look at the job itself.
-                Err(RecvError::Lagged(_)) => {
+                // Missed or unheard events: look at the job itself.
+                Ok(QueueEvent::Poll) | Err(RecvError::Lagged(_)) => {
                     if state.queue.status_raw(&id).await?.is_none_or(|r| r.status.is_final()) {
                         break;
                     }
                 }
+                Ok(_) => {}
                 Err(RecvError::Closed) => break,
             },
             _ = &mut deadline => break,

@@ -334,6 +334,11 @@ pub enum QueueEvent {
     /// A webhook post was queued: only jobs with a webhook make webhook
     /// delivery look at the database.
     WebhookDue,
+    /// This process cannot hear other processes' events (a PostgreSQL
+    /// queue with `--queue-listen-url off`): whoever waits for a job to be
+    /// queued or to end looks at the database now. Sent every
+    /// [`postgres::POLL_INTERVAL`] or so, to this process only.
+    Poll,
 }
 
 /// A database fault.

@@ -29,7 +29,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::postgres_announce::Announcer;
 use super::postgres_call::{Db, CALL_DEADLINE};
-pub use super::postgres_conn::{PgTarget, DEFAULT_POOL_SIZE};
+pub use super::postgres_conn::{Listen, PgTarget, DEFAULT_POOL_SIZE};
 use super::postgres_conn::{Reachability, CONNECT_TIMEOUT};
 use super::postgres_group::{Write, Writer};
 use super::postgres_ops as ops;
@@ -41,6 +41,9 @@ use super::{
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
 
+/// How often a process without a listener (`--queue-listen-url off`)
+/// looks for queued and ended jobs.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Delays between attempts to reach the database at start.
 const OPEN_RETRY: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(10), 0.3);
@@ -116,14 +119,23 @@ impl PgQueue {
             })?;
         let events = broadcast::channel(4096).0;
         let stop = parent.child_token();
-        let (listening, listens) = oneshot::channel();
-        tokio::spawn(super::postgres_listen::run(
-            target.clone(),
-            events.clone(),
-            stop.clone(),
-            listening,
-        ));
-        let _ = tokio::time::timeout(CALL_DEADLINE, listens).await;
+        let listen_to = match &target.listen {
+            Listen::Queue => Some(target.clone()),
+            Listen::Direct(direct) => Some((**direct).clone()),
+            Listen::Poll => None,
+        };
+        if let Some(listen_to) = listen_to {
+            let (listening, listens) = oneshot::channel();
+            tokio::spawn(super::postgres_listen::run(
+                listen_to,
+                events.clone(),
+                stop.clone(),
+                listening,
+            ));
+            let _ = tokio::time::timeout(CALL_DEADLINE, listens).await;
+        } else {
+            tokio::spawn(poll(events.clone(), stop.clone()));
+        }
         let announcer =
             Announcer::start(pool.clone(), target.clone(), events.clone(), stop.clone());
         let db = Arc::new(Db {
@@ -352,6 +364,20 @@ impl Queue for PgQueue {
                 Ok(())
             })
             .await
+    }
+}
+
+/// Tells this process's waiters to look at the database, every
+/// [`POLL_INTERVAL`] give or take a quarter (so a fleet started together
+/// does not poll in step), until `stop`.
+async fn poll(events: broadcast::Sender<QueueEvent>, stop: CancellationToken) {
+    loop {
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_INTERVAL.mul_f64(jitter)) => {}
+            _ = stop.cancelled() => return,
+        }
+        let _ = events.send(QueueEvent::Poll);
     }
 }
 

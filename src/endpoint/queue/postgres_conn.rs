@@ -32,6 +32,22 @@ pub struct PgTarget {
     password: Option<String>,
     /// Connections the process keeps at most, besides its listener.
     pub(super) pool_size: usize,
+    /// Where the process hears other processes' events.
+    pub(super) listen: Listen,
+}
+
+/// Where a process hears the queue's notifications (`--queue-listen-url`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A connection of its own to the queue's URL (the default).
+    Queue,
+    /// A connection to this URL instead: the queue's URL goes through
+    /// PgBouncer in transaction mode, which cannot hold a `LISTEN`, and
+    /// this one reaches the same database directly.
+    Direct(Box<PgTarget>),
+    /// No connection: the process looks at the database every
+    /// [`super::postgres::POLL_INTERVAL`] or so instead.
+    Poll,
 }
 
 impl PgTarget {
@@ -79,6 +95,7 @@ impl PgTarget {
             shown,
             password,
             pool_size: DEFAULT_POOL_SIZE,
+            listen: Listen::Queue,
         })
     }
 
@@ -86,6 +103,30 @@ impl PgTarget {
     pub fn with_pool_size(mut self, size: usize) -> PgTarget {
         self.pool_size = size.max(1);
         self
+    }
+
+    /// The target listening where `--queue-listen-url` says: `None` for the
+    /// queue's own URL, `off` to poll, or a `postgres://` URL (its password
+    /// from the URL or `pgpassword`).
+    pub fn with_listen(
+        mut self,
+        text: Option<&str>,
+        pgpassword: Option<String>,
+    ) -> Result<PgTarget, ConfigError> {
+        self.listen = match text {
+            None => Listen::Queue,
+            Some("off") => Listen::Poll,
+            Some(url) => {
+                let direct = PgTarget::parse(url, pgpassword).map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "{}; --queue-listen-url takes a postgres:// URL that reaches the queue's database without PgBouncer, or off",
+                        e.to_string().replace("--queue ", "--queue-listen-url ")
+                    ))
+                })?;
+                Listen::Direct(Box::new(direct))
+            }
+        };
+        Ok(self)
     }
 
     /// `text` with the password, if it appears, replaced by `***`.

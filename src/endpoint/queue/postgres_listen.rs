@@ -40,6 +40,7 @@ pub(super) fn payload(event: &QueueEvent) -> String {
         QueueEvent::Cancelled(id) => format!("c:{id}"),
         QueueEvent::Streamed(id) => format!("s:{id}"),
         QueueEvent::WebhookDue => "w".into(),
+        QueueEvent::Poll => "p".into(),
     }
 }
 
@@ -47,6 +48,7 @@ fn event(payload: &str) -> Option<QueueEvent> {
     match payload {
         "q" => return Some(QueueEvent::Queued),
         "w" => return Some(QueueEvent::WebhookDue),
+        "p" => return Some(QueueEvent::Poll),
         _ => {}
     }
     let (kind, id) = payload.split_once(':')?;

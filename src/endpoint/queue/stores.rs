@@ -62,6 +62,26 @@ impl QueueLocation {
         }
     }
 
+    /// The location with the listener `--queue-listen-url` names, for the
+    /// stores that listen; an error for a URL given to a store that does
+    /// not.
+    pub fn with_listen(
+        self,
+        text: Option<&str>,
+        pgpassword: Option<String>,
+    ) -> Result<QueueLocation, ConfigError> {
+        match self {
+            QueueLocation::Postgres(target) => Ok(QueueLocation::Postgres(Box::new(
+                target.with_listen(text, pgpassword)?,
+            ))),
+            other if text.is_none() => Ok(other),
+            _ => Err(ConfigError::Invalid(
+                "--queue-listen-url is for a postgres:// --queue; leave it out for an SQLite queue"
+                    .into(),
+            )),
+        }
+    }
+
     /// Parses `--queue`; a PostgreSQL URL without a password takes
     /// `pgpassword` (the `PGPASSWORD` variable).
     pub fn parse(text: &str, pgpassword: Option<String>) -> Result<QueueLocation, ConfigError> {
