@@ -78,10 +78,16 @@ async fn many_processes_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert_eq!(queues.len(), 6);
-    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "3");
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "4");
     assert_eq!(
         db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
         "6"
+    );
+    // The storage settings of migration 4.
+    let options = db.psql("SELECT reloptions FROM pg_class WHERE oid = 'jobpipe.jobs'::regclass");
+    assert!(
+        options.contains("fillfactor=80") && options.contains("autovacuum_vacuum_scale_factor=0.02"),
+        "{options}"
     );
 }
 

@@ -78,6 +78,27 @@ const MIGRATIONS: &[&str] = &[
     // 3: when the queue was last swept, so one process at a time sweeps.
     "CREATE TABLE jobpipe.housekeeping (swept_at bigint NOT NULL);
     INSERT INTO jobpipe.housekeeping VALUES (0);",
+    // 4: storage for a queue's churn. Every job is inserted, updated twice
+    // and deleted after its retention, so the jobs table makes dead rows at
+    // about three times the job rate: vacuum it after 2 % of its rows (plus
+    // 1,000) are dead rather than PostgreSQL's default 20 %, without the
+    // cost-based pauses that let vacuum fall behind a busy queue, so the
+    // table and its indexes stay near the size of what is retained. An
+    // update changes indexed columns (status, lease, expiry), so it cannot
+    // be HOT; a fill factor of 80 still leaves room for the new version on
+    // the same page, so a job's versions stay together. The workers and
+    // housekeeping rows are rewritten every second or faster with no
+    // indexed column changed: half-empty pages let those updates be HOT.
+    "ALTER TABLE jobpipe.jobs SET (fillfactor = 80,
+        autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02,
+        autovacuum_vacuum_cost_delay = 0);
+    ALTER TABLE jobpipe.stream SET (autovacuum_vacuum_scale_factor = 0.02,
+        autovacuum_vacuum_cost_delay = 0);
+    ALTER TABLE jobpipe.webhooks SET (autovacuum_vacuum_scale_factor = 0.02,
+        autovacuum_vacuum_cost_delay = 0);
+    ALTER TABLE jobpipe.workers SET (fillfactor = 50);
+    ALTER TABLE jobpipe.housekeeping SET (fillfactor = 50);",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the
