@@ -32,6 +32,8 @@ mod prereq;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -62,6 +64,12 @@ struct Args {
     /// every this many completed jobs.
     #[arg(long)]
     report_every: Option<usize>,
+    /// Hold a transaction (REPEATABLE READ, its snapshot taken) open in the
+    /// same database for this many seconds from the start of the
+    /// throughput run, as a long report or a forgotten session would: dead
+    /// rows cannot be vacuumed meanwhile.
+    #[arg(long, value_name = "SECONDS")]
+    hold_snapshot: Option<u64>,
     /// Single jobs for the idle pick-up latency.
     #[arg(long, default_value_t = 200)]
     samples: usize,
@@ -208,29 +216,93 @@ async fn main() {
         .map(|l| l.parse().unwrap())
         .collect();
     latencies.sort();
+    // /runsync with one client: the lone caller's round trip.
+    let mut runsync = Vec::with_capacity(args.samples);
+    for i in 0..args.samples {
+        let sent = Instant::now();
+        let answer: Value = client
+            .post(format!("{base}/runsync"))
+            .json(&json!({"input": {"n": i}}))
+            .send()
+            .await
+            .expect("/runsync answers")
+            .json()
+            .await
+            .unwrap();
+        runsync.push(sent.elapsed().as_micros() as i64);
+        assert_eq!(answer["status"], "COMPLETED", "{answer}");
+    }
+    runsync.sort();
     db.psql("DELETE FROM jobpipe.jobs");
 
     // Throughput: N jobs through /run.
     db.psql("SELECT pg_stat_statements_reset()");
     let commits_before = commits(&db);
+    let postmaster = server.postmaster_pid();
+    let jobpipe_pids: Vec<i32> = std::iter::once(&_api)
+        .chain(&_workers)
+        .map(|p| p.0.id() as i32)
+        .collect();
+    let own_pid = std::process::id() as i32;
+    let (pg_cpu_before, jobpipe_cpu_before, client_cpu_before) = (
+        tree_cpu(postmaster),
+        jobpipe_pids.iter().map(|&p| tree_cpu(p)).sum::<f64>(),
+        cpu_fields(own_pid).0,
+    );
+    // Watched from the start, so a soak reports while jobs are posted.
+    let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let (jobs, report_every) = (args.jobs, args.report_every);
+    let posted = Arc::new(AtomicUsize::new(0));
+    let posted_count = posted.clone();
+    let waiter = tokio::spawn(async move {
+        match report_every {
+            Some(every) => soak_report(&watcher, &posted_count, jobs, every).await,
+            None => wait_done(&watcher, "true", jobs).await,
+        }
+    });
+    if let Some(seconds) = args.hold_snapshot {
+        let (mut holder, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        tokio::spawn(async move {
+            let tx = holder
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await
+                .unwrap();
+            tx.query_one("SELECT count(*) FROM jobpipe.jobs", &[])
+                .await
+                .unwrap();
+            println!("holding a snapshot open for {seconds} s");
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            tx.commit().await.unwrap();
+            println!("the snapshot was released");
+        });
+    }
     let wall = Instant::now();
     let mut posts = tokio::task::JoinSet::new();
     for i in 0..args.jobs {
         if posts.len() >= 64 {
             posts.join_next().await.unwrap().unwrap();
         }
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, posted) = (client.clone(), base.clone(), posted.clone());
         posts.spawn(async move {
             post(&client, &base, json!({"n": i})).await;
+            posted.fetch_add(1, Ordering::SeqCst);
         });
     }
     while let Some(done) = posts.join_next().await {
         done.unwrap();
     }
-    let polls = match args.report_every {
-        Some(every) => soak_report(&watch, args.jobs, every).await,
-        None => wait_done(&watch, "true", args.jobs).await,
-    };
+    let polls = waiter.await.unwrap();
+    let pg_cpu = tree_cpu(postmaster) - pg_cpu_before;
+    let jobpipe_cpu = jobpipe_pids.iter().map(|&p| tree_cpu(p)).sum::<f64>() - jobpipe_cpu_before;
+    let client_cpu = cpu_fields(own_pid).0 - client_cpu_before;
     let wall = wall.elapsed();
     // Statistics of idle backends reach pg_stat_database within 10 s.
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -274,12 +346,39 @@ async fn main() {
         latencies.last().unwrap()
     );
     println!(
+        "/runsync, one client, {} calls: p50 {:.2} ms, p99 {:.2} ms",
+        runsync.len(),
+        percentile(&runsync, 0.5) as f64 / 1000.0,
+        percentile(&runsync, 0.99) as f64 / 1000.0
+    );
+    println!(
         "per job (pg_stat_statements, the bench's own queries left out): {:.2} statements besides BEGIN/COMMIT, {:.2} commits",
         statements / args.jobs as f64,
         commits as f64 / args.jobs as f64
     );
     let jobpipe_rate = args.jobs as f64 / (span_ms.max(1) as f64 / 1000.0);
-    let floor = floor(server, &db, &url);
+    let (pg_floor_before, own_before) = (tree_cpu(postmaster), own_children_cpu());
+    let (floor, floor_jobs) = floor(server, &db, &url);
+    let (pg_floor, pgbench_cpu) = (
+        tree_cpu(postmaster) - pg_floor_before,
+        own_children_cpu() - own_before,
+    );
+    let per_job = |seconds: f64, jobs: f64| seconds * 1000.0 / jobs;
+    let jobs = args.jobs as f64;
+    println!(
+        "CPU per job, jobpipe's run: PostgreSQL {:.2} ms, jobpipe's processes and handlers {:.2} ms, this benchmark's HTTP client {:.2} ms, together {:.2} ms",
+        per_job(pg_cpu, jobs),
+        per_job(jobpipe_cpu, jobs),
+        per_job(client_cpu, jobs),
+        per_job(pg_cpu + jobpipe_cpu + client_cpu, jobs)
+    );
+    println!(
+        "CPU per job, the floor: PostgreSQL {:.2} ms, pgbench {:.2} ms, together {:.2} ms (both runs share this machine's {} cores)",
+        per_job(pg_floor, floor_jobs),
+        per_job(pgbench_cpu, floor_jobs),
+        per_job(pg_floor + pgbench_cpu, floor_jobs),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!(
         "floor: pgbench, the same server, 32 clients, insert + take (SKIP LOCKED) + complete: {floor:.0} jobs/s; jobpipe / floor = {:.2}",
         jobpipe_rate / floor
@@ -291,7 +390,7 @@ async fn main() {
 /// A take that finds every queued job locked by other clients takes none
 /// (its completion is then a no-op) and still counts, so the floor errs
 /// high, against jobpipe.
-fn floor(server: &postgres::PgServer, db: &postgres::TestDb, url: &str) -> f64 {
+fn floor(server: &postgres::PgServer, db: &postgres::TestDb, url: &str) -> (f64, f64) {
     db.psql(
         "CREATE TABLE floor_jobs (
             id bigserial PRIMARY KEY, status text NOT NULL, payload text NOT NULL,
@@ -321,11 +420,64 @@ UPDATE floor_jobs SET status = 'COMPLETED', output = payload, lease_token = NULL
         "pgbench failed: {text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    text.lines()
+    let tps: f64 = text
+        .lines()
         .find_map(|line| line.strip_prefix("tps = "))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|tps| tps.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}"))
+        .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}"));
+    let jobs: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in pgbench's output: {text}"));
+    (tps, jobs)
+}
+
+/// CPU seconds (user and system) of a process, the children it waited
+/// for, and its live children: for the postmaster, the whole server,
+/// backends that exited included.
+fn tree_cpu(pid: i32) -> f64 {
+    let (own, waited) = cpu_fields(pid);
+    let live: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&child| parent_of(child) == Some(pid))
+        .map(|child| cpu_fields(child).0)
+        .sum();
+    own + waited + live
+}
+
+/// CPU seconds of the children this benchmark waited for (pgbench).
+fn own_children_cpu() -> f64 {
+    cpu_fields(std::process::id() as i32).1
+}
+
+/// A process's own CPU seconds and its waited-for children's, from
+/// /proc/PID/stat (utime, stime, cutime, cstime).
+fn cpu_fields(pid: i32) -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (0.0, 0.0);
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return (0.0, 0.0);
+    };
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0) / ticks;
+    (at(11) + at(12), at(13) + at(14))
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 async fn post(client: &reqwest::Client, base: &str, input: Value) -> String {
@@ -371,16 +523,28 @@ async fn wait_done(db: &tokio_postgres::Client, condition: &str, count: usize) -
 /// [`wait_done`] for a soak: a line every `every` completed jobs with the
 /// rate since the last line, the size of the jobs table with its indexes
 /// and its dead rows.
-async fn soak_report(db: &tokio_postgres::Client, count: usize, every: usize) -> i64 {
-    let sql = "SELECT count(*) /* bench-poll */ FROM jobpipe.jobs WHERE status = 'COMPLETED'";
+/// Completed jobs are those posted and no longer queued or running: the
+/// count the partial indexes answer, where counting COMPLETED rows would
+/// scan a table of a million rows five times a second and weigh on the
+/// very run it measures.
+async fn soak_report(
+    db: &tokio_postgres::Client,
+    posted: &AtomicUsize,
+    count: usize,
+    every: usize,
+) -> i64 {
+    let sql = "SELECT count(*) /* bench-poll */ FROM jobpipe.jobs
+                WHERE status IN ('IN_QUEUE', 'IN_PROGRESS')";
     let size = "SELECT pg_total_relation_size('jobpipe.jobs') /* bench-poll */,
-                       (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'jobpipe.jobs'::regclass),
-                       (SELECT count(*) FROM jobpipe.jobs)";
+                       n_dead_tup, n_live_tup
+                  FROM pg_stat_user_tables WHERE relid = 'jobpipe.jobs'::regclass";
     let (mut polls, mut next, mut last) = (0, every, Instant::now());
     let mut done = 0;
     while done < count {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        done = db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as usize;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let posted_before = posted.load(Ordering::SeqCst);
+        let unfinished = db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as usize;
+        done = posted_before.saturating_sub(unfinished);
         polls += 1;
         if done >= next {
             let row = db.query_one(size, &[]).await.unwrap();

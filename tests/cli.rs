@@ -653,6 +653,30 @@ fn invalid_flag_values_exit_2() {
 }
 
 #[test]
+fn a_listen_url_that_cannot_be_used_exits_2_naming_it() {
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--serve-api", "--queue-listen-url", "postgres://u@h/db"],
+            "--queue-listen-url is for a postgres:// --queue",
+        ),
+        (
+            &[
+                "--queue",
+                "postgres://u@127.0.0.1:1/db",
+                "--queue-listen-url",
+                "postgres://u@h",
+            ],
+            "--queue-listen-url",
+        ),
+    ];
+    for (args, names) in cases {
+        let run = jobpipe().args(args).handler(python_echo()).run();
+        run.expect_code(2);
+        assert_contains(&run.stderr, names, &run);
+    }
+}
+
+#[test]
 fn invalid_test_input_exits_2() {
     for (input, says) in [
         ("not json", "not valid JSON"),

@@ -298,3 +298,70 @@ async fn a_server_out_of_connections_is_a_clear_start_up_error() {
     drop(held);
     drop(server);
 }
+
+/// Housekeeping (lease expiry, ttl, retention) has no fixed leader: one
+/// process at a time takes the housekeeping row and signs it. When the
+/// process that swept last is killed, another signs the row within
+/// seconds, and a job whose lease ran out is still queued again.
+#[tokio::test]
+async fn when_the_process_that_swept_last_dies_another_sweeps_within_seconds() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let url = db.url();
+    let (mut api, _base) = support::cluster::api(&url).await;
+    let worker = worker("w-sweeps", &url);
+    let swept_by = || db.psql("SELECT coalesce(swept_by, '') FROM jobpipe.housekeeping");
+    // Both processes ask once a second; wait until the API process swept.
+    let api_pid = format!(" pid {}", api.pid());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !swept_by().ends_with(&api_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the API process never swept: {}",
+            swept_by()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.signal(Signal::SIGKILL);
+    api.wait_for_exit(Duration::from_secs(10)).expect("killed");
+    let killed_at = Instant::now();
+    // A job held by a worker that vanished: its lease ran out long ago.
+    db.psql(
+        "INSERT INTO jobpipe.jobs (id, status, payload, ttl_ms, max_attempts, retention_ms,
+            attempts, created_at, queued_at, run_after, started_at, worker_id, lease_token,
+            lease_expires_at)
+         VALUES ('orphan', 'IN_PROGRESS', '{\"id\": \"orphan\", \"input\": {}}', 3600000, 3, 3600000, 1,
+            jobpipe.now_ms(), jobpipe.now_ms(), jobpipe.now_ms(), jobpipe.now_ms(), 'gone',
+            'stale', jobpipe.now_ms() - 60000)",
+    );
+    let worker_pid = format!(" pid {}", worker.pid());
+    let handed_over = loop {
+        if swept_by().ends_with(&worker_pid)
+            && db.psql("SELECT status FROM jobpipe.jobs WHERE id = 'orphan'") != "IN_PROGRESS"
+        {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "no sweep by the worker after the API process died: swept by {}, orphan {}\n{}",
+            swept_by(),
+            db.psql("SELECT status FROM jobpipe.jobs WHERE id = 'orphan'"),
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        handed_over < Duration::from_secs(5),
+        "hand-over took {handed_over:?}"
+    );
+    // The orphan runs again on the worker that is left and completes.
+    wait_count(
+        &db,
+        "id = 'orphan' AND status = 'COMPLETED'",
+        1,
+        Duration::from_secs(60),
+        &[&worker],
+    )
+    .await;
+}

@@ -26,6 +26,8 @@ fn policy(max_attempts: u32) -> JobPolicy {
         max_attempts,
         retention: Duration::from_secs(3600),
         stall_timeout: None,
+        priority: 0,
+        delay: Duration::ZERO,
     }
 }
 
@@ -35,6 +37,7 @@ fn job(id: &str, max_attempts: u32) -> NewJob {
         payload: json!({"id": id, "input": {"n": id}}),
         webhook: None,
         policy: policy(max_attempts),
+        idempotency: None,
     }
 }
 
@@ -78,7 +81,7 @@ async fn many_processes_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert_eq!(queues.len(), 6);
-    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "4");
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "5");
     assert_eq!(
         db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
         "6"
@@ -86,7 +89,8 @@ async fn many_processes_starting_at_once_migrate_once() {
     // The storage settings of migration 4.
     let options = db.psql("SELECT reloptions FROM pg_class WHERE oid = 'jobpipe.jobs'::regclass");
     assert!(
-        options.contains("fillfactor=80") && options.contains("autovacuum_vacuum_scale_factor=0.02"),
+        options.contains("fillfactor=80")
+            && options.contains("autovacuum_vacuum_scale_factor=0.02"),
         "{options}"
     );
 }

@@ -187,6 +187,24 @@ impl Endpoint {
         (status, body)
     }
 
+    /// A POST with the key and an `Idempotency-Key`.
+    pub async fn post_idempotent(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(KEY)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("the endpoint answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?} ({status})"));
+        (status, body)
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }

@@ -28,6 +28,8 @@ macro_rules! all_route_tests {
             cancel_removes_queued_jobs_and_stops_running_ones,
             execution_timeout_ends_timed_out_and_replaces_the_handler,
             ttl_ends_unstarted_jobs_and_retry_runs_them_again,
+            priorities_and_delays_order_the_queue,
+            idempotent_submits_return_the_first_job_and_run_it_once,
             handler_errors_are_final_and_crashes_use_attempts,
             a_stalled_attempt_is_retried_while_attempts_remain,
             purge_drops_queued_jobs_only,
@@ -454,6 +456,140 @@ pub async fn ttl_ends_unstarted_jobs_and_retry_runs_them_again(store: &Store) {
     let (code, answer) = endpoint.post(&format!("/retry/{id}"), json!({})).await;
     assert_eq!(code, 409, "a completed job is not retried: {answer}");
     assert!(answer["error"].as_str().unwrap().contains("COMPLETED"));
+    endpoint.stop().await;
+}
+
+/// Higher priorities are taken first, first in first out within one,
+/// `lowPriority` after every other; a delayed job (`policy.delay`,
+/// `policy.runAt`) is not taken before its time, whatever its priority.
+pub async fn priorities_and_delays_order_the_queue(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let blocker = endpoint.submit(fake("hang", json!({}))).await;
+    endpoint.wait_for(&blocker, "IN_PROGRESS").await;
+    let mut ids = Vec::new();
+    for (name, policy) in [
+        ("low", json!({"lowPriority": true})),
+        ("normal-1", json!({})),
+        ("high-1", json!({"priority": 10})),
+        ("delayed", json!({"priority": 1000, "delay": 6000})),
+        ("normal-2", json!({"priority": 0})),
+        ("high-2", json!({"priority": 10})),
+        ("negative", json!({"priority": -5})),
+    ] {
+        let mut body = fake("sleep", json!({"ms": 150, "name": name}));
+        body["policy"] = policy;
+        ids.push((name, endpoint.submit(body).await));
+    }
+    let mut at = fake("echo", json!({"name": "run-at"}));
+    let run_at =
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(2));
+    at["policy"] = json!({"runAt": run_at.to_string()});
+    let run_at_id = endpoint.submit(at).await;
+    endpoint
+        .post(&format!("/cancel/{blocker}"), json!({}))
+        .await;
+    let mut started = Vec::new();
+    for (name, id) in &ids {
+        let done = endpoint.wait_for(id, "COMPLETED").await;
+        started.push((done["delayTime"].as_i64().unwrap(), *name));
+    }
+    started.sort();
+    let order: Vec<&str> = started.iter().map(|(_, name)| *name).collect();
+    assert_eq!(
+        order,
+        ["high-1", "high-2", "normal-1", "normal-2", "negative", "low", "delayed"],
+        "{started:?}"
+    );
+    let delayed = started.iter().find(|(_, name)| *name == "delayed").unwrap();
+    assert!(
+        delayed.0 >= 6000,
+        "the delayed job started after {} ms",
+        delayed.0
+    );
+    let done = endpoint.wait_for(&run_at_id, "COMPLETED").await;
+    assert!(
+        done["delayTime"].as_i64().unwrap() >= 1500,
+        "runAt 2 s ahead: {done}"
+    );
+    for (policy, complaint) in [
+        (
+            json!({"priority": 1001}),
+            "policy.priority must be an integer from -1000 to 1000",
+        ),
+        (json!({"priority": 1.5}), "policy.priority"),
+        (json!({"priority": 3, "lowPriority": true}), "not both"),
+        (
+            json!({"delay": 1, "runAt": "2030-01-01T00:00:00Z"}),
+            "not both",
+        ),
+        (json!({"runAt": "tomorrow"}), "RFC 3339"),
+        (json!({"delay": 8 * 24 * 3600 * 1000u64}), "7 days at most"),
+    ] {
+        let mut body = fake("echo", json!({}));
+        body["policy"] = policy.clone();
+        let (code, answer) = endpoint.post("/run", body).await;
+        assert_eq!(code, 400, "{policy}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(complaint),
+            "{policy}: {answer}"
+        );
+    }
+    endpoint.stop().await;
+}
+
+/// A submission repeated with its `Idempotency-Key` (a client retrying
+/// after a lost answer) gets the first job, which runs once; the key with
+/// another body is refused with 422.
+pub async fn idempotent_submits_return_the_first_job_and_run_it_once(store: &Store) {
+    let endpoint = Endpoint::start(store, &[]).await;
+    let body = fake("echo", json!({"n": 1}));
+    // Sent together, as a client and its retry may race.
+    let sends = (0..12).map(|_| endpoint.post_idempotent("/run", "order-1", body.clone()));
+    let answers = futures_util::future::join_all(sends).await;
+    let first = answers[0].1["id"].as_str().unwrap().to_owned();
+    for (code, answer) in &answers {
+        assert_eq!(*code, 200, "{answer}");
+        assert_eq!(answer["id"], first.as_str(), "{answer}");
+    }
+    let done = endpoint.wait_for(&first, "COMPLETED").await;
+    assert_eq!(done["retries"], 0, "{done}");
+    let (code, again) = endpoint
+        .post_idempotent("/run", "order-1", body.clone())
+        .await;
+    assert_eq!(
+        (code, again["id"].as_str(), again["status"].as_str()),
+        (200, Some(first.as_str()), Some("COMPLETED")),
+        "{again}"
+    );
+    let (code, other) = endpoint
+        .post_idempotent("/run", "order-1", fake("echo", json!({"n": 2})))
+        .await;
+    assert_eq!(code, 422, "{other}");
+    assert!(other["error"].as_str().unwrap().contains(&first), "{other}");
+    // /runsync: the retry waits for the same job and gets its output.
+    let sync_body = fake("echo", json!({"n": 3}));
+    let (code, one) = endpoint
+        .post_idempotent("/runsync", "sync-1", sync_body.clone())
+        .await;
+    let (code_again, two) = endpoint
+        .post_idempotent("/runsync", "sync-1", sync_body)
+        .await;
+    assert_eq!((code, code_again), (200, 200), "{one} {two}");
+    assert_eq!(one["id"], two["id"]);
+    assert_eq!(one["output"], two["output"], "the same run's output");
+    // Without the key, the same body is a new job.
+    let fresh = endpoint.submit(body).await;
+    assert_ne!(fresh, first);
+    for bad in ["with space", &"k".repeat(256)] {
+        let (code, answer) = endpoint
+            .post_idempotent("/run", bad, fake("echo", json!({})))
+            .await;
+        assert_eq!(code, 400, "{answer}");
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"));
+    }
     endpoint.stop().await;
 }
 

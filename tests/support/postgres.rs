@@ -372,6 +372,16 @@ impl PgServer {
         TestDb { server: self, name }
     }
 
+    /// The server's main process (the postmaster), whose children are
+    /// its backends and workers.
+    pub fn postmaster_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap_or_default();
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The path of one of the server's programs (`pgbench`, say).
     pub fn tool(&self, name: &str) -> PathBuf {
         self.bin.join(name)

@@ -22,6 +22,8 @@ pub(crate) enum ApiError {
     NotFound(String),
     MethodNotAllowed(String),
     Conflict(String),
+    /// Well-formed, but not what this resource can take (422).
+    Unprocessable(String),
     TooLarge {
         limit: usize,
     },
@@ -57,6 +59,9 @@ impl IntoResponse for ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, json!({"error": message}))
             }
             ApiError::Conflict(message) => (StatusCode::CONFLICT, json!({"error": message})),
+            ApiError::Unprocessable(message) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, json!({"error": message}))
+            }
             ApiError::TooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": format!("request body is larger than this route's limit of {} MiB", limit / (1024 * 1024))}),

@@ -9,37 +9,45 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::JobDefaults;
-use crate::endpoint::queue::{JobPolicy, NewJob};
+use crate::endpoint::queue::{Idempotency, JobPolicy, NewJob, LOW_PRIORITY, PRIORITIES};
 use crate::input_schema::InputSchema;
 use crate::json::{self, Json};
 
-/// Policy keys jobpipe understands; `lowPriority` is accepted and has no
-/// effect (one queue, first in first out).
+/// Policy keys jobpipe understands.
 const POLICY_KEYS: &[&str] = &[
     "executionTimeout",
     "ttl",
     "lowPriority",
+    "priority",
+    "delay",
+    "runAt",
     "maxAttempts",
     "stallTimeout",
 ];
+/// The longest a job can be delayed (`policy.delay`, `policy.runAt`).
+const DELAY_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Checks a submission body and builds the job it asks for.
 pub(crate) fn parse_job(
     body: &Bytes,
+    headers: &HeaderMap,
     defaults: &JobDefaults,
     retention: Duration,
     schema: Option<&InputSchema>,
 ) -> Result<NewJob<Json>, ApiError> {
+    let idempotency = idempotency(headers, body)?;
     let not_json =
         |e: serde_json::Error| ApiError::BadRequest(format!("request body is not valid JSON: {e}"));
     let Fields(fields) = serde_json::from_slice(body).map_err(not_json)?;
@@ -98,7 +106,39 @@ pub(crate) fn parse_job(
         payload,
         webhook,
         policy,
+        idempotency,
     })
+}
+
+/// The longest `Idempotency-Key` taken.
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// The `Idempotency-Key` header, if sent, with the hash of the body: 1 to
+/// 255 printable ASCII characters (a UUID, say).
+fn idempotency(headers: &HeaderMap, body: &Bytes) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| {
+            (1..=IDEMPOTENCY_KEY_MAX).contains(&key.len())
+                && key.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters without spaces (a UUID, say)"
+            ))
+        })?;
+    let body_hash = Sha256::digest(body)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    Ok(Some(Idempotency {
+        key: key.to_owned(),
+        body_hash,
+    }))
 }
 
 /// The job object: the body with `"id"` in front. The body's text is kept
@@ -206,6 +246,8 @@ fn parse_policy(
         max_attempts: defaults.max_attempts,
         retention,
         stall_timeout: None,
+        priority: 0,
+        delay: Duration::ZERO,
     };
     let fields = match policy {
         None | Some(Value::Null) => return Ok(result),
@@ -242,15 +284,83 @@ fn parse_policy(
             }
         },
     }
-    match fields.get("lowPriority") {
-        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+    result.priority = priority(fields)?;
+    result.delay = delay(fields)?;
+    Ok(result)
+}
+
+/// `policy.priority` (an integer, higher first) or `policy.lowPriority:
+/// true` (below every priority), not both.
+fn priority(fields: &Map<String, Value>) -> Result<i32, ApiError> {
+    let low = match fields.get("lowPriority") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "policy.lowPriority must be true or false, got {other}"
             )))
         }
+    };
+    let given = match fields.get("priority") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value
+            .as_i64()
+            .filter(|n| PRIORITIES.contains(&(*n as i32)) && *n as i32 as i64 == *n)
+        {
+            Some(n) => Some(n as i32),
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                "policy.priority must be an integer from {} to {} (higher runs first), got {value}",
+                PRIORITIES.start(),
+                PRIORITIES.end()
+            )))
+            }
+        },
+    };
+    match (low, given) {
+        (true, Some(_)) => Err(ApiError::BadRequest(
+            "give policy.priority or policy.lowPriority, not both".into(),
+        )),
+        (true, None) => Ok(LOW_PRIORITY),
+        (false, given) => Ok(given.unwrap_or(0)),
     }
-    Ok(result)
+}
+
+/// `policy.delay` (ms from now) or `policy.runAt` (an RFC 3339 time), not
+/// both; a time in the past is no delay.
+fn delay(fields: &Map<String, Value>) -> Result<Duration, ApiError> {
+    let delay = positive_ms(fields, "delay")?;
+    let run_at = match fields.get("runAt") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => match humantime::parse_rfc3339_weak(text) {
+            Ok(at) => Some(at.duration_since(SystemTime::now()).unwrap_or_default()),
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "policy.runAt must be an RFC 3339 time like \"2026-12-24T18:00:00Z\" ({e}), got {text:?}"
+                )))
+            }
+        },
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "policy.runAt must be an RFC 3339 time like \"2026-12-24T18:00:00Z\", got {other}"
+            )))
+        }
+    };
+    let delay = match (delay, run_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give policy.delay or policy.runAt, not both".into(),
+            ))
+        }
+        (delay, run_at) => delay.or(run_at).unwrap_or_default(),
+    };
+    if delay > DELAY_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "a job can be delayed by 7 days at most; policy.delay or policy.runAt asks for {}",
+            humantime::format_duration(Duration::from_secs(delay.as_secs()))
+        )));
+    }
+    Ok(delay)
 }
 
 /// A policy field in milliseconds: a positive integer.
@@ -277,6 +387,7 @@ mod tests {
         let body = Bytes::from(body.to_owned());
         parse_job(
             &body,
+            &HeaderMap::new(),
             &JobDefaults::default(),
             Duration::from_secs(60),
             None,

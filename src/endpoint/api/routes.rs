@@ -15,7 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::ApiError;
 use super::request::parse_job;
 use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
-use crate::endpoint::queue::{JobStatus, QueueEvent, RetryOutcome};
+use crate::endpoint::queue::{JobStatus, NewJob, QueueError, QueueEvent, RetryOutcome};
 use crate::json::{self, Json as JsonText};
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -47,13 +47,43 @@ pub(crate) async fn run(State(state): State<ApiState>, headers: HeaderMap, body:
     let body = read_body(&headers, body, RUN_BODY_LIMIT).await?;
     let job = parse_job(
         &body,
+        &headers,
         &state.defaults,
         state.defaults.run_retention,
         state.schema.as_deref(),
     )?;
+    let (id, new) = submit(&state, job).await?;
+    if new {
+        return Ok(Json(json!({"id": id, "status": "IN_QUEUE"})));
+    }
+    // A repeated Idempotency-Key: the first submission's job as it is now.
+    match state.queue.status_raw(&id).await? {
+        Some(record) => Ok(Json(json!({"id": id, "status": record.status.as_str()}))),
+        None => Err(ApiError::Conflict(format!(
+            "job {id}, submitted with this Idempotency-Key, was deleted after its retention; use a new key"
+        ))),
+    }
+}
+
+/// Queues `job`; its id, and whether it is new: a submission with an
+/// `Idempotency-Key` used before with the same body gets the first job's
+/// id (false); with another body, 422.
+async fn submit(state: &ApiState, job: NewJob<JsonText>) -> Result<(String, bool), ApiError> {
     let id = job.id.clone();
-    state.queue.enqueue_raw(job).await?;
-    Ok(Json(json!({"id": id, "status": "IN_QUEUE"})))
+    match state.queue.enqueue_raw(job).await {
+        Ok(()) => Ok((id, true)),
+        Err(QueueError::KeyUsed {
+            existing,
+            same_body: true,
+        }) => Ok((existing, false)),
+        Err(QueueError::KeyUsed {
+            existing,
+            same_body: false,
+        }) => Err(ApiError::Unprocessable(format!(
+            "this Idempotency-Key was used for job {existing} with a different body; send the same body to get that job, or use a new key for a new job"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) async fn runsync(
@@ -80,14 +110,14 @@ pub(crate) async fn runsync(
     let body = read_body(&headers, body, RUNSYNC_BODY_LIMIT).await?;
     let job = parse_job(
         &body,
+        &headers,
         &state.defaults,
         state.defaults.sync_retention,
         state.schema.as_deref(),
     )?;
-    let id = job.id.clone();
     // Subscribed before the job exists, so its end cannot be missed.
     let mut events = state.queue.subscribe();
-    state.queue.enqueue_raw(job).await?;
+    let (id, _) = submit(&state, job).await?;
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);

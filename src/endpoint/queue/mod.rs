@@ -107,6 +107,17 @@ pub struct NewJob<P = Value> {
     pub payload: P,
     pub webhook: Option<String>,
     pub policy: JobPolicy,
+    /// The caller's `Idempotency-Key`, if it sent one.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An `Idempotency-Key` and the body it came with: a second submission
+/// with the key gets the first one's job, if its body is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// SHA-256 of the request body, hex.
+    pub body_hash: String,
 }
 
 impl NewJob {
@@ -117,6 +128,7 @@ impl NewJob {
             payload: Json::from_value(&self.payload),
             webhook: self.webhook,
             policy: self.policy,
+            idempotency: self.idempotency,
         }
     }
 }
@@ -135,7 +147,17 @@ pub struct JobPolicy {
     pub retention: Duration,
     /// The job's own `--stall-timeout`, which wins over the worker's.
     pub stall_timeout: Option<Duration>,
+    /// Higher is taken first; first in, first out within a priority.
+    pub priority: i32,
+    /// The job is not taken before this long after it was queued.
+    pub delay: Duration,
 }
+
+/// The priority of a job submitted with `policy.lowPriority: true`: below
+/// every priority a job can be given.
+pub const LOW_PRIORITY: i32 = -1001;
+/// The priorities a job can be given (`policy.priority`).
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 /// A job as `/status` shows it; `JobRecord<Json>` carries the output's
 /// text.
@@ -341,6 +363,18 @@ pub enum QueueEvent {
     Poll,
 }
 
+/// Why a submission was not inserted: its id exists, or its
+/// `Idempotency-Key` does, for `existing` (the job's id and body hash).
+pub(crate) fn refusal(job: &NewJob<Json>, existing: Option<(String, String)>) -> QueueError {
+    match (&job.idempotency, existing) {
+        (Some(idempotency), Some((existing, hash))) => QueueError::KeyUsed {
+            existing,
+            same_body: hash == idempotency.body_hash,
+        },
+        _ => QueueError::Duplicate(job.id.clone()),
+    }
+}
+
 /// A database fault.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -360,6 +394,10 @@ pub enum QueueError {
     Unavailable(String),
     #[error("a job with id {0:?} already exists")]
     Duplicate(String),
+    /// The submission's `Idempotency-Key` was used before, for the job
+    /// `existing`, with the same body or not.
+    #[error("the Idempotency-Key was used before, for job {existing}")]
+    KeyUsed { existing: String, same_body: bool },
     /// One error for many callers: a group commit that failed.
     #[error(transparent)]
     Shared(std::sync::Arc<QueueError>),

@@ -53,6 +53,9 @@ pub struct PgQueue {
     db: Arc<Db>,
     /// Commits submissions and results in groups.
     writer: Writer,
+    /// How this process signs the housekeeping row when it sweeps
+    /// (`HOST pid PID`), so an operator sees who swept last.
+    sweeper: String,
     events: broadcast::Sender<QueueEvent>,
     /// Stops the listening connection when the queue is dropped.
     _listener: DropGuard,
@@ -145,9 +148,14 @@ impl PgQueue {
             announcer,
         });
         let writer = Writer::start(db.clone());
+        let host = nix::unistd::gethostname().map_or_else(
+            |_| "unknown host".to_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        );
         Ok(PgQueue {
             db,
             writer,
+            sweeper: format!("{host} pid {}", std::process::id()),
             events,
             _listener: stop.drop_guard(),
         })
@@ -317,7 +325,7 @@ impl Queue for PgQueue {
     async fn sweep(&self) -> Result<Swept, QueueError> {
         self.db
             .call_announcing(|mut client, mut events| async move {
-                let swept = ops::sweep(&mut client, &mut events).await?;
+                let swept = ops::sweep(&mut client, &self.sweeper, &mut events).await?;
                 Ok((swept, events))
             })
             .await

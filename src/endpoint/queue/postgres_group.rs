@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::postgres_call::Db;
 use super::postgres_ops::{self as ops, Events, Fault};
 use super::{Ending, NewJob, QueueError};
+
 use crate::json::Json;
 
 /// Most writes one transaction takes.
@@ -105,15 +106,13 @@ async fn commit_groups(
 /// statement, no transaction).
 async fn alone(db: &Db, write: &Write) -> Outcome {
     match write {
-        Write::Enqueue(job) => {
-            let inserted = db
-                .call_announcing(|client, mut events| async move {
-                    let inserted = ops::enqueue(&**client, job, &mut events).await?;
-                    Ok((inserted, events))
-                })
-                .await?;
-            inserted_or_duplicate(inserted, job)
-        }
+        Write::Enqueue(job) => db
+            .call_announcing(|client, mut events| async move {
+                let inserted = ops::enqueue(&**client, job, &mut events).await?;
+                Ok((inserted, events))
+            })
+            .await?
+            .map(|()| true),
         Write::Finish { id, token, ending } => {
             db.call_announcing(|mut client, mut events| async move {
                 let ending = ending.clone();
@@ -128,46 +127,33 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
 /// Every write of the group in one transaction, pipelined; the outcomes
 /// in order, or the error that rolled the group back.
 async fn together(db: &Db, writes: &[Write]) -> Result<Vec<Outcome>, QueueError> {
-    let (written, events) = db
+    let (outcomes, events) = db
         .call(|mut client| async move {
             let tx = client.transaction().await?;
             let done = join_all(writes.iter().map(|write| async {
                 let mut events = Events::new();
-                let written = match write {
-                    Write::Enqueue(job) => ops::enqueue(&*tx, job, &mut events).await?,
+                let outcome = match write {
+                    Write::Enqueue(job) => {
+                        ops::enqueue(&*tx, job, &mut events).await?.map(|()| true)
+                    }
                     Write::Finish { id, token, ending } => {
-                        ops::finish_in(&tx, id, token, ending.clone(), &mut events).await?
+                        Ok(ops::finish_in(&tx, id, token, ending.clone(), &mut events).await?)
                     }
                 };
-                Ok::<_, Fault>((written, events))
+                Ok::<_, Fault>((outcome, events))
             }))
             .await;
-            let mut written = Vec::with_capacity(done.len());
+            let mut outcomes = Vec::with_capacity(done.len());
             let mut events = Events::new();
             for result in done {
-                let (changed, more) = result?;
-                written.push(changed);
+                let (outcome, more) = result?;
+                outcomes.push(outcome);
                 events.extend(more);
             }
             tx.commit().await?;
-            Ok((written, events))
+            Ok((outcomes, events))
         })
         .await?;
     db.announcer.announce(events);
-    Ok(writes
-        .iter()
-        .zip(written)
-        .map(|(write, written)| match write {
-            Write::Enqueue(job) => inserted_or_duplicate(written, job),
-            Write::Finish { .. } => Ok(written),
-        })
-        .collect())
-}
-
-fn inserted_or_duplicate(inserted: bool, job: &NewJob<Json>) -> Outcome {
-    if inserted {
-        Ok(true)
-    } else {
-        Err(QueueError::Duplicate(job.id.clone()))
-    }
+    Ok(outcomes)
 }

@@ -12,9 +12,9 @@ use tokio_postgres::Row;
 use super::postgres_typed::p;
 
 use super::{
-    duration_ms, is_empty_output, partials_output, retry_delay_ms, stored_json, stored_partials,
-    stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueEvent,
-    RetryOutcome, Swept, WebhookPost,
+    duration_ms, is_empty_output, partials_output, refusal, retry_delay_ms, stored_json,
+    stored_partials, stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease,
+    NewJob, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
 };
 use crate::json::Json;
 
@@ -23,6 +23,8 @@ const SWEEP_BATCH: i64 = 500;
 /// Shortest time between two sweeps of the queue, whichever processes
 /// make them.
 const SWEEP_SPACING_MS: i64 = 250;
+/// Set at the start of a sweep's transaction (see [`sweep`]).
+const SWEEP_IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = '5s'";
 /// A worker not heard from for this long is no longer counted, and is
 /// forgotten.
 const WORKER_GONE_MS: i64 = 30_000;
@@ -88,20 +90,25 @@ fn count(value: i64) -> u64 {
 /// [`super::postgres_announce`]).
 pub(super) type Events = Vec<QueueEvent>;
 
-/// Inserts `job` unless a job with its id exists; true when inserted. On
-/// a pooled connection or in a group's transaction alike.
+/// Inserts `job` unless a job with its id or its `Idempotency-Key`
+/// exists (then the inner error says which). On a pooled connection or in
+/// a group's transaction alike.
 pub(super) async fn enqueue(
     client: &impl tokio_postgres::GenericClient,
     job: &NewJob<Json>,
     events: &mut Events,
-) -> Result<bool, Fault> {
+) -> Result<Result<(), QueueError>, Fault> {
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms)
-            SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t, t, $8
+                stall_timeout_ms, priority, idempotency_key, request_hash)
+            SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12
               FROM (SELECT jobpipe.now_ms() AS t) AS now
-            ON CONFLICT (id) DO NOTHING
+            ON CONFLICT DO NOTHING
             RETURNING id";
+    let (key, hash) = match &job.idempotency {
+        Some(idempotency) => (Some(&*idempotency.key), Some(&*idempotency.body_hash)),
+        None => (None, None),
+    };
     let policy = job.policy;
     let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
     let payload = job.payload.text();
@@ -117,14 +124,28 @@ pub(super) async fn enqueue(
                 p(&max_attempts),
                 p(&duration_ms(policy.retention)),
                 p(&policy.stall_timeout.map(duration_ms)),
+                p(&duration_ms(policy.delay)),
+                p(&policy.priority),
+                p(&key),
+                p(&hash),
             ],
         )
         .await?;
-    if rows.is_empty() {
-        return Ok(false);
+    if !rows.is_empty() {
+        events.push(QueueEvent::Queued);
+        return Ok(Ok(()));
     }
-    events.push(QueueEvent::Queued);
-    Ok(true)
+    let existing = match key {
+        Some(key) => client
+            .query_typed_opt(
+                "SELECT id, request_hash FROM jobpipe.jobs WHERE idempotency_key = $1",
+                &[p(&key)],
+            )
+            .await?
+            .map(|row| (row.get(0), row.get(1))),
+        None => None,
+    };
+    Ok(Err(refusal(job, existing)))
 }
 
 pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord<Json>>, Fault> {
@@ -372,7 +393,7 @@ pub(super) async fn take(
             SELECT id FROM jobpipe.jobs
              WHERE status = 'IN_QUEUE' AND run_after <= jobpipe.now_ms()
                AND queued_at + ttl_ms > jobpipe.now_ms()
-             ORDER BY queued_at, seq
+             ORDER BY priority DESC, queued_at, seq
              LIMIT $2
              FOR UPDATE SKIP LOCKED)
          UPDATE jobpipe.jobs AS j
@@ -533,18 +554,26 @@ async fn partials(tx: &Transaction<'_>, id: &str) -> Result<Vec<Json>, Fault> {
 /// others skip it. Each query compares with one `now` given as a value, so
 /// the indexes on lease expiry and retention serve it (a VOLATILE function
 /// in the predicate would be a scan of the table).
-pub(super) async fn sweep(client: &mut Object, events: &mut Events) -> Result<Swept, Fault> {
+pub(super) async fn sweep(
+    client: &mut Object,
+    sweeper: &str,
+    events: &mut Events,
+) -> Result<Swept, Fault> {
     let tx = client.transaction().await?;
+    // A sweeper frozen mid-sweep (SIGSTOP, swapped out) must not hold the
+    // housekeeping row, and with it every other process's sweeps: the
+    // server ends its session after this long idle in the transaction.
+    tx.batch_execute(SWEEP_IDLE_LIMIT).await?;
     let mut swept = Swept::default();
     // The row, if no one else holds it and its time has come: this
     // process's turn, and the `now` of the whole sweep.
     let turn = tx
         .query_typed_opt(
-            "UPDATE jobpipe.housekeeping SET swept_at = jobpipe.now_ms()
+            "UPDATE jobpipe.housekeeping SET swept_at = jobpipe.now_ms(), swept_by = $2
               WHERE ctid = (SELECT ctid FROM jobpipe.housekeeping
                              WHERE swept_at <= jobpipe.now_ms() - $1 FOR UPDATE SKIP LOCKED)
               RETURNING swept_at",
-            &[p(&SWEEP_SPACING_MS)],
+            &[p(&SWEEP_SPACING_MS), p(&sweeper)],
         )
         .await?;
     let Some(turn) = turn else {

@@ -78,7 +78,7 @@ const MIGRATIONS: &[&str] = &[
     // 3: when the queue was last swept, so one process at a time sweeps.
     "CREATE TABLE jobpipe.housekeeping (swept_at bigint NOT NULL);
     INSERT INTO jobpipe.housekeeping VALUES (0);",
-    // 4: storage for a queue's churn. Every job is inserted, updated twice
+    // 4: storage for a queue's churn, and which process swept last. Every job is inserted, updated twice
     // and deleted after its retention, so the jobs table makes dead rows at
     // about three times the job rate: vacuum it after 2 % of its rows (plus
     // 1,000) are dead rather than PostgreSQL's default 20 %, without the
@@ -98,7 +98,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobpipe.webhooks SET (autovacuum_vacuum_scale_factor = 0.02,
         autovacuum_vacuum_cost_delay = 0);
     ALTER TABLE jobpipe.workers SET (fillfactor = 50);
-    ALTER TABLE jobpipe.housekeeping SET (fillfactor = 50);",
+    ALTER TABLE jobpipe.housekeeping SET (fillfactor = 50);
+    ALTER TABLE jobpipe.housekeeping ADD COLUMN swept_by text;",
+    // 5: priorities (policy.priority, lowPriority), taken higher first and
+    // first in, first out within one, in one scan of one index; a delayed
+    // job is queued at the time it may start, so it waits behind the jobs
+    // due before it. A submission's Idempotency-Key and the hash of its
+    // body, the key unique while the job is kept.
+    "ALTER TABLE jobpipe.jobs ADD COLUMN priority integer NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_take ON jobpipe.jobs (priority DESC, queued_at, seq) WHERE status = 'IN_QUEUE';
+    DROP INDEX jobpipe.jobs_queued;
+    ALTER TABLE jobpipe.jobs ADD COLUMN idempotency_key text, ADD COLUMN request_hash text;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobpipe.jobs (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the

@@ -391,7 +391,7 @@ impl Queue for SqliteQueue {
             let ids: Vec<String> = tx
                 .prepare_cached(
                     "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND run_after <= ?1
-                        AND queued_at + ttl_ms > ?1 ORDER BY queued_at, rowid LIMIT ?2",
+                        AND queued_at + ttl_ms > ?1 ORDER BY priority DESC, queued_at, rowid LIMIT ?2",
                 )?
                 .query_map(params![now, count as i64], |row| row.get(0))?
                 .collect::<rusqlite::Result<_>>()?;

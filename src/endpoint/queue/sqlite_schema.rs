@@ -59,6 +59,17 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: a job's own stall timeout (policy.stallTimeout).
     "ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;",
+    // 3: priorities (policy.priority, lowPriority), taken higher first and
+    // first in, first out within one; a delayed job is queued at the time
+    // it may start, so it waits behind the jobs due before it. A
+    // submission's Idempotency-Key and the hash of its body, the key
+    // unique while the job is kept.
+    "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX jobs_queued;
+    CREATE INDEX jobs_take ON jobs (priority DESC, queued_at) WHERE status = 'IN_QUEUE';
+    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE jobs ADD COLUMN request_hash TEXT;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// Why the schema could not be brought up to date; the caller reports it

@@ -14,10 +14,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{duration_ms, now_ms, NewJob, QueueError, QueueEvent};
+use super::{duration_ms, now_ms, refusal, NewJob, QueueError, QueueEvent};
 use crate::json::Json;
 
 /// Most submissions one transaction takes.
@@ -67,16 +67,12 @@ async fn commit_groups(
         })
         .await;
         match committed {
-            Ok(Ok((jobs, inserted))) => {
-                if inserted.iter().any(|&new| new) {
+            Ok(Ok((_jobs, inserted))) => {
+                if inserted.iter().any(Result::is_ok) {
                     let _ = events.send(QueueEvent::Queued);
                 }
-                for ((job, new), answer) in jobs.into_iter().zip(inserted).zip(answers) {
-                    let _ = answer.send(if new {
-                        Ok(())
-                    } else {
-                        Err(QueueError::Duplicate(job.id))
-                    });
+                for (outcome, answer) in inserted.into_iter().zip(answers) {
+                    let _ = answer.send(outcome);
                 }
             }
             Ok(Err(e)) => answer_all(answers, QueueError::Sqlite(e)),
@@ -85,9 +81,10 @@ async fn commit_groups(
     }
 }
 
-/// Inserts the group in one transaction; which jobs were new (an id
-/// already present, or twice in the group, is not).
-fn insert_all(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<bool>> {
+/// Inserts the group in one transaction; for each job, whether it was new
+/// or why not (its id, or its `Idempotency-Key`, already present or twice
+/// in the group).
+fn insert_all(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<Inserted>> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     let inserted = insert_durably(conn, jobs);
     let normal = conn.pragma_update(None, "synchronous", "NORMAL");
@@ -97,15 +94,16 @@ fn insert_all(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<
 }
 
 /// [`insert_all`]'s transaction, committed with the fsync.
-fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<bool>> {
+fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<Inserted>> {
     let tx = conn.transaction()?;
     let mut inserted = Vec::with_capacity(jobs.len());
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms)
-             VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9)",
+                stall_timeout_ms, priority, idempotency_key, request_hash)
+             VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8 + ?10, ?8 + ?10, ?9, ?11,
+                ?12, ?13)",
         )?;
         let now = now_ms();
         for job in jobs {
@@ -120,14 +118,32 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
                 p.max_attempts,
                 duration_ms(p.retention),
                 now,
-                p.stall_timeout.map(duration_ms)
+                p.stall_timeout.map(duration_ms),
+                duration_ms(p.delay),
+                p.priority,
+                job.idempotency.as_ref().map(|i| &i.key),
+                job.idempotency.as_ref().map(|i| &i.body_hash),
             ])?;
-            inserted.push(rows > 0);
+            if rows > 0 {
+                inserted.push(Ok(()));
+                continue;
+            }
+            let existing = match &job.idempotency {
+                Some(idempotency) => tx
+                    .prepare_cached("SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1")?
+                    .query_row([&idempotency.key], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?,
+                None => None,
+            };
+            inserted.push(Err(refusal(job, existing)));
         }
     }
     tx.commit()?;
     Ok(inserted)
 }
+
+/// A submission's outcome: inserted, or why not.
+type Inserted = Result<(), QueueError>;
 
 /// Tells every caller of a group that failed why.
 fn answer_all(answers: Vec<oneshot::Sender<Result<(), QueueError>>>, error: QueueError) {
@@ -160,7 +176,10 @@ mod tests {
                 max_attempts: 3,
                 retention: Duration::from_secs(3600),
                 stall_timeout: None,
+                priority: 0,
+                delay: Duration::ZERO,
             },
+            idempotency: None,
         }
     }
 
