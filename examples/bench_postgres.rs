@@ -356,6 +356,21 @@ async fn main() {
         statements / args.jobs as f64,
         commits as f64 / args.jobs as f64
     );
+    println!(
+        "statements by the server's time (pg_stat_statements: calls per job, mean and total ms):"
+    );
+    let top = db.psql(&format!(
+        "SELECT round(calls::numeric / {jobs}, 2), round(mean_exec_time::numeric, 3),
+                round(total_exec_time::numeric), regexp_replace(left(query, 90), '\\s+', ' ', 'g')
+           FROM pg_stat_statements
+          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND query NOT LIKE '%pg_stat%' AND query NOT LIKE '%bench-poll%'
+          ORDER BY total_exec_time DESC LIMIT 10",
+        jobs = args.jobs
+    ));
+    for line in top.lines() {
+        println!("  {line}");
+    }
     let jobpipe_rate = args.jobs as f64 / (span_ms.max(1) as f64 / 1000.0);
     let (pg_floor_before, own_before) = (tree_cpu(postmaster), own_children_cpu());
     let (floor, floor_jobs) = floor(server, &db, &url);
