@@ -433,7 +433,12 @@ async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
     };
     let queue = open(&db).await;
     for i in 0..64 {
-        queue.enqueue(job(&format!("r{i}"), 3)).await.unwrap();
+        let mut job = job(&format!("r{i}"), 3);
+        // Every other job has a webhook, posted once its end is written.
+        if i % 2 == 0 {
+            job.webhook = Some("http://127.0.0.1:9/hook".into());
+        }
+        queue.enqueue(job).await.unwrap();
     }
     let leases = queue.take("w1", 64, LONG).await.unwrap();
     assert_eq!(leases.len(), 64);
@@ -466,6 +471,21 @@ async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
         };
         assert_eq!(record.status, want, "{id}");
     }
+    // A webhook post for each written end of a job with a webhook, its
+    // body the job's end.
+    let hooks = db.psql("SELECT job_id, body FROM jobpipe.webhooks ORDER BY job_id");
+    let hooked: Vec<&str> = hooks
+        .lines()
+        .map(|l| l.split('|').next().unwrap())
+        .collect();
+    let mut want: Vec<String> = (0..64)
+        .filter(|i| i % 2 == 0)
+        .map(|i| format!("r{i}"))
+        .filter(|id| id != stale)
+        .collect();
+    want.sort();
+    assert_eq!(hooked, want);
+    assert!(hooks.contains(r#""output":{"done":"r0"}"#), "{hooks}");
 }
 
 /// Submissions that arrive together are committed together; when a

@@ -94,7 +94,7 @@ pub async fn run_then_status_reports_output_and_times(store: &Store) {
             .json()
             .await
             .unwrap();
-        if health["workers"]["idle"] == 1 || started.elapsed() > Duration::from_secs(5) {
+        if health["workers"]["idle"] == 1 || started.elapsed() > Duration::from_secs(30) {
             break health;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -43,6 +43,7 @@ use crate::json::{self, Json};
 
 pub mod postgres;
 mod postgres_announce;
+mod postgres_batch;
 mod postgres_call;
 mod postgres_conn;
 mod postgres_group;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
+use super::postgres_batch::{enqueue_many, finish_many, PlainEnd};
 use super::postgres_call::Db;
 use super::postgres_ops::{self as ops, Events, Fault};
 use super::{Ending, NewJob, QueueError};
@@ -124,33 +125,67 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
     }
 }
 
-/// Every write of the group in one transaction, pipelined; the outcomes
-/// in order, or the error that rolled the group back.
+/// Every write of the group in one transaction: the submissions in one
+/// statement, the usual ends in another, the rest (a streamed job's end, a
+/// retry) one by one, all pipelined; the outcomes in order, or the error
+/// that rolled the group back.
 async fn together(db: &Db, writes: &[Write]) -> Result<Vec<Outcome>, QueueError> {
+    let mut jobs = Vec::new();
+    let mut ends = Vec::new();
+    let mut others = Vec::new();
+    for (index, write) in writes.iter().enumerate() {
+        match write {
+            Write::Enqueue(job) => jobs.push((index, job)),
+            Write::Finish { id, token, ending } => match PlainEnd::of(id, token, ending) {
+                Some(end) => ends.push((index, end)),
+                None => others.push((index, id, token, ending)),
+            },
+        }
+    }
     let (outcomes, events) = db
         .call(|mut client| async move {
             let tx = client.transaction().await?;
-            let done = join_all(writes.iter().map(|write| async {
+            let (mut queued, mut ended) = (Events::new(), Events::new());
+            let submitted = async {
+                if jobs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let batch: Vec<_> = jobs.iter().map(|(_, job)| *job).collect();
+                enqueue_many(&tx, &batch, &mut queued).await
+            };
+            let finished = async {
+                if ends.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let batch: Vec<_> = ends.iter().map(|(_, end)| end.clone()).collect();
+                finish_many(&tx, &batch, &mut ended).await
+            };
+            let rest = join_all(others.iter().map(|(_, id, token, ending)| async {
                 let mut events = Events::new();
-                let outcome = match write {
-                    Write::Enqueue(job) => {
-                        ops::enqueue(&*tx, job, &mut events).await?.map(|()| true)
-                    }
-                    Write::Finish { id, token, ending } => {
-                        Ok(ops::finish_in(&tx, id, token, ending.clone(), &mut events).await?)
-                    }
-                };
-                Ok::<_, Fault>((outcome, events))
-            }))
-            .await;
-            let mut outcomes = Vec::with_capacity(done.len());
-            let mut events = Events::new();
-            for result in done {
-                let (outcome, more) = result?;
-                outcomes.push(outcome);
+                let written =
+                    ops::finish_in(&tx, id, token, (*ending).clone(), &mut events).await?;
+                Ok::<_, Fault>((written, events))
+            }));
+            let (submitted, finished, rest) = futures_util::join!(submitted, finished, rest);
+            let mut outcomes: Vec<Option<Outcome>> = writes.iter().map(|_| None).collect();
+            for ((index, _), result) in jobs.iter().zip(submitted?) {
+                outcomes[*index] = Some(result.map(|()| true));
+            }
+            for ((index, _), written) in ends.iter().zip(finished?) {
+                outcomes[*index] = Some(Ok(written));
+            }
+            let mut events = queued;
+            events.extend(ended);
+            for ((index, ..), result) in others.iter().zip(rest) {
+                let (written, more) = result?;
+                outcomes[*index] = Some(Ok(written));
                 events.extend(more);
             }
             tx.commit().await?;
+            let outcomes = outcomes
+                .into_iter()
+                .map(|outcome| outcome.expect("every write has an outcome"))
+                .collect();
             Ok((outcomes, events))
         })
         .await?;

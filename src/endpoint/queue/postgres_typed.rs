@@ -40,8 +40,20 @@ impl SqlType for [&str] {
 impl SqlType for [String] {
     const TYPE: Type = Type::TEXT_ARRAY;
 }
+impl SqlType for [Option<&str>] {
+    const TYPE: Type = Type::TEXT_ARRAY;
+}
+impl SqlType for [Option<String>] {
+    const TYPE: Type = Type::TEXT_ARRAY;
+}
 impl SqlType for [i64] {
     const TYPE: Type = Type::INT8_ARRAY;
+}
+impl SqlType for [Option<i64>] {
+    const TYPE: Type = Type::INT8_ARRAY;
+}
+impl SqlType for [i32] {
+    const TYPE: Type = Type::INT4_ARRAY;
 }
 impl<T> SqlType for Vec<T>
 where

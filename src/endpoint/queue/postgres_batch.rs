@@ -1,0 +1,232 @@
+//! A group's submissions and results as one statement each: many jobs
+//! per statement as well as per commit. Each statement costs the server a
+//! parse, a plan and an executor start whatever the number of rows, so a
+//! group of 64 submissions is one `INSERT … SELECT FROM unnest(…)`, and
+//! the usual ends of a group's jobs (an output, a handler's error, a
+//! timeout) one `UPDATE … FROM unnest(…)` that checks each job's lease
+//! token as it writes: a stale token refuses only its own row.
+
+use std::collections::{HashMap, HashSet};
+
+use deadpool_postgres::Transaction;
+
+use super::postgres_ops::{Events, Fault};
+use super::postgres_typed::p;
+use super::{
+    duration_ms, refusal, webhook_body, Ending, JobStatus, NewJob, QueueError, QueueEvent,
+};
+use crate::json::Json;
+
+/// Inserts `jobs` in one statement; for each, in order, whether it was
+/// queued or why not (its id or `Idempotency-Key` exists).
+pub(super) async fn enqueue_many(
+    tx: &Transaction<'_>,
+    jobs: &[&NewJob<Json>],
+    events: &mut Events,
+) -> Result<Vec<Result<(), QueueError>>, Fault> {
+    let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
+                ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
+                stall_timeout_ms, priority, idempotency_key, request_hash)
+            SELECT u.id, 'IN_QUEUE', u.payload, u.webhook, u.execution_timeout_ms, u.ttl_ms,
+                   u.max_attempts, u.retention_ms, now.t, now.t + u.delay_ms, now.t + u.delay_ms,
+                   u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash
+              FROM (SELECT jobpipe.now_ms() AS t) AS now,
+                   unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int4[],
+                          $7::int8[], $8::int8[], $9::int8[], $10::int4[], $11::text[], $12::text[])
+                   AS u (id, payload, webhook, execution_timeout_ms, ttl_ms, max_attempts,
+                         retention_ms, stall_timeout_ms, delay_ms, priority, idempotency_key,
+                         request_hash)
+            ON CONFLICT DO NOTHING
+            RETURNING id";
+    let column = |f: &dyn Fn(&NewJob<Json>) -> Option<i64>| -> Vec<Option<i64>> {
+        jobs.iter().map(|job| f(job)).collect()
+    };
+    let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+    let payloads: Vec<String> = jobs
+        .iter()
+        .map(|job| job.payload.text().into_owned())
+        .collect();
+    let webhooks: Vec<Option<&str>> = jobs.iter().map(|job| job.webhook.as_deref()).collect();
+    let execution = column(&|job| job.policy.execution_timeout.map(duration_ms));
+    let ttl = column(&|job| Some(duration_ms(job.policy.ttl)));
+    let attempts: Vec<i32> = jobs
+        .iter()
+        .map(|job| i32::try_from(job.policy.max_attempts).unwrap_or(i32::MAX))
+        .collect();
+    let retention = column(&|job| Some(duration_ms(job.policy.retention)));
+    let stall = column(&|job| job.policy.stall_timeout.map(duration_ms));
+    let delay = column(&|job| Some(duration_ms(job.policy.delay)));
+    let priority: Vec<i32> = jobs.iter().map(|job| job.policy.priority).collect();
+    let keys: Vec<Option<&str>> = jobs
+        .iter()
+        .map(|job| job.idempotency.as_ref().map(|i| i.key.as_str()))
+        .collect();
+    let hashes: Vec<Option<&str>> = jobs
+        .iter()
+        .map(|job| job.idempotency.as_ref().map(|i| i.body_hash.as_str()))
+        .collect();
+    let inserted: HashSet<String> = tx
+        .query_typed(
+            sql,
+            &[
+                p(&ids),
+                p(&payloads),
+                p(&webhooks),
+                p(&execution),
+                p(&ttl),
+                p(&attempts),
+                p(&retention),
+                p(&stall),
+                p(&delay),
+                p(&priority),
+                p(&keys),
+                p(&hashes),
+            ],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if !inserted.is_empty() {
+        events.push(QueueEvent::Queued);
+    }
+    // The refused ones: by their key's job, when they have a key. A job
+    // whose id was inserted can still be the refused second of a pair
+    // sharing that id, so a job is judged new only once.
+    let mut first = HashSet::with_capacity(jobs.len());
+    let new: Vec<bool> = jobs
+        .iter()
+        .map(|job| inserted.contains(&job.id) && first.insert(job.id.as_str()))
+        .collect();
+    let asked: Vec<&str> = jobs
+        .iter()
+        .zip(&new)
+        .filter(|(_, new)| !**new)
+        .filter_map(|(job, _)| job.idempotency.as_ref().map(|i| i.key.as_str()))
+        .collect();
+    let existing: HashMap<String, (String, String)> = if asked.is_empty() {
+        HashMap::new()
+    } else {
+        tx.query_typed(
+            "SELECT idempotency_key, id, request_hash FROM jobpipe.jobs
+              WHERE idempotency_key = ANY($1)",
+            &[p(&asked)],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .collect()
+    };
+    Ok(jobs
+        .iter()
+        .zip(new)
+        .map(|(job, new)| {
+            if new {
+                return Ok(());
+            }
+            let found = job
+                .idempotency
+                .as_ref()
+                .and_then(|i| existing.get(&i.key))
+                .cloned();
+            Err(refusal(job, found))
+        })
+        .collect())
+}
+
+/// A job's usual end, which one statement writes: an output, a handler's
+/// error, a timeout.
+#[derive(Clone)]
+pub(super) struct PlainEnd<'a> {
+    pub id: &'a str,
+    pub token: &'a str,
+    pub status: JobStatus,
+    pub output: Option<&'a Json>,
+    pub error: Option<&'a str>,
+}
+
+impl<'a> PlainEnd<'a> {
+    /// The end `ending` makes, if one statement can write it (not a
+    /// streamed job's, whose output is its partials, nor a retry).
+    pub(super) fn of(id: &'a str, token: &'a str, ending: &'a Ending<Json>) -> Option<Self> {
+        let (status, output, error) = match ending {
+            Ending::Completed(output) if !super::is_empty_output(output) => {
+                (JobStatus::Completed, Some(output), None)
+            }
+            Ending::Failed { error, output } => (JobStatus::Failed, output.as_ref(), Some(error)),
+            Ending::TimedOut(error) => (JobStatus::TimedOut, None, Some(error)),
+            _ => return None,
+        };
+        Some(PlainEnd {
+            id,
+            token,
+            status,
+            output,
+            error: error.map(String::as_str),
+        })
+    }
+}
+
+/// Writes `ends` in one statement, each under its lease token, and queues
+/// the webhooks of those jobs that have one; for each, in order, whether
+/// it was written.
+pub(super) async fn finish_many(
+    tx: &Transaction<'_>,
+    ends: &[PlainEnd<'_>],
+    events: &mut Events,
+) -> Result<Vec<bool>, Fault> {
+    let sql = "UPDATE jobpipe.jobs AS j
+                  SET status = u.status, output = u.output, error = u.error,
+                      finished_at = now.t, expires_at = now.t + j.retention_ms,
+                      lease_token = NULL, lease_expires_at = NULL
+                 FROM (SELECT jobpipe.now_ms() AS t) AS now,
+                      unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                      AS u (id, token, status, output, error)
+                WHERE j.id = u.id AND j.lease_token = u.token AND j.status = 'IN_PROGRESS'
+            RETURNING j.id, j.webhook, j.finished_at";
+    let ids: Vec<&str> = ends.iter().map(|end| end.id).collect();
+    let tokens: Vec<&str> = ends.iter().map(|end| end.token).collect();
+    let statuses: Vec<&str> = ends.iter().map(|end| end.status.as_str()).collect();
+    let outputs: Vec<Option<String>> = ends
+        .iter()
+        .map(|end| end.output.map(|output| output.text().into_owned()))
+        .collect();
+    let errors: Vec<Option<&str>> = ends.iter().map(|end| end.error).collect();
+    let rows = tx
+        .query_typed(
+            sql,
+            &[p(&ids), p(&tokens), p(&statuses), p(&outputs), p(&errors)],
+        )
+        .await?;
+    let mut written = HashSet::with_capacity(rows.len());
+    let (mut hook_ids, mut urls, mut bodies, mut times) = (vec![], vec![], vec![], vec![]);
+    for row in &rows {
+        let id: String = row.get(0);
+        if let Some(url) = row.get::<_, Option<String>>(1) {
+            let end = ends
+                .iter()
+                .find(|end| end.id == id)
+                .expect("a row we wrote");
+            let output = end.output.cloned();
+            let error = end.error.map(str::to_owned);
+            let body = webhook_body(&id, end.status, &output, &error);
+            hook_ids.push(id.clone());
+            urls.push(url);
+            bodies.push(body.text().into_owned());
+            times.push(row.get::<_, i64>(2));
+        }
+        events.push(QueueEvent::Finished(id.clone()));
+        written.insert(id);
+    }
+    if !hook_ids.is_empty() {
+        tx.execute_typed(
+            "INSERT INTO jobpipe.webhooks (job_id, url, body, next_at, created_at)
+             SELECT u.id, u.url, u.body, u.at, u.at
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) AS u (id, url, body, at)",
+            &[p(&hook_ids), p(&urls), p(&bodies), p(&times)],
+        )
+        .await?;
+        events.push(QueueEvent::WebhookDue);
+    }
+    Ok(ends.iter().map(|end| written.contains(end.id)).collect())
+}
