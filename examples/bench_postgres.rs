@@ -284,6 +284,42 @@ async fn main() {
             println!("the snapshot was released");
         });
     }
+    // The take's plan, with the queue busy: EXPLAIN ANALYZE in a
+    // transaction that is rolled back, two seconds into the run.
+    let explain_url = url.clone();
+    let explain = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (mut client, connection) = tokio_postgres::connect(&explain_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let tx = client.transaction().await.unwrap();
+        // The plan of the function's statement, under its settings.
+        tx.batch_execute(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;
+             SET LOCAL enable_sort = off",
+        )
+        .await
+        .unwrap();
+        let plan = tx
+            .query(
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) WITH picked AS (
+                    SELECT id FROM jobpipe.jobs
+                     WHERE status = 'IN_QUEUE' AND run_after <= jobpipe.now_ms()
+                       AND queued_at + ttl_ms > jobpipe.now_ms()
+                     ORDER BY priority DESC, queued_at, seq LIMIT 4 FOR UPDATE SKIP LOCKED)
+                 UPDATE jobpipe.jobs AS j SET status = 'IN_PROGRESS'
+                   FROM picked WHERE j.id = picked.id RETURNING j.id",
+                &[],
+            )
+            .await
+            .unwrap();
+        let _ = tx.rollback().await;
+        plan.iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    });
     let wall = Instant::now();
     let mut posts = tokio::task::JoinSet::new();
     for i in 0..args.jobs {
@@ -356,6 +392,7 @@ async fn main() {
         statements / args.jobs as f64,
         commits as f64 / args.jobs as f64
     );
+    println!("the take, 2 s into the run:\n  {}", explain.await.unwrap());
     println!(
         "statements by the server's time (pg_stat_statements: calls per job, mean and total ms):"
     );

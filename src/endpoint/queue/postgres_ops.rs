@@ -389,20 +389,9 @@ pub(super) async fn take(
     slots: usize,
     lease: Duration,
 ) -> Result<Vec<Lease<Json>>, Fault> {
-    let sql = "WITH picked AS (
-            SELECT id FROM jobpipe.jobs
-             WHERE status = 'IN_QUEUE' AND run_after <= jobpipe.now_ms()
-               AND queued_at + ttl_ms > jobpipe.now_ms()
-             ORDER BY priority DESC, queued_at, seq
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)
-         UPDATE jobpipe.jobs AS j
-            SET status = 'IN_PROGRESS', attempts = j.attempts + 1, worker_id = $1,
-                lease_token = gen_random_uuid()::text,
-                lease_expires_at = jobpipe.now_ms() + $3, started_at = jobpipe.now_ms()
-           FROM picked WHERE j.id = picked.id
-         RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
-                   j.started_at - j.queued_at, j.stall_timeout_ms";
+    // A function (schema migration 6) whose plan is pinned to the
+    // ordered index scan.
+    let sql = "SELECT * FROM jobpipe.take($1, $2, $3)";
     let limit = i64::try_from(slots).unwrap_or(i64::MAX);
     let rows = client
         .query_typed(sql, &[p(&worker), p(&limit), p(&duration_ms(lease))])

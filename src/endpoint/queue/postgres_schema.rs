@@ -111,6 +111,33 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobpipe.jobs ADD COLUMN idempotency_key text, ADD COLUMN request_hash text;
     CREATE UNIQUE INDEX jobs_idempotency ON jobpipe.jobs (idempotency_key)
         WHERE idempotency_key IS NOT NULL;",
+    // 6: the take as a function whose plan is pinned to the ordered scan
+    // of jobs_take that stops after the slots it fills. Left to itself, the
+    // planner goes by statistics taken when few jobs were waiting, and
+    // during a burst reads and sorts every waiting job instead (a bitmap
+    // scan and a sort: 14 ms a take with 3,800 waiting, against well under
+    // one). The settings hold for the function's own statement only.
+    "CREATE FUNCTION jobpipe.take(worker text, slots bigint, lease_ms bigint)
+     RETURNS TABLE (job_id text, token text, job_payload text, attempt integer,
+                    execution_ms bigint, waited_ms bigint, stall_ms bigint)
+     LANGUAGE sql VOLATILE
+     SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off
+     AS $$
+       WITH picked AS (
+         SELECT q.id FROM jobpipe.jobs AS q
+          WHERE q.status = 'IN_QUEUE' AND q.run_after <= jobpipe.now_ms()
+            AND q.queued_at + q.ttl_ms > jobpipe.now_ms()
+          ORDER BY q.priority DESC, q.queued_at, q.seq
+          LIMIT slots
+          FOR UPDATE SKIP LOCKED)
+       UPDATE jobpipe.jobs AS j
+          SET status = 'IN_PROGRESS', attempts = j.attempts + 1, worker_id = worker,
+              lease_token = gen_random_uuid()::text,
+              lease_expires_at = jobpipe.now_ms() + lease_ms, started_at = jobpipe.now_ms()
+         FROM picked WHERE j.id = picked.id
+       RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
+                 j.started_at - j.queued_at, j.stall_timeout_ms
+     $$;",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the
