@@ -64,6 +64,11 @@ struct Args {
     /// every this many completed jobs.
     #[arg(long)]
     report_every: Option<usize>,
+    /// In a soak, post a job only while fewer than this many posted jobs
+    /// have not completed: a steady state at the rate the workers keep,
+    /// rather than a burst the queue drains.
+    #[arg(long, default_value_t = 2000)]
+    backlog: usize,
     /// Hold a transaction (REPEATABLE READ, its snapshot taken) open in the
     /// same database for this many seconds from the start of the
     /// throughput run, as a long report or a forgotten session would: dead
@@ -257,9 +262,13 @@ async fn main() {
     let (jobs, report_every) = (args.jobs, args.report_every);
     let posted = Arc::new(AtomicUsize::new(0));
     let posted_count = posted.clone();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let completed_count = completed.clone();
     let waiter = tokio::spawn(async move {
         match report_every {
-            Some(every) => soak_report(&watcher, &posted_count, jobs, every).await,
+            Some(every) => {
+                soak_report(&watcher, &posted_count, &completed_count, jobs, every).await
+            }
             None => wait_done(&watcher, "true", jobs).await,
         }
     });
@@ -325,6 +334,11 @@ async fn main() {
     for i in 0..args.jobs {
         if posts.len() >= 64 {
             posts.join_next().await.unwrap().unwrap();
+        }
+        while args.report_every.is_some()
+            && i.saturating_sub(completed.load(Ordering::SeqCst)) >= args.backlog
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let (client, base, posted) = (client.clone(), base.clone(), posted.clone());
         posts.spawn(async move {
@@ -582,6 +596,7 @@ async fn wait_done(db: &tokio_postgres::Client, condition: &str, count: usize) -
 async fn soak_report(
     db: &tokio_postgres::Client,
     posted: &AtomicUsize,
+    completed: &AtomicUsize,
     count: usize,
     every: usize,
 ) -> i64 {
@@ -593,10 +608,11 @@ async fn soak_report(
     let (mut polls, mut next, mut last) = (0, every, Instant::now());
     let mut done = 0;
     while done < count {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let posted_before = posted.load(Ordering::SeqCst);
         let unfinished = db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as usize;
         done = posted_before.saturating_sub(unfinished);
+        completed.store(done, Ordering::SeqCst);
         polls += 1;
         if done >= next {
             let row = db.query_one(size, &[]).await.unwrap();
