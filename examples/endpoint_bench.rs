@@ -104,7 +104,7 @@ async fn main() {
         .stdout(Stdio::null())
         .spawn()
         .expect("jobpipe starts");
-    let base = format!("http://127.0.0.1:{port}/v2/bench");
+    let base = format!("http://127.0.0.1:{port}/v2/default");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(options.clients)
         .build()

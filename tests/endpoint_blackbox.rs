@@ -45,7 +45,7 @@ impl Server {
             .start();
         let server = Server {
             daemon,
-            base: format!("http://127.0.0.1:{port}/v2/ep"),
+            base: format!("http://127.0.0.1:{port}/v2/default"),
             http: reqwest::Client::new(),
         };
         let started = Instant::now();
@@ -228,13 +228,20 @@ async fn the_official_python_client_works_unchanged() {
     };
     let dir = tempfile::tempdir().unwrap();
     let handler = vec!["python3".to_owned(), fixture("fake_handler.py")];
-    let server = Server::start(&dir.path().join("queue.db"), &handler, &[]).await;
-    let base = server.base.trim_end_matches("/ep").to_owned();
+    // A worker of the endpoint "sdxl", which the client names in its URLs.
+    let server = Server::start(
+        &dir.path().join("queue.db"),
+        &handler,
+        &["--endpoint", "sdxl"],
+    )
+    .await;
+    let base = server.base.trim_end_matches("/default").to_owned();
     let client = PathBuf::from(fixture("endpoint_client.py"));
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(client)
             .env("JOBPIPE_BASE", base)
+            .env("JOBPIPE_ENDPOINT_NAME", "sdxl")
             .env("JOBPIPE_KEY", KEY)
             .env_remove("RUNPOD_API_KEY")
             .output()

@@ -5,3 +5,4 @@ mod support;
 use support::endpoint::Store;
 
 all_route_tests!(Store::Postgres);
+all_platform_tests!(Store::Postgres);

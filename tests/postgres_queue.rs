@@ -31,8 +31,14 @@ fn policy(max_attempts: u32) -> JobPolicy {
     }
 }
 
+/// The endpoint every job of these tests is queued for and taken from.
+fn ep() -> Vec<String> {
+    vec!["default".to_owned()]
+}
+
 fn job(id: &str, max_attempts: u32) -> NewJob {
     NewJob {
+        endpoint: "default".into(),
         id: id.into(),
         payload: json!({"id": id, "input": {"n": id}}),
         webhook: None,
@@ -121,13 +127,13 @@ async fn a_job_runs_once_and_ends_with_one_status() {
     let status = queue.status("a").await.unwrap().unwrap();
     assert_eq!(status.status, JobStatus::InQueue);
 
-    let leases = queue.take("w1", 4, LONG).await.unwrap();
+    let leases = queue.take("w1", &ep(), 4, LONG).await.unwrap();
     assert_eq!(leases.len(), 1);
     let lease = &leases[0];
     assert_eq!((lease.job_id.as_str(), lease.attempt), ("a", 1));
     assert_eq!(lease.payload["input"]["n"], "a");
     assert!(
-        queue.take("w2", 4, LONG).await.unwrap().is_empty(),
+        queue.take("w2", &ep(), 4, LONG).await.unwrap().is_empty(),
         "taken once"
     );
 
@@ -168,7 +174,7 @@ async fn concurrent_takes_from_two_processes_never_share_a_job() {
         tokio::spawn(async move {
             let mut ids = Vec::new();
             loop {
-                let leases = queue.take(worker, 3, LONG).await.unwrap();
+                let leases = queue.take(worker, &ep(), 3, LONG).await.unwrap();
                 if leases.is_empty() {
                     return ids;
                 }
@@ -197,7 +203,7 @@ async fn an_expired_lease_requeues_counting_the_attempt_then_fails_the_job() {
     let queue = open(&db).await;
     queue.enqueue(job("x", 2)).await.unwrap();
     let first = queue
-        .take("w1", 1, Duration::from_millis(200))
+        .take("w1", &ep(), 1, Duration::from_millis(200))
         .await
         .unwrap();
     let first = &first[0];
@@ -218,10 +224,10 @@ async fn an_expired_lease_requeues_counting_the_attempt_then_fails_the_job() {
     );
 
     // The retry waits out its back-off (1 s after the first attempt).
-    assert!(queue.take("w2", 1, LONG).await.unwrap().is_empty());
+    assert!(queue.take("w2", &ep(), 1, LONG).await.unwrap().is_empty());
     db.psql("UPDATE jobpipe.jobs SET run_after = 0");
     let second = queue
-        .take("w2", 1, Duration::from_millis(200))
+        .take("w2", &ep(), 1, Duration::from_millis(200))
         .await
         .unwrap();
     assert_eq!(second[0].attempt, 2);
@@ -245,7 +251,7 @@ async fn renewal_keeps_a_lease_and_handler_errors_are_not_retried() {
     let queue = open(&db).await;
     queue.enqueue(job("r", 3)).await.unwrap();
     let lease = queue
-        .take("w1", 1, Duration::from_millis(300))
+        .take("w1", &ep(), 1, Duration::from_millis(300))
         .await
         .unwrap()
         .remove(0);
@@ -279,18 +285,18 @@ async fn a_crash_is_retried_after_a_back_off() {
     };
     let queue = open(&db).await;
     queue.enqueue(job("c", 3)).await.unwrap();
-    let lease = queue.take("w1", 1, LONG).await.unwrap().remove(0);
+    let lease = queue.take("w1", &ep(), 1, LONG).await.unwrap().remove(0);
     let crash = Ending::Retry("HandlerCrashed: exit 1".into());
     assert!(queue.finish("c", &lease.token, crash).await.unwrap());
     let record = queue.status("c").await.unwrap().unwrap();
     assert_eq!((record.status, record.attempts), (JobStatus::InQueue, 1));
     assert!(
-        queue.take("w1", 1, LONG).await.unwrap().is_empty(),
+        queue.take("w1", &ep(), 1, LONG).await.unwrap().is_empty(),
         "not before the back-off"
     );
     let again = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let leases = queue.take("w1", 1, LONG).await.unwrap();
+            let leases = queue.take("w1", &ep(), 1, LONG).await.unwrap();
             if let Some(lease) = leases.into_iter().next() {
                 return lease;
             }
@@ -312,7 +318,7 @@ async fn notifications_reach_another_process() {
 
     api.enqueue(job("n", 3)).await.unwrap();
     wait_for(&mut heard, |e| *e == QueueEvent::Queued).await;
-    let lease = worker.take("w1", 1, LONG).await.unwrap().remove(0);
+    let lease = worker.take("w1", &ep(), 1, LONG).await.unwrap().remove(0);
     assert_eq!(api.cancel("n").await.unwrap(), Some(JobStatus::Cancelled));
     wait_for(&mut heard, |e| *e == QueueEvent::Cancelled("n".into())).await;
     wait_for(&mut caller, |e| *e == QueueEvent::Finished("n".into())).await;
@@ -332,15 +338,15 @@ async fn health_counts_workers_across_processes() {
         return;
     };
     let (one, two) = (open(&db).await, open(&db).await);
-    one.heartbeat("w1", 4, 1).await.unwrap();
-    two.heartbeat("w2", 2, 2).await.unwrap();
+    one.heartbeat("w1", &ep(), 4, 1).await.unwrap();
+    two.heartbeat("w2", &ep(), 2, 2).await.unwrap();
     one.enqueue(job("h", 3)).await.unwrap();
-    let health = two.health().await.unwrap();
+    let health = two.health("default").await.unwrap();
     assert_eq!((health.idle, health.running), (3, 3));
     assert_eq!(health.count(JobStatus::InQueue), 1);
     db.psql("UPDATE jobpipe.workers SET seen_at = 0 WHERE id = 'w2'");
     one.sweep().await.unwrap();
-    let health = one.health().await.unwrap();
+    let health = one.health("default").await.unwrap();
     assert_eq!(
         (health.idle, health.running),
         (3, 1),
@@ -413,7 +419,7 @@ async fn a_take_never_claims_more_than_asked() {
                 .await
                 .unwrap();
         }
-        let leases = queue.take("w1", 1, LONG).await.unwrap();
+        let leases = queue.take("w1", &ep(), 1, LONG).await.unwrap();
         assert_eq!(leases.len(), 1, "round {round}");
         assert_eq!(
             db.psql("SELECT count(*) FROM jobpipe.jobs WHERE status = 'IN_PROGRESS'"),
@@ -440,7 +446,7 @@ async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
         }
         queue.enqueue(job).await.unwrap();
     }
-    let leases = queue.take("w1", 64, LONG).await.unwrap();
+    let leases = queue.take("w1", &ep(), 64, LONG).await.unwrap();
     assert_eq!(leases.len(), 64);
     let stale = &leases[17].job_id;
     let finishes = leases.iter().map(|lease| {

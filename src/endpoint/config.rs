@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::api::Limits;
+use super::queue::endpoint_name_error;
 use super::queue::postgres::DEFAULT_POOL_SIZE;
 use super::queue::stores::{self, QueueLocation, DEFAULT_QUEUE};
 use super::source::QueueSourceConfig;
@@ -85,6 +86,18 @@ pub struct EndpointArgs {
         hide_env_values = true
     )]
     pub queue_listen_url: Option<String>,
+
+    /// An endpoint whose jobs this worker takes (repeat the flag, or list
+    /// names separated by commas). Jobs are submitted to an endpoint at
+    /// /v2/NAME/run; the routes at the root are the endpoint "default".
+    #[arg(
+        long = "endpoint",
+        env = "JOBPIPE_ENDPOINT",
+        value_name = "NAME",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub endpoints: Vec<String>,
 
     /// Serve the endpoint API and run no handlers: workers sharing the same
     /// postgres:// --queue run the jobs. Implies --serve-api; no handler
@@ -224,6 +237,15 @@ impl EndpointArgs {
                 "--lease must be at least 1s: it is renewed every third of its length".into(),
             ));
         }
+        let mut endpoints: Vec<String> = Vec::new();
+        for name in &self.endpoints {
+            if let Some(why) = endpoint_name_error(name) {
+                return Err(ConfigError::Invalid(format!("--endpoint: {why}")));
+            }
+            if !endpoints.contains(name) {
+                endpoints.push(name.clone());
+            }
+        }
         let schema = self.schema()?;
         let mut defaults = JobDefaults {
             max_attempts: self.max_attempts.get(),
@@ -266,6 +288,7 @@ impl EndpointArgs {
             spool_dir,
             max_undelivered,
             take_jobs: !self.api_only,
+            endpoints: endpoints.into(),
             webhook_secret: crate::secret::resolve_either(
                 "--webhook-secret (JOBPIPE_WEBHOOK_SECRET)",
                 "--webhook-secret-file (JOBPIPE_WEBHOOK_SECRET_FILE)",

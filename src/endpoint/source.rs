@@ -63,6 +63,8 @@ pub struct QueueSourceConfig {
     pub max_undelivered: usize,
     /// False with `--api-only`: serve the API, run no jobs here.
     pub take_jobs: bool,
+    /// The endpoints whose jobs this worker takes (`--endpoint`).
+    pub endpoints: Arc<[String]>,
     /// Signs webhook posts (`--webhook-secret`); never printed.
     pub webhook_secret: Option<Arc<str>>,
 }
@@ -127,6 +129,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         tasks.spawn(upkeep(
             queue.clone(),
             None,
+            config.endpoints.clone(),
             ctx.pool.metrics.clone(),
             background.clone(),
         ));
@@ -158,6 +161,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
     tasks.spawn(upkeep(
         queue.clone(),
         Some(ctx.clone()),
+        config.endpoints.clone(),
         metrics,
         background.clone(),
     ));
@@ -216,7 +220,10 @@ async fn take_loop(
         let Some(mut slots) = runner.slots().await else {
             return;
         };
-        let leases = match queue.take_raw(&worker, slots.len(), config.lease).await {
+        let leases = match queue
+            .take_raw(&worker, &config.endpoints, slots.len(), config.lease)
+            .await
+        {
             Ok(leases) => {
                 failures.reset();
                 leases
@@ -233,7 +240,7 @@ async fn take_loop(
         };
         if leases.is_empty() {
             drop(slots);
-            report_slots(queue, &worker, &ctx.pool, &mut reported).await;
+            report_slots(queue, &worker, &config.endpoints, &ctx.pool, &mut reported).await;
             tokio::select! {
                 _ = wait_for_queued(&mut events) => {}
                 _ = tokio::time::sleep(FALLBACK_POLL) => {}
@@ -249,7 +256,7 @@ async fn take_loop(
             // The job object goes to the handler as it was queued.
             runner.start_leased(lease.payload.into_bytes(), lease.stall_timeout, slot);
         }
-        report_slots(queue, &worker, &ctx.pool, &mut reported).await;
+        report_slots(queue, &worker, &config.endpoints, &ctx.pool, &mut reported).await;
     }
 }
 
@@ -277,7 +284,13 @@ const REPORT_SPACING: Duration = Duration::from_millis(250);
 /// `/health` counts busy slots from heartbeats: a change is reported soon
 /// (at once when the worker became idle or the last report is older than
 /// [`REPORT_SPACING`]) rather than at the next beat of the upkeep task.
-async fn report_slots(queue: &Arc<dyn Queue>, worker: &str, pool: &Pool, reported: &mut Reported) {
+async fn report_slots(
+    queue: &Arc<dyn Queue>,
+    worker: &str,
+    endpoints: &[String],
+    pool: &Pool,
+    reported: &mut Reported,
+) {
     let now = (pool.capacity(), pool.in_flight());
     if reported.slots == Some(now) {
         return;
@@ -286,7 +299,7 @@ async fn report_slots(queue: &Arc<dyn Queue>, worker: &str, pool: &Pool, reporte
     if recent && now.1 != 0 {
         return;
     }
-    match queue.heartbeat(worker, now.0, now.1).await {
+    match queue.heartbeat(worker, endpoints, now.0, now.1).await {
         Ok(()) => {
             reported.slots = Some(now);
             reported.at = Some(Instant::now());
@@ -370,6 +383,7 @@ async fn stop_cancelled(queue: Arc<dyn Queue>, pool: Arc<Pool>, stop: Cancellati
 async fn upkeep(
     queue: Arc<dyn Queue>,
     ctx: Option<SourceContext>,
+    endpoints: Arc<[String]>,
     metrics: Arc<crate::metrics::Metrics>,
     stop: CancellationToken,
 ) {
@@ -383,7 +397,12 @@ async fn upkeep(
         if let Some(ctx) = &ctx {
             let pool = &ctx.pool;
             let beat = queue
-                .heartbeat(&ctx.identity.worker_id, pool.capacity(), pool.in_flight())
+                .heartbeat(
+                    &ctx.identity.worker_id,
+                    &endpoints,
+                    pool.capacity(),
+                    pool.in_flight(),
+                )
                 .await;
             if let Err(e) = beat {
                 log_failure("the worker heartbeat", &e);

@@ -322,15 +322,16 @@ mod tests {
         async fn retry(&self, _: &str) -> Result<RetryOutcome, QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn purge(&self) -> Result<u64, QueueError> {
+        async fn purge(&self, _: &str) -> Result<u64, QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn health(&self) -> Result<Health, QueueError> {
+        async fn health(&self, _: &str) -> Result<Health, QueueError> {
             unreachable!("not used by webhook delivery")
         }
         async fn take_raw(
             &self,
             _: &str,
+            _: &[String],
             _: usize,
             _: Duration,
         ) -> Result<Vec<Lease<Json>>, QueueError> {
@@ -352,7 +353,13 @@ mod tests {
         async fn finish_raw(&self, _: &str, _: &str, _: Ending<Json>) -> Result<bool, QueueError> {
             unreachable!("not used by webhook delivery")
         }
-        async fn heartbeat(&self, _: &str, _: usize, _: usize) -> Result<(), QueueError> {
+        async fn heartbeat(
+            &self,
+            _: &str,
+            _: &[String],
+            _: usize,
+            _: usize,
+        ) -> Result<(), QueueError> {
             unreachable!("not used by webhook delivery")
         }
         async fn sweep(&self) -> Result<Swept, QueueError> {

@@ -134,7 +134,7 @@ impl Endpoint {
         let (requests, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(jobpipe::supervisor::run(config, rx));
         let endpoint = Endpoint {
-            base: format!("http://127.0.0.1:{port}/v2/test-endpoint"),
+            base: format!("http://127.0.0.1:{port}/v2/default"),
             root: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
             queue,

@@ -2,8 +2,10 @@
 //! `/cancel`, `/retry`, `/purge-queue`, `/health`) over a [`Queue`], so the
 //! official clients work against jobpipe unchanged.
 //!
-//! Routes are mounted under `/v2/{endpoint_id}/` (any id: the clients put
-//! one in every URL) and at the root. [`router`] builds them from an
+//! Routes are mounted under `/v2/{endpoint}/` and at the root, which is
+//! the endpoint `default`. Each endpoint is its own queue: its jobs are
+//! taken only by workers that serve it, and a job is found only under its
+//! own endpoint. [`router`] builds them from an
 //! [`ApiState`], so tests call it in-process and [`serve`] runs it on a
 //! listener with graceful shutdown. When the worker's metrics are given,
 //! `/health` also carries the worker's own figures (those of
@@ -24,6 +26,7 @@ pub use conn::{serve, Limits, SlowBody};
 
 mod auth;
 mod conn;
+mod endpoint_name;
 mod error;
 mod request;
 mod routes;
@@ -96,7 +99,7 @@ pub fn router(state: ApiState) -> Router {
             .route("/health", get(routes::health))
     };
     let mut router = Router::new()
-        .nest("/v2/:endpoint_id", routes())
+        .nest(&format!("/v2/:{}", endpoint_name::PARAM), routes())
         .merge(routes());
     if let Some(metrics) = &state.metrics {
         router = router.merge(

@@ -41,6 +41,7 @@ const DELAY_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Checks a submission body and builds the job it asks for.
 pub(crate) fn parse_job(
+    endpoint: String,
     body: &Bytes,
     headers: &HeaderMap,
     defaults: &JobDefaults,
@@ -103,6 +104,7 @@ pub(crate) fn parse_job(
     let payload = with_id(body, &fields, &id);
     Ok(NewJob {
         id,
+        endpoint,
         payload,
         webhook,
         policy,
@@ -386,6 +388,7 @@ mod tests {
     fn job(body: &str) -> Result<NewJob<Json>, ApiError> {
         let body = Bytes::from(body.to_owned());
         parse_job(
+            "default".into(),
             &body,
             &HeaderMap::new(),
             &JobDefaults::default(),

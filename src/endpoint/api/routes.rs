@@ -12,10 +12,11 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::endpoint_name::EndpointName;
 use super::error::ApiError;
 use super::request::parse_job;
 use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
-use crate::endpoint::queue::{JobStatus, NewJob, QueueError, QueueEvent, RetryOutcome};
+use crate::endpoint::queue::{JobRecord, JobStatus, NewJob, QueueError, QueueEvent, RetryOutcome};
 use crate::json::{self, Json as JsonText};
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -40,12 +41,18 @@ impl IntoResponse for TextBody {
 const RECHECK: Duration = Duration::from_secs(1);
 type Params = Path<HashMap<String, String>>;
 
-pub(crate) async fn run(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Answer {
+pub(crate) async fn run(
+    State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
     if state.closing.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
     let body = read_body(&headers, body, RUN_BODY_LIMIT).await?;
     let job = parse_job(
+        endpoint,
         &body,
         &headers,
         &state.defaults,
@@ -88,6 +95,7 @@ async fn submit(state: &ApiState, job: NewJob<JsonText>) -> Result<(String, bool
 
 pub(crate) async fn runsync(
     State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
@@ -109,6 +117,7 @@ pub(crate) async fn runsync(
     };
     let body = read_body(&headers, body, RUNSYNC_BODY_LIMIT).await?;
     let job = parse_job(
+        endpoint,
         &body,
         &headers,
         &state.defaults,
@@ -153,16 +162,22 @@ pub(crate) async fn runsync(
     }
 }
 
-pub(crate) async fn status(State(state): State<ApiState>, Path(params): Params) -> TextAnswer {
+pub(crate) async fn status(
+    State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
+    Path(params): Params,
+) -> TextAnswer {
     let id = job_id(&params);
-    match state.queue.status_raw(id).await? {
-        Some(record) => Ok(TextBody(record.to_json())),
-        None => Err(unknown_job(id)),
-    }
+    Ok(TextBody(job_of(&state, &endpoint, id).await?.to_json()))
 }
 
-pub(crate) async fn stream(State(state): State<ApiState>, Path(params): Params) -> TextAnswer {
+pub(crate) async fn stream(
+    State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
+    Path(params): Params,
+) -> TextAnswer {
     let id = job_id(&params);
+    job_of(&state, &endpoint, id).await?;
     let Some((status, partials)) = state.queue.read_stream_raw(id).await? else {
         return Err(unknown_job(id));
     };
@@ -180,19 +195,29 @@ pub(crate) async fn stream(State(state): State<ApiState>, Path(params): Params) 
     ])))
 }
 
-pub(crate) async fn cancel(State(state): State<ApiState>, Path(params): Params) -> Answer {
+pub(crate) async fn cancel(
+    State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
+    Path(params): Params,
+) -> Answer {
     let id = job_id(&params);
+    job_of(&state, &endpoint, id).await?;
     match state.queue.cancel(id).await? {
         Some(status) => Ok(Json(json!({"id": id, "status": status.as_str()}))),
         None => Err(unknown_job(id)),
     }
 }
 
-pub(crate) async fn retry(State(state): State<ApiState>, Path(params): Params) -> Answer {
+pub(crate) async fn retry(
+    State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
+    Path(params): Params,
+) -> Answer {
     if state.closing.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
     let id = job_id(&params);
+    job_of(&state, &endpoint, id).await?;
     match state.queue.retry(id).await? {
         RetryOutcome::Requeued => Ok(Json(json!({"id": id, "status": "IN_QUEUE"}))),
         RetryOutcome::NotFound => Err(unknown_job(id)),
@@ -203,13 +228,19 @@ pub(crate) async fn retry(State(state): State<ApiState>, Path(params): Params) -
     }
 }
 
-pub(crate) async fn purge(State(state): State<ApiState>) -> Answer {
-    let removed = state.queue.purge().await?;
+pub(crate) async fn purge(
+    State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
+) -> Answer {
+    let removed = state.queue.purge(&endpoint).await?;
     Ok(Json(json!({"removed": removed, "status": "completed"})))
 }
 
-pub(crate) async fn health(State(state): State<ApiState>) -> Answer {
-    let health = state.queue.health().await?;
+pub(crate) async fn health(
+    State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
+) -> Answer {
+    let health = state.queue.health(&endpoint).await?;
     let mut body = match &state.metrics {
         Some(metrics) => serde_json::to_value(metrics.snapshot()).unwrap_or_else(|_| json!({})),
         None => json!({}),
@@ -227,17 +258,27 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Answer {
         "workers": {
             "idle": health.idle,
             "running": health.running,
+            "processes": health.workers,
         },
+        "endpoint": endpoint,
     });
     if let (Value::Object(body), Value::Object(runpod)) = (&mut body, runpod) {
         body.extend(runpod);
+        if health.workers == 0 {
+            body.insert(
+                "warning".into(),
+                json!(format!(
+                    "no worker serves endpoint {endpoint:?}: its jobs wait until a worker started with --endpoint {endpoint} runs"
+                )),
+            );
+        }
     }
     Ok(Json(body))
 }
 
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!(
-        "no such route: {}; the API has /run, /runsync, /status/ID, /stream/ID, /cancel/ID, /retry/ID, /purge-queue and /health, under /v2/ENDPOINT_ID/ or at the root",
+        "no such route: {}; the API has /run, /runsync, /status/ID, /stream/ID, /cancel/ID, /retry/ID, /purge-queue and /health, under /v2/ENDPOINT/ or at the root (the endpoint \"default\")",
         uri.path()
     ))
 }
@@ -248,6 +289,19 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 fn job_id(params: &HashMap<String, String>) -> &str {
     params.get("job_id").map_or("", String::as_str)
+}
+
+/// The job `id`, if it belongs to `endpoint`: a job is not found under
+/// another endpoint's routes.
+async fn job_of(
+    state: &ApiState,
+    endpoint: &str,
+    id: &str,
+) -> Result<JobRecord<JsonText>, ApiError> {
+    match state.queue.status_raw(id).await? {
+        Some(record) if record.endpoint == endpoint => Ok(record),
+        _ => Err(unknown_job(id)),
+    }
 }
 
 fn unknown_job(id: &str) -> ApiError {

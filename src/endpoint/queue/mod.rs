@@ -103,6 +103,9 @@ impl JobStatus {
 #[derive(Debug, Clone)]
 pub struct NewJob<P = Value> {
     pub id: String,
+    /// The endpoint the job was submitted to (`/v2/{endpoint}/run`); only
+    /// workers serving it take the job.
+    pub endpoint: String,
     /// The job object the handler receives: `id`, `input`, and the caller's
     /// other keys (`webhook`, `policy`, ...).
     pub payload: P,
@@ -126,6 +129,7 @@ impl NewJob {
     pub fn into_raw(self) -> NewJob<Json> {
         NewJob {
             id: self.id,
+            endpoint: self.endpoint,
             payload: Json::from_value(&self.payload),
             webhook: self.webhook,
             policy: self.policy,
@@ -154,6 +158,26 @@ pub struct JobPolicy {
     pub delay: Duration,
 }
 
+/// The endpoint of the root routes (`/run`, ...) and of a worker started
+/// without `--endpoint`.
+pub const DEFAULT_ENDPOINT: &str = "default";
+
+/// Why `name` cannot be an endpoint's name, if it cannot: 1 to 64 ASCII
+/// letters, digits, `-`, `_` and `.`, starting with a letter or digit, so
+/// it is the same in a path, a flag, a list and a Prometheus label.
+pub fn endpoint_name_error(name: &str) -> Option<String> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (!ok).then(|| {
+        format!(
+            "{name:?} is not an endpoint name: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )
+    })
+}
+
 /// The priority of a job submitted with `policy.lowPriority: true`: below
 /// every priority a job can be given.
 pub const LOW_PRIORITY: i32 = -1001;
@@ -165,6 +189,7 @@ pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord<O = Value> {
     pub id: String,
+    pub endpoint: String,
     pub status: JobStatus,
     /// The result, or the latest progress update while running.
     pub output: Option<O>,
@@ -212,6 +237,7 @@ impl JobRecord<Json> {
     pub fn parsed(self) -> JobRecord {
         JobRecord {
             id: self.id,
+            endpoint: self.endpoint,
             status: self.status,
             output: self.output.map(|output| output.to_value()),
             error: self.error,
@@ -308,6 +334,8 @@ pub struct Health {
     pub idle: u64,
     /// Busy handler slots of live workers.
     pub running: u64,
+    /// Live worker processes.
+    pub workers: u64,
 }
 
 impl Health {
@@ -422,16 +450,18 @@ pub trait Queue: Send + Sync + 'static {
     /// Cancels a job that has not ended; returns its status afterwards.
     async fn cancel(&self, id: &str) -> Result<Option<JobStatus>, QueueError>;
     async fn retry(&self, id: &str) -> Result<RetryOutcome, QueueError>;
-    /// Deletes every queued job; returns how many.
-    async fn purge(&self) -> Result<u64, QueueError>;
-    async fn health(&self) -> Result<Health, QueueError>;
+    /// Deletes every queued job of `endpoint`; returns how many.
+    async fn purge(&self, endpoint: &str) -> Result<u64, QueueError>;
+    /// `endpoint`'s jobs and the live workers that serve it.
+    async fn health(&self, endpoint: &str) -> Result<Health, QueueError>;
 
     // Worker side.
-    /// Takes up to `count` queued jobs for `worker`, each under a lease,
-    /// with the job objects as they were queued.
+    /// Takes up to `count` queued jobs of `endpoints` for `worker`, each
+    /// under a lease, with the job objects as they were queued.
     async fn take_raw(
         &self,
         worker: &str,
+        endpoints: &[String],
         count: usize,
         lease: Duration,
     ) -> Result<Vec<Lease<Json>>, QueueError>;
@@ -460,9 +490,15 @@ pub trait Queue: Send + Sync + 'static {
         token: &str,
         ending: Ending<Json>,
     ) -> Result<bool, QueueError>;
-    /// Reports this worker's handler slots, so `/health` can count them.
-    async fn heartbeat(&self, worker: &str, capacity: usize, busy: usize)
-        -> Result<(), QueueError>;
+    /// Reports this worker's endpoints and handler slots, so `/health`
+    /// can count them.
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        endpoints: &[String],
+        capacity: usize,
+        busy: usize,
+    ) -> Result<(), QueueError>;
 
     // Maintenance.
     /// Requeues or ends jobs whose lease ran out, ends jobs whose ttl
@@ -495,10 +531,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn take(
         &self,
         worker: &str,
+        endpoints: &[String],
         count: usize,
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
-        let leases = self.take_raw(worker, count, lease).await?;
+        let leases = self.take_raw(worker, endpoints, count, lease).await?;
         Ok(leases.into_iter().map(Lease::parsed).collect())
     }
     async fn progress(&self, job_id: &str, token: &str, output: Value) -> Result<bool, QueueError> {
@@ -521,6 +558,14 @@ pub(crate) fn log_failure(what: &str, error: &QueueError) {
         QueueError::Unavailable(_) => tracing::debug!("{what} failed: {error}"),
         _ => tracing::warn!("{what} failed: {error}"),
     }
+}
+
+/// This machine's name, as a worker's row records it.
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_default()
 }
 
 /// Now, in ms since the epoch.
@@ -660,6 +705,7 @@ mod tests {
         let output = stored_json(r#"{"n": -0, "big": 1180591620717411303424}"#.into());
         let record = JobRecord {
             id: "j".into(),
+            endpoint: DEFAULT_ENDPOINT.into(),
             status: JobStatus::Completed,
             output: Some(output.clone()),
             error: None,

@@ -210,24 +210,25 @@ impl Queue for PgQueue {
             .await
     }
 
-    async fn purge(&self) -> Result<u64, QueueError> {
+    async fn purge(&self, endpoint: &str) -> Result<u64, QueueError> {
         self.db
             .call(|client| async move {
-                let sql = "DELETE FROM jobpipe.jobs WHERE status = 'IN_QUEUE'";
-                Ok(client.execute_typed(sql, &[]).await?)
+                let sql = "DELETE FROM jobpipe.jobs WHERE status = 'IN_QUEUE' AND endpoint = $1";
+                Ok(client.execute_typed(sql, &[p(&endpoint)]).await?)
             })
             .await
     }
 
-    async fn health(&self) -> Result<Health, QueueError> {
+    async fn health(&self, endpoint: &str) -> Result<Health, QueueError> {
         self.db
-            .call(|client| async move { ops::health(&client).await })
+            .call(|client| async move { ops::health(&client, endpoint).await })
             .await
     }
 
     async fn take_raw(
         &self,
         worker: &str,
+        endpoints: &[String],
         count: usize,
         lease: Duration,
     ) -> Result<Vec<Lease<Json>>, QueueError> {
@@ -235,7 +236,7 @@ impl Queue for PgQueue {
             return Ok(Vec::new());
         }
         self.db
-            .call(|client| async move { ops::take(&client, worker, count, lease).await })
+            .call(|client| async move { ops::take(&client, worker, endpoints, count, lease).await })
             .await
     }
 
@@ -304,18 +305,32 @@ impl Queue for PgQueue {
     async fn heartbeat(
         &self,
         worker: &str,
+        endpoints: &[String],
         capacity: usize,
         busy: usize,
     ) -> Result<(), QueueError> {
         let (capacity, busy) = (count_i32(capacity), count_i32(busy));
+        let host = super::hostname();
         self.db
             .call(|client| async move {
-                let sql = "INSERT INTO jobpipe.workers (id, capacity, busy, seen_at)
-                 VALUES ($1, $2, $3, jobpipe.now_ms())
+                let sql = "INSERT INTO jobpipe.workers
+                        (id, capacity, busy, seen_at, endpoints, hostname, version, started_at)
+                 VALUES ($1, $2, $3, jobpipe.now_ms(), $4, $5, $6, jobpipe.now_ms())
                  ON CONFLICT (id) DO UPDATE
-                 SET capacity = $2, busy = $3, seen_at = jobpipe.now_ms()";
+                 SET capacity = $2, busy = $3, seen_at = jobpipe.now_ms(), endpoints = $4";
+                let version = env!("CARGO_PKG_VERSION");
                 client
-                    .execute_typed(sql, &[p(&worker), p(&capacity), p(&busy)])
+                    .execute_typed(
+                        sql,
+                        &[
+                            p(&worker),
+                            p(&capacity),
+                            p(&busy),
+                            p(&endpoints),
+                            p(&host),
+                            p(&version),
+                        ],
+                    )
                     .await?;
                 Ok(())
             })

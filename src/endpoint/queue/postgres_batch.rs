@@ -26,16 +26,17 @@ pub(super) async fn enqueue_many(
 ) -> Result<Vec<Result<(), QueueError>>, Fault> {
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash)
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint)
             SELECT u.id, 'IN_QUEUE', u.payload, u.webhook, u.execution_timeout_ms, u.ttl_ms,
                    u.max_attempts, u.retention_ms, now.t, now.t + u.delay_ms, now.t + u.delay_ms,
-                   u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash
+                   u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash, u.endpoint
               FROM (SELECT jobpipe.now_ms() AS t) AS now,
                    unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int4[],
-                          $7::int8[], $8::int8[], $9::int8[], $10::int4[], $11::text[], $12::text[])
+                          $7::int8[], $8::int8[], $9::int8[], $10::int4[], $11::text[], $12::text[],
+                          $13::text[])
                    AS u (id, payload, webhook, execution_timeout_ms, ttl_ms, max_attempts,
                          retention_ms, stall_timeout_ms, delay_ms, priority, idempotency_key,
-                         request_hash)
+                         request_hash, endpoint)
             ON CONFLICT DO NOTHING
             RETURNING id";
     let column = |f: &dyn Fn(&NewJob<Json>) -> Option<i64>| -> Vec<Option<i64>> {
@@ -65,6 +66,7 @@ pub(super) async fn enqueue_many(
         .iter()
         .map(|job| job.idempotency.as_ref().map(|i| i.body_hash.as_str()))
         .collect();
+    let endpoints: Vec<&str> = jobs.iter().map(|job| job.endpoint.as_str()).collect();
     let inserted: HashSet<String> = tx
         .query_typed(
             sql,
@@ -81,6 +83,7 @@ pub(super) async fn enqueue_many(
                 p(&priority),
                 p(&keys),
                 p(&hashes),
+                p(&endpoints),
             ],
         )
         .await?

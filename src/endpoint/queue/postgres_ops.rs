@@ -100,8 +100,9 @@ pub(super) async fn enqueue(
 ) -> Result<Result<(), QueueError>, Fault> {
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash)
-            SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint)
+            SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12,
+                   $13
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT DO NOTHING
             RETURNING id";
@@ -128,6 +129,7 @@ pub(super) async fn enqueue(
                 p(&policy.priority),
                 p(&key),
                 p(&hash),
+                p(&job.endpoint),
             ],
         )
         .await?;
@@ -150,12 +152,13 @@ pub(super) async fn enqueue(
 
 pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord<Json>>, Fault> {
     let sql = "SELECT id, status, output, error, attempts, worker_id, created_at, started_at,
-            finished_at FROM jobpipe.jobs WHERE id = $1";
+            finished_at, endpoint FROM jobpipe.jobs WHERE id = $1";
     let Some(row) = client.query_typed_opt(sql, &[p(&id)]).await? else {
         return Ok(None);
     };
     Ok(Some(JobRecord {
         id: row.get(0),
+        endpoint: row.get(9),
         status: status_of(row.get(1))?,
         output: row.get::<_, Option<String>>(2).map(stored_json),
         error: row.get(3),
@@ -354,12 +357,12 @@ pub(super) async fn retry(
     Ok(RetryOutcome::Requeued)
 }
 
-pub(super) async fn health(client: &Object) -> Result<Health, Fault> {
+pub(super) async fn health(client: &Object, endpoint: &str) -> Result<Health, Fault> {
     let mut health = Health::default();
     for row in client
         .query_typed(
-            "SELECT status, COUNT(*) FROM jobpipe.jobs GROUP BY status",
-            &[],
+            "SELECT status, COUNT(*) FROM jobpipe.jobs WHERE endpoint = $1 GROUP BY status",
+            &[p(&endpoint)],
         )
         .await?
     {
@@ -369,32 +372,36 @@ pub(super) async fn health(client: &Object) -> Result<Health, Fault> {
     }
     let row = client
         .query_typed_one(
-            "SELECT (SELECT COUNT(*) FROM jobpipe.jobs WHERE attempts > 1),
-                    (SELECT SUM(GREATEST(capacity - busy, 0)) FROM jobpipe.workers
-                      WHERE seen_at > jobpipe.now_ms() - $1)::bigint,
-                    (SELECT SUM(busy) FROM jobpipe.workers
-                      WHERE seen_at > jobpipe.now_ms() - $1)::bigint",
-            &[p(&WORKER_GONE_MS)],
+            "SELECT (SELECT COUNT(*) FROM jobpipe.jobs WHERE endpoint = $2 AND attempts > 1),
+                    SUM(GREATEST(capacity - busy, 0))::bigint, SUM(busy)::bigint, COUNT(*)
+               FROM jobpipe.workers
+              WHERE seen_at > jobpipe.now_ms() - $1 AND $2 = ANY (endpoints)",
+            &[p(&WORKER_GONE_MS), p(&endpoint)],
         )
         .await?;
     health.retried = count(row.get(0));
     health.idle = count(row.get::<_, Option<i64>>(1).unwrap_or(0));
     health.running = count(row.get::<_, Option<i64>>(2).unwrap_or(0));
+    health.workers = count(row.get(3));
     Ok(health)
 }
 
 pub(super) async fn take(
     client: &Object,
     worker: &str,
+    endpoints: &[String],
     slots: usize,
     lease: Duration,
 ) -> Result<Vec<Lease<Json>>, Fault> {
-    // A function (schema migration 6) whose plan is pinned to the
-    // ordered index scan.
-    let sql = "SELECT * FROM jobpipe.take($1, $2, $3)";
+    // A function (schema migration 7) whose plan is pinned to ordered
+    // index scans.
+    let sql = "SELECT * FROM jobpipe.take($1, $2, $3, $4)";
     let limit = i64::try_from(slots).unwrap_or(i64::MAX);
     let rows = client
-        .query_typed(sql, &[p(&worker), p(&limit), p(&duration_ms(lease))])
+        .query_typed(
+            sql,
+            &[p(&worker), p(&endpoints), p(&limit), p(&duration_ms(lease))],
+        )
         .await?;
     Ok(rows.iter().map(lease_of).collect())
 }

@@ -138,6 +138,48 @@ const MIGRATIONS: &[&str] = &[
        RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
                  j.started_at - j.queued_at, j.stall_timeout_ms
      $$;",
+    // 7: endpoints. A job belongs to the endpoint it was submitted to and
+    // is taken by workers that serve it: the take index leads with the
+    // endpoint, and the take reads the head of each endpoint it serves
+    // with one ordered scan of it (stopping after the slots it fills),
+    // then keeps the best of those heads. The job list reads an
+    // endpoint's jobs newest first by (created_at, id), a key that stays
+    // stable while jobs are added. A worker's row names its endpoints,
+    // machine, version and start.
+    "ALTER TABLE jobpipe.jobs ADD COLUMN endpoint text NOT NULL DEFAULT 'default';
+    DROP INDEX jobpipe.jobs_take;
+    CREATE INDEX jobs_take ON jobpipe.jobs (endpoint, priority DESC, queued_at, seq)
+        WHERE status = 'IN_QUEUE';
+    CREATE INDEX jobs_list ON jobpipe.jobs (endpoint, created_at, id);
+    ALTER TABLE jobpipe.workers ADD COLUMN endpoints text[] NOT NULL DEFAULT '{default}',
+        ADD COLUMN hostname text NOT NULL DEFAULT '', ADD COLUMN version text NOT NULL DEFAULT '',
+        ADD COLUMN started_at bigint NOT NULL DEFAULT 0;
+    DROP FUNCTION jobpipe.take(text, bigint, bigint);
+    CREATE FUNCTION jobpipe.take(worker text, endpoints text[], slots bigint, lease_ms bigint)
+     RETURNS TABLE (job_id text, token text, job_payload text, attempt integer,
+                    execution_ms bigint, waited_ms bigint, stall_ms bigint)
+     LANGUAGE sql VOLATILE
+     SET enable_seqscan = off SET enable_bitmapscan = off
+     AS $$
+       WITH picked AS (
+         SELECT head.id FROM unnest(endpoints) AS e (name),
+         LATERAL (
+           SELECT q.id, q.priority, q.queued_at, q.seq FROM jobpipe.jobs AS q
+            WHERE q.endpoint = e.name AND q.status = 'IN_QUEUE'
+              AND q.run_after <= jobpipe.now_ms() AND q.queued_at + q.ttl_ms > jobpipe.now_ms()
+            ORDER BY q.priority DESC, q.queued_at, q.seq
+            LIMIT slots
+            FOR UPDATE SKIP LOCKED) AS head
+         ORDER BY head.priority DESC, head.queued_at, head.seq
+         LIMIT slots)
+       UPDATE jobpipe.jobs AS j
+          SET status = 'IN_PROGRESS', attempts = j.attempts + 1, worker_id = worker,
+              lease_token = gen_random_uuid()::text,
+              lease_expires_at = jobpipe.now_ms() + lease_ms, started_at = jobpipe.now_ms()
+         FROM picked WHERE j.id = picked.id
+       RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
+                 j.started_at - j.queued_at, j.stall_timeout_ms
+     $$;",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the

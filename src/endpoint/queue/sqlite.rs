@@ -211,6 +211,35 @@ fn requeue_or_fail(
 }
 
 /// Whether `token` holds the lease of running job `id`.
+/// The ids of the next `count` jobs of `endpoints` that may start at
+/// `now`: higher priority first, first in, first out within one. Each
+/// endpoint is one ordered scan of `jobs_take` that stops after `count`
+/// rows; a worker serving several endpoints merges their heads.
+fn next_jobs(
+    tx: &Transaction,
+    endpoints: &[String],
+    now: i64,
+    count: usize,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT priority, queued_at, rowid, id FROM jobs
+          WHERE endpoint = ?1 AND status = 'IN_QUEUE' AND run_after <= ?2 AND queued_at + ttl_ms > ?2
+          ORDER BY priority DESC, queued_at, rowid LIMIT ?3",
+    )?;
+    let mut heads: Vec<(i64, i64, i64, String)> = Vec::new();
+    for endpoint in endpoints {
+        let rows = stmt.query_map(params![endpoint, now, count as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
+        for row in rows {
+            heads.push(row?);
+        }
+    }
+    heads.sort_by_key(|(priority, queued_at, rowid, _)| (-priority, *queued_at, *rowid));
+    heads.truncate(count);
+    Ok(heads.into_iter().map(|(.., id)| id).collect())
+}
+
 fn holds(tx: &Transaction, id: &str, token: &str) -> rusqlite::Result<bool> {
     tx.query_row(
         "SELECT 1 FROM jobs WHERE id = ?1 AND lease_token = ?2 AND status = 'IN_PROGRESS'",
@@ -252,12 +281,14 @@ impl Queue for SqliteQueue {
         let id = id.to_owned();
         self.call(move |conn| {
             conn.query_row(
-                "SELECT id, status, output, error, attempts, worker_id, created_at, started_at, finished_at
+                "SELECT id, status, output, error, attempts, worker_id, created_at, started_at, finished_at,
+                    endpoint
                  FROM jobs WHERE id = ?1",
                 [&id],
                 |row| {
                     Ok(JobRecord {
                         id: row.get(0)?,
+                        endpoint: row.get(9)?,
                         status: status_of(&row.get::<_, String>(1)?)?,
                         output: row.get::<_, Option<String>>(2)?.map(stored_json),
                         error: row.get(3)?,
@@ -335,9 +366,13 @@ impl Queue for SqliteQueue {
         .await
     }
 
-    async fn purge(&self) -> Result<u64, QueueError> {
-        self.write(|tx, _| {
-            let removed = tx.execute("DELETE FROM jobs WHERE status = 'IN_QUEUE'", [])?;
+    async fn purge(&self, endpoint: &str) -> Result<u64, QueueError> {
+        let endpoint = endpoint.to_owned();
+        self.write(move |tx, _| {
+            let removed = tx.execute(
+                "DELETE FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = ?1",
+                [&endpoint],
+            )?;
             tx.execute(
                 "DELETE FROM stream WHERE job_id NOT IN (SELECT id FROM jobs)",
                 [],
@@ -347,12 +382,14 @@ impl Queue for SqliteQueue {
         .await
     }
 
-    async fn health(&self) -> Result<Health, QueueError> {
-        self.call(|conn| {
+    async fn health(&self, endpoint: &str) -> Result<Health, QueueError> {
+        let endpoint = endpoint.to_owned();
+        self.call(move |conn| {
             let mut health = Health::default();
-            let mut stmt =
-                conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
-            let rows = stmt.query_map([], |row| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT status, COUNT(*) FROM jobs WHERE endpoint = ?1 GROUP BY status",
+            )?;
+            let rows = stmt.query_map([&endpoint], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
             })?;
             for row in rows {
@@ -361,18 +398,21 @@ impl Queue for SqliteQueue {
                     .counts
                     .push((status_of(&status)?, count.max(0) as u64));
             }
-            let retried: i64 =
-                conn.query_row("SELECT COUNT(*) FROM jobs WHERE attempts > 1", [], |r| {
-                    r.get(0)
-                })?;
+            let retried: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE endpoint = ?1 AND attempts > 1",
+                [&endpoint],
+                |r| r.get(0),
+            )?;
             health.retried = retried.max(0) as u64;
-            let (idle, running): (Option<i64>, Option<i64>) = conn.query_row(
-                "SELECT SUM(MAX(capacity - busy, 0)), SUM(busy) FROM workers WHERE seen_at > ?1",
-                [now_ms() - WORKER_GONE_MS],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+            let (idle, running, workers): (Option<i64>, Option<i64>, i64) = conn.query_row(
+                "SELECT SUM(MAX(capacity - busy, 0)), SUM(busy), COUNT(*) FROM workers
+                  WHERE seen_at > ?1 AND ',' || endpoints || ',' LIKE '%,' || ?2 || ',%'",
+                params![now_ms() - WORKER_GONE_MS, endpoint],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )?;
             health.idle = idle.unwrap_or(0).max(0) as u64;
             health.running = running.unwrap_or(0).max(0) as u64;
+            health.workers = workers.max(0) as u64;
             Ok(health)
         })
         .await
@@ -381,20 +421,16 @@ impl Queue for SqliteQueue {
     async fn take_raw(
         &self,
         worker: &str,
+        endpoints: &[String],
         count: usize,
         lease: Duration,
     ) -> Result<Vec<Lease<Json>>, QueueError> {
         let worker = worker.to_owned();
+        let endpoints = endpoints.to_vec();
         let lease_ms = duration_ms(lease);
         self.write(move |tx, _| {
             let now = now_ms();
-            let ids: Vec<String> = tx
-                .prepare_cached(
-                    "SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND run_after <= ?1
-                        AND queued_at + ttl_ms > ?1 ORDER BY priority DESC, queued_at, rowid LIMIT ?2",
-                )?
-                .query_map(params![now, count as i64], |row| row.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let ids = next_jobs(tx, &endpoints, now, count)?;
             let mut leases = Vec::with_capacity(ids.len());
             for id in ids {
                 let token = uuid::Uuid::new_v4().simple().to_string();
@@ -536,15 +572,26 @@ impl Queue for SqliteQueue {
     async fn heartbeat(
         &self,
         worker: &str,
+        endpoints: &[String],
         capacity: usize,
         busy: usize,
     ) -> Result<(), QueueError> {
         let worker = worker.to_owned();
+        let endpoints = endpoints.join(",");
         self.call(move |conn| {
             conn.execute(
-                "INSERT INTO workers (id, capacity, busy, seen_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET capacity = ?2, busy = ?3, seen_at = ?4",
-                params![worker, capacity as i64, busy as i64, now_ms()],
+                "INSERT INTO workers (id, capacity, busy, seen_at, endpoints, hostname, version, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?4)
+                 ON CONFLICT (id) DO UPDATE SET capacity = ?2, busy = ?3, seen_at = ?4, endpoints = ?5",
+                params![
+                    worker,
+                    capacity as i64,
+                    busy as i64,
+                    now_ms(),
+                    endpoints,
+                    super::hostname(),
+                    env!("CARGO_PKG_VERSION")
+                ],
             )
         })
         .await

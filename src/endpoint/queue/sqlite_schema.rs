@@ -70,6 +70,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
     ALTER TABLE jobs ADD COLUMN request_hash TEXT;
     CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    // 4: endpoints. A job belongs to the endpoint it was submitted to and
+    // is taken by workers that serve it: the take index leads with the
+    // endpoint, so a take stays one ordered scan. The job list reads an
+    // endpoint's jobs newest first by (created_at, id), a key that stays
+    // stable while jobs are added. A worker's row names its endpoints
+    // (comma-separated), machine, version and start.
+    "ALTER TABLE jobs ADD COLUMN endpoint TEXT NOT NULL DEFAULT 'default';
+    DROP INDEX jobs_take;
+    CREATE INDEX jobs_take ON jobs (endpoint, priority DESC, queued_at) WHERE status = 'IN_QUEUE';
+    CREATE INDEX jobs_list ON jobs (endpoint, created_at, id);
+    ALTER TABLE workers ADD COLUMN endpoints TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE workers ADD COLUMN hostname TEXT NOT NULL DEFAULT '';
+    ALTER TABLE workers ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE workers ADD COLUMN started_at INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Why the schema could not be brought up to date; the caller reports it

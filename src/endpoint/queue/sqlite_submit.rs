@@ -101,9 +101,9 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash)
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint)
              VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8 + ?10, ?8 + ?10, ?9, ?11,
-                ?12, ?13)",
+                ?12, ?13, ?14)",
         )?;
         let now = now_ms();
         for job in jobs {
@@ -123,6 +123,7 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
                 p.priority,
                 job.idempotency.as_ref().map(|i| &i.key),
                 job.idempotency.as_ref().map(|i| &i.body_hash),
+                job.endpoint,
             ])?;
             if rows > 0 {
                 inserted.push(Ok(()));
@@ -168,6 +169,7 @@ mod tests {
     fn job(id: &str) -> NewJob {
         NewJob {
             id: id.into(),
+            endpoint: "default".into(),
             payload: serde_json::json!({"id": id, "input": {}}),
             webhook: None,
             policy: JobPolicy {
@@ -207,7 +209,7 @@ mod tests {
             }
         }
         assert_eq!((queued, duplicates), (360, 40));
-        let health = queue.health().await.unwrap();
+        let health = queue.health("default").await.unwrap();
         assert_eq!(health.count(JobStatus::InQueue), 360);
     }
 }
