@@ -322,6 +322,20 @@ mod tests {
         async fn retry(&self, _: &str) -> Result<RetryOutcome, QueueError> {
             unreachable!("not used by webhook delivery")
         }
+        async fn list_jobs(
+            &self,
+            _: &str,
+            _: &crate::endpoint::queue::JobFilter,
+            _: usize,
+        ) -> Result<Vec<crate::endpoint::queue::JobSummary>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn job_raw(
+            &self,
+            _: &str,
+        ) -> Result<Option<crate::endpoint::queue::JobDetail>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
         async fn purge(&self, _: &str) -> Result<u64, QueueError> {
             unreachable!("not used by webhook delivery")
         }

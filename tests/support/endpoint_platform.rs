@@ -15,6 +15,8 @@ macro_rules! all_platform_tests {
         $crate::platform_tests!(
             $store,
             endpoints_are_separate_queues_served_by_their_own_workers,
+            the_job_list_pages_through_ten_thousand_jobs_while_more_arrive,
+            a_jobs_record_has_its_input_output_and_times,
         );
     };
 }
@@ -185,4 +187,210 @@ pub async fn endpoints_are_separate_queues_served_by_their_own_workers(store: &S
         "alpha's jobs ran once: {health}"
     );
     other.stop().await;
+}
+
+/// Submits `count` jobs to the endpoint under `prefix`, `parallel` at a
+/// time; their ids.
+async fn submit_many(
+    endpoint: &Endpoint,
+    prefix: &str,
+    count: usize,
+    parallel: usize,
+) -> Vec<String> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..parallel {
+        let (http, url, next) = (
+            endpoint.http.clone(),
+            format!("{}{prefix}/run", endpoint.root),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                let answer: Value = http
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .json(&fake("echo", json!({})))
+                    .send()
+                    .await
+                    .expect("the endpoint answers")
+                    .json()
+                    .await
+                    .unwrap();
+                ids.push(answer["id"].as_str().expect("an id").to_owned());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    ids
+}
+
+/// Keyset paging: 10,000 jobs read 500 a page, newest first, while
+/// another client keeps submitting: every job that was there is seen
+/// exactly once, and the order never goes back.
+pub async fn the_job_list_pages_through_ten_thousand_jobs_while_more_arrive(store: &Store) {
+    // Nobody serves "listed": its jobs stay queued.
+    let endpoint = Endpoint::start(store, &[]).await;
+    let before = submit_many(&endpoint, "/v2/listed", 10_000, 16).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let adding = {
+        let (http, url, stop) = (
+            endpoint.http.clone(),
+            format!("{}/v2/listed/run", endpoint.root),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut added = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = http
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .json(&fake("echo", json!({})))
+                    .send()
+                    .await;
+                assert_eq!(sent.expect("the endpoint answers").status(), 200);
+                added += 1;
+            }
+            added
+        })
+    };
+    let mut seen: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/v2/listed/jobs?limit=500&cursor={cursor}"),
+            None => "/v2/listed/jobs?limit=500".to_owned(),
+        };
+        let (code, page) = get(&endpoint, &path).await;
+        assert_eq!(code, 200, "{page}");
+        pages += 1;
+        let jobs = page["jobs"].as_array().unwrap();
+        assert!(jobs.len() <= 500);
+        seen.extend(jobs.iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < 100, "the list does not end");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let added = adding.await.unwrap();
+    assert!(added > 0, "no job was added while paging");
+    let key = |job: &Value| {
+        (
+            job["createdAt"].as_i64().unwrap(),
+            job["id"].as_str().unwrap().to_owned(),
+        )
+    };
+    for pair in seen.windows(2) {
+        assert!(
+            key(&pair[0]) > key(&pair[1]),
+            "out of order: {} then {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let ids: std::collections::HashSet<&str> =
+        seen.iter().map(|job| job["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), seen.len(), "a job was listed twice");
+    for id in &before {
+        assert!(ids.contains(id.as_str()), "job {id} was never listed");
+    }
+    assert!(seen.iter().all(|job| job["status"] == "IN_QUEUE"));
+
+    // Filters, and what a wrong parameter gets.
+    let (_, page) = get(&endpoint, "/v2/listed/jobs?status=COMPLETED").await;
+    assert_eq!(page["jobs"], json!([]), "{page}");
+    assert_eq!(page["nextCursor"], Value::Null, "{page}");
+    let (_, page) = get(&endpoint, "/v2/listed/jobs?status=IN_QUEUE&limit=3").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3, "{page}");
+    let far = "2999-01-01T00:00:00Z";
+    let (_, page) = get(&endpoint, &format!("/v2/listed/jobs?since={far}")).await;
+    assert_eq!(page["jobs"], json!([]), "{page}");
+    let (_, page) = get(&endpoint, "/jobs").await;
+    assert_eq!(page["jobs"], json!([]), "another endpoint's jobs: {page}");
+    for (query, complaint) in [
+        ("limit=501", "limit must be"),
+        ("limit=0", "limit must be"),
+        ("status=DONE", "status must be"),
+        ("since=yesterday", "since must be"),
+        ("cursor=xyz", "cursor"),
+        ("offset=10", "unknown parameter"),
+    ] {
+        let (code, body) = get(&endpoint, &format!("/v2/listed/jobs?{query}")).await;
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(complaint),
+            "{query}: {body}"
+        );
+    }
+    endpoint.stop().await;
+}
+
+/// `/jobs/{id}`: the whole job, its input as it was sent, under its own
+/// endpoint only.
+pub async fn a_jobs_record_has_its_input_output_and_times(store: &Store) {
+    let endpoint = Endpoint::start(store, &["--endpoint", "whole"]).await;
+    let body =
+        r#"{"input": {"do": "echo", "big": 1180591620717411303424}, "policy": {"priority": 7}}"#;
+    let answer: Value = endpoint
+        .http
+        .post(format!("{}/v2/whole/run", endpoint.root))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().expect("an id").to_owned();
+    completed(&endpoint, "/v2/whole", &id).await;
+    let response = endpoint
+        .http
+        .get(format!("{}/v2/whole/jobs/{id}", endpoint.root))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("\"big\":1180591620717411303424"),
+        "input kept as sent: {text}"
+    );
+    let job: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(job["id"], id.as_str());
+    assert_eq!(job["endpoint"], "whole");
+    assert_eq!(job["status"], "COMPLETED");
+    assert_eq!(job["input"]["do"], "echo", "{job}");
+    assert_eq!(job["output"]["do"], "echo", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["priority"], 7);
+    assert_eq!(job["maxAttempts"], 3);
+    let (created, started, finished) = (
+        job["createdAt"].as_i64().unwrap(),
+        job["startedAt"].as_i64().unwrap(),
+        job["finishedAt"].as_i64().unwrap(),
+    );
+    assert!(created <= started && started <= finished, "{job}");
+    assert!(
+        job["workerId"].as_str().unwrap().starts_with("jobpipe-"),
+        "{job}"
+    );
+    let (_, page) = get(&endpoint, "/v2/whole/jobs").await;
+    assert_eq!(page["jobs"][0]["id"], id.as_str(), "{page}");
+    assert_eq!(page["jobs"][0]["status"], "COMPLETED", "{page}");
+    let (code, _) = get(&endpoint, &format!("/jobs/{id}")).await;
+    assert_eq!(code, 404, "found under another endpoint");
+    let (code, _) = get(&endpoint, "/v2/whole/jobs/no-such-job").await;
+    assert_eq!(code, 404);
+    endpoint.stop().await;
 }

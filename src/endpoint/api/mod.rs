@@ -1,6 +1,7 @@
 //! RunPod's endpoint API (`/run`, `/runsync`, `/status`, `/stream`,
 //! `/cancel`, `/retry`, `/purge-queue`, `/health`) over a [`Queue`], so the
-//! official clients work against jobpipe unchanged.
+//! official clients work against jobpipe unchanged, and jobpipe's own
+//! reads for operators (`/jobs`, `/jobs/{id}`).
 //!
 //! Routes are mounted under `/v2/{endpoint}/` and at the root, which is
 //! the endpoint `default`. Each endpoint is its own queue: its jobs are
@@ -28,6 +29,7 @@ mod auth;
 mod conn;
 mod endpoint_name;
 mod error;
+mod jobs;
 mod request;
 mod routes;
 
@@ -97,6 +99,8 @@ pub fn router(state: ApiState) -> Router {
             .route("/retry/:job_id", post(routes::retry))
             .route("/purge-queue", post(routes::purge))
             .route("/health", get(routes::health))
+            .route("/jobs", get(jobs::list))
+            .route("/jobs/:job_id", get(jobs::detail))
     };
     let mut router = Router::new()
         .nest(&format!("/v2/:{}", endpoint_name::PARAM), routes())

@@ -24,7 +24,7 @@ type Answer = Result<Json<Value>, ApiError>;
 type TextAnswer = Result<TextBody, ApiError>;
 
 /// A JSON body written as the text it is.
-pub(crate) struct TextBody(JsonText);
+pub(crate) struct TextBody(pub(crate) JsonText);
 
 impl IntoResponse for TextBody {
     fn into_response(self) -> Response {
@@ -278,7 +278,7 @@ pub(crate) async fn health(
 
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!(
-        "no such route: {}; the API has /run, /runsync, /status/ID, /stream/ID, /cancel/ID, /retry/ID, /purge-queue and /health, under /v2/ENDPOINT/ or at the root (the endpoint \"default\")",
+        "no such route: {}; the API has /run, /runsync, /status/ID, /stream/ID, /cancel/ID, /retry/ID, /purge-queue, /health, /jobs and /jobs/ID, under /v2/ENDPOINT/ or at the root (the endpoint \"default\")",
         uri.path()
     ))
 }
@@ -304,7 +304,7 @@ async fn job_of(
     }
 }
 
-fn unknown_job(id: &str) -> ApiError {
+pub(crate) fn unknown_job(id: &str) -> ApiError {
     ApiError::NotFound(format!(
         "no job {id:?}: it never existed, was purged, or its result passed its retention time"
     ))

@@ -41,6 +41,9 @@ use tokio::sync::broadcast;
 
 use crate::json::{self, Json};
 
+pub use listing::{Cursor, JobDetail, JobFilter, JobSummary, PAGE_MAX};
+
+mod listing;
 pub mod postgres;
 mod postgres_announce;
 mod postgres_batch;
@@ -48,10 +51,12 @@ mod postgres_call;
 mod postgres_conn;
 mod postgres_group;
 mod postgres_listen;
+mod postgres_listing;
 mod postgres_ops;
 mod postgres_schema;
 mod postgres_typed;
 pub mod sqlite;
+mod sqlite_listing;
 mod sqlite_schema;
 mod sqlite_submit;
 pub mod stores;
@@ -450,6 +455,16 @@ pub trait Queue: Send + Sync + 'static {
     /// Cancels a job that has not ended; returns its status afterwards.
     async fn cancel(&self, id: &str) -> Result<Option<JobStatus>, QueueError>;
     async fn retry(&self, id: &str) -> Result<RetryOutcome, QueueError>;
+    /// A page of `endpoint`'s jobs, newest first: at most `limit` of
+    /// those `filter` lets through.
+    async fn list_jobs(
+        &self,
+        endpoint: &str,
+        filter: &JobFilter,
+        limit: usize,
+    ) -> Result<Vec<JobSummary>, QueueError>;
+    /// Everything kept of the job `id`.
+    async fn job_raw(&self, id: &str) -> Result<Option<JobDetail>, QueueError>;
     /// Deletes every queued job of `endpoint`; returns how many.
     async fn purge(&self, endpoint: &str) -> Result<u64, QueueError>;
     /// `endpoint`'s jobs and the live workers that serve it.

@@ -32,11 +32,12 @@ use super::postgres_call::{Db, CALL_DEADLINE};
 pub use super::postgres_conn::{Listen, PgTarget, DEFAULT_POOL_SIZE};
 use super::postgres_conn::{Reachability, CONNECT_TIMEOUT};
 use super::postgres_group::{Write, Writer};
+use super::postgres_listing as listing;
 use super::postgres_ops as ops;
 use super::postgres_typed::p;
 use super::{
-    to_ms, Ending, Health, JobRecord, JobStatus, Lease, NewJob, Queue, QueueError, QueueEvent,
-    RetryOutcome, Swept, WebhookPost,
+    to_ms, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary, Lease, NewJob,
+    Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
 };
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
@@ -207,6 +208,23 @@ impl Queue for PgQueue {
                 let outcome = ops::retry(&mut client, id, &mut events).await?;
                 Ok((outcome, events))
             })
+            .await
+    }
+
+    async fn list_jobs(
+        &self,
+        endpoint: &str,
+        filter: &JobFilter,
+        limit: usize,
+    ) -> Result<Vec<JobSummary>, QueueError> {
+        self.db
+            .call(|client| async move { listing::list(&client, endpoint, filter, limit).await })
+            .await
+    }
+
+    async fn job_raw(&self, id: &str) -> Result<Option<JobDetail>, QueueError> {
+        self.db
+            .call(|client| async move { listing::detail(&client, id).await })
             .await
     }
 

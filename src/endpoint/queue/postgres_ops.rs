@@ -78,7 +78,7 @@ impl From<deadpool_postgres::PoolError> for Fault {
     }
 }
 
-fn status_of(text: &str) -> Result<JobStatus, Fault> {
+pub(super) fn status_of(text: &str) -> Result<JobStatus, Fault> {
     stored_status(text).map_err(|e| Fault::Sql(e.to_string()))
 }
 

@@ -19,11 +19,13 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::broadcast;
 
+use super::sqlite_listing;
 use super::sqlite_submit::Submissions;
 use super::{
     duration_ms, is_empty_output, now_ms, partials_output, retry_delay_ms, stored_json,
-    stored_partials, stored_status, to_ms, webhook_body, Ending, Health, JobRecord, JobStatus,
-    Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
+    stored_partials, stored_status, to_ms, webhook_body, Ending, Health, JobDetail, JobFilter,
+    JobRecord, JobStatus, JobSummary, Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome,
+    Swept, WebhookPost,
 };
 use crate::json::Json;
 
@@ -144,7 +146,7 @@ fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
     })
 }
 
-fn status_of(text: &str) -> rusqlite::Result<JobStatus> {
+pub(super) fn status_of(text: &str) -> rusqlite::Result<JobStatus> {
     stored_status(text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
     })
@@ -364,6 +366,23 @@ impl Queue for SqliteQueue {
             Ok(RetryOutcome::Requeued)
         })
         .await
+    }
+
+    async fn list_jobs(
+        &self,
+        endpoint: &str,
+        filter: &JobFilter,
+        limit: usize,
+    ) -> Result<Vec<JobSummary>, QueueError> {
+        let (endpoint, filter) = (endpoint.to_owned(), filter.clone());
+        self.call(move |conn| sqlite_listing::list(conn, &endpoint, &filter, limit))
+            .await
+    }
+
+    async fn job_raw(&self, id: &str) -> Result<Option<JobDetail>, QueueError> {
+        let id = id.to_owned();
+        self.call(move |conn| sqlite_listing::detail(conn, &id))
+            .await
     }
 
     async fn purge(&self, endpoint: &str) -> Result<u64, QueueError> {

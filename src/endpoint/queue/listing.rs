@@ -1,0 +1,114 @@
+//! What the job list and a job's whole record read from a store: the
+//! filter and page of `GET /v2/{endpoint}/jobs`, a row of it, and
+//! `GET /v2/{endpoint}/jobs/{id}`.
+//!
+//! The list is newest first and paged by a key, not an offset: a page
+//! ends with a cursor naming its last job by `(created_at, id)`, and the
+//! next page starts strictly after it, so jobs added meanwhile (which are
+//! newer) never shift a page and every job is seen once. Both stores read
+//! it from one index, `jobs_list (endpoint, created_at, id)`, backwards.
+
+use super::{JobRecord, JobStatus};
+use crate::json::Json;
+
+/// The most jobs one page holds.
+pub const PAGE_MAX: usize = 500;
+
+/// Which of an endpoint's jobs a page lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    /// Only jobs created at or after this time (ms since the epoch).
+    pub since: Option<i64>,
+    /// Only jobs before this one in the list: the cursor of the page
+    /// before.
+    pub after: Option<Cursor>,
+}
+
+/// A place in the list: the last job of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    /// The text a client sends back as `cursor`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at, self.id)
+    }
+
+    /// The cursor `text` names, if it is one.
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let (created_at, id) = text.split_once('.')?;
+        Some(Cursor {
+            created_at: created_at.parse().ok()?,
+            id: id.to_owned(),
+        })
+    }
+
+    /// Where a first page starts: before every job.
+    pub(crate) fn start() -> Cursor {
+        Cursor {
+            created_at: i64::MAX,
+            id: String::new(),
+        }
+    }
+}
+
+/// A job as the list shows it: no input or output, which may be large.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSummary {
+    pub id: String,
+    pub status: JobStatus,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempts: u32,
+    pub priority: i32,
+    pub worker_id: Option<String>,
+    pub error: Option<String>,
+}
+
+impl JobSummary {
+    /// Where the next page starts if this is the last job of a page.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            created_at: self.created_at,
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// Everything kept of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDetail {
+    /// What `/status` shows.
+    pub record: JobRecord<Json>,
+    /// The job object as the handler receives it (`id`, `input`, ...).
+    pub payload: Json,
+    pub webhook: Option<String>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    /// When the job was (last) queued, or may start if delayed.
+    pub queued_at: i64,
+    /// Webhook posts of the job not yet delivered.
+    pub webhooks_pending: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_read_back_and_refuse_other_text() {
+        let cursor = Cursor {
+            created_at: 1_700_000_000_123,
+            id: "6a38cdd7-063f-496b-af17-5aa779921ee0".into(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        for bad in ["", "x.y", "12", ".id"] {
+            assert_eq!(Cursor::decode(bad), None, "{bad:?}");
+        }
+    }
+}

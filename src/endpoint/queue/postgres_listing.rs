@@ -1,0 +1,92 @@
+//! The PostgreSQL queue's job list and whole-job reads (see
+//! [`super::listing`]).
+
+use deadpool_postgres::Object;
+use tokio_postgres::Row;
+
+use super::listing::{Cursor, JobDetail, JobFilter, JobSummary};
+use super::postgres_ops::{status_of, Fault};
+use super::postgres_typed::p;
+use super::{stored_json, JobRecord};
+
+/// A page of `endpoint`'s jobs, newest first.
+pub(super) async fn list(
+    client: &Object,
+    endpoint: &str,
+    filter: &JobFilter,
+    limit: usize,
+) -> Result<Vec<JobSummary>, Fault> {
+    let after = filter.after.clone().unwrap_or_else(Cursor::start);
+    let status = filter.status.map(|s| s.as_str().to_owned());
+    let since = filter.since.unwrap_or(i64::MIN);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query_typed(
+            "SELECT id, status, created_at, started_at, finished_at, attempts, priority, worker_id,
+                    error
+               FROM jobpipe.jobs
+              WHERE endpoint = $1 AND (created_at, id) < ($2, $3) AND created_at >= $4
+                AND ($5::text IS NULL OR status = $5)
+              ORDER BY created_at DESC, id DESC LIMIT $6",
+            &[
+                p(&endpoint),
+                p(&after.created_at),
+                p(&after.id),
+                p(&since),
+                p(&status),
+                p(&limit),
+            ],
+        )
+        .await?;
+    rows.iter().map(summary).collect()
+}
+
+fn summary(row: &Row) -> Result<JobSummary, Fault> {
+    Ok(JobSummary {
+        id: row.get(0),
+        status: status_of(row.get(1))?,
+        created_at: row.get(2),
+        started_at: row.get(3),
+        finished_at: row.get(4),
+        attempts: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
+        priority: row.get(6),
+        worker_id: row.get(7),
+        error: row.get(8),
+    })
+}
+
+/// Everything kept of job `id`.
+pub(super) async fn detail(client: &Object, id: &str) -> Result<Option<JobDetail>, Fault> {
+    let Some(row) = client
+        .query_typed_opt(
+            "SELECT id, endpoint, status, output, error, attempts, worker_id, created_at,
+                    started_at, finished_at, payload, webhook, priority, max_attempts, queued_at,
+                    (SELECT COUNT(*) FROM jobpipe.webhooks AS w WHERE w.job_id = j.id)
+               FROM jobpipe.jobs AS j WHERE id = $1",
+            &[p(&id)],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(JobDetail {
+        record: JobRecord {
+            id: row.get(0),
+            endpoint: row.get(1),
+            status: status_of(row.get(2))?,
+            output: row.get::<_, Option<String>>(3).map(stored_json),
+            error: row.get(4),
+            attempts: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
+            worker_id: row.get(6),
+            created_at: row.get(7),
+            started_at: row.get(8),
+            finished_at: row.get(9),
+        },
+        payload: stored_json(row.get(10)),
+        webhook: row.get(11),
+        priority: row.get(12),
+        max_attempts: u32::try_from(row.get::<_, i32>(13)).unwrap_or(0),
+        queued_at: row.get(14),
+        webhooks_pending: u64::try_from(row.get::<_, i64>(15)).unwrap_or(0),
+    }))
+}
