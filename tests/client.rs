@@ -21,6 +21,8 @@ const WAIT: Duration = Duration::from_secs(120);
 /// port, over a SQLite queue of its own.
 struct Endpoint {
     daemon: Daemon,
+    /// Where the API listens.
+    addr: std::net::SocketAddr,
     /// The base URL the client is given.
     url: String,
 }
@@ -44,8 +46,9 @@ impl Endpoint {
         let addr = line.split("http://").nth(1).unwrap();
         let addr = addr.split_whitespace().next().unwrap();
         Endpoint {
-            daemon,
             url: format!("http://{addr}/v2/client-test"),
+            addr: addr.parse().unwrap(),
+            daemon,
         }
     }
 
@@ -59,12 +62,7 @@ impl Endpoint {
 
     /// A client started in the background (for `submit --wait`).
     fn client_in_background(&self, args: &[&str]) -> Daemon {
-        daemon()
-            .name("client")
-            .env("JOBPIPE_ENDPOINT_URL", &self.url)
-            .env("JOBPIPE_API_KEY", KEY)
-            .args(args)
-            .start()
+        client_of(&self.url, args)
     }
 
     /// `jobpipe submit --input INPUT`; the id it printed.
@@ -106,6 +104,16 @@ impl Endpoint {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A client of the endpoint at `url`, started in the background.
+fn client_of(url: &str, args: &[&str]) -> Daemon {
+    daemon()
+        .name("client")
+        .env("JOBPIPE_ENDPOINT_URL", url)
+        .env("JOBPIPE_API_KEY", KEY)
+        .args(args)
+        .start()
 }
 
 /// The one JSON line a run printed.
@@ -295,6 +303,39 @@ fn ctrl_c_stops_the_wait_and_leaves_the_job_running() {
     assert_eq!(endpoint.status(&id)["status"], "IN_PROGRESS");
     std::fs::write(&gate, "").unwrap();
     endpoint.wait_for(&id, "COMPLETED");
+}
+
+/// The endpoint's connections cut while a job runs: the client says so,
+/// tries again with back-off, and follows the job to its end once they
+/// come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_rides_out_a_lost_connection() {
+    let endpoint = Endpoint::start();
+    let proxy = support::tcp_proxy::TcpProxy::start(endpoint.addr).await;
+    let url = format!("http://127.0.0.1:{}/v2/client-test", proxy.port);
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let input = json!({"do": "staged", "n": 1, "gate": gate}).to_string();
+    let mut client = client_of(&url, &["submit", "--wait", "--input", &input]);
+    // The partial is read first: /stream hands each partial out once, so
+    // one whose answer is cut on the way is not sent again.
+    wait_until(&mut client, "the job running and its partial", |c| {
+        c.stderr().contains(": IN_PROGRESS") && c.stdout().lines().count() == 1
+    });
+    proxy.cut();
+    wait_until(&mut client, "a note of the lost connection", |c| {
+        c.stderr().contains("trying again in")
+    });
+    proxy.restore();
+    std::fs::write(&gate, "").unwrap();
+    let status = client.wait(WAIT);
+    assert_eq!(status.code(), Some(0), "{}", client.logs());
+    assert_eq!(
+        json_lines(&client.stdout()),
+        [json!({"n": 0}), json!([{"n": 0}])],
+        "{}",
+        client.logs()
+    );
 }
 
 #[test]

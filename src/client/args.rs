@@ -13,7 +13,7 @@ const AFTER_HELP: &str = "Exit codes: 0 ok; 1 the job did not end COMPLETED, the
 or it cannot be reached; 2 invalid usage or input; 130 interrupted while waiting (the job keeps running).\n\n\
 The daemon's own options: jobpipe --help.";
 
-/// Talks to a running jobpipe endpoint (or RunPod's API) over HTTP.
+/// Talks to a running jobpipe endpoint's RunPod-style API over HTTP.
 #[derive(Parser)]
 #[command(
     name = "jobpipe",

@@ -6,7 +6,7 @@ use super::args::SubmitArgs;
 use super::error::ClientError;
 use super::http::{Api, Call};
 use super::input::{self, Policy, RunBody};
-use super::output::print_json;
+use super::output::{print_json, print_line};
 
 /// `jobpipe submit`: POST /run; the id on stdout, or with `--wait` the
 /// job followed to its end.
@@ -33,7 +33,7 @@ pub(crate) async fn submit(api: &Api, args: &SubmitArgs) -> Result<(), ClientErr
         });
     };
     if !args.wait {
-        println!("{id}");
+        print_line(id);
         return Ok(());
     }
     super::wait::follow(api, id).await

@@ -205,7 +205,7 @@ mod tests {
         assert!(parse_base("http://h:8000/v2/sdxl").is_ok());
         assert!(parse_base("https://h/v2/sdxl/").is_ok());
         for bad in ["h:8000", "ftp://h/x", "http://h/x?a=1", "nonsense"] {
-            let err = parse_base(bad).err().expect(bad).to_string();
+            let err = parse_base(bad).expect_err(bad).to_string();
             assert!(err.contains("--endpoint"), "{err}");
         }
     }

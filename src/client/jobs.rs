@@ -3,7 +3,7 @@
 //! terminal gets a table; a pipe gets each job's JSON object on a line of
 //! its own, as the server sent it, for `jq` and scripts.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::args::JobsArgs;
 use super::error::ClientError;
 use super::http::{Api, Call};
-use super::output::print_json;
+use super::output::{print_json, print_line};
 
 /// One page of `GET /jobs`.
 #[derive(Deserialize)]
@@ -115,8 +115,9 @@ fn print_job(job: &RawValue) {
 }
 
 fn print_row(id: &str, status: &str, created: &str, attempts: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{id:<36}  {status:<11}  {created:<20}  {attempts}");
+    print_line(&format!(
+        "{id:<36}  {status:<11}  {created:<20}  {attempts}"
+    ));
 }
 
 /// A value as a cell: strings without quotes, nothing as "-".

@@ -1,6 +1,6 @@
 //! The command-line client: `jobpipe submit`, `status`, `jobs`, `cancel`
-//! and `retry` talk to a running endpoint's HTTP API (jobpipe's own, or
-//! RunPod's), so a person or a script can use an endpoint without curl.
+//! and `retry` talk to a running endpoint's RunPod-style HTTP API, so a
+//! person or a script can use an endpoint without curl.
 //!
 //! It lives in the jobpipe binary but shares only leaves with the daemon
 //! (`backoff`, `secret`, `text`): `main` hands the

@@ -36,8 +36,14 @@ pub(crate) fn compact(text: &str) -> String {
 /// Prints `text` (valid JSON) as one line on stdout. A closed stdout (the
 /// reader of a pipe went away) is not worth a panic: the line is dropped.
 pub(crate) fn print_json(text: &str) {
+    print_line(&compact(text));
+}
+
+/// Prints one line on stdout, at once (a reader of a pipe sees each
+/// partial as it comes).
+pub(crate) fn print_line(line: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}", compact(text));
+    let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
 }
 

@@ -119,7 +119,7 @@ fn ended(id: &str, state: &str, status: &Answer, display: &Display) -> Result<()
     }
     let detail = match &status.value["error"] {
         Value::Null => None,
-        Value::String(text) => Some(text.clone()),
+        Value::String(text) => Some(report_message(text, id).unwrap_or_else(|| text.clone())),
         other => Some(other.to_string()),
     };
     Err(ClientError::JobNotCompleted {
@@ -127,6 +127,21 @@ fn ended(id: &str, state: &str, status: &Answer, display: &Display) -> Result<()
         status: state.to_owned(),
         detail,
     })
+}
+
+/// The message of an error report (the JSON text jobpipe and the RunPod
+/// SDK put in a failed job's `error`), pointing at the whole report: its
+/// traceback is not for a one-line message.
+fn report_message(error: &str, id: &str) -> Option<String> {
+    let report: Value = serde_json::from_str(error).ok()?;
+    let message = report["error_message"].as_str()?;
+    let kind = report["error_type"]
+        .as_str()
+        .map(|kind| format!(" ({kind})"))
+        .unwrap_or_default();
+    Some(format!(
+        "{message}{kind}; the whole report: jobpipe status {id}"
+    ))
 }
 
 /// GET `segments`, waiting out an endpoint that cannot answer for now.
@@ -150,5 +165,20 @@ async fn patient(api: &Api, display: &Display, segments: &[&str]) -> Result<Answ
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_report_is_shown_by_its_message() {
+        let report = r#"{"error_type": "<class 'ValueError'>", "error_message": "out of memory", "error_traceback": "..."}"#;
+        assert_eq!(
+            report_message(report, "j1").unwrap(),
+            "out of memory (<class 'ValueError'>); the whole report: jobpipe status j1"
+        );
+        assert_eq!(report_message("it went wrong", "j1"), None);
     }
 }
