@@ -52,7 +52,8 @@ docs/handler-protocol.md for the line protocol it speaks.",
 4 the RunPod key was rejected; 5 shutdown was forced and in-flight jobs were failed; \
 6 an internal or I/O error; 7 the handler crashed or exited --max-handler-failures times in a row; \
 8 a fitness check (--require-*, --fitness-check) failed before any job was taken.\n\n\
-On/off variables accept 1/0, true/false, yes/no and on/off."
+On/off variables accept 1/0, true/false, yes/no and on/off.\n\n\
+Client commands for a running endpoint: jobpipe submit, status, jobs, cancel, retry (see jobpipe submit --help)."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -10,6 +10,10 @@
 //! * [`config`] flattens every subsystem's flags into one `Cli` and chooses
 //!   the job source, giving one validated [`Config`]. Nothing below
 //!   `main` and [`supervisor`] imports it.
+//! * [`client`] is the command-line client (`jobpipe submit`, `status`,
+//!   `jobs`, `cancel`, `retry`) of an endpoint's HTTP API, with a parser of
+//!   its own; `main` runs it instead of the daemon for those words, and
+//!   nothing else imports it.
 //! * [`supervisor::run`] is the whole program behind `main`: it starts a
 //!   [`pool::Pool`] of handler actors and one job [`source`], and walks the
 //!   shutdown phases (drain, force, flush) on signals, deadlines and fatal
@@ -46,6 +50,7 @@
 //!   [`secret`].
 
 pub mod backoff;
+pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod endpoint;

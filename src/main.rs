@@ -1,5 +1,6 @@
 //! The jobpipe binary: parse the configuration, install logging, run the
-//! supervisor, and map the outcome to an exit code.
+//! supervisor, and map the outcome to an exit code; or, when the first
+//! word is a client command (`jobpipe submit ...`), run the client.
 
 use std::process::ExitCode;
 
@@ -11,6 +12,12 @@ use jobpipe::error::{exit, FatalError};
 fn main() -> ExitCode {
     // First of all, so no handler can read the key from /proc/<pid>/environ.
     jobpipe::os::make_non_dumpable();
+    // `jobpipe submit|status|jobs|cancel|retry`: the client, with a parser
+    // of its own, so the daemon's command line is untouched.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if jobpipe::client::is_client_command(&args) {
+        return ExitCode::from(jobpipe::client::main(&args));
+    }
     jobpipe::os::tune_allocator();
     let matches = config::matches().unwrap_or_else(|e| e.exit());
     let cli = match Cli::from_arg_matches(&matches) {

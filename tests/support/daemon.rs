@@ -76,6 +76,7 @@ pub struct Builder {
     remove: Vec<OsString>,
     clear_all: bool,
     cwd: Option<PathBuf>,
+    stdin: Option<PathBuf>,
     own_group: bool,
     stderr_unread: bool,
     dir: tempfile::TempDir,
@@ -92,6 +93,7 @@ pub fn daemon() -> Builder {
         remove: Vec::new(),
         clear_all: false,
         cwd: None,
+        stdin: None,
         own_group: false,
         stderr_unread: false,
         dir: tempfile::Builder::new()
@@ -184,6 +186,12 @@ impl Builder {
         self
     }
 
+    /// Reads stdin from this file (nothing otherwise: stdin is /dev/null).
+    pub fn stdin_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.stdin = Some(path.as_ref().to_owned());
+        self
+    }
+
     /// Starts the process in a process group of its own: signals can go to
     /// the whole group, and the drop kills the whole group.
     pub fn own_process_group(mut self) -> Self {
@@ -217,7 +225,10 @@ impl Builder {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(self.cwd.as_deref().unwrap_or(dir.path()))
-            .stdin(Stdio::null())
+            .stdin(match &self.stdin {
+                Some(path) => Stdio::from(File::open(path)?),
+                None => Stdio::null(),
+            })
             .stdout(File::create(&stdout)?)
             .stderr(Stdio::piped());
         if self.clear_all {

@@ -20,6 +20,7 @@ pub struct Jobpipe {
     args: Vec<OsString>,
     env: Vec<(String, String)>,
     cwd: Option<PathBuf>,
+    stdin: Option<PathBuf>,
     deadline: Duration,
 }
 
@@ -32,6 +33,7 @@ pub fn jobpipe() -> Jobpipe {
         args: Vec::new(),
         env: Vec::new(),
         cwd: None,
+        stdin: None,
         deadline: DEFAULT_DEADLINE,
     }
 }
@@ -75,6 +77,12 @@ impl Jobpipe {
         self
     }
 
+    /// Reads stdin from this file (stdin is /dev/null otherwise).
+    pub fn stdin_file(mut self, path: &Path) -> Self {
+        self.stdin = Some(path.to_owned());
+        self
+    }
+
     /// Longest the run may take; past it jobpipe is killed and the test fails.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
@@ -86,6 +94,9 @@ impl Jobpipe {
         let mut builder = daemon().args(&self.args);
         if let Some(cwd) = &self.cwd {
             builder = builder.cwd(cwd);
+        }
+        if let Some(stdin) = &self.stdin {
+            builder = builder.stdin_file(stdin);
         }
         let mut process = builder.envs(self.env.iter().cloned()).start();
         let status = process.wait_for_exit(self.deadline);
