@@ -99,6 +99,12 @@ pub struct EndpointArgs {
     )]
     pub endpoints: Vec<String>,
 
+    /// The longest a job should wait before it starts: /v2/NAME/scale
+    /// and /health answer how many workers would keep waits under it
+    /// (docs/autoscaling.md).
+    #[arg(long, env = "JOBPIPE_TARGET_WAIT", default_value = "30s", value_parser = parse_long_duration)]
+    pub target_wait: Duration,
+
     /// Serve the endpoint API and run no handlers: workers sharing the same
     /// postgres:// --queue run the jobs. Implies --serve-api; no handler
     /// command is needed.
@@ -289,6 +295,7 @@ impl EndpointArgs {
             max_undelivered,
             take_jobs: !self.api_only,
             endpoints: endpoints.into(),
+            target_wait: self.target_wait,
             webhook_secret: crate::secret::resolve_either(
                 "--webhook-secret (JOBPIPE_WEBHOOK_SECRET)",
                 "--webhook-secret-file (JOBPIPE_WEBHOOK_SECRET_FILE)",

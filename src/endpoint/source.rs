@@ -65,6 +65,8 @@ pub struct QueueSourceConfig {
     pub take_jobs: bool,
     /// The endpoints whose jobs this worker takes (`--endpoint`).
     pub endpoints: Arc<[String]>,
+    /// The longest a job should wait, for the autoscaling signals.
+    pub target_wait: Duration,
     /// Signs webhook posts (`--webhook-secret`); never printed.
     pub webhook_secret: Option<Arc<str>>,
 }
@@ -110,6 +112,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             defaults: config.defaults,
             closing: ctx.shutdown.take.clone(),
             metrics: Some(ctx.pool.metrics.clone()),
+            target_wait: config.target_wait,
         };
         let stop = api_stop.clone();
         let limits = config.api_limits;

@@ -17,6 +17,7 @@ macro_rules! all_platform_tests {
             endpoints_are_separate_queues_served_by_their_own_workers,
             the_job_list_pages_through_ten_thousand_jobs_while_more_arrive,
             a_jobs_record_has_its_input_output_and_times,
+            the_scale_signal_moves_with_the_queue,
         );
     };
 }
@@ -393,4 +394,54 @@ pub async fn a_jobs_record_has_its_input_output_and_times(store: &Store) {
     let (code, _) = get(&endpoint, "/v2/whole/jobs/no-such-job").await;
     assert_eq!(code, 404);
     endpoint.stop().await;
+}
+
+/// `/scale` asks for no worker while nothing happens, for one per job
+/// waiting beyond what the target wait allows, and for few once the
+/// backlog has run.
+pub async fn the_scale_signal_moves_with_the_queue(store: &Store) {
+    let endpoint = Endpoint::start(store, &["--target-wait", "1s"]).await;
+    let (code, scale) = get(&endpoint, "/v2/scaled/scale").await;
+    assert_eq!(code, 200, "{scale}");
+    assert_eq!(scale["desiredWorkers"], 0, "{scale}");
+    assert_eq!(scale["waiting"], 0, "{scale}");
+    assert_eq!(scale["targetWaitMs"], 1000, "{scale}");
+    let ids = submit_many(&endpoint, "/v2/scaled", 20, 4).await;
+    let started = Instant::now();
+    let scale = loop {
+        let (_, scale) = get(&endpoint, "/v2/scaled/scale").await;
+        if scale["oldestWaitMs"].as_i64().unwrap_or(0) >= 200 {
+            break scale;
+        }
+        assert!(started.elapsed() < WAIT, "{scale}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(scale["waiting"], 20, "{scale}");
+    assert_eq!(scale["workers"], 0, "nobody serves it: {scale}");
+    // 20 waiting, each taken to last the 1 s target: 20 slots and more.
+    let backlog = scale["desiredWorkers"].as_u64().unwrap();
+    assert!(backlog >= 20, "{scale}");
+    let (_, health) = get(&endpoint, "/v2/scaled/health").await;
+    assert_eq!(health["scaling"]["waiting"], 20, "{health}");
+
+    let mut endpoint = endpoint;
+    endpoint.request_stop();
+    endpoint.finished().await;
+    let worker = Endpoint::start_on(
+        store,
+        tempfile::tempdir().unwrap(),
+        endpoint.queue.clone(),
+        &["--endpoint", "scaled", "--target-wait", "1s"],
+    )
+    .await;
+    for id in &ids {
+        completed(&worker, "/v2/scaled", id).await;
+    }
+    let (_, scale) = get(&worker, "/v2/scaled/scale").await;
+    assert_eq!(scale["waiting"], 0, "{scale}");
+    assert_eq!(scale["workers"], 1, "{scale}");
+    assert!(scale["meanRunMs"].as_f64().is_some(), "{scale}");
+    let drained = scale["desiredWorkers"].as_u64().unwrap();
+    assert!(drained <= 1, "after the backlog ran: {scale}");
+    worker.stop().await;
 }

@@ -32,6 +32,7 @@ mod error;
 mod jobs;
 mod request;
 mod routes;
+mod scale;
 
 /// Largest `/run` body, as on RunPod.
 pub const RUN_BODY_LIMIT: usize = 10 * 1024 * 1024;
@@ -82,6 +83,8 @@ pub struct ApiState {
     /// Cancelled when jobpipe starts shutting down: submissions are then
     /// refused with 503 and `/runsync` callers get their answer at once.
     pub closing: CancellationToken,
+    /// The longest a job should wait, for the autoscaling signals.
+    pub target_wait: Duration,
     /// The worker's own figures: `/health` adds them to RunPod's fields,
     /// and `/ready` and `/metrics` are served at the root.
     pub metrics: Option<Arc<Metrics>>,
@@ -100,6 +103,7 @@ pub fn router(state: ApiState) -> Router {
             .route("/purge-queue", post(routes::purge))
             .route("/health", get(routes::health))
             .route("/jobs", get(jobs::list))
+            .route("/scale", get(scale::scale))
             .route("/jobs/:job_id", get(jobs::detail))
     };
     let mut router = Router::new()

@@ -341,7 +341,18 @@ pub struct Health {
     pub running: u64,
     /// Live worker processes.
     pub workers: u64,
+    /// How long the oldest job that may start now has waited (ms).
+    pub oldest_wait_ms: Option<i64>,
+    /// Jobs submitted in the last [`RATE_WINDOW_MS`].
+    pub arrived: u64,
+    /// Mean run time (ms) of the jobs submitted in the last
+    /// [`RATE_WINDOW_MS`] that have ended after running.
+    pub mean_run_ms: Option<f64>,
 }
+
+/// The window over which `/health` and `/scale` measure arrivals and run
+/// times: five minutes.
+pub const RATE_WINDOW_MS: i64 = 5 * 60 * 1000;
 
 impl Health {
     pub fn count(&self, status: JobStatus) -> u64 {

@@ -14,7 +14,7 @@ use super::postgres_typed::p;
 use super::{
     duration_ms, is_empty_output, partials_output, refusal, retry_delay_ms, stored_json,
     stored_partials, stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease,
-    NewJob, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
+    NewJob, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, RATE_WINDOW_MS,
 };
 use crate::json::Json;
 
@@ -383,6 +383,18 @@ pub(super) async fn health(client: &Object, endpoint: &str) -> Result<Health, Fa
     health.idle = count(row.get::<_, Option<i64>>(1).unwrap_or(0));
     health.running = count(row.get::<_, Option<i64>>(2).unwrap_or(0));
     health.workers = count(row.get(3));
+    let row = client
+        .query_typed_one(
+            "SELECT jobpipe.now_ms() - (SELECT MIN(queued_at) FROM jobpipe.jobs
+                      WHERE endpoint = $1 AND status = 'IN_QUEUE' AND run_after <= jobpipe.now_ms()),
+                    COUNT(*), AVG(finished_at - started_at)::float8
+               FROM jobpipe.jobs WHERE endpoint = $1 AND created_at > jobpipe.now_ms() - $2",
+            &[p(&endpoint), p(&RATE_WINDOW_MS)],
+        )
+        .await?;
+    health.oldest_wait_ms = row.get::<_, Option<i64>>(0).map(|ms| ms.max(0));
+    health.arrived = count(row.get(1));
+    health.mean_run_ms = row.get(2);
     Ok(health)
 }
 

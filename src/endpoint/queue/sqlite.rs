@@ -25,7 +25,7 @@ use super::{
     duration_ms, is_empty_output, now_ms, partials_output, retry_delay_ms, stored_json,
     stored_partials, stored_status, to_ms, webhook_body, Ending, Health, JobDetail, JobFilter,
     JobRecord, JobStatus, JobSummary, Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome,
-    Swept, WebhookPost,
+    Swept, WebhookPost, RATE_WINDOW_MS,
 };
 use crate::json::Json;
 
@@ -432,6 +432,18 @@ impl Queue for SqliteQueue {
             health.idle = idle.unwrap_or(0).max(0) as u64;
             health.running = running.unwrap_or(0).max(0) as u64;
             health.workers = workers.max(0) as u64;
+            let now = now_ms();
+            let (oldest, arrived, mean_run): (Option<i64>, i64, Option<f64>) = conn.query_row(
+                "SELECT (SELECT MIN(queued_at) FROM jobs
+                          WHERE endpoint = ?1 AND status = 'IN_QUEUE' AND run_after <= ?2),
+                        COUNT(*), AVG(finished_at - started_at)
+                   FROM jobs WHERE endpoint = ?1 AND created_at > ?3",
+                params![endpoint, now, now - RATE_WINDOW_MS],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
+            health.oldest_wait_ms = oldest.map(|at| (now - at).max(0));
+            health.arrived = arrived.max(0) as u64;
+            health.mean_run_ms = mean_run;
             Ok(health)
         })
         .await
