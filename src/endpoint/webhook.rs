@@ -336,6 +336,12 @@ mod tests {
         ) -> Result<Option<crate::endpoint::queue::JobDetail>, QueueError> {
             unreachable!("not used by webhook delivery")
         }
+        async fn workers(
+            &self,
+            _: &str,
+        ) -> Result<Vec<crate::endpoint::queue::WorkerRow>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
         async fn purge(&self, _: &str) -> Result<u64, QueueError> {
             unreachable!("not used by webhook delivery")
         }

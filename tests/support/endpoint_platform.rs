@@ -153,6 +153,20 @@ pub async fn endpoints_are_separate_queues_served_by_their_own_workers(store: &S
     assert_eq!(health["endpoint"], "default", "{health}");
     assert_eq!(health["jobs"]["inQueue"], 1, "{health}");
 
+    let (_, list) = get(&alpha, "/v2/alpha/workers").await;
+    let workers = list["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{list}");
+    assert_eq!(workers[0]["id"], alpha_worker.clone().unwrap(), "{list}");
+    assert_eq!(workers[0]["endpoints"], json!(["alpha"]), "{list}");
+    assert_eq!(workers[0]["state"], "idle", "{list}");
+    assert!(workers[0]["slots"].as_u64().unwrap() >= 1, "{list}");
+    assert!(
+        !workers[0]["version"].as_str().unwrap().is_empty(),
+        "{list}"
+    );
+    let (_, list) = get(&alpha, "/v2/beta/workers").await;
+    assert_eq!(list["workers"], json!([]), "{list}");
+
     // A name that cannot be an endpoint's.
     let (code, body) = get(&alpha, "/v2/no%20spaces/health").await;
     assert_eq!(code, 404, "{body}");

@@ -1,6 +1,7 @@
 //! `GET /v2/{endpoint}/jobs` (a page of the endpoint's jobs, newest
-//! first, filtered by status and age, paged by cursor) and
-//! `GET /v2/{endpoint}/jobs/{id}` (everything kept of one job). Neither is
+//! first, filtered by status and age, paged by cursor),
+//! `GET /v2/{endpoint}/jobs/{id}` (everything kept of one job) and
+//! `GET /v2/{endpoint}/workers` (the processes that serve it). None is
 //! RunPod's: they are what an operator and the command-line client read.
 
 use std::collections::HashMap;
@@ -156,4 +157,37 @@ fn input_of(payload: &JsonText) -> Option<JsonText> {
     let text = payload.text();
     let job: Job = serde_json::from_str(&text).ok()?;
     JsonText::from_text(job.input?.get().to_owned()).ok()
+}
+
+pub(crate) async fn workers(
+    State(state): State<ApiState>,
+    EndpointName(endpoint): EndpointName,
+) -> Result<Json<Value>, ApiError> {
+    let workers: Vec<Value> = state
+        .queue
+        .workers(&endpoint)
+        .await?
+        .iter()
+        .map(|w| {
+            let state = if w.lost {
+                "lost"
+            } else if w.busy > 0 {
+                "busy"
+            } else {
+                "idle"
+            };
+            json!({
+                "id": w.id,
+                "hostname": w.hostname,
+                "endpoints": w.endpoints,
+                "version": w.version,
+                "slots": w.slots,
+                "busy": w.busy,
+                "state": state,
+                "startedAt": w.started_at,
+                "lastSeenAt": w.seen_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"workers": workers})))
 }

@@ -104,6 +104,7 @@ pub fn router(state: ApiState) -> Router {
             .route("/health", get(routes::health))
             .route("/jobs", get(jobs::list))
             .route("/scale", get(scale::scale))
+            .route("/workers", get(jobs::workers))
             .route("/jobs/:job_id", get(jobs::detail))
     };
     let mut router = Router::new()

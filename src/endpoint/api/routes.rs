@@ -279,7 +279,7 @@ pub(crate) async fn health(
 
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!(
-        "no such route: {}; the API has /run, /runsync, /status/ID, /stream/ID, /cancel/ID, /retry/ID, /purge-queue, /health, /jobs, /jobs/ID and /scale, under /v2/ENDPOINT/ or at the root (the endpoint \"default\")",
+        "no such route: {}; the API has /run, /runsync, /status/ID, /stream/ID, /cancel/ID, /retry/ID, /purge-queue, /health, /jobs, /jobs/ID, /workers and /scale, under /v2/ENDPOINT/ or at the root (the endpoint \"default\")",
         uri.path()
     ))
 }

@@ -1,6 +1,6 @@
-//! What the job list and a job's whole record read from a store: the
-//! filter and page of `GET /v2/{endpoint}/jobs`, a row of it, and
-//! `GET /v2/{endpoint}/jobs/{id}`.
+//! What the job list, a job's whole record and the worker list read from
+//! a store: the filter and page of `GET /v2/{endpoint}/jobs`, a row of
+//! it, `GET /v2/{endpoint}/jobs/{id}` and `GET /v2/{endpoint}/workers`.
 //!
 //! The list is newest first and paged by a key, not an offset: a page
 //! ends with a cursor naming its last job by `(created_at, id)`, and the
@@ -95,6 +95,29 @@ pub struct JobDetail {
     /// Webhook posts of the job not yet delivered.
     pub webhooks_pending: u64,
 }
+
+/// A worker process as `GET /v2/{endpoint}/workers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub id: String,
+    pub hostname: String,
+    pub endpoints: Vec<String>,
+    pub version: String,
+    /// Handler slots, and how many are running a job.
+    pub slots: u32,
+    pub busy: u32,
+    pub started_at: i64,
+    pub seen_at: i64,
+    /// Not heard from for [`WORKER_GONE_MS`]: its jobs' leases run out
+    /// and they are queued again. Forgotten after [`WORKER_FORGET_MS`].
+    pub lost: bool,
+}
+
+/// A worker not heard from for this long is lost: not counted in
+/// `/health`, shown as lost in the list.
+pub const WORKER_GONE_MS: i64 = 30_000;
+/// A lost worker is forgotten (its row deleted) after this long.
+pub const WORKER_FORGET_MS: i64 = 10 * 60 * 1000;
 
 #[cfg(test)]
 mod tests {

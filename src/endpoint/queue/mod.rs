@@ -41,7 +41,9 @@ use tokio::sync::broadcast;
 
 use crate::json::{self, Json};
 
-pub use listing::{Cursor, JobDetail, JobFilter, JobSummary, PAGE_MAX};
+pub use listing::{
+    Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, PAGE_MAX, WORKER_FORGET_MS, WORKER_GONE_MS,
+};
 
 mod listing;
 pub mod postgres;
@@ -476,6 +478,8 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<Vec<JobSummary>, QueueError>;
     /// Everything kept of the job `id`.
     async fn job_raw(&self, id: &str) -> Result<Option<JobDetail>, QueueError>;
+    /// The workers that serve `endpoint`, live or lost, newest first.
+    async fn workers(&self, endpoint: &str) -> Result<Vec<WorkerRow>, QueueError>;
     /// Deletes every queued job of `endpoint`; returns how many.
     async fn purge(&self, endpoint: &str) -> Result<u64, QueueError>;
     /// `endpoint`'s jobs and the live workers that serve it.

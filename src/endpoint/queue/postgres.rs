@@ -37,7 +37,7 @@ use super::postgres_ops as ops;
 use super::postgres_typed::p;
 use super::{
     to_ms, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary, Lease, NewJob,
-    Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
+    Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerRow,
 };
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
@@ -225,6 +225,12 @@ impl Queue for PgQueue {
     async fn job_raw(&self, id: &str) -> Result<Option<JobDetail>, QueueError> {
         self.db
             .call(|client| async move { listing::detail(&client, id).await })
+            .await
+    }
+
+    async fn workers(&self, endpoint: &str) -> Result<Vec<WorkerRow>, QueueError> {
+        self.db
+            .call(|client| async move { listing::workers(&client, endpoint).await })
             .await
     }
 

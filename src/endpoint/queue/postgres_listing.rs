@@ -4,7 +4,7 @@
 use deadpool_postgres::Object;
 use tokio_postgres::Row;
 
-use super::listing::{Cursor, JobDetail, JobFilter, JobSummary};
+use super::listing::{Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, WORKER_GONE_MS};
 use super::postgres_ops::{status_of, Fault};
 use super::postgres_typed::p;
 use super::{stored_json, JobRecord};
@@ -89,4 +89,32 @@ pub(super) async fn detail(client: &Object, id: &str) -> Result<Option<JobDetail
         queued_at: row.get(14),
         webhooks_pending: u64::try_from(row.get::<_, i64>(15)).unwrap_or(0),
     }))
+}
+
+/// The workers that serve `endpoint`, newest first; lost ones are those
+/// silent for `WORKER_GONE_MS` by the database's clock.
+pub(super) async fn workers(client: &Object, endpoint: &str) -> Result<Vec<WorkerRow>, Fault> {
+    let rows = client
+        .query_typed(
+            "SELECT id, hostname, endpoints, version, capacity, busy, started_at, seen_at,
+                    seen_at <= jobpipe.now_ms() - $2
+               FROM jobpipe.workers WHERE $1 = ANY (endpoints)
+              ORDER BY started_at DESC, id",
+            &[p(&endpoint), p(&WORKER_GONE_MS)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| WorkerRow {
+            id: row.get(0),
+            hostname: row.get(1),
+            endpoints: row.get(2),
+            version: row.get(3),
+            slots: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+            busy: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
+            started_at: row.get(6),
+            seen_at: row.get(7),
+            lost: row.get(8),
+        })
+        .collect())
 }

@@ -15,6 +15,7 @@ use super::{
     duration_ms, is_empty_output, partials_output, refusal, retry_delay_ms, stored_json,
     stored_partials, stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease,
     NewJob, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, RATE_WINDOW_MS,
+    WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 use crate::json::Json;
 
@@ -25,9 +26,6 @@ const SWEEP_BATCH: i64 = 500;
 const SWEEP_SPACING_MS: i64 = 250;
 /// Set at the start of a sweep's transaction (see [`sweep`]).
 const SWEEP_IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = '5s'";
-/// A worker not heard from for this long is no longer counted, and is
-/// forgotten.
-const WORKER_GONE_MS: i64 = 30_000;
 /// How long a webhook post taken for delivery is hidden from other takes.
 const WEBHOOK_CLAIM_MS: i64 = 60_000;
 
@@ -629,7 +627,7 @@ pub(super) async fn sweep(
         .await?;
     tx.execute_typed(
         "DELETE FROM jobpipe.workers WHERE seen_at < $1",
-        &[p(&(now - WORKER_GONE_MS))],
+        &[p(&(now - WORKER_FORGET_MS))],
     )
     .await?;
     tx.commit().await?;

@@ -25,14 +25,12 @@ use super::{
     duration_ms, is_empty_output, now_ms, partials_output, retry_delay_ms, stored_json,
     stored_partials, stored_status, to_ms, webhook_body, Ending, Health, JobDetail, JobFilter,
     JobRecord, JobStatus, JobSummary, Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome,
-    Swept, WebhookPost, RATE_WINDOW_MS,
+    Swept, WebhookPost, WorkerRow, RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 use crate::json::Json;
 
 /// Most rows one maintenance pass changes, so no transaction runs long.
 const SWEEP_BATCH: i64 = 500;
-/// A worker not heard from for this long is no longer counted.
-const WORKER_GONE_MS: i64 = 30_000;
 /// How long a webhook post taken for delivery is hidden from other takes.
 const WEBHOOK_CLAIM_MS: i64 = 60_000;
 
@@ -385,6 +383,12 @@ impl Queue for SqliteQueue {
             .await
     }
 
+    async fn workers(&self, endpoint: &str) -> Result<Vec<WorkerRow>, QueueError> {
+        let endpoint = endpoint.to_owned();
+        self.call(move |conn| sqlite_listing::workers(conn, &endpoint, now_ms()))
+            .await
+    }
+
     async fn purge(&self, endpoint: &str) -> Result<u64, QueueError> {
         let endpoint = endpoint.to_owned();
         self.write(move |tx, _| {
@@ -667,7 +671,7 @@ impl Queue for SqliteQueue {
                 "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)",
                 params![now, SWEEP_BATCH],
             )? as u64;
-            tx.execute("DELETE FROM workers WHERE seen_at < ?1", [now - WORKER_GONE_MS])?;
+            tx.execute("DELETE FROM workers WHERE seen_at < ?1", [now - WORKER_FORGET_MS])?;
             Ok(swept)
         })
         .await

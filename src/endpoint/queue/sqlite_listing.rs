@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::listing::{Cursor, JobDetail, JobFilter, JobSummary};
+use super::listing::{Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, WORKER_GONE_MS};
 use super::sqlite::status_of;
 use super::{stored_json, JobRecord};
 
@@ -82,4 +82,37 @@ pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job
         },
     )
     .optional()
+}
+
+/// The workers that serve `endpoint`, newest first; lost ones are those
+/// silent since before `now - WORKER_GONE_MS`.
+pub(super) fn workers(
+    conn: &Connection,
+    endpoint: &str,
+    now: i64,
+) -> rusqlite::Result<Vec<WorkerRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, hostname, endpoints, version, capacity, busy, started_at, seen_at FROM workers
+          WHERE ',' || endpoints || ',' LIKE '%,' || ?1 || ',%'
+          ORDER BY started_at DESC, id",
+    )?;
+    let rows = stmt.query_map([endpoint], |row| {
+        let seen_at: i64 = row.get(7)?;
+        Ok(WorkerRow {
+            id: row.get(0)?,
+            hostname: row.get(1)?,
+            endpoints: row
+                .get::<_, String>(2)?
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+            version: row.get(3)?,
+            slots: row.get(4)?,
+            busy: row.get(5)?,
+            started_at: row.get(6)?,
+            seen_at,
+            lost: seen_at <= now - WORKER_GONE_MS,
+        })
+    })?;
+    rows.collect()
 }
