@@ -872,3 +872,33 @@ fn runpod_log_level_variable_sets_the_level() {
         run.describe()
     );
 }
+
+#[test]
+fn a_bad_endpoint_name_or_keys_file_exits_2_naming_the_line_and_never_the_key() {
+    let run = jobpipe()
+        .args(["--serve-api", "--endpoint", "no spaces"])
+        .handler(python_echo())
+        .run();
+    run.expect_code(2);
+    assert_contains(
+        &run.stderr,
+        "--endpoint: \"no spaces\" is not an endpoint name",
+        &run,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        "[[keys]]\nname = \"acme\"\nkey = \"very-secret-key-0001\"\nendpoints = [\"sdxl\"]\nrole = \"submit\"\n\n[[keys]]\nname = \"bad\"\nkey = \"very-secret-key-0002\"\nendpoints = [\"*\"]\nrole = \"owner\"\n",
+    )
+    .unwrap();
+    let run = jobpipe()
+        .args(["--serve-api", "--api-keys"])
+        .arg(&file)
+        .handler(python_echo())
+        .run();
+    run.expect_code(2);
+    assert_contains(&run.stderr, "line 7: key \"bad\": role must be", &run);
+    assert!(!run.stderr.contains("very-secret"), "{}", run.describe());
+}

@@ -39,6 +39,7 @@ fn ep() -> Vec<String> {
 fn job(id: &str, max_attempts: u32) -> NewJob {
     NewJob {
         endpoint: "default".into(),
+        tenant: None,
         id: id.into(),
         payload: json!({"id": id, "input": {"n": id}}),
         webhook: None,
@@ -87,7 +88,7 @@ async fn many_processes_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert_eq!(queues.len(), 6);
-    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "6");
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "8");
     assert_eq!(
         db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
         "6"

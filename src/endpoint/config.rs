@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::api::Limits;
+use super::keys::KeyRing;
 use super::queue::endpoint_name_error;
 use super::queue::postgres::DEFAULT_POOL_SIZE;
 use super::queue::stores::{self, QueueLocation, DEFAULT_QUEUE};
@@ -128,6 +129,13 @@ pub struct EndpointArgs {
     /// secrets convention), instead of --api-key.
     #[arg(long, env = "JOBPIPE_API_KEY_FILE", value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// TOML file of API keys, one [[keys]] table each: name (the tenant),
+    /// key or key_sha256, endpoints (["*"] for all), role ("submit" or
+    /// "read") and an optional rate ("20/s"). Read again on SIGHUP. May be
+    /// given with --api-key, which then keeps every right.
+    #[arg(long, env = "JOBPIPE_API_KEYS", value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
 
     /// Serve the API without a key on an address other than loopback:
     /// anyone who can reach it can submit, read and cancel jobs. Logged at
@@ -267,7 +275,7 @@ impl EndpointArgs {
         )?;
         let api_addr = if self.serve_api || self.api_only {
             let addr = self.api_addr()?;
-            self.check_exposure(addr, api_key.is_some())?;
+            self.check_exposure(addr, api_key.is_some() || self.api_keys.is_some())?;
             Some(addr)
         } else {
             None
@@ -280,7 +288,10 @@ impl EndpointArgs {
                     std::env::var("PGPASSWORD").ok(),
                 )?,
             api_addr,
-            api_key,
+            keys: match (&api_key, &self.api_keys) {
+                (None, None) => None,
+                (key, file) => Some(Arc::new(KeyRing::load(file.as_deref(), key.as_deref())?)),
+            },
             api_limits: Limits {
                 header_timeout: self.api_header_timeout,
                 idle_timeout: self.api_idle_timeout,

@@ -3,6 +3,8 @@
 //!
 //! * [`config`]: its flags (`--serve-api`, `--queue`, `--api-key`, ...) and
 //!   their validation.
+//! * [`keys`]: the API keys file (`--api-keys`): tenants, their endpoints,
+//!   roles and rates.
 //! * [`queue`]: the [`queue::Queue`] trait and its stores, registered by URL
 //!   scheme in [`queue::stores`].
 //! * [`api`]: the HTTP routes (`/run`, `/runsync`, `/status`, ...).
@@ -13,6 +15,7 @@
 
 pub mod api;
 pub mod config;
+pub mod keys;
 pub mod queue;
 mod sink;
 pub mod source;

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::keys::{self, KeyRing};
 use super::sink::{Held, QueueSink};
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::endpoint::api::{self, ApiState, JobDefaults};
@@ -51,7 +52,8 @@ pub struct QueueSourceConfig {
     pub queue: QueueLocation,
     /// Where the API listens; `None` takes jobs without serving the API.
     pub api_addr: Option<SocketAddr>,
-    pub api_key: Option<Arc<str>>,
+    /// The keys the API asks for (`--api-key`, `--api-keys`); none: open.
+    pub keys: Option<Arc<KeyRing>>,
     /// What one client may take of the API: timeouts, connections.
     pub api_limits: api::Limits,
     pub schema: Option<Arc<InputSchema>>,
@@ -76,7 +78,7 @@ impl std::fmt::Debug for QueueSourceConfig {
         f.debug_struct("QueueSourceConfig")
             .field("queue", &self.queue)
             .field("api_addr", &self.api_addr)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("keys", &self.keys)
             .field(
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "<redacted>"),
@@ -107,13 +109,16 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         tracing::info!("endpoint API listening on http://{shown} (routes at the root and under /v2/ENDPOINT_ID/)");
         let state = ApiState {
             queue: queue.clone(),
-            api_key: config.api_key.clone(),
+            keys: config.keys.clone(),
             schema: config.schema.clone(),
             defaults: config.defaults,
             closing: ctx.shutdown.take.clone(),
             metrics: Some(ctx.pool.metrics.clone()),
             target_wait: config.target_wait,
         };
+        if let Some(ring) = &config.keys {
+            tasks.spawn(keys::reload_on_sighup(ring.clone(), api_stop.clone()));
+        }
         let stop = api_stop.clone();
         let limits = config.api_limits;
         tasks.spawn(async move {

@@ -18,6 +18,7 @@ macro_rules! all_platform_tests {
             the_job_list_pages_through_ten_thousand_jobs_while_more_arrive,
             a_jobs_record_has_its_input_output_and_times,
             the_scale_signal_moves_with_the_queue,
+            api_keys_give_tenants_their_endpoints_roles_and_rates,
         );
     };
 }
@@ -458,4 +459,201 @@ pub async fn the_scale_signal_moves_with_the_queue(store: &Store) {
     let drained = scale["desiredWorkers"].as_u64().unwrap();
     assert!(drained <= 1, "after the backlog ran: {scale}");
     worker.stop().await;
+}
+
+/// A call with `key` (not the harness's own) to `path` from the root.
+async fn with_key(
+    endpoint: &Endpoint,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value, Option<String>) {
+    let mut request = endpoint
+        .http
+        .request(method, format!("{}{path}", endpoint.root))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the endpoint answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = response.text().await.unwrap();
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?} ({status})"));
+    (status, body, retry_after)
+}
+
+const ACME: &str = "acme-key-0000000001";
+const VIEWER: &str = "viewer-key-00000001";
+const LATE: &str = "late-key-0000000001";
+
+fn keys_file(extra: &str) -> String {
+    format!(
+        "[[keys]]\nname = \"acme\"\nkey = \"{ACME}\"\nendpoints = [\"alpha\"]\nrole = \"submit\"\nrate = \"2/s\"\n\n\
+         [[keys]]\nname = \"viewer\"\nkey = \"{VIEWER}\"\nendpoints = [\"*\"]\nrole = \"read\"\n{extra}"
+    )
+}
+
+/// Keys from `--api-keys`: each tenant uses only its endpoints, a read key
+/// cannot submit or cancel, a rate gives 429 with Retry-After, the tenant
+/// is recorded on its jobs and scopes its Idempotency-Keys, and SIGHUP
+/// reads the file again (a bad file keeps the keys in use).
+pub async fn api_keys_give_tenants_their_endpoints_roles_and_rates(store: &Store) {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, keys_file("")).unwrap();
+    let file_arg = file.display().to_string();
+    let endpoint = Endpoint::start(store, &["--api-keys", &file_arg, "--endpoint", "alpha"]).await;
+
+    let job = fake("echo", json!({}));
+    let (code, body, _) = with_key(
+        &endpoint,
+        ACME,
+        Method::POST,
+        "/v2/alpha/run",
+        Some(job.clone()),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let (code, body, _) = with_key(
+        &endpoint,
+        ACME,
+        Method::POST,
+        "/v2/beta/run",
+        Some(job.clone()),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not use endpoint \"beta\""),
+        "{body}"
+    );
+    // The rate: 2 a second, and the first went out above.
+    let mut limited = None;
+    for _ in 0..5 {
+        let (code, body, retry_after) = with_key(
+            &endpoint,
+            ACME,
+            Method::POST,
+            "/v2/alpha/run",
+            Some(job.clone()),
+        )
+        .await;
+        if code == 429 {
+            limited = Some((body, retry_after));
+            break;
+        }
+        assert_eq!(code, 200, "{body}");
+    }
+    let (body, retry_after) = limited.expect("the rate of 2/s was enforced");
+    assert!(body["error"].as_str().unwrap().contains("rate"), "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+
+    for (method, path) in [
+        (Method::POST, "/v2/alpha/run".to_owned()),
+        (Method::POST, format!("/v2/alpha/cancel/{id}")),
+        (Method::POST, "/v2/alpha/purge-queue".to_owned()),
+    ] {
+        let (code, body, _) = with_key(&endpoint, VIEWER, method, &path, Some(job.clone())).await;
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("may only read"),
+            "{body}"
+        );
+    }
+    let (code, body, _) = with_key(
+        &endpoint,
+        VIEWER,
+        Method::GET,
+        &format!("/v2/alpha/status/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, _) = with_key(
+        &endpoint,
+        "not-a-key-at-all",
+        Method::GET,
+        "/v2/alpha/health",
+        None,
+    )
+    .await;
+    assert_eq!(code, 401);
+
+    let (_, detail, _) = with_key(
+        &endpoint,
+        VIEWER,
+        Method::GET,
+        &format!("/v2/alpha/jobs/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(detail["tenant"], "acme", "{detail}");
+    let (_, page, _) = with_key(
+        &endpoint,
+        VIEWER,
+        Method::GET,
+        "/v2/alpha/jobs?tenant=acme",
+        None,
+    )
+    .await;
+    let jobs = page["jobs"].as_array().unwrap();
+    assert!(
+        !jobs.is_empty() && jobs.iter().all(|j| j["tenant"] == "acme"),
+        "{page}"
+    );
+
+    // An Idempotency-Key is the tenant's own: the same key from another
+    // tenant is another job.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let idempotent = |key: &'static str| {
+        endpoint
+            .http
+            .post(format!("{}/v2/alpha/run", endpoint.root))
+            .bearer_auth(key)
+            .header("Idempotency-Key", "order-42")
+            .json(&job)
+            .send()
+    };
+    let first: Value = idempotent(ACME).await.unwrap().json().await.unwrap();
+    let other: Value = idempotent(KEY).await.unwrap().json().await.unwrap();
+    let again: Value = idempotent(ACME).await.unwrap().json().await.unwrap();
+    assert_ne!(first["id"], other["id"], "{first} {other}");
+    assert_eq!(first["id"], again["id"], "{first} {again}");
+
+    // SIGHUP reads the file again: a new key works; a bad file keeps the
+    // keys in use.
+    std::fs::write(
+        &file,
+        keys_file(&format!(
+            "\n[[keys]]\nname = \"late\"\nkey = \"{LATE}\"\nendpoints = [\"alpha\"]\nrole = \"read\"\n"
+        )),
+    )
+    .unwrap();
+    let started = Instant::now();
+    loop {
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
+        let (code, _, _) = with_key(&endpoint, LATE, Method::GET, "/v2/alpha/health", None).await;
+        if code == 200 {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the new key was never taken");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    std::fs::write(&file, "[[keys]]\nname = 1\n").unwrap();
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, _, _) = with_key(&endpoint, LATE, Method::GET, "/v2/alpha/health", None).await;
+    assert_eq!(code, 200, "a bad file must keep the keys in use");
+    endpoint.stop().await;
 }

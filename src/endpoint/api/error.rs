@@ -19,6 +19,11 @@ pub(crate) enum ApiError {
     BadRequest(String),
     Invalid(Vec<Violation>),
     Unauthorized,
+    /// The key is good, but not for this.
+    Forbidden(String),
+    /// The key's rate is used up; another submission is allowed after
+    /// this many seconds.
+    RateLimited(u64),
     NotFound(String),
     MethodNotAllowed(String),
     Conflict(String),
@@ -54,6 +59,15 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "missing or wrong API key: send Authorization: Bearer <key>"}),
             ),
+            ApiError::Forbidden(message) => (StatusCode::FORBIDDEN, json!({"error": message})),
+            ApiError::RateLimited(seconds) => {
+                let body = json!({"error": format!("this key's submission rate is used up; retry after {seconds} s")});
+                let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return response;
+            }
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, json!({"error": message})),
             ApiError::MethodNotAllowed(message) => {
                 (StatusCode::METHOD_NOT_ALLOWED, json!({"error": message}))

@@ -49,6 +49,7 @@ fn page_query(query: &HashMap<String, String>) -> Result<(JobFilter, usize), Api
                 })?);
             }
             "since" => filter.since = Some(since(value)?),
+            "tenant" => filter.tenant = Some(value.clone()),
             "limit" => {
                 limit = value
                     .parse::<usize>()
@@ -69,7 +70,7 @@ fn page_query(query: &HashMap<String, String>) -> Result<(JobFilter, usize), Api
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                "unknown parameter {other:?}; the job list takes status, since, limit and cursor"
+                "unknown parameter {other:?}; the job list takes status, tenant, since, limit and cursor"
             )))
             }
         }
@@ -102,6 +103,7 @@ fn summary_json(job: &JobSummary) -> Value {
         "priority": job.priority,
         "workerId": job.worker_id,
         "error": job.error,
+        "tenant": job.tenant,
     })
 }
 
@@ -141,6 +143,7 @@ pub(crate) async fn detail(
         ("finishedAt", value(json!(record.finished_at))),
         ("webhook", value(json!(job.webhook))),
         ("webhooksPending", value(json!(job.webhooks_pending))),
+        ("tenant", value(json!(job.tenant))),
     ]);
     Ok(TextBody(json::object(
         fields.iter().map(|(key, value)| (*key, value)),

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoint::keys::KeyRing;
 use crate::endpoint::queue::Queue;
 use crate::input_schema::InputSchema;
 use crate::metrics::Metrics;
@@ -76,8 +77,9 @@ impl Default for JobDefaults {
 #[derive(Clone)]
 pub struct ApiState {
     pub queue: Arc<dyn Queue>,
-    /// Required as `Authorization: Bearer <key>` when set; never logged.
-    pub api_key: Option<Arc<str>>,
+    /// The keys asked for as `Authorization: Bearer <key>`, when set;
+    /// never logged.
+    pub keys: Option<Arc<KeyRing>>,
     pub schema: Option<Arc<InputSchema>>,
     pub defaults: JobDefaults,
     /// Cancelled when jobpipe starts shutting down: submissions are then

@@ -42,6 +42,7 @@ const DELAY_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Checks a submission body and builds the job it asks for.
 pub(crate) fn parse_job(
     endpoint: String,
+    tenant: Option<String>,
     body: &Bytes,
     headers: &HeaderMap,
     defaults: &JobDefaults,
@@ -105,6 +106,7 @@ pub(crate) fn parse_job(
     Ok(NewJob {
         id,
         endpoint,
+        tenant,
         payload,
         webhook,
         policy,
@@ -389,6 +391,7 @@ mod tests {
         let body = Bytes::from(body.to_owned());
         parse_job(
             "default".into(),
+            None,
             &body,
             &HeaderMap::new(),
             &JobDefaults::default(),

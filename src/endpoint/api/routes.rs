@@ -8,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -16,6 +16,7 @@ use super::endpoint_name::EndpointName;
 use super::error::ApiError;
 use super::request::parse_job;
 use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
+use crate::endpoint::keys::Tenant;
 use crate::endpoint::queue::{JobRecord, JobStatus, NewJob, QueueError, QueueEvent, RetryOutcome};
 use crate::json::{self, Json as JsonText};
 
@@ -44,6 +45,7 @@ type Params = Path<HashMap<String, String>>;
 pub(crate) async fn run(
     State(state): State<ApiState>,
     EndpointName(endpoint): EndpointName,
+    tenant: Option<Extension<Tenant>>,
     headers: HeaderMap,
     body: Body,
 ) -> Answer {
@@ -53,6 +55,7 @@ pub(crate) async fn run(
     let body = read_body(&headers, body, RUN_BODY_LIMIT).await?;
     let job = parse_job(
         endpoint,
+        tenant.map(|t| t.0.name),
         &body,
         &headers,
         &state.defaults,
@@ -96,6 +99,7 @@ async fn submit(state: &ApiState, job: NewJob<JsonText>) -> Result<(String, bool
 pub(crate) async fn runsync(
     State(state): State<ApiState>,
     EndpointName(endpoint): EndpointName,
+    tenant: Option<Extension<Tenant>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
@@ -118,6 +122,7 @@ pub(crate) async fn runsync(
     let body = read_body(&headers, body, RUNSYNC_BODY_LIMIT).await?;
     let job = parse_job(
         endpoint,
+        tenant.map(|t| t.0.name),
         &body,
         &headers,
         &state.defaults,

@@ -18,6 +18,8 @@ pub const PAGE_MAX: usize = 500;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {
     pub status: Option<JobStatus>,
+    /// Only jobs submitted with this key's name.
+    pub tenant: Option<String>,
     /// Only jobs created at or after this time (ms since the epoch).
     pub since: Option<i64>,
     /// Only jobs before this one in the list: the cursor of the page
@@ -68,6 +70,7 @@ pub struct JobSummary {
     pub priority: i32,
     pub worker_id: Option<String>,
     pub error: Option<String>,
+    pub tenant: Option<String>,
 }
 
 impl JobSummary {
@@ -94,6 +97,7 @@ pub struct JobDetail {
     pub queued_at: i64,
     /// Webhook posts of the job not yet delivered.
     pub webhooks_pending: u64,
+    pub tenant: Option<String>,
 }
 
 /// A worker process as `GET /v2/{endpoint}/workers` shows it.

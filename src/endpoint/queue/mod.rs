@@ -113,6 +113,8 @@ pub struct NewJob<P = Value> {
     /// The endpoint the job was submitted to (`/v2/{endpoint}/run`); only
     /// workers serving it take the job.
     pub endpoint: String,
+    /// The name of the API key it was submitted with (`--api-keys`).
+    pub tenant: Option<String>,
     /// The job object the handler receives: `id`, `input`, and the caller's
     /// other keys (`webhook`, `policy`, ...).
     pub payload: P,
@@ -123,7 +125,8 @@ pub struct NewJob<P = Value> {
 }
 
 /// An `Idempotency-Key` and the body it came with: a second submission
-/// with the key gets the first one's job, if its body is the same.
+/// with the key (by the same tenant) gets the first one's job, if its
+/// body is the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {
     pub key: String,
@@ -137,6 +140,7 @@ impl NewJob {
         NewJob {
             id: self.id,
             endpoint: self.endpoint,
+            tenant: self.tenant,
             payload: Json::from_value(&self.payload),
             webhook: self.webhook,
             policy: self.policy,

@@ -26,17 +26,18 @@ pub(super) async fn enqueue_many(
 ) -> Result<Vec<Result<(), QueueError>>, Fault> {
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint)
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant)
             SELECT u.id, 'IN_QUEUE', u.payload, u.webhook, u.execution_timeout_ms, u.ttl_ms,
                    u.max_attempts, u.retention_ms, now.t, now.t + u.delay_ms, now.t + u.delay_ms,
-                   u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash, u.endpoint
+                   u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash, u.endpoint,
+                   u.tenant
               FROM (SELECT jobpipe.now_ms() AS t) AS now,
                    unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int4[],
                           $7::int8[], $8::int8[], $9::int8[], $10::int4[], $11::text[], $12::text[],
-                          $13::text[])
+                          $13::text[], $14::text[])
                    AS u (id, payload, webhook, execution_timeout_ms, ttl_ms, max_attempts,
                          retention_ms, stall_timeout_ms, delay_ms, priority, idempotency_key,
-                         request_hash, endpoint)
+                         request_hash, endpoint, tenant)
             ON CONFLICT DO NOTHING
             RETURNING id";
     let column = |f: &dyn Fn(&NewJob<Json>) -> Option<i64>| -> Vec<Option<i64>> {
@@ -67,6 +68,7 @@ pub(super) async fn enqueue_many(
         .map(|job| job.idempotency.as_ref().map(|i| i.body_hash.as_str()))
         .collect();
     let endpoints: Vec<&str> = jobs.iter().map(|job| job.endpoint.as_str()).collect();
+    let tenants: Vec<Option<&str>> = jobs.iter().map(|job| job.tenant.as_deref()).collect();
     let inserted: HashSet<String> = tx
         .query_typed(
             sql,
@@ -84,6 +86,7 @@ pub(super) async fn enqueue_many(
                 p(&keys),
                 p(&hashes),
                 p(&endpoints),
+                p(&tenants),
             ],
         )
         .await?
@@ -107,17 +110,18 @@ pub(super) async fn enqueue_many(
         .filter(|(_, new)| !**new)
         .filter_map(|(job, _)| job.idempotency.as_ref().map(|i| i.key.as_str()))
         .collect();
-    let existing: HashMap<String, (String, String)> = if asked.is_empty() {
+    // By tenant and key: a key is unique per tenant.
+    let existing: HashMap<(String, String), (String, String)> = if asked.is_empty() {
         HashMap::new()
     } else {
         tx.query_typed(
-            "SELECT idempotency_key, id, request_hash FROM jobpipe.jobs
+            "SELECT coalesce(tenant, ''), idempotency_key, id, request_hash FROM jobpipe.jobs
               WHERE idempotency_key = ANY($1)",
             &[p(&asked)],
         )
         .await?
         .iter()
-        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
         .collect()
     };
     Ok(jobs
@@ -130,7 +134,10 @@ pub(super) async fn enqueue_many(
             let found = job
                 .idempotency
                 .as_ref()
-                .and_then(|i| existing.get(&i.key))
+                .and_then(|i| {
+                    let tenant = job.tenant.clone().unwrap_or_default();
+                    existing.get(&(tenant, i.key.clone()))
+                })
                 .cloned();
             Err(refusal(job, found))
         })

@@ -23,10 +23,10 @@ pub(super) async fn list(
     let rows = client
         .query_typed(
             "SELECT id, status, created_at, started_at, finished_at, attempts, priority, worker_id,
-                    error
+                    error, tenant
                FROM jobpipe.jobs
               WHERE endpoint = $1 AND (created_at, id) < ($2, $3) AND created_at >= $4
-                AND ($5::text IS NULL OR status = $5)
+                AND ($5::text IS NULL OR status = $5) AND ($7::text IS NULL OR tenant = $7)
               ORDER BY created_at DESC, id DESC LIMIT $6",
             &[
                 p(&endpoint),
@@ -35,6 +35,7 @@ pub(super) async fn list(
                 p(&since),
                 p(&status),
                 p(&limit),
+                p(&filter.tenant),
             ],
         )
         .await?;
@@ -52,6 +53,7 @@ fn summary(row: &Row) -> Result<JobSummary, Fault> {
         priority: row.get(6),
         worker_id: row.get(7),
         error: row.get(8),
+        tenant: row.get(9),
     })
 }
 
@@ -61,7 +63,7 @@ pub(super) async fn detail(client: &Object, id: &str) -> Result<Option<JobDetail
         .query_typed_opt(
             "SELECT id, endpoint, status, output, error, attempts, worker_id, created_at,
                     started_at, finished_at, payload, webhook, priority, max_attempts, queued_at,
-                    (SELECT COUNT(*) FROM jobpipe.webhooks AS w WHERE w.job_id = j.id)
+                    (SELECT COUNT(*) FROM jobpipe.webhooks AS w WHERE w.job_id = j.id), tenant
                FROM jobpipe.jobs AS j WHERE id = $1",
             &[p(&id)],
         )
@@ -88,6 +90,7 @@ pub(super) async fn detail(client: &Object, id: &str) -> Result<Option<JobDetail
         max_attempts: u32::try_from(row.get::<_, i32>(13)).unwrap_or(0),
         queued_at: row.get(14),
         webhooks_pending: u64::try_from(row.get::<_, i64>(15)).unwrap_or(0),
+        tenant: row.get(16),
     }))
 }
 

@@ -98,9 +98,9 @@ pub(super) async fn enqueue(
 ) -> Result<Result<(), QueueError>, Fault> {
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint)
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant)
             SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12,
-                   $13
+                   $13, $14
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT DO NOTHING
             RETURNING id";
@@ -128,6 +128,7 @@ pub(super) async fn enqueue(
                 p(&key),
                 p(&hash),
                 p(&job.endpoint),
+                p(&job.tenant),
             ],
         )
         .await?;
@@ -138,8 +139,9 @@ pub(super) async fn enqueue(
     let existing = match key {
         Some(key) => client
             .query_typed_opt(
-                "SELECT id, request_hash FROM jobpipe.jobs WHERE idempotency_key = $1",
-                &[p(&key)],
+                "SELECT id, request_hash FROM jobpipe.jobs
+                  WHERE idempotency_key = $1 AND coalesce(tenant, '') = coalesce($2, '')",
+                &[p(&key), p(&job.tenant)],
             )
             .await?
             .map(|row| (row.get(0), row.get(1))),

@@ -180,6 +180,12 @@ const MIGRATIONS: &[&str] = &[
        RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
                  j.started_at - j.queued_at, j.stall_timeout_ms
      $$;",
+    // 8: tenants. The name of the API key a job was submitted with; an
+    // Idempotency-Key is unique per tenant.
+    "ALTER TABLE jobpipe.jobs ADD COLUMN tenant text;
+    DROP INDEX jobpipe.jobs_idempotency;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobpipe.jobs (coalesce(tenant, ''), idempotency_key)
+        WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the

@@ -19,13 +19,13 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::broadcast;
 
-use super::sqlite_listing;
+use super::sqlite_listing::{self, status_of};
 use super::sqlite_submit::Submissions;
 use super::{
     duration_ms, is_empty_output, now_ms, partials_output, retry_delay_ms, stored_json,
-    stored_partials, stored_status, to_ms, webhook_body, Ending, Health, JobDetail, JobFilter,
-    JobRecord, JobStatus, JobSummary, Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome,
-    Swept, WebhookPost, WorkerRow, RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
+    stored_partials, to_ms, webhook_body, Ending, Health, JobDetail, JobFilter, JobRecord,
+    JobStatus, JobSummary, Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept,
+    WebhookPost, WorkerRow, RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 use crate::json::Json;
 
@@ -141,12 +141,6 @@ fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
         conn,
         events,
         _lock: lock,
-    })
-}
-
-pub(super) fn status_of(text: &str) -> rusqlite::Result<JobStatus> {
-    stored_status(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
     })
 }
 

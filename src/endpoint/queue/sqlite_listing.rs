@@ -4,8 +4,14 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::listing::{Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, WORKER_GONE_MS};
-use super::sqlite::status_of;
-use super::{stored_json, JobRecord};
+use super::{stored_json, stored_status, JobRecord, JobStatus};
+
+/// A status column read back, or the row's error.
+pub(super) fn status_of(text: &str) -> rusqlite::Result<JobStatus> {
+    stored_status(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
 
 /// A page of `endpoint`'s jobs, newest first.
 pub(super) fn list(
@@ -16,10 +22,11 @@ pub(super) fn list(
 ) -> rusqlite::Result<Vec<JobSummary>> {
     let after = filter.after.clone().unwrap_or_else(Cursor::start);
     let mut stmt = conn.prepare_cached(
-        "SELECT id, status, created_at, started_at, finished_at, attempts, priority, worker_id, error
+        "SELECT id, status, created_at, started_at, finished_at, attempts, priority, worker_id, error,
+                tenant
            FROM jobs INDEXED BY jobs_list
           WHERE endpoint = ?1 AND (created_at, id) < (?2, ?3) AND created_at >= ?4
-            AND (?5 IS NULL OR status = ?5)
+            AND (?5 IS NULL OR status = ?5) AND (?7 IS NULL OR tenant = ?7)
           ORDER BY created_at DESC, id DESC LIMIT ?6",
     )?;
     let rows = stmt.query_map(
@@ -29,7 +36,8 @@ pub(super) fn list(
             after.id,
             filter.since.unwrap_or(i64::MIN),
             filter.status.map(|s| s.as_str()),
-            limit as i64
+            limit as i64,
+            filter.tenant
         ],
         summary,
     )?;
@@ -47,6 +55,7 @@ fn summary(row: &Row) -> rusqlite::Result<JobSummary> {
         priority: row.get(6)?,
         worker_id: row.get(7)?,
         error: row.get(8)?,
+        tenant: row.get(9)?,
     })
 }
 
@@ -55,7 +64,7 @@ pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job
     conn.query_row(
         "SELECT id, endpoint, status, output, error, attempts, worker_id, created_at, started_at,
                 finished_at, payload, webhook, priority, max_attempts, queued_at,
-                (SELECT COUNT(*) FROM webhooks WHERE job_id = jobs.id)
+                (SELECT COUNT(*) FROM webhooks WHERE job_id = jobs.id), tenant
            FROM jobs WHERE id = ?1",
         [id],
         |row| {
@@ -78,6 +87,7 @@ pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job
                 max_attempts: row.get(13)?,
                 queued_at: row.get(14)?,
                 webhooks_pending: row.get::<_, i64>(15)?.max(0) as u64,
+                tenant: row.get(16)?,
             })
         },
     )

@@ -84,6 +84,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE workers ADD COLUMN hostname TEXT NOT NULL DEFAULT '';
     ALTER TABLE workers ADD COLUMN version TEXT NOT NULL DEFAULT '';
     ALTER TABLE workers ADD COLUMN started_at INTEGER NOT NULL DEFAULT 0;",
+    // 5: tenants. The name of the API key a job was submitted with; an
+    // Idempotency-Key is unique per tenant.
+    "ALTER TABLE jobs ADD COLUMN tenant TEXT;
+    DROP INDEX jobs_idempotency;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (coalesce(tenant, ''), idempotency_key)
+        WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// Why the schema could not be brought up to date; the caller reports it

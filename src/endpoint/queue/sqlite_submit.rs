@@ -101,9 +101,9 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint)
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant)
              VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8 + ?10, ?8 + ?10, ?9, ?11,
-                ?12, ?13, ?14)",
+                ?12, ?13, ?14, ?15)",
         )?;
         let now = now_ms();
         for job in jobs {
@@ -124,6 +124,7 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
                 job.idempotency.as_ref().map(|i| &i.key),
                 job.idempotency.as_ref().map(|i| &i.body_hash),
                 job.endpoint,
+                job.tenant,
             ])?;
             if rows > 0 {
                 inserted.push(Ok(()));
@@ -131,8 +132,13 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
             }
             let existing = match &job.idempotency {
                 Some(idempotency) => tx
-                    .prepare_cached("SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1")?
-                    .query_row([&idempotency.key], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .prepare_cached(
+                        "SELECT id, request_hash FROM jobs
+                          WHERE idempotency_key = ?1 AND coalesce(tenant, '') = coalesce(?2, '')",
+                    )?
+                    .query_row(params![idempotency.key, job.tenant], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
                     .optional()?,
                 None => None,
             };
@@ -170,6 +176,7 @@ mod tests {
         NewJob {
             id: id.into(),
             endpoint: "default".into(),
+            tenant: None,
             payload: serde_json::json!({"id": id, "input": {}}),
             webhook: None,
             policy: JobPolicy {
