@@ -19,6 +19,7 @@ macro_rules! all_platform_tests {
             a_jobs_record_has_its_input_output_and_times,
             the_scale_signal_moves_with_the_queue,
             api_keys_give_tenants_their_endpoints_roles_and_rates,
+            one_tenants_burst_does_not_starve_another_tenants_job,
         );
     };
 }
@@ -213,20 +214,32 @@ async fn submit_many(
     count: usize,
     parallel: usize,
 ) -> Vec<String> {
+    submit_many_as(endpoint, KEY, prefix, count, parallel).await
+}
+
+/// [`submit_many`] with another key.
+async fn submit_many_as(
+    endpoint: &Endpoint,
+    key: &str,
+    prefix: &str,
+    count: usize,
+    parallel: usize,
+) -> Vec<String> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..parallel {
-        let (http, url, next) = (
+        let (http, url, next, key) = (
             endpoint.http.clone(),
             format!("{}{prefix}/run", endpoint.root),
             next.clone(),
+            key.to_owned(),
         );
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
                 let answer: Value = http
                     .post(&url)
-                    .bearer_auth(KEY)
+                    .bearer_auth(&key)
                     .json(&fake("echo", json!({})))
                     .send()
                     .await
@@ -656,4 +669,73 @@ pub async fn api_keys_give_tenants_their_endpoints_roles_and_rates(store: &Store
     let (code, _, _) = with_key(&endpoint, LATE, Method::GET, "/v2/alpha/health", None).await;
     assert_eq!(code, 200, "a bad file must keep the keys in use");
     endpoint.stop().await;
+}
+
+/// Fair shares: tenant A's 1,000 jobs wait, then tenant B submits one;
+/// once a worker serves the endpoint, B's job starts within the first few
+/// jobs, not after A's burst.
+pub async fn one_tenants_burst_does_not_starve_another_tenants_job(store: &Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[keys]]\nname = \"a\"\nkey = \"{ACME}\"\nendpoints = [\"fair\"]\nrole = \"submit\"\n\n\
+             [[keys]]\nname = \"b\"\nkey = \"{LATE}\"\nendpoints = [\"fair\"]\nrole = \"submit\"\n"
+        ),
+    )
+    .unwrap();
+    let file_arg = file.display().to_string();
+    // Nobody serves "fair" yet: the burst waits.
+    let mut api = Endpoint::start(store, &["--api-keys", &file_arg]).await;
+    let burst = submit_many_as(&api, ACME, "/v2/fair", 1000, 16).await;
+    let (code, single, _) = with_key(
+        &api,
+        LATE,
+        reqwest::Method::POST,
+        "/v2/fair/run",
+        Some(fake("echo", json!({"single": true}))),
+    )
+    .await;
+    assert_eq!(code, 200, "{single}");
+    let single = single["id"].as_str().unwrap().to_owned();
+    api.request_stop();
+    api.finished().await;
+    let worker = Endpoint::start_on(
+        store,
+        tempfile::tempdir().unwrap(),
+        api.queue.clone(),
+        &["--api-keys", &file_arg, "--endpoint", "fair"],
+    )
+    .await;
+    let done = completed(&worker, "/v2/fair", &single).await;
+    let (_, record) = get(&worker, &format!("/v2/fair/jobs/{single}")).await;
+    assert_eq!(record["tenant"], "b", "{record}");
+    let started = record["startedAt"].as_i64().unwrap();
+    // A's jobs that started before B's, from the list.
+    let mut before = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v2/fair/jobs?tenant=a&limit=500&cursor={c}"),
+            None => "/v2/fair/jobs?tenant=a&limit=500".to_owned(),
+        };
+        let (_, page) = get(&worker, &path).await;
+        before += page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|job| job["startedAt"].as_i64().is_some_and(|at| at < started))
+            .count();
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert!(
+        before <= 3,
+        "{before} of tenant a's {} jobs started before tenant b's single job: {done}",
+        burst.len()
+    );
+    worker.stop().await;
 }

@@ -45,12 +45,14 @@ pub use listing::{
     Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, PAGE_MAX, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 
+mod fairness;
 mod listing;
 pub mod postgres;
 mod postgres_announce;
 mod postgres_batch;
 mod postgres_call;
 mod postgres_conn;
+mod postgres_fair;
 mod postgres_group;
 mod postgres_listen;
 mod postgres_listing;

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 
+use super::postgres_fair::fair_ranks;
 use super::postgres_ops::{Events, Fault};
 use super::postgres_typed::p;
 use super::{
@@ -26,18 +27,19 @@ pub(super) async fn enqueue_many(
 ) -> Result<Vec<Result<(), QueueError>>, Fault> {
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant)
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
+                fair_rank)
             SELECT u.id, 'IN_QUEUE', u.payload, u.webhook, u.execution_timeout_ms, u.ttl_ms,
                    u.max_attempts, u.retention_ms, now.t, now.t + u.delay_ms, now.t + u.delay_ms,
                    u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash, u.endpoint,
-                   u.tenant
+                   u.tenant, u.fair_rank
               FROM (SELECT jobpipe.now_ms() AS t) AS now,
                    unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int4[],
                           $7::int8[], $8::int8[], $9::int8[], $10::int4[], $11::text[], $12::text[],
-                          $13::text[], $14::text[])
+                          $13::text[], $14::text[], $15::int8[])
                    AS u (id, payload, webhook, execution_timeout_ms, ttl_ms, max_attempts,
                          retention_ms, stall_timeout_ms, delay_ms, priority, idempotency_key,
-                         request_hash, endpoint, tenant)
+                         request_hash, endpoint, tenant, fair_rank)
             ON CONFLICT DO NOTHING
             RETURNING id";
     let column = |f: &dyn Fn(&NewJob<Json>) -> Option<i64>| -> Vec<Option<i64>> {
@@ -69,6 +71,7 @@ pub(super) async fn enqueue_many(
         .collect();
     let endpoints: Vec<&str> = jobs.iter().map(|job| job.endpoint.as_str()).collect();
     let tenants: Vec<Option<&str>> = jobs.iter().map(|job| job.tenant.as_deref()).collect();
+    let ranks = fair_ranks(&**tx, jobs).await?;
     let inserted: HashSet<String> = tx
         .query_typed(
             sql,
@@ -87,6 +90,7 @@ pub(super) async fn enqueue_many(
                 p(&hashes),
                 p(&endpoints),
                 p(&tenants),
+                p(&ranks),
             ],
         )
         .await?

@@ -96,11 +96,13 @@ pub(super) async fn enqueue(
     job: &NewJob<Json>,
     events: &mut Events,
 ) -> Result<Result<(), QueueError>, Fault> {
+    let rank = super::postgres_fair::fair_ranks(client, &[job]).await?[0];
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant)
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
+                fair_rank)
             SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12,
-                   $13, $14
+                   $13, $14, $15
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT DO NOTHING
             RETURNING id";
@@ -129,6 +131,7 @@ pub(super) async fn enqueue(
                 p(&hash),
                 p(&job.endpoint),
                 p(&job.tenant),
+                p(&rank),
             ],
         )
         .await?;

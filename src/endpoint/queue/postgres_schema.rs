@@ -186,6 +186,41 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX jobpipe.jobs_idempotency;
     CREATE UNIQUE INDEX jobs_idempotency ON jobpipe.jobs (coalesce(tenant, ''), idempotency_key)
         WHERE idempotency_key IS NOT NULL;",
+    // 9: fair shares between tenants (see fairness.rs): jobs are taken by
+    // priority, then fair rank, then queue time, in one ordered scan of
+    // jobs_take per endpoint; a submission finds its tenant's highest
+    // waiting rank in jobs_tenant_rank.
+    "ALTER TABLE jobpipe.jobs ADD COLUMN fair_rank bigint NOT NULL DEFAULT 0;
+    DROP INDEX jobpipe.jobs_take;
+    CREATE INDEX jobs_take ON jobpipe.jobs (endpoint, priority DESC, fair_rank, queued_at, seq)
+        WHERE status = 'IN_QUEUE';
+    CREATE INDEX jobs_tenant_rank ON jobpipe.jobs (endpoint, coalesce(tenant, ''), fair_rank)
+        WHERE status = 'IN_QUEUE';
+    CREATE OR REPLACE FUNCTION jobpipe.take(worker text, endpoints text[], slots bigint, lease_ms bigint)
+     RETURNS TABLE (job_id text, token text, job_payload text, attempt integer,
+                    execution_ms bigint, waited_ms bigint, stall_ms bigint)
+     LANGUAGE sql VOLATILE
+     SET enable_seqscan = off SET enable_bitmapscan = off
+     AS $$
+       WITH picked AS (
+         SELECT head.id FROM unnest(endpoints) AS e (name),
+         LATERAL (
+           SELECT q.id, q.priority, q.fair_rank, q.queued_at, q.seq FROM jobpipe.jobs AS q
+            WHERE q.endpoint = e.name AND q.status = 'IN_QUEUE'
+              AND q.run_after <= jobpipe.now_ms() AND q.queued_at + q.ttl_ms > jobpipe.now_ms()
+            ORDER BY q.priority DESC, q.fair_rank, q.queued_at, q.seq
+            LIMIT slots
+            FOR UPDATE SKIP LOCKED) AS head
+         ORDER BY head.priority DESC, head.fair_rank, head.queued_at, head.seq
+         LIMIT slots)
+       UPDATE jobpipe.jobs AS j
+          SET status = 'IN_PROGRESS', attempts = j.attempts + 1, worker_id = worker,
+              lease_token = gen_random_uuid()::text,
+              lease_expires_at = jobpipe.now_ms() + lease_ms, started_at = jobpipe.now_ms()
+         FROM picked WHERE j.id = picked.id
+       RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
+                 j.started_at - j.queued_at, j.stall_timeout_ms
+     $$;",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the

@@ -206,7 +206,8 @@ fn requeue_or_fail(
 
 /// Whether `token` holds the lease of running job `id`.
 /// The ids of the next `count` jobs of `endpoints` that may start at
-/// `now`: higher priority first, first in, first out within one. Each
+/// `now`: higher priority first, then by fair rank (see
+/// [`super::fairness`]), first in, first out within one. Each
 /// endpoint is one ordered scan of `jobs_take` that stops after `count`
 /// rows; a worker serving several endpoints merges their heads.
 fn next_jobs(
@@ -216,20 +217,28 @@ fn next_jobs(
     count: usize,
 ) -> rusqlite::Result<Vec<String>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT priority, queued_at, rowid, id FROM jobs
+        "SELECT priority, fair_rank, queued_at, rowid, id FROM jobs
           WHERE endpoint = ?1 AND status = 'IN_QUEUE' AND run_after <= ?2 AND queued_at + ttl_ms > ?2
-          ORDER BY priority DESC, queued_at, rowid LIMIT ?3",
+          ORDER BY priority DESC, fair_rank, queued_at, rowid LIMIT ?3",
     )?;
-    let mut heads: Vec<(i64, i64, i64, String)> = Vec::new();
+    let mut heads: Vec<(i64, i64, i64, i64, String)> = Vec::new();
     for endpoint in endpoints {
         let rows = stmt.query_map(params![endpoint, now, count as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
         })?;
         for row in rows {
             heads.push(row?);
         }
     }
-    heads.sort_by_key(|(priority, queued_at, rowid, _)| (-priority, *queued_at, *rowid));
+    heads.sort_by_key(|(priority, rank, queued_at, rowid, _)| {
+        (-priority, *rank, *queued_at, *rowid)
+    });
     heads.truncate(count);
     Ok(heads.into_iter().map(|(.., id)| id).collect())
 }

@@ -90,6 +90,15 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX jobs_idempotency;
     CREATE UNIQUE INDEX jobs_idempotency ON jobs (coalesce(tenant, ''), idempotency_key)
         WHERE idempotency_key IS NOT NULL;",
+    // 6: fair shares between tenants (see fairness.rs): jobs are taken by
+    // priority, then fair rank, then queue time, in one ordered scan; a
+    // submission finds its tenant's highest waiting rank in one more.
+    "ALTER TABLE jobs ADD COLUMN fair_rank INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX jobs_take;
+    CREATE INDEX jobs_take ON jobs (endpoint, priority DESC, fair_rank, queued_at)
+        WHERE status = 'IN_QUEUE';
+    CREATE INDEX jobs_tenant_rank ON jobs (endpoint, coalesce(tenant, ''), fair_rank)
+        WHERE status = 'IN_QUEUE';",
 ];
 
 /// Why the schema could not be brought up to date; the caller reports it

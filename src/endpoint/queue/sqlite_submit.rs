@@ -14,7 +14,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{duration_ms, now_ms, refusal, NewJob, QueueError, QueueEvent};
@@ -97,16 +99,18 @@ fn insert_all(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<
 fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<Inserted>> {
     let tx = conn.transaction()?;
     let mut inserted = Vec::with_capacity(jobs.len());
+    let ranks = fair_ranks(&tx, jobs)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
-                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant)
+                stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
+                fair_rank)
              VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8 + ?10, ?8 + ?10, ?9, ?11,
-                ?12, ?13, ?14, ?15)",
+                ?12, ?13, ?14, ?15, ?16)",
         )?;
         let now = now_ms();
-        for job in jobs {
+        for (job, rank) in jobs.iter().zip(ranks) {
             let p = job.policy;
             let payload = job.payload.text();
             let rows = insert.execute(params![
@@ -125,6 +129,7 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
                 job.idempotency.as_ref().map(|i| &i.body_hash),
                 job.endpoint,
                 job.tenant,
+                rank,
             ])?;
             if rows > 0 {
                 inserted.push(Ok(()));
@@ -147,6 +152,44 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
     }
     tx.commit()?;
     Ok(inserted)
+}
+
+/// The fair ranks of `jobs` (see [`super::fairness`]), from the head of
+/// each endpoint's queue and each tenant's last waiting job.
+fn fair_ranks(tx: &Transaction, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<i64>> {
+    let mut heads = HashMap::new();
+    let mut highest = HashMap::new();
+    for job in jobs {
+        let tenant = job.tenant.clone().unwrap_or_default();
+        if !heads.contains_key(&job.endpoint) {
+            let head: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT fair_rank FROM jobs WHERE endpoint = ?1 AND status = 'IN_QUEUE'
+                      ORDER BY priority DESC, fair_rank LIMIT 1",
+                )?
+                .query_row([&job.endpoint], |row| row.get(0))
+                .optional()?;
+            heads.insert(job.endpoint.clone(), head.unwrap_or(0));
+        }
+        let key = (job.endpoint.clone(), tenant);
+        if let std::collections::hash_map::Entry::Vacant(entry) = highest.entry(key) {
+            let top: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT MAX(fair_rank) FROM jobs
+                      WHERE endpoint = ?1 AND coalesce(tenant, '') = ?2 AND status = 'IN_QUEUE'",
+                )?
+                .query_row(params![entry.key().0, entry.key().1], |row| row.get(0))?;
+            if let Some(top) = top {
+                entry.insert(top);
+            }
+        }
+    }
+    Ok(super::fairness::assign(
+        jobs.iter()
+            .map(|job| (job.endpoint.as_str(), job.tenant.as_deref().unwrap_or(""))),
+        &heads,
+        &mut highest,
+    ))
 }
 
 /// A submission's outcome: inserted, or why not.
