@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jobpipe::endpoint::queue::postgres::{PgQueue, PgTarget};
 use jobpipe::endpoint::queue::{
-    Ending, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent,
+    Ending, Failure, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent,
 };
 use serde_json::json;
 use support::postgres::{self, TestDb};
@@ -28,6 +28,7 @@ fn policy(max_attempts: u32) -> JobPolicy {
         stall_timeout: None,
         priority: 0,
         delay: Duration::ZERO,
+        retry: Default::default(),
     }
 }
 
@@ -286,7 +287,11 @@ async fn a_crash_is_retried_after_a_back_off() {
     let queue = open(&db).await;
     queue.enqueue(job("c", 3)).await.unwrap();
     let lease = queue.take("w1", &ep(), 1, LONG).await.unwrap().remove(0);
-    let crash = Ending::Retry("HandlerCrashed: exit 1".into());
+    let crash = Ending::Retry {
+        kind: Failure::Crash,
+        why: "HandlerCrashed: exit 1".into(),
+        stderr: String::new(),
+    };
     assert!(queue.finish("c", &lease.token, crash).await.unwrap());
     let record = queue.status("c").await.unwrap().unwrap();
     assert_eq!((record.status, record.attempts), (JobStatus::InQueue, 1));

@@ -31,6 +31,7 @@ mod endpoint_name;
 mod error;
 mod jobs;
 mod request;
+mod retry_policy;
 mod routes;
 mod scale;
 

@@ -8,7 +8,7 @@
 //! newer) never shift a page and every job is seen once. Both stores read
 //! it from one index, `jobs_list (endpoint, created_at, id)`, backwards.
 
-use super::{JobRecord, JobStatus};
+use super::{AttemptRecord, JobRecord, JobStatus};
 use crate::json::Json;
 
 /// The most jobs one page holds.
@@ -94,6 +94,8 @@ pub struct JobDetail {
     pub queued_at: i64,
     /// Webhook posts of the job not yet delivered.
     pub webhooks_pending: u64,
+    /// Its ended attempts, first first.
+    pub history: Vec<AttemptRecord>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use deadpool_postgres::Object;
 use tokio_postgres::Row;
 
 use super::listing::{Cursor, JobDetail, JobFilter, JobSummary};
+use super::postgres_attempts;
 use super::postgres_ops::{status_of, Fault};
 use super::postgres_typed::p;
 use super::{stored_json, JobRecord};
@@ -88,5 +89,6 @@ pub(super) async fn detail(client: &Object, id: &str) -> Result<Option<JobDetail
         max_attempts: u32::try_from(row.get::<_, i32>(13)).unwrap_or(0),
         queued_at: row.get(14),
         webhooks_pending: u64::try_from(row.get::<_, i64>(15)).unwrap_or(0),
+        history: postgres_attempts::history(client, id).await?,
     }))
 }

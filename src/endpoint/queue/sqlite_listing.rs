@@ -5,6 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::listing::{Cursor, JobDetail, JobFilter, JobSummary};
 use super::sqlite::status_of;
+use super::sqlite_attempts;
 use super::{stored_json, JobRecord};
 
 /// A page of `endpoint`'s jobs, newest first.
@@ -50,7 +51,8 @@ fn summary(row: &Row) -> rusqlite::Result<JobSummary> {
     })
 }
 
-/// Everything kept of job `id`.
+/// Everything kept of job `id`, its attempts too (read on the one
+/// connection, so with the row as it stands).
 pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobDetail>> {
     conn.query_row(
         "SELECT id, endpoint, status, output, error, attempts, worker_id, created_at, started_at,
@@ -78,8 +80,14 @@ pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job
                 max_attempts: row.get(13)?,
                 queued_at: row.get(14)?,
                 webhooks_pending: row.get::<_, i64>(15)?.max(0) as u64,
+                history: Vec::new(),
             })
         },
     )
-    .optional()
+    .optional()?
+    .map(|mut job| {
+        job.history = sqlite_attempts::history(conn, id)?;
+        Ok(job)
+    })
+    .transpose()
 }
