@@ -3,12 +3,13 @@
 //! the history of its attempts, one row written in the transaction that
 //! ends each attempt (a group's usual ends record theirs in the statement
 //! that writes them, see [`super::postgres_batch`]) and deleted with the
-//! job (the foreign key cascades).
+//! job (the foreign key cascades). Below [`super::postgres_ops`], so its
+//! errors are the driver's.
 
 use deadpool_postgres::{Object, Transaction};
+use tokio_postgres::Error;
 
 use super::attempts::{AttemptRecord, RetryPolicy};
-use super::postgres_ops::Fault;
 use super::postgres_typed::p;
 
 /// Attempts used, attempts allowed and the retry policy of job `id`,
@@ -16,7 +17,7 @@ use super::postgres_typed::p;
 pub(super) async fn policy(
     tx: &Transaction<'_>,
     id: &str,
-) -> Result<(i64, i64, RetryPolicy), Fault> {
+) -> Result<(i64, i64, RetryPolicy), Error> {
     let row = tx
         .query_typed_one(
             "SELECT attempts, max_attempts, retry_on, retry_backoff_ms, retry_max_backoff_ms
@@ -41,7 +42,7 @@ pub(super) async fn record(
     id: &str,
     outcome: &str,
     detail: Option<&str>,
-) -> Result<(), Fault> {
+) -> Result<(), Error> {
     tx.execute_typed(
         "INSERT INTO jobpipe.attempts
                 (job_id, attempt, worker_id, started_at, ended_at, outcome, detail)
@@ -55,7 +56,7 @@ pub(super) async fn record(
 }
 
 /// Job `id`'s attempts, first first.
-pub(super) async fn history(client: &Object, id: &str) -> Result<Vec<AttemptRecord>, Fault> {
+pub(super) async fn history(client: &Object, id: &str) -> Result<Vec<AttemptRecord>, Error> {
     let rows = client
         .query_typed(
             "SELECT attempt, worker_id, started_at, ended_at, outcome, detail
