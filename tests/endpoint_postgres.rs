@@ -6,3 +6,4 @@ use support::endpoint::Store;
 
 all_route_tests!(Store::Postgres);
 all_platform_tests!(Store::Postgres);
+all_attempt_tests!(Store::Postgres);

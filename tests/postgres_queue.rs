@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jobpipe::endpoint::queue::postgres::{PgQueue, PgTarget};
 use jobpipe::endpoint::queue::{
-    Ending, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent,
+    Ending, Failure, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent, RetryOn,
 };
 use serde_json::json;
 use support::postgres::{self, TestDb};
@@ -28,6 +28,7 @@ fn policy(max_attempts: u32) -> JobPolicy {
         stall_timeout: None,
         priority: 0,
         delay: Duration::ZERO,
+        retry: Default::default(),
     }
 }
 
@@ -88,10 +89,10 @@ async fn many_processes_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert_eq!(queues.len(), 6);
-    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "9");
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "10");
     assert_eq!(
         db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
-        "6"
+        "7"
     );
     // The storage settings of migration 4.
     let options = db.psql("SELECT reloptions FROM pg_class WHERE oid = 'jobpipe.jobs'::regclass");
@@ -242,6 +243,16 @@ async fn an_expired_lease_requeues_counting_the_attempt_then_fails_the_job() {
         error.contains("lease expired") && error.contains("attempt 2 of 2"),
         "{error}"
     );
+    // Both lost attempts are in the job's history, by their workers.
+    let history = queue.job_raw("x").await.unwrap().unwrap().history;
+    let lost: Vec<(u32, &str, &str)> = history
+        .iter()
+        .map(|a| {
+            let worker = a.worker_id.as_deref().unwrap_or_default();
+            (a.attempt, worker, a.outcome.as_str())
+        })
+        .collect();
+    assert_eq!(lost, [(1, "w1", "lost"), (2, "w2", "lost")]);
 }
 
 #[tokio::test]
@@ -287,7 +298,11 @@ async fn a_crash_is_retried_after_a_back_off() {
     let queue = open(&db).await;
     queue.enqueue(job("c", 3)).await.unwrap();
     let lease = queue.take("w1", &ep(), 1, LONG).await.unwrap().remove(0);
-    let crash = Ending::Retry("HandlerCrashed: exit 1".into());
+    let crash = Ending::Retry {
+        kind: Failure::Crash,
+        why: "HandlerCrashed: exit 1".into(),
+        stderr: String::new(),
+    };
     assert!(queue.finish("c", &lease.token, crash).await.unwrap());
     let record = queue.status("c").await.unwrap().unwrap();
     assert_eq!((record.status, record.attempts), (JobStatus::InQueue, 1));
@@ -433,17 +448,26 @@ async fn a_take_never_claims_more_than_asked() {
 
 /// Results that finish together are written in one transaction (group
 /// commit); a stale lease token among them refuses only its own result.
+/// Each written end records its attempt; a handler's error whose job's
+/// policy retries errors queues the job again, in the same group.
 #[tokio::test]
 async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
     let Some(db) = postgres::database() else {
         return;
     };
     let queue = open(&db).await;
+    // r3, r11, ... end with an error their policy retries; r5, r13, ...
+    // with one it does not.
+    let retried = |id: &str| id[1..].parse::<u32>().unwrap() % 8 == 3;
+    let failed = |id: &str| id[1..].parse::<u32>().unwrap() % 8 == 5;
     for i in 0..64 {
         let mut job = job(&format!("r{i}"), 3);
         // Every other job has a webhook, posted once its end is written.
         if i % 2 == 0 {
             job.webhook = Some("http://127.0.0.1:9/hook".into());
+        }
+        if retried(&job.id) {
+            job.policy.retry.on = RetryOn::of([Failure::Error]);
         }
         queue.enqueue(job).await.unwrap();
     }
@@ -459,7 +483,14 @@ async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
         let output = json!({"done": lease.job_id});
         let queue = &queue;
         async move {
-            let ending = Ending::Completed(output);
+            let ending = if retried(&lease.job_id) || failed(&lease.job_id) {
+                Ending::Failed {
+                    error: "no".into(),
+                    output: None,
+                }
+            } else {
+                Ending::Completed(output)
+            };
             let written = queue.finish(&lease.job_id, &token, ending).await;
             (
                 lease.job_id.clone(),
@@ -473,10 +504,26 @@ async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
         let record = queue.status(id).await.unwrap().unwrap();
         let want = if id == stale {
             JobStatus::InProgress
+        } else if retried(id) {
+            JobStatus::InQueue
+        } else if failed(id) {
+            JobStatus::Failed
         } else {
             JobStatus::Completed
         };
         assert_eq!(record.status, want, "{id}");
+        let history = queue.job_raw(id).await.unwrap().unwrap().history;
+        let outcomes: Vec<&str> = history.iter().map(|a| a.outcome.as_str()).collect();
+        let want: &[&str] = match want {
+            JobStatus::InProgress => &[],
+            JobStatus::Completed => &["completed"],
+            _ => &["error"],
+        };
+        assert_eq!(outcomes, want, "{id}");
+        if let Some(attempt) = history.first() {
+            assert_eq!(attempt.worker_id.as_deref(), Some("w1"), "{id}");
+            assert_eq!(attempt.attempt, 1, "{id}");
+        }
     }
     // A webhook post for each written end of a job with a webhook, its
     // body the job's end.

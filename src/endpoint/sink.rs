@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 use crate::backoff::BackoffPolicy;
 use crate::delivery::ResultSink;
 use crate::delivery::{Attempt, Post, PostKind};
-use crate::endpoint::queue::{Ending, Lease, Queue, QueueError};
+use crate::endpoint::queue::{Ending, Failure, Lease, Queue, QueueError};
 use crate::json::{self, Json};
 use crate::pool::Pool;
 
@@ -24,14 +24,15 @@ use crate::pool::Pool;
 const UNREACHABLE_RETRY: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(5), 0.2);
 
-/// Failures found by jobpipe after which the job deserves another attempt:
-/// the handler, not the job, went wrong (or jobpipe stopped).
-const RETRYABLE: &[&str] = &[
-    "HandlerCrashed",
-    "HandlerRestarted",
-    "HandlerStartFailed",
-    "Stalled",
-    "WorkerShutdown",
+/// Failures found by jobpipe in which the handler or the worker, not the
+/// job, went wrong (retried by default), by the error report's
+/// `error_type`, and how a job's `policy.retry` names each.
+const LOST: &[(&str, Failure)] = &[
+    ("HandlerCrashed", Failure::Crash),
+    ("HandlerRestarted", Failure::Crash),
+    ("HandlerStartFailed", Failure::Crash),
+    ("Stalled", Failure::Stalled),
+    ("WorkerShutdown", Failure::Lost),
 ];
 
 /// A job this worker holds.
@@ -202,28 +203,42 @@ fn ending(body: &Json) -> Ending<Json> {
         Ok(other) => other.to_string(),
         Err(_) => error.get().to_owned(),
     };
-    match failure_kind(&error) {
-        Some((kind, message)) if RETRYABLE.contains(&kind.as_str()) => {
-            Ending::Retry(format!("{kind}: {message}"))
-        }
-        Some((kind, message)) if kind == "JobTimeout" => {
-            Ending::TimedOut(format!("{kind}: {message}"))
-        }
-        _ => Ending::Failed { error, output },
+    let Some(report) = report_of(&error) else {
+        return Ending::Failed { error, output };
+    };
+    let why = format!("{}: {}", report.kind, report.message);
+    match LOST.iter().find(|(name, _)| *name == report.kind) {
+        Some((_, kind)) => Ending::Retry {
+            kind: *kind,
+            why,
+            stderr: report.stderr,
+        },
+        None if report.kind == "JobTimeout" => Ending::TimedOut(why),
+        None => Ending::Failed { error, output },
     }
 }
 
-/// The `error_type` and `error_message` of a jobpipe error report.
-fn failure_kind(error: &str) -> Option<(String, String)> {
+/// What a jobpipe error report says.
+struct Report {
+    /// `error_type`.
+    kind: String,
+    /// `error_message`: for a crash, how the process ended
+    /// ("handler exit status: 3", "handler signal: 9 (SIGKILL)").
+    message: String,
+    /// `error_traceback`: the end of the handler's stderr.
+    stderr: String,
+}
+
+/// The report `error` is, if it is one of jobpipe's.
+fn report_of(error: &str) -> Option<Report> {
     let report: Value = serde_json::from_str(error).ok()?;
+    let text = |key: &str| report[key].as_str().unwrap_or_default().to_owned();
     let kind = report["error_type"].as_str()?.to_owned();
-    let message = report["error_message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    report["jobpipe_version"]
-        .is_string()
-        .then_some((kind, message))
+    report["jobpipe_version"].is_string().then(|| Report {
+        kind,
+        message: text("error_message"),
+        stderr: text("error_traceback"),
+    })
 }
 
 #[cfg(test)]
@@ -238,7 +253,9 @@ mod tests {
             worker_id: "w".into(),
             hostname: "h".into(),
         };
-        JobFailure::new(kind, "went wrong").report(&identity)
+        JobFailure::new(kind, "went wrong")
+            .with_stderr("last words".into())
+            .report(&identity)
     }
 
     fn body(text: &str) -> Json {
@@ -248,7 +265,22 @@ mod tests {
     #[test]
     fn crashes_are_retried_and_handler_errors_are_final() {
         let crash = Json::from_value(&json!({"error": report(FailureKind::HandlerCrashed)}));
-        assert!(matches!(ending(&crash), Ending::Retry(m) if m.contains("went wrong")));
+        assert_eq!(
+            ending(&crash),
+            Ending::Retry {
+                kind: Failure::Crash,
+                why: "HandlerCrashed: went wrong".into(),
+                stderr: "last words".into()
+            }
+        );
+        for (kind, failure) in [
+            (FailureKind::Stalled, Failure::Stalled),
+            (FailureKind::WorkerShutdown, Failure::Lost),
+            (FailureKind::HandlerStart, Failure::Crash),
+        ] {
+            let body = Json::from_value(&json!({"error": report(kind)}));
+            assert!(matches!(ending(&body), Ending::Retry { kind, .. } if kind == failure));
+        }
         let own = Json::from_value(
             &json!({"error": "{\"error_type\": \"HandlerCrashed\"}", "output": 1}),
         );

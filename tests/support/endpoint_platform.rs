@@ -401,7 +401,8 @@ pub async fn a_jobs_record_has_its_input_output_and_times(store: &Store) {
     assert_eq!(job["status"], "COMPLETED");
     assert_eq!(job["input"]["do"], "echo", "{job}");
     assert_eq!(job["output"]["do"], "echo", "{job}");
-    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["attemptCount"], 1);
+    assert_eq!(job["attempts"][0]["outcome"], "completed", "{job}");
     assert_eq!(job["priority"], 7);
     assert_eq!(job["maxAttempts"], 3);
     let (created, started, finished) = (

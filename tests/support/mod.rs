@@ -18,6 +18,7 @@
 pub mod cluster;
 pub mod daemon;
 pub mod endpoint;
+pub mod endpoint_attempts;
 pub mod endpoint_platform;
 pub mod endpoint_routes;
 pub mod fake_runpod;

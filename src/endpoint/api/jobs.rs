@@ -14,7 +14,7 @@ use super::endpoint_name::EndpointName;
 use super::error::ApiError;
 use super::routes::TextBody;
 use super::ApiState;
-use crate::endpoint::queue::{Cursor, JobFilter, JobStatus, JobSummary, PAGE_MAX};
+use crate::endpoint::queue::{AttemptRecord, Cursor, JobFilter, JobStatus, JobSummary, PAGE_MAX};
 use crate::json::{self, Json as JsonText};
 
 /// A page's size when the caller gives none.
@@ -133,7 +133,7 @@ pub(crate) async fn detail(
     }
     fields.extend([
         ("error", value(json!(record.error))),
-        ("attempts", value(json!(record.attempts))),
+        ("attemptCount", value(json!(record.attempts))),
         ("maxAttempts", value(json!(job.max_attempts))),
         ("priority", value(json!(job.priority))),
         ("workerId", value(json!(record.worker_id))),
@@ -144,10 +144,26 @@ pub(crate) async fn detail(
         ("webhook", value(json!(job.webhook))),
         ("webhooksPending", value(json!(job.webhooks_pending))),
         ("tenant", value(json!(job.tenant))),
+        (
+            "attempts",
+            value(job.history.iter().map(attempt_json).collect()),
+        ),
     ]);
     Ok(TextBody(json::object(
         fields.iter().map(|(key, value)| (*key, value)),
     )))
+}
+
+/// One ended attempt of a job's history.
+fn attempt_json(attempt: &AttemptRecord) -> Value {
+    json!({
+        "attempt": attempt.attempt,
+        "workerId": attempt.worker_id,
+        "startedAt": attempt.started_at,
+        "endedAt": attempt.ended_at,
+        "outcome": attempt.outcome,
+        "detail": attempt.detail,
+    })
 }
 
 /// The job object's `input`, as the text it was submitted as.

@@ -32,6 +32,7 @@ mod endpoint_name;
 mod error;
 mod jobs;
 mod request;
+mod retry_policy;
 mod routes;
 mod scale;
 

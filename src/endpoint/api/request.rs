@@ -35,6 +35,7 @@ const POLICY_KEYS: &[&str] = &[
     "runAt",
     "maxAttempts",
     "stallTimeout",
+    "retry",
 ];
 /// The longest a job can be delayed (`policy.delay`, `policy.runAt`).
 const DELAY_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -252,6 +253,7 @@ fn parse_policy(
         stall_timeout: None,
         priority: 0,
         delay: Duration::ZERO,
+        retry: Default::default(),
     };
     let fields = match policy {
         None | Some(Value::Null) => return Ok(result),
@@ -290,6 +292,7 @@ fn parse_policy(
     }
     result.priority = priority(fields)?;
     result.delay = delay(fields)?;
+    result.retry = super::retry_policy::parse_retry(fields.get("retry"))?;
     Ok(result)
 }
 

@@ -8,7 +8,7 @@
 //! newer) never shift a page and every job is seen once. Both stores read
 //! it from one index, `jobs_list (endpoint, created_at, id)`, backwards.
 
-use super::{JobRecord, JobStatus};
+use super::{AttemptRecord, JobRecord, JobStatus};
 use crate::json::Json;
 
 /// The most jobs one page holds.
@@ -98,6 +98,8 @@ pub struct JobDetail {
     /// Webhook posts of the job not yet delivered.
     pub webhooks_pending: u64,
     pub tenant: Option<String>,
+    /// Its ended attempts, first first.
+    pub history: Vec<AttemptRecord>,
 }
 
 /// A worker process as `GET /v2/{endpoint}/workers` shows it.

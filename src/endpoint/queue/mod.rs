@@ -12,9 +12,13 @@
 //!   is accepted only with the current token, so a worker that lost its
 //!   lease (it froze, was cut off, or the job was cancelled) cannot write a
 //!   second final status.
-//! * Every take counts an **attempt**. A lease that runs out puts the job
-//!   back in the queue while attempts remain (`maxAttempts`), else the job
-//!   ends FAILED saying why. Execution is therefore at-least-once, and
+//! * Every take counts an **attempt**. An attempt that fails in a way the
+//!   job's `policy.retry` names (by default: the handler crashed or
+//!   stalled, or the worker was lost, its lease running out) puts the job
+//!   back in the queue after a back-off while attempts remain
+//!   (`maxAttempts`), else the job ends saying why. Each ended attempt is
+//!   kept in the job's history, written with the job's change
+//!   ([`attempts`]). Execution is therefore at-least-once, and
 //!   every job ends with exactly one final status.
 //! * Every final status goes through one transition that also records the
 //!   job's webhook delivery, in the same transaction, so a restart never
@@ -41,14 +45,17 @@ use tokio::sync::broadcast;
 
 use crate::json::{self, Json};
 
+pub use attempts::{AttemptRecord, Failure, RetryOn, RetryPolicy};
 pub use listing::{
     Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, PAGE_MAX, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 
+mod attempts;
 mod fairness;
 mod listing;
 pub mod postgres;
 mod postgres_announce;
+mod postgres_attempts;
 mod postgres_batch;
 mod postgres_call;
 mod postgres_conn;
@@ -60,6 +67,7 @@ mod postgres_ops;
 mod postgres_schema;
 mod postgres_typed;
 pub mod sqlite;
+mod sqlite_attempts;
 mod sqlite_listing;
 mod sqlite_schema;
 mod sqlite_submit;
@@ -159,8 +167,11 @@ pub struct JobPolicy {
     /// Longest time in the queue before it starts; it then ends TIMED_OUT
     /// without running.
     pub ttl: Duration,
-    /// Takes allowed before a job whose worker vanished ends FAILED.
+    /// Takes allowed before a job whose failed attempts are retried ends
+    /// anyway.
     pub max_attempts: u32,
+    /// Which failed attempts are retried, after what wait.
+    pub retry: RetryPolicy,
     /// How long the final status can be read before the job is deleted.
     pub retention: Duration,
     /// The job's own `--stall-timeout`, which wins over the worker's.
@@ -295,22 +306,30 @@ impl Lease<Json> {
     }
 }
 
-/// How a leased job ends, as the worker reports it; `Ending<Json>` carries
-/// the output's text.
+/// How a leased job's attempt ends, as the worker reports it;
+/// `Ending<Json>` carries the output's text. Every ending but `Completed`
+/// is a [`Failure`]: the job is queued again if its `policy.retry` names
+/// that failure and attempts remain, else it ends FAILED (TIMED_OUT for a
+/// timeout) with the error given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ending<O = Value> {
     Completed(O),
-    /// The handler's own error: final, not retried.
+    /// The handler's own error ([`Failure::Error`]: final by default).
     Failed {
         error: String,
         output: Option<O>,
     },
-    /// The attempt ran past `executionTimeout`.
+    /// The attempt ran past its timeout ([`Failure::Timeout`]: final by
+    /// default).
     TimedOut(String),
-    /// The attempt was lost (the handler crashed, jobpipe shut down): the
-    /// job is queued again while attempts remain, else it fails with this
-    /// error.
-    Retry(String),
+    /// The attempt was lost: the handler crashed or stalled, or the worker
+    /// shut down (retried by default). `stderr` is the end of the
+    /// handler's stderr, when known, for the attempt's history.
+    Retry {
+        kind: Failure,
+        why: String,
+        stderr: String,
+    },
 }
 
 impl Ending {
@@ -323,7 +342,7 @@ impl Ending {
                 output: output.as_ref().map(Json::from_value),
             },
             Ending::TimedOut(why) => Ending::TimedOut(why),
-            Ending::Retry(why) => Ending::Retry(why),
+            Ending::Retry { kind, why, stderr } => Ending::Retry { kind, why, stderr },
         }
     }
 }
@@ -670,13 +689,6 @@ pub(crate) fn stored_partials(mut rows: Vec<(i64, String)>) -> Vec<Json> {
         .collect()
 }
 
-/// Delay before a job whose attempt was lost runs again: 1 s doubling per
-/// attempt, at most a minute.
-pub(crate) fn retry_delay_ms(attempts: i64) -> i64 {
-    let exponent = attempts.clamp(1, 7) - 1;
-    (1000_i64 << exponent).min(60_000)
-}
-
 /// The body of a job's webhook post: the final job object, the output as
 /// its text, keys in alphabetical order.
 pub(crate) fn webhook_body(
@@ -759,15 +771,6 @@ mod tests {
         assert_eq!(
             text(&body),
             r#"{"error":"e","id":"j","output":{"n": -0, "big": 1180591620717411303424},"status":"FAILED"}"#
-        );
-    }
-
-    #[test]
-    fn lost_attempts_wait_longer_each_time_up_to_a_minute() {
-        let delays: Vec<i64> = (0..=8).map(retry_delay_ms).collect();
-        assert_eq!(
-            delays,
-            [1000, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
         );
     }
 }

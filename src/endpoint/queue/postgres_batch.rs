@@ -4,12 +4,14 @@
 //! group of 64 submissions is one `INSERT … SELECT FROM unnest(…)`, and
 //! the usual ends of a group's jobs (an output, a handler's error, a
 //! timeout) one `UPDATE … FROM unnest(…)` that checks each job's lease
-//! token as it writes: a stale token refuses only its own row.
+//! token as it writes, and records each job's attempt in its history: a
+//! stale token refuses only its own row.
 
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::Transaction;
 
+use super::attempts::{bounded, Failure, RetryOn};
 use super::postgres_fair::fair_ranks;
 use super::postgres_ops::{Events, Fault};
 use super::postgres_typed::p;
@@ -28,18 +30,20 @@ pub(super) async fn enqueue_many(
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
-                fair_rank)
+                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms)
             SELECT u.id, 'IN_QUEUE', u.payload, u.webhook, u.execution_timeout_ms, u.ttl_ms,
                    u.max_attempts, u.retention_ms, now.t, now.t + u.delay_ms, now.t + u.delay_ms,
                    u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash, u.endpoint,
-                   u.tenant, u.fair_rank
+                   u.tenant, u.fair_rank, u.retry_on, u.retry_backoff_ms, u.retry_max_backoff_ms
               FROM (SELECT jobpipe.now_ms() AS t) AS now,
                    unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int4[],
                           $7::int8[], $8::int8[], $9::int8[], $10::int4[], $11::text[], $12::text[],
-                          $13::text[], $14::text[], $15::int8[])
+                          $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[],
+                          $18::int8[])
                    AS u (id, payload, webhook, execution_timeout_ms, ttl_ms, max_attempts,
                          retention_ms, stall_timeout_ms, delay_ms, priority, idempotency_key,
-                         request_hash, endpoint, tenant, fair_rank)
+                         request_hash, endpoint, tenant, fair_rank, retry_on, retry_backoff_ms,
+                         retry_max_backoff_ms)
             ON CONFLICT DO NOTHING
             RETURNING id";
     let column = |f: &dyn Fn(&NewJob<Json>) -> Option<i64>| -> Vec<Option<i64>> {
@@ -72,6 +76,9 @@ pub(super) async fn enqueue_many(
     let endpoints: Vec<&str> = jobs.iter().map(|job| job.endpoint.as_str()).collect();
     let tenants: Vec<Option<&str>> = jobs.iter().map(|job| job.tenant.as_deref()).collect();
     let ranks = fair_ranks(&**tx, jobs).await?;
+    let retry_on = column(&|job| Some(job.policy.retry.on.bits()));
+    let backoff = column(&|job| Some(duration_ms(job.policy.retry.backoff)));
+    let max_backoff = column(&|job| Some(duration_ms(job.policy.retry.max_backoff)));
     let inserted: HashSet<String> = tx
         .query_typed(
             sql,
@@ -91,6 +98,9 @@ pub(super) async fn enqueue_many(
                 p(&endpoints),
                 p(&tenants),
                 p(&ranks),
+                p(&retry_on),
+                p(&backoff),
+                p(&max_backoff),
             ],
         )
         .await?
@@ -148,8 +158,8 @@ pub(super) async fn enqueue_many(
         .collect())
 }
 
-/// A job's usual end, which one statement writes: an output, a handler's
-/// error, a timeout.
+/// A job's usual end, which one statement writes: an output, or a
+/// handler's error or a timeout that the job's policy does not retry.
 #[derive(Clone)]
 pub(super) struct PlainEnd<'a> {
     pub id: &'a str,
@@ -157,18 +167,31 @@ pub(super) struct PlainEnd<'a> {
     pub status: JobStatus,
     pub output: Option<&'a Json>,
     pub error: Option<&'a str>,
+    /// How the attempt failed, if it did.
+    pub failure: Option<Failure>,
 }
 
 impl<'a> PlainEnd<'a> {
-    /// The end `ending` makes, if one statement can write it (not a
-    /// streamed job's, whose output is its partials, nor a retry).
+    /// The end `ending` makes, if one statement may write it (not a
+    /// streamed job's, whose output is its partials, nor a lost attempt,
+    /// which is retried by default).
     pub(super) fn of(id: &'a str, token: &'a str, ending: &'a Ending<Json>) -> Option<Self> {
-        let (status, output, error) = match ending {
+        let (status, output, error, failure) = match ending {
             Ending::Completed(output) if !super::is_empty_output(output) => {
-                (JobStatus::Completed, Some(output), None)
+                (JobStatus::Completed, Some(output), None, None)
             }
-            Ending::Failed { error, output } => (JobStatus::Failed, output.as_ref(), Some(error)),
-            Ending::TimedOut(error) => (JobStatus::TimedOut, None, Some(error)),
+            Ending::Failed { error, output } => (
+                JobStatus::Failed,
+                output.as_ref(),
+                Some(error),
+                Some(Failure::Error),
+            ),
+            Ending::TimedOut(error) => (
+                JobStatus::TimedOut,
+                None,
+                Some(error),
+                Some(Failure::Timeout),
+            ),
             _ => return None,
         };
         Some(PlainEnd {
@@ -177,27 +200,49 @@ impl<'a> PlainEnd<'a> {
             status,
             output,
             error: error.map(String::as_str),
+            failure,
         })
+    }
+
+    /// What the attempt's history says of it.
+    fn outcome(&self) -> &'static str {
+        self.failure.map_or("completed", Failure::as_str)
     }
 }
 
-/// Writes `ends` in one statement, each under its lease token, and queues
-/// the webhooks of those jobs that have one; for each, in order, whether
-/// it was written.
+/// Writes `ends` in one statement, each under its lease token, recording
+/// each attempt in the job's history, and queues the webhooks of those
+/// jobs that have one; for each, in order, whether it was written. A
+/// failure the job's policy retries is not written here (nor is an end
+/// whose lease is gone): [`super::postgres_ops::finish_in`] tells which,
+/// and writes the first.
 pub(super) async fn finish_many(
     tx: &Transaction<'_>,
     ends: &[PlainEnd<'_>],
     events: &mut Events,
 ) -> Result<Vec<bool>, Fault> {
-    let sql = "UPDATE jobpipe.jobs AS j
-                  SET status = u.status, output = u.output, error = u.error,
-                      finished_at = now.t, expires_at = now.t + j.retention_ms,
-                      lease_token = NULL, lease_expires_at = NULL
-                 FROM (SELECT jobpipe.now_ms() AS t) AS now,
-                      unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-                      AS u (id, token, status, output, error)
-                WHERE j.id = u.id AND j.lease_token = u.token AND j.status = 'IN_PROGRESS'
-            RETURNING j.id, j.webhook, j.finished_at";
+    // `retried` is the failure's bit of `retry_on` (0 for an output): a
+    // job whose policy retries the failure is left alone.
+    let sql = "WITH ended AS (
+                 UPDATE jobpipe.jobs AS j
+                    SET status = u.status, output = u.output, error = u.error,
+                        finished_at = now.t, expires_at = now.t + j.retention_ms,
+                        lease_token = NULL, lease_expires_at = NULL
+                   FROM (SELECT jobpipe.now_ms() AS t) AS now,
+                        unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                               $6::text[], $7::text[], $8::int8[])
+                        AS u (id, token, status, output, error, outcome, detail, retried)
+                  WHERE j.id = u.id AND j.lease_token = u.token AND j.status = 'IN_PROGRESS'
+                    AND COALESCE(j.retry_on, $9) & u.retried = 0
+              RETURNING j.id, j.webhook, j.finished_at, j.attempts, j.worker_id, j.started_at,
+                        u.outcome, u.detail),
+               recorded AS (
+                 INSERT INTO jobpipe.attempts
+                        (job_id, attempt, worker_id, started_at, ended_at, outcome, detail)
+                 SELECT id, attempts, worker_id, started_at, finished_at, outcome, detail
+                   FROM ended
+                 ON CONFLICT (job_id, attempt) DO NOTHING)
+            SELECT id, webhook, finished_at FROM ended";
     let ids: Vec<&str> = ends.iter().map(|end| end.id).collect();
     let tokens: Vec<&str> = ends.iter().map(|end| end.token).collect();
     let statuses: Vec<&str> = ends.iter().map(|end| end.status.as_str()).collect();
@@ -206,10 +251,26 @@ pub(super) async fn finish_many(
         .map(|end| end.output.map(|output| output.text().into_owned()))
         .collect();
     let errors: Vec<Option<&str>> = ends.iter().map(|end| end.error).collect();
+    let outcomes: Vec<&str> = ends.iter().map(PlainEnd::outcome).collect();
+    let details: Vec<Option<String>> = ends.iter().map(|end| end.error.map(bounded)).collect();
+    let retried: Vec<i64> = ends
+        .iter()
+        .map(|end| end.failure.map_or(0, |f| RetryOn::of([f]).bits()))
+        .collect();
     let rows = tx
         .query_typed(
             sql,
-            &[p(&ids), p(&tokens), p(&statuses), p(&outputs), p(&errors)],
+            &[
+                p(&ids),
+                p(&tokens),
+                p(&statuses),
+                p(&outputs),
+                p(&errors),
+                p(&outcomes),
+                p(&details),
+                p(&retried),
+                p(&RetryOn::DEFAULT.bits()),
+            ],
         )
         .await?;
     let mut written = HashSet::with_capacity(rows.len());

@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 
+use deadpool_postgres::Transaction;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
@@ -116,13 +117,34 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
             .map(|()| true),
         Write::Finish { id, token, ending } => {
             db.call_announcing(|mut client, mut events| async move {
-                let ending = ending.clone();
-                let written = ops::finish(&mut client, id, token, ending, &mut events).await?;
+                let tx = client.transaction().await?;
+                let written = finish_one(&tx, id, token, ending, &mut events).await?;
+                if written {
+                    tx.commit().await?;
+                }
                 Ok((written, events))
             })
             .await
         }
     }
+}
+
+/// Ends one job held with `token` in `tx`: a usual end in one statement,
+/// and the rest (or a usual end that statement left alone) on the path
+/// that locks the row first.
+async fn finish_one(
+    tx: &Transaction<'_>,
+    id: &str,
+    token: &str,
+    ending: &Ending<Json>,
+    events: &mut Events,
+) -> Result<bool, Fault> {
+    if let Some(end) = PlainEnd::of(id, token, ending) {
+        if finish_many(tx, &[end], events).await?[0] {
+            return Ok(true);
+        }
+    }
+    ops::finish_in(tx, id, token, ending.clone(), events).await
 }
 
 /// Every write of the group in one transaction: the submissions in one
@@ -158,7 +180,20 @@ async fn together(db: &Db, writes: &[Write]) -> Result<Vec<Outcome>, QueueError>
                     return Ok(Vec::new());
                 }
                 let batch: Vec<_> = ends.iter().map(|(_, end)| end.clone()).collect();
-                finish_many(&tx, &batch, &mut ended).await
+                let mut written = finish_many(&tx, &batch, &mut ended).await?;
+                // Those left alone: a lease gone, or a failure the job's
+                // policy retries.
+                for ((index, end), written) in ends.iter().zip(&mut written) {
+                    if !*written {
+                        let Write::Finish { ending, .. } = &writes[*index] else {
+                            unreachable!("an end is a finish");
+                        };
+                        *written =
+                            ops::finish_in(&tx, end.id, end.token, ending.clone(), &mut ended)
+                                .await?;
+                    }
+                }
+                Ok::<_, Fault>(written)
             };
             let rest = join_all(others.iter().map(|(_, id, token, ending)| async {
                 let mut events = Events::new();

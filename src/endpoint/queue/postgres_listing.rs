@@ -5,6 +5,7 @@ use deadpool_postgres::Object;
 use tokio_postgres::Row;
 
 use super::listing::{Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, WORKER_GONE_MS};
+use super::postgres_attempts;
 use super::postgres_ops::{status_of, Fault};
 use super::postgres_typed::p;
 use super::{stored_json, JobRecord};
@@ -91,6 +92,7 @@ pub(super) async fn detail(client: &Object, id: &str) -> Result<Option<JobDetail
         queued_at: row.get(14),
         webhooks_pending: u64::try_from(row.get::<_, i64>(15)).unwrap_or(0),
         tenant: row.get(16),
+        history: postgres_attempts::history(client, id).await?,
     }))
 }
 

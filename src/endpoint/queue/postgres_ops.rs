@@ -9,13 +9,14 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use tokio_postgres::Row;
 
+use super::attempts::{after_failure, lost_lease, FailedAttempt, Next};
+use super::postgres_attempts;
 use super::postgres_typed::p;
 
 use super::{
-    duration_ms, is_empty_output, partials_output, refusal, retry_delay_ms, stored_json,
-    stored_partials, stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease,
-    NewJob, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, RATE_WINDOW_MS,
-    WORKER_FORGET_MS, WORKER_GONE_MS,
+    duration_ms, is_empty_output, partials_output, refusal, stored_json, stored_partials,
+    stored_status, webhook_body, Ending, Health, JobRecord, JobStatus, Lease, NewJob, QueueError,
+    QueueEvent, RetryOutcome, Swept, WebhookPost, RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 use crate::json::Json;
 
@@ -100,9 +101,9 @@ pub(super) async fn enqueue(
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
-                fair_rank)
+                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms)
             SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12,
-                   $13, $14, $15
+                   $13, $14, $15, $16, $17, $18
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT DO NOTHING
             RETURNING id";
@@ -132,6 +133,9 @@ pub(super) async fn enqueue(
                 p(&job.endpoint),
                 p(&job.tenant),
                 p(&rank),
+                p(&policy.retry.on.bits()),
+                p(&duration_ms(policy.retry.backoff)),
+                p(&duration_ms(policy.retry.max_backoff)),
             ],
         )
         .await?;
@@ -223,44 +227,18 @@ async fn finalize(
     output: Option<Json>,
     error: Option<String>,
 ) -> Result<(), Fault> {
-    finalize_under(tx, events, id, None, status, output, error).await?;
-    Ok(())
-}
-
-/// [`finalize`], under the lease `token` when one is given: false (and
-/// nothing written) when the job is no longer held with it. One statement
-/// both checks the lease and writes the end.
-async fn finalize_under(
-    tx: &Transaction<'_>,
-    events: &mut Events,
-    id: &str,
-    token: Option<&str>,
-    status: JobStatus,
-    output: Option<Json>,
-    error: Option<String>,
-) -> Result<bool, Fault> {
     let output_text = output.as_ref().map(|output| output.text());
     let output_text = output_text.as_deref();
-    let Some(row) = tx
-        .query_typed_opt(
+    let row = tx
+        .query_typed_one(
             "UPDATE jobpipe.jobs SET status = $2, output = $3, error = $4,
                 finished_at = jobpipe.now_ms(), expires_at = jobpipe.now_ms() + retention_ms,
                 lease_token = NULL, lease_expires_at = NULL
              WHERE id = $1
-               AND ($5::text IS NULL OR (lease_token = $5 AND status = 'IN_PROGRESS'))
              RETURNING webhook, finished_at",
-            &[
-                p(&id),
-                p(&status.as_str()),
-                p(&output_text),
-                p(&error),
-                p(&token),
-            ],
+            &[p(&id), p(&status.as_str()), p(&output_text), p(&error)],
         )
-        .await?
-    else {
-        return Ok(false);
-    };
+        .await?;
     if let Some(url) = row.get::<_, Option<String>>(0) {
         let finished_at: i64 = row.get(1);
         let body = webhook_body(id, status, &output, &error);
@@ -275,40 +253,43 @@ async fn finalize_under(
         events.push(QueueEvent::WebhookDue);
     }
     events.push(QueueEvent::Finished(id.to_owned()));
-    Ok(true)
+    Ok(())
 }
 
-/// Queues a job again after a lost attempt, or fails it when none are
-/// left; true when queued again. The row must be locked.
-async fn requeue_or_fail(
+/// Records a failed attempt of running job `id`, then queues the job
+/// again if its retry policy says so, else ends it; true when queued
+/// again. The row must be locked.
+async fn end_failed(
     tx: &Transaction<'_>,
     events: &mut Events,
     id: &str,
-    why: &str,
+    failed: FailedAttempt,
 ) -> Result<bool, Fault> {
-    let row = tx
-        .query_typed_one(
-            "SELECT attempts, max_attempts FROM jobpipe.jobs WHERE id = $1",
-            &[p(&id)],
-        )
-        .await?;
-    let (attempts, max): (i32, i32) = (row.get(0), row.get(1));
-    if attempts >= max {
-        let error = format!("{why} (attempt {attempts} of {max}; no attempts left)");
-        tracing::warn!(job_id = %id, "{error}; the job failed");
-        finalize(tx, events, id, JobStatus::Failed, None, Some(error)).await?;
-        return Ok(false);
-    }
+    let (attempts, max, policy) = postgres_attempts::policy(tx, id).await?;
+    let outcome = failed.failure.as_str();
+    postgres_attempts::record(tx, id, outcome, Some(&failed.detail)).await?;
+    let delay_ms = match after_failure(&policy, &failed, attempts, max) {
+        Next::End { error } => {
+            if policy.on.contains(failed.failure) {
+                tracing::warn!(job_id = %id, "{error}; the job ended");
+            }
+            let status = failed.failure.status();
+            finalize(tx, events, id, status, failed.output, Some(error)).await?;
+            return Ok(false);
+        }
+        Next::Again { delay_ms } => delay_ms,
+    };
     tx.execute_typed(
         "UPDATE jobpipe.jobs SET status = 'IN_QUEUE', run_after = jobpipe.now_ms() + $2,
                 lease_token = NULL, lease_expires_at = NULL, output = NULL
              WHERE id = $1",
-        &[p(&id), p(&retry_delay_ms(attempts.into()))],
+        &[p(&id), p(&delay_ms)],
     )
     .await?;
     tx.execute_typed("DELETE FROM jobpipe.stream WHERE job_id = $1", &[p(&id)])
         .await?;
-    tracing::info!(job_id = %id, "{why}; queued again (attempt {attempts} of {max} used)");
+    let why = &failed.error;
+    tracing::info!(job_id = %id, "{why}; queued again in {delay_ms} ms (attempt {attempts} of {max} used)");
     events.push(QueueEvent::Queued);
     Ok(true)
 }
@@ -324,6 +305,9 @@ pub(super) async fn cancel(
     };
     if status.is_final() {
         return Ok(Some(status));
+    }
+    if status == JobStatus::InProgress {
+        postgres_attempts::record(&tx, id, "cancelled", None).await?;
     }
     finalize(&tx, events, id, JobStatus::Cancelled, None, None).await?;
     if status == JobStatus::InProgress {
@@ -354,6 +338,9 @@ pub(super) async fn retry(
     )
     .await?;
     tx.execute_typed("DELETE FROM jobpipe.stream WHERE job_id = $1", &[p(&id)])
+        .await?;
+    // Its attempts count from one again, so its history does too.
+    tx.execute_typed("DELETE FROM jobpipe.attempts WHERE job_id = $1", &[p(&id)])
         .await?;
     tx.commit().await?;
     events.push(QueueEvent::Queued);
@@ -466,25 +453,12 @@ pub(super) async fn renew(
         .collect())
 }
 
-/// Writes a job's end in a transaction of its own; false (and nothing
-/// written) when the job is no longer held with `token`.
-pub(super) async fn finish(
-    client: &mut Object,
-    id: &str,
-    token: &str,
-    ending: Ending<Json>,
-    events: &mut Events,
-) -> Result<bool, Fault> {
-    let tx = client.transaction().await?;
-    let written = finish_in(&tx, id, token, ending, events).await?;
-    if written {
-        tx.commit().await?;
-    }
-    Ok(written)
-}
-
-/// [`finish`] in `tx`, which may hold other jobs' writes too (a group
-/// commit); the caller commits.
+/// Ends a job held with `token` in `tx`, which may hold other jobs'
+/// writes too (a group commit); the caller commits. False (and nothing
+/// written) when the job is no longer held with `token`. This is the path
+/// for the ends one statement cannot write (see
+/// [`super::postgres_batch::finish_many`]): it locks the row, then records
+/// the attempt and writes the job's end, or queues it again.
 pub(super) async fn finish_in(
     tx: &Transaction<'_>,
     id: &str,
@@ -492,46 +466,31 @@ pub(super) async fn finish_in(
     ending: Ending<Json>,
     events: &mut Events,
 ) -> Result<bool, Fault> {
-    let held = Some(token);
-    // The usual end is one statement that checks the lease as it writes;
-    // a streamed job's end (its partials become the output) and a lost
-    // attempt lock the row first.
-    Ok(match ending {
-        Ending::Completed(output) if !is_empty_output(&output) => {
-            let completed = JobStatus::Completed;
-            finalize_under(tx, events, id, held, completed, Some(output), None).await?
+    if !lock_held(tx, id, token).await? {
+        return Ok(false);
+    }
+    let output = match ending.into_failure() {
+        Ok(output) => output,
+        Err(failed) => {
+            end_failed(tx, events, id, failed).await?;
+            return Ok(true);
         }
-        Ending::Failed { error, output } => {
-            let failed = JobStatus::Failed;
-            finalize_under(tx, events, id, held, failed, output, Some(error)).await?
-        }
-        Ending::TimedOut(error) => {
-            let timed_out = JobStatus::TimedOut;
-            finalize_under(tx, events, id, held, timed_out, None, Some(error)).await?
-        }
-        Ending::Completed(output) => {
-            // A streaming handler's final output is empty: the job's
-            // output is then the list of its partials.
-            if !lock_held(tx, id, token).await? {
-                return Ok(false);
-            }
-            let list = partials(tx, id).await?;
-            let output = if list.is_empty() {
-                output
-            } else {
-                partials_output(&list)
-            };
-            finalize(tx, events, id, JobStatus::Completed, Some(output), None).await?;
-            true
-        }
-        Ending::Retry(why) => {
-            if !lock_held(tx, id, token).await? {
-                return Ok(false);
-            }
-            requeue_or_fail(tx, events, id, &why).await?;
-            true
-        }
-    })
+    };
+    // A streaming handler's final output is empty: the job's output is
+    // then the list of its partials.
+    let list = if is_empty_output(&output) {
+        partials(tx, id).await?
+    } else {
+        Vec::new()
+    };
+    let output = if list.is_empty() {
+        output
+    } else {
+        partials_output(&list)
+    };
+    postgres_attempts::record(tx, id, "completed", None).await?;
+    finalize(tx, events, id, JobStatus::Completed, Some(output), None).await?;
+    Ok(true)
 }
 
 /// Locks the job's row if it is still held with `token`; false if not.
@@ -601,8 +560,7 @@ pub(super) async fn sweep(
         .await?;
     for row in lost {
         let id: String = row.get(0);
-        let why = "its worker stopped holding the job (lease expired)";
-        if requeue_or_fail(&tx, events, &id, why).await? {
+        if end_failed(&tx, events, &id, lost_lease()).await? {
             swept.requeued += 1;
         } else {
             swept.ended += 1;

@@ -221,6 +221,24 @@ const MIGRATIONS: &[&str] = &[
        RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
                  j.started_at - j.queued_at, j.stall_timeout_ms
      $$;",
+    // 10: retry policies (policy.retry: which failures, as a bit mask, and
+    // the back-off; NULL is the default) and the history of a job's
+    // attempts, deleted with the job. Each attempt adds a row, and each job
+    // deletes its rows at its retention: vacuum it as early as the jobs.
+    "ALTER TABLE jobpipe.jobs ADD COLUMN retry_on bigint, ADD COLUMN retry_backoff_ms bigint,
+        ADD COLUMN retry_max_backoff_ms bigint;
+    CREATE TABLE jobpipe.attempts (
+        job_id text NOT NULL REFERENCES jobpipe.jobs (id) ON DELETE CASCADE,
+        attempt integer NOT NULL,
+        worker_id text,
+        started_at bigint,
+        ended_at bigint NOT NULL,
+        outcome text NOT NULL,
+        detail text,
+        PRIMARY KEY (job_id, attempt)
+    );
+    ALTER TABLE jobpipe.attempts SET (autovacuum_vacuum_scale_factor = 0.02,
+        autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the

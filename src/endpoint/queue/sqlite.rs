@@ -19,13 +19,15 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::broadcast;
 
+use super::attempts::{after_failure, lost_lease, FailedAttempt, Next};
+use super::sqlite_attempts;
 use super::sqlite_listing::{self, status_of};
 use super::sqlite_submit::Submissions;
 use super::{
-    duration_ms, is_empty_output, now_ms, partials_output, retry_delay_ms, stored_json,
-    stored_partials, to_ms, webhook_body, Ending, Health, JobDetail, JobFilter, JobRecord,
-    JobStatus, JobSummary, Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept,
-    WebhookPost, WorkerRow, RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
+    duration_ms, is_empty_output, now_ms, partials_output, stored_json, stored_partials, to_ms,
+    webhook_body, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary, Lease,
+    NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerRow,
+    RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 use crate::json::Json;
 
@@ -176,30 +178,34 @@ fn finalize(
     Ok(())
 }
 
-/// Queues a job again after a lost attempt, or fails it when none are left.
-fn requeue_or_fail(
+/// Records a failed attempt of running job `id`, then queues the job
+/// again if its retry policy says so, else ends it; true when queued
+/// again.
+fn end_failed(
     tx: &Transaction,
     id: &str,
-    why: &str,
+    failed: FailedAttempt,
     events: &mut Vec<QueueEvent>,
 ) -> rusqlite::Result<bool> {
-    let (attempts, max): (i64, i64) = tx.query_row(
-        "SELECT attempts, max_attempts FROM jobs WHERE id = ?1",
-        [id],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
-    if attempts >= max {
-        let error = format!("{why} (attempt {attempts} of {max}; no attempts left)");
-        finalize(tx, id, JobStatus::Failed, None, Some(error), events)?;
-        return Ok(false);
-    }
+    let (attempts, max, policy) = sqlite_attempts::policy(tx, id)?;
+    let outcome = failed.failure.as_str();
+    sqlite_attempts::record(tx, id, now_ms(), outcome, Some(&failed.detail))?;
+    let delay_ms = match after_failure(&policy, &failed, attempts, max) {
+        Next::End { error } => {
+            let status = failed.failure.status();
+            finalize(tx, id, status, failed.output, Some(error), events)?;
+            return Ok(false);
+        }
+        Next::Again { delay_ms } => delay_ms,
+    };
     tx.execute(
         "UPDATE jobs SET status = 'IN_QUEUE', run_after = ?2, lease_token = NULL,
             lease_expires_at = NULL, output = NULL WHERE id = ?1",
-        params![id, now_ms() + retry_delay_ms(attempts)],
+        params![id, now_ms() + delay_ms],
     )?;
     tx.execute("DELETE FROM stream WHERE job_id = ?1", [id])?;
-    tracing::info!(job_id = %id, "{why}; queued again (attempt {attempts} of {max} used)");
+    let why = &failed.error;
+    tracing::info!(job_id = %id, "{why}; queued again in {delay_ms} ms (attempt {attempts} of {max} used)");
     events.push(QueueEvent::Queued);
     Ok(true)
 }
@@ -337,6 +343,9 @@ impl Queue for SqliteQueue {
             if status.is_final() {
                 return Ok(Some(status));
             }
+            if status == JobStatus::InProgress {
+                sqlite_attempts::record(tx, &id, now_ms(), "cancelled", None)?;
+            }
             finalize(tx, &id, JobStatus::Cancelled, None, None, events)?;
             if status == JobStatus::InProgress {
                 events.push(QueueEvent::Cancelled(id.clone()));
@@ -363,6 +372,8 @@ impl Queue for SqliteQueue {
                 params![id, now],
             )?;
             tx.execute("DELETE FROM stream WHERE job_id = ?1", [&id])?;
+            // Its attempts count from one again, so its history does too.
+            tx.execute("DELETE FROM attempts WHERE job_id = ?1", [&id])?;
             events.push(QueueEvent::Queued);
             Ok(RetryOutcome::Requeued)
         })
@@ -395,6 +406,12 @@ impl Queue for SqliteQueue {
     async fn purge(&self, endpoint: &str) -> Result<u64, QueueError> {
         let endpoint = endpoint.to_owned();
         self.write(move |tx, _| {
+            // A queued job may have failed attempts behind it.
+            tx.execute(
+                "DELETE FROM attempts WHERE job_id IN
+                    (SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = ?1)",
+                [&endpoint],
+            )?;
             let removed = tx.execute(
                 "DELETE FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = ?1",
                 [&endpoint],
@@ -576,32 +593,27 @@ impl Queue for SqliteQueue {
             if !holds(tx, &id, &token)? {
                 return Ok(false);
             }
-            match ending {
-                Ending::Completed(output) => {
-                    // A streaming handler's final output is empty: the job's
-                    // output is then the list of its partials.
-                    let list = if is_empty_output(&output) {
-                        partials(tx, &id)?
-                    } else {
-                        Vec::new()
-                    };
-                    let output = if list.is_empty() {
-                        output
-                    } else {
-                        partials_output(&list)
-                    };
-                    finalize(tx, &id, JobStatus::Completed, Some(output), None, events)?;
+            let output = match ending.into_failure() {
+                Ok(output) => output,
+                Err(failed) => {
+                    end_failed(tx, &id, failed, events)?;
+                    return Ok(true);
                 }
-                Ending::Failed { error, output } => {
-                    finalize(tx, &id, JobStatus::Failed, output, Some(error), events)?;
-                }
-                Ending::TimedOut(error) => {
-                    finalize(tx, &id, JobStatus::TimedOut, None, Some(error), events)?;
-                }
-                Ending::Retry(why) => {
-                    requeue_or_fail(tx, &id, &why, events)?;
-                }
-            }
+            };
+            // A streaming handler's final output is empty: the job's
+            // output is then the list of its partials.
+            let list = if is_empty_output(&output) {
+                partials(tx, &id)?
+            } else {
+                Vec::new()
+            };
+            let output = if list.is_empty() {
+                output
+            } else {
+                partials_output(&list)
+            };
+            sqlite_attempts::record(tx, &id, now_ms(), "completed", None)?;
+            finalize(tx, &id, JobStatus::Completed, Some(output), None, events)?;
             Ok(true)
         })
         .await
@@ -647,8 +659,7 @@ impl Queue for SqliteQueue {
                 .query_map(params![now, SWEEP_BATCH], |row| row.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for id in lost {
-                let why = "its worker stopped holding the job (lease expired)";
-                if requeue_or_fail(tx, &id, why, events)? {
+                if end_failed(tx, &id, lost_lease(), events)? {
                     swept.requeued += 1;
                 } else {
                     swept.ended += 1;
@@ -665,11 +676,15 @@ impl Queue for SqliteQueue {
                 finalize(tx, &id, JobStatus::TimedOut, None, Some(error), events)?;
                 swept.ended += 1;
             }
-            tx.execute(
-                "DELETE FROM stream WHERE job_id IN
-                    (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)",
-                params![now, SWEEP_BATCH],
-            )?;
+            for table in ["stream", "attempts"] {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE job_id IN
+                            (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)"
+                    ),
+                    params![now, SWEEP_BATCH],
+                )?;
+            }
             swept.deleted = tx.execute(
                 "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)",
                 params![now, SWEEP_BATCH],

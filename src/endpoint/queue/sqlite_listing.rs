@@ -4,6 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::listing::{Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, WORKER_GONE_MS};
+use super::sqlite_attempts;
 use super::{stored_json, stored_status, JobRecord, JobStatus};
 
 /// A status column read back, or the row's error.
@@ -59,7 +60,8 @@ fn summary(row: &Row) -> rusqlite::Result<JobSummary> {
     })
 }
 
-/// Everything kept of job `id`.
+/// Everything kept of job `id`, its attempts too (read on the one
+/// connection, so with the row as it stands).
 pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobDetail>> {
     conn.query_row(
         "SELECT id, endpoint, status, output, error, attempts, worker_id, created_at, started_at,
@@ -88,10 +90,16 @@ pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job
                 queued_at: row.get(14)?,
                 webhooks_pending: row.get::<_, i64>(15)?.max(0) as u64,
                 tenant: row.get(16)?,
+                history: Vec::new(),
             })
         },
     )
-    .optional()
+    .optional()?
+    .map(|mut job| {
+        job.history = sqlite_attempts::history(conn, id)?;
+        Ok(job)
+    })
+    .transpose()
 }
 
 /// The workers that serve `endpoint`, newest first; lost ones are those

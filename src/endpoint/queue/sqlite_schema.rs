@@ -99,6 +99,22 @@ const MIGRATIONS: &[&str] = &[
         WHERE status = 'IN_QUEUE';
     CREATE INDEX jobs_tenant_rank ON jobs (endpoint, coalesce(tenant, ''), fair_rank)
         WHERE status = 'IN_QUEUE';",
+    // 7: retry policies (policy.retry: which failures, as a bit mask, and
+    // the back-off; NULL is the default) and the history of a job's
+    // attempts, deleted with the job.
+    "ALTER TABLE jobs ADD COLUMN retry_on INTEGER;
+    ALTER TABLE jobs ADD COLUMN retry_backoff_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN retry_max_backoff_ms INTEGER;
+    CREATE TABLE attempts (
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker_id TEXT,
+        started_at INTEGER,
+        ended_at INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT,
+        PRIMARY KEY (job_id, attempt)
+    );",
 ];
 
 /// Why the schema could not be brought up to date; the caller reports it
