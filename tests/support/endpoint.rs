@@ -172,19 +172,34 @@ impl Endpoint {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(KEY);
+        let url = format!("{}{path}", self.base);
+        let (status, body, _) = self.request(KEY, method, &url, body).await;
+        (status, body)
+    }
+
+    /// A call to `url` with `key`; answers status, JSON body and
+    /// `Retry-After`.
+    pub async fn request(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, Option<String>) {
+        let mut request = self.http.request(method, url).bearer_auth(key);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.expect("the endpoint answers");
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
         let text = response.text().await.unwrap();
         let body =
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?} ({status})"));
-        (status, body)
+        (status, body, retry_after)
     }
 
     /// A POST with the key and an `Idempotency-Key`.

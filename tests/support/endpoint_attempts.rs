@@ -1,6 +1,6 @@
 //! A job's retry policy (`policy.retry`) and its attempt history
 //! (`GET /v2/{endpoint}/jobs/{id}`'s `attempts`), written once and run
-//! against every queue store (see `attempt_tests!`), with the real
+//! against every queue store (see `all_attempt_tests!`), with the real
 //! handler process crashing, hanging and failing.
 
 use serde_json::{json, Value};
@@ -11,30 +11,14 @@ use super::endpoint::{fake, Endpoint, Store};
 #[macro_export]
 macro_rules! all_attempt_tests {
     ($store:expr) => {
-        $crate::attempt_tests!(
+        $crate::route_tests!(
+            endpoint_attempts,
             $store,
             a_crash_and_a_timeout_are_retried_and_the_history_shows_each_attempt,
             handler_errors_are_final_unless_the_policy_retries_them,
             bad_retry_policies_are_refused_naming_the_field,
             a_cancelled_attempt_is_in_the_history,
         );
-    };
-}
-
-/// Generates one `#[tokio::test]` per attempt test for a store.
-#[macro_export]
-macro_rules! attempt_tests {
-    ($store:expr, $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let store = $store;
-                if !store.available() {
-                    return;
-                }
-                support::endpoint_attempts::$name(&store).await;
-            }
-        )*
     };
 }
 

@@ -1,5 +1,5 @@
 //! The endpoint as a platform, written once and run against every queue
-//! store (see `platform_tests!`): endpoints as separate queues, the job
+//! store (see `all_platform_tests!`): endpoints as separate queues, the job
 //! list and a job's whole record.
 
 use std::time::Instant;
@@ -12,7 +12,8 @@ use super::endpoint::{fake, Endpoint, Store, KEY, WAIT};
 #[macro_export]
 macro_rules! all_platform_tests {
     ($store:expr) => {
-        $crate::platform_tests!(
+        $crate::route_tests!(
+            endpoint_platform,
             $store,
             endpoints_are_separate_queues_served_by_their_own_workers,
             the_job_list_pages_through_ten_thousand_jobs_while_more_arrive,
@@ -24,23 +25,6 @@ macro_rules! all_platform_tests {
     };
 }
 
-/// Generates one `#[tokio::test]` per platform test for a store.
-#[macro_export]
-macro_rules! platform_tests {
-    ($store:expr, $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let store = $store;
-                if !store.available() {
-                    return;
-                }
-                support::endpoint_platform::$name(&store).await;
-            }
-        )*
-    };
-}
-
 /// A call with the key to `path` from the server's root (`/v2/NAME/...`).
 async fn at(
     endpoint: &Endpoint,
@@ -48,18 +32,7 @@ async fn at(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = endpoint
-        .http
-        .request(method, format!("{}{path}", endpoint.root))
-        .bearer_auth(KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("the endpoint answers");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let body =
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?} ({status})"));
+    let (status, body, _) = with_key(endpoint, KEY, method, path, body).await;
     (status, body)
 }
 
@@ -475,7 +448,8 @@ pub async fn the_scale_signal_moves_with_the_queue(store: &Store) {
     worker.stop().await;
 }
 
-/// A call with `key` (not the harness's own) to `path` from the root.
+/// A call with `key` (not the harness's own) to `path` from the root;
+/// its status, body and `Retry-After`.
 async fn with_key(
     endpoint: &Endpoint,
     key: &str,
@@ -483,23 +457,8 @@ async fn with_key(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value, Option<String>) {
-    let mut request = endpoint
-        .http
-        .request(method, format!("{}{path}", endpoint.root))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("the endpoint answers");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let text = response.text().await.unwrap();
-    let body =
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?} ({status})"));
-    (status, body, retry_after)
+    let url = format!("{}{path}", endpoint.root);
+    endpoint.request(key, method, &url, body).await
 }
 
 const ACME: &str = "acme-key-0000000001";

@@ -16,6 +16,7 @@ use super::hooks::receiver;
 macro_rules! all_route_tests {
     ($store:expr) => {
         $crate::route_tests!(
+            endpoint_routes,
             $store,
             run_then_status_reports_output_and_times,
             runsync_answers_the_result_or_the_status_when_wait_runs_out,
@@ -43,10 +44,11 @@ macro_rules! all_route_tests {
     };
 }
 
-/// Generates one `#[tokio::test]` per route test for a store.
+/// Generates one `#[tokio::test]` per test of a shared test module
+/// (`endpoint_routes`, `endpoint_platform`, ...) for a store.
 #[macro_export]
 macro_rules! route_tests {
-    ($store:expr, $($name:ident),* $(,)?) => {
+    ($module:ident, $store:expr, $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -54,7 +56,7 @@ macro_rules! route_tests {
                 if !store.available() {
                     return;
                 }
-                support::endpoint_routes::$name(&store).await;
+                support::$module::$name(&store).await;
             }
         )*
     };
