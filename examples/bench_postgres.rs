@@ -21,7 +21,15 @@
 //!
 //! ```sh
 //! cargo run --release --example bench_postgres -- [--jobs N] [--workers W] [--samples S]
+//!     [--endpoints E] [--tenants T]
 //! ```
+//!
+//! With `--endpoints E` the jobs go round-robin to `/v2/e0/run` ..
+//! `/v2/e{E-1}/run` and every worker serves all of them (`--endpoint
+//! e0,e1,..`); the latency samples and `/runsync` calls go to `e0`. With
+//! `--tenants T` the API reads a keys file of T tenants (role submit,
+//! endpoints `["*"]`) and the throughput run's job `i` is posted with
+//! tenant `i % T`'s key (the bench's other calls use a master `--api-key`).
 
 #[allow(dead_code)]
 #[path = "../tests/support/postgres.rs"]
@@ -78,6 +86,14 @@ struct Args {
     /// Single jobs for the idle pick-up latency.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Endpoints e0..eE-1 the jobs are spread over, round-robin; every
+    /// worker serves all of them. 0: the root routes (endpoint "default").
+    #[arg(long, default_value_t = 0)]
+    endpoints: usize,
+    /// Tenants (API keys) the jobs are submitted with, round-robin. 0: no
+    /// keys file, no tenants.
+    #[arg(long, default_value_t = 0)]
+    tenants: usize,
     /// Run this jobpipe binary instead of building the release one.
     #[arg(long)]
     jobpipe: Option<PathBuf>,
@@ -157,21 +173,64 @@ async fn main() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let base = format!("http://{addr}");
-    let _api = spawn(
-        &jobpipe,
-        &[
-            "--serve-api",
-            "--api-only",
-            "--api-addr",
-            &addr,
-            "--queue",
-            &url,
-        ],
-    );
-    let client = reqwest::Client::new();
+    // Endpoints: the prefix of the latency and /runsync calls, and the
+    // prefixes the throughput run's jobs go to in turn.
+    let names: Vec<String> = (0..args.endpoints).map(|e| format!("e{e}")).collect();
+    let prefixes: Vec<String> = if names.is_empty() {
+        vec![String::new()]
+    } else {
+        names.iter().map(|n| format!("/v2/{n}")).collect()
+    };
+    let first = prefixes[0].clone();
+    let master = "bench-master-key-0123456789".to_owned();
+    let tenant_keys: Vec<String> = (0..args.tenants)
+        .map(|t| format!("bench-tenant-key-{t:04}-abcdef"))
+        .collect();
+    let keys_file =
+        std::env::temp_dir().join(format!("jobpipe-bench-keys-{}.toml", std::process::id()));
+    let mut api_args: Vec<String> = [
+        "--serve-api",
+        "--api-only",
+        "--api-addr",
+        &addr,
+        "--queue",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !tenant_keys.is_empty() {
+        let toml: String = tenant_keys
+            .iter()
+            .enumerate()
+            .map(|(t, key)| {
+                format!("[[keys]]\nname = \"t{t}\"\nkey = \"{key}\"\nendpoints = [\"*\"]\nrole = \"submit\"\n\n")
+            })
+            .collect();
+        std::fs::write(&keys_file, toml).unwrap();
+        api_args.extend([
+            "--api-keys".to_owned(),
+            keys_file.to_string_lossy().into_owned(),
+            "--api-key".to_owned(),
+            master.clone(),
+        ]);
+    }
+    let api_refs: Vec<&str> = api_args.iter().map(String::as_str).collect();
+    let _api = spawn(&jobpipe, &api_refs);
+    let mut headers = reqwest::header::HeaderMap::new();
+    if !tenant_keys.is_empty() {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {master}").parse().unwrap(),
+        );
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let started = Instant::now();
     while client
-        .get(format!("{base}/health"))
+        .get(format!("{base}{first}/health"))
         .send()
         .await
         .map_or(true, |r| !r.status().is_success())
@@ -183,6 +242,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let echo = echo.to_string_lossy().into_owned();
+    let served = if names.is_empty() {
+        "default".to_owned()
+    } else {
+        names.join(",")
+    };
     let _workers: Vec<Proc> = (0..args.workers)
         .map(|i| {
             let id = format!("bench-w{i}");
@@ -193,6 +257,8 @@ async fn main() {
                     &url,
                     "--worker-id",
                     &id,
+                    "--endpoint",
+                    &served,
                     "--concurrency",
                     &args.concurrency.to_string(),
                     "--",
@@ -201,7 +267,7 @@ async fn main() {
             )
         })
         .collect();
-    while count_workers(&client, &base).await < args.workers as u64 {
+    while count_workers(&client, &format!("{base}{first}")).await < args.workers as u64 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the workers did not come up"
@@ -211,7 +277,7 @@ async fn main() {
 
     // Idle pick-up latency: one job at a time, every worker idle.
     for i in 0..args.samples {
-        let id = post(&client, &base, json!({"n": i})).await;
+        let id = post(&client, &format!("{base}{first}"), None, json!({"n": i})).await;
         wait_done(&watch, &format!("id = '{id}'"), 1).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -226,7 +292,7 @@ async fn main() {
     for i in 0..args.samples {
         let sent = Instant::now();
         let answer: Value = client
-            .post(format!("{base}/runsync"))
+            .post(format!("{base}{first}/runsync"))
             .json(&json!({"input": {"n": i}}))
             .send()
             .await
@@ -296,6 +362,7 @@ async fn main() {
     // The take's plan, with the queue busy: EXPLAIN ANALYZE in a
     // transaction that is rolled back, two seconds into the run.
     let explain_url = url.clone();
+    let explain_endpoints: Vec<String> = served.split(',').map(str::to_owned).collect();
     let explain = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (mut client, connection) = tokio_postgres::connect(&explain_url, tokio_postgres::NoTls)
@@ -303,23 +370,26 @@ async fn main() {
             .unwrap();
         tokio::spawn(connection);
         let tx = client.transaction().await.unwrap();
-        // The plan of the function's statement, under its settings.
-        tx.batch_execute(
-            "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;
-             SET LOCAL enable_sort = off",
-        )
-        .await
-        .unwrap();
+        // The plan of jobpipe.take's statement (migration 9), under the
+        // function's settings, for the endpoints the workers serve.
+        tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+            .await
+            .unwrap();
         let plan = tx
             .query(
                 "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) WITH picked AS (
-                    SELECT id FROM jobpipe.jobs
-                     WHERE status = 'IN_QUEUE' AND run_after <= jobpipe.now_ms()
-                       AND queued_at + ttl_ms > jobpipe.now_ms()
-                     ORDER BY priority DESC, queued_at, seq LIMIT 4 FOR UPDATE SKIP LOCKED)
+                    SELECT head.id FROM unnest($1::text[]) AS e (name),
+                    LATERAL (
+                      SELECT q.id, q.priority, q.fair_rank, q.queued_at, q.seq FROM jobpipe.jobs AS q
+                       WHERE q.endpoint = e.name AND q.status = 'IN_QUEUE'
+                         AND q.run_after <= jobpipe.now_ms() AND q.queued_at + q.ttl_ms > jobpipe.now_ms()
+                       ORDER BY q.priority DESC, q.fair_rank, q.queued_at, q.seq
+                       LIMIT 4 FOR UPDATE SKIP LOCKED) AS head
+                    ORDER BY head.priority DESC, head.fair_rank, head.queued_at, head.seq
+                    LIMIT 4)
                  UPDATE jobpipe.jobs AS j SET status = 'IN_PROGRESS'
                    FROM picked WHERE j.id = picked.id RETURNING j.id",
-                &[],
+                &[&explain_endpoints],
             )
             .await
             .unwrap();
@@ -340,9 +410,11 @@ async fn main() {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let (client, base, posted) = (client.clone(), base.clone(), posted.clone());
+        let target = format!("{base}{}", prefixes[i % prefixes.len()]);
+        let key = (!tenant_keys.is_empty()).then(|| tenant_keys[i % tenant_keys.len()].clone());
+        let (client, posted) = (client.clone(), posted.clone());
         posts.spawn(async move {
-            post(&client, &base, json!({"n": i})).await;
+            post(&client, &target, key, json!({"n": i})).await;
             posted.fetch_add(1, Ordering::SeqCst);
         });
     }
@@ -378,8 +450,8 @@ async fn main() {
         "jobs that did not complete with their input echoed"
     );
     println!(
-        "workers: {} jobpipe processes, --concurrency {}, handler handlers/c/echo.c; server fsync {durability}",
-        args.workers, args.concurrency
+        "workers: {} jobpipe processes, --concurrency {}, --endpoint {served}, handler handlers/c/echo.c; server fsync {durability}; {} endpoint(s), {} tenant(s)",
+        args.workers, args.concurrency, prefixes.len(), args.tenants
     );
     println!(
         "throughput: {} jobs from /run to COMPLETED in {:.2}s: {:.0} jobs/s (wall clock {:.2}s)",
@@ -546,13 +618,14 @@ fn parent_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn post(client: &reqwest::Client, base: &str, input: Value) -> String {
-    let response = client
+async fn post(client: &reqwest::Client, base: &str, key: Option<String>, input: Value) -> String {
+    let mut request = client
         .post(format!("{base}/run"))
-        .json(&json!({"input": input}))
-        .send()
-        .await
-        .expect("/run answers");
+        .json(&json!({"input": input}));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("/run answers");
     assert!(
         response.status().is_success(),
         "/run answered {}",
