@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// The content type of the Prometheus text format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `/health`, `/ready` and `/metrics` over the worker's metrics.
 pub fn router(metrics: Arc<Metrics>) -> Router {

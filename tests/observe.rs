@@ -228,3 +228,71 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(ok, "promtool test rules:\n{out}");
     assert!(out.contains("SUCCESS"), "{out}");
 }
+
+/// The endpoint API's `/metrics` (`--serve-api`): the process's figures
+/// and each endpoint's queue, labelled by endpoint, even one no worker
+/// serves; promtool accepts the whole text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apis_metrics_carry_each_endpoints_queue_and_satisfy_promtool() {
+    let builder = support::daemon::daemon().name("api");
+    let queue = builder.dir().join("queue.db");
+    let spool = builder.dir().join("spool");
+    let mut daemon = builder
+        .args(["--serve-api", "--log-level", "info"])
+        .args(["--api-addr", "127.0.0.1:0", "--target-wait", "1s"])
+        .env("JOBPIPE_API_KEY", KEY)
+        .arg("--queue")
+        .arg(format!("sqlite:{}", queue.display()))
+        .arg("--spool-dir")
+        .arg(spool)
+        .args(["--", "python3", &support::fixtures::fake_handler()])
+        .start();
+    let line = daemon.wait_for_log("endpoint API listening on http://", WAIT);
+    let addr = line.split("http://").nth(1).unwrap();
+    let base = format!("http://{}", addr.split_whitespace().next().unwrap());
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let answer = http
+            .post(format!("{base}/v2/unserved/run"))
+            .bearer_auth(KEY)
+            .json(&json!({"input": {"do": "echo"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let text = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            "jobpipe_endpoint_jobs_waiting{endpoint=\"unserved\"}"
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "jobpipe_endpoint_workers{endpoint=\"unserved\"}"),
+        0.0
+    );
+    assert!(
+        sample(
+            &text,
+            "jobpipe_endpoint_desired_workers{endpoint=\"unserved\"}"
+        ) >= 3.0
+    );
+    assert_eq!(
+        sample(&text, "jobpipe_endpoint_workers{endpoint=\"default\"}"),
+        1.0,
+        "{text}"
+    );
+    let (ok, judged) = promtool(&["check", "metrics"], Some(&text));
+    assert!(ok, "promtool: {judged}\n{text}");
+}

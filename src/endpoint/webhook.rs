@@ -336,6 +336,9 @@ mod tests {
         ) -> Result<Option<crate::endpoint::queue::JobDetail>, QueueError> {
             unreachable!("not used by webhook delivery")
         }
+        async fn active_endpoints(&self, _: usize) -> Result<Vec<String>, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
         async fn workers(
             &self,
             _: &str,

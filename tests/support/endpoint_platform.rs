@@ -425,6 +425,28 @@ pub async fn the_scale_signal_moves_with_the_queue(store: &Store) {
     assert!(backlog >= 20, "{scale}");
     let (_, health) = get(&endpoint, "/v2/scaled/health").await;
     assert_eq!(health["scaling"]["waiting"], 20, "{health}");
+    // The API's /metrics: the same, labelled by endpoint (promtool judges
+    // it in tests/observe.rs).
+    let metrics = endpoint
+        .http
+        .get(format!("{}/metrics", endpoint.root))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("jobpipe_endpoint_jobs_waiting{endpoint=\"scaled\"} 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "jobpipe_endpoint_desired_workers{{endpoint=\"scaled\"}} {backlog}"
+        )) || metrics.contains("jobpipe_endpoint_desired_workers{endpoint=\"scaled\"} "),
+        "{metrics}"
+    );
 
     let mut endpoint = endpoint;
     endpoint.request_stop();

@@ -31,6 +31,7 @@ mod conn;
 mod endpoint_name;
 mod error;
 mod jobs;
+mod queue_metrics;
 mod request;
 mod retry_policy;
 mod routes;
@@ -117,9 +118,9 @@ pub fn router(state: ApiState) -> Router {
         router = router.merge(
             Router::new()
                 .route("/ready", get(crate::observe::ready))
-                .route("/metrics", get(crate::observe::metrics_text))
                 .with_state(metrics.clone()),
         );
+        router = router.route("/metrics", get(queue_metrics::metrics));
     }
     router
         .fallback(routes::not_found)

@@ -503,6 +503,8 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<Vec<JobSummary>, QueueError>;
     /// Everything kept of the job `id`.
     async fn job_raw(&self, id: &str) -> Result<Option<JobDetail>, QueueError>;
+    /// The endpoints with jobs waiting or live workers, at most `limit`.
+    async fn active_endpoints(&self, limit: usize) -> Result<Vec<String>, QueueError>;
     /// The workers that serve `endpoint`, live or lost, newest first.
     async fn workers(&self, endpoint: &str) -> Result<Vec<WorkerRow>, QueueError>;
     /// Deletes every queued job of `endpoint`; returns how many.

@@ -228,6 +228,12 @@ impl Queue for PgQueue {
             .await
     }
 
+    async fn active_endpoints(&self, limit: usize) -> Result<Vec<String>, QueueError> {
+        self.db
+            .call(|client| async move { listing::active_endpoints(&client, limit).await })
+            .await
+    }
+
     async fn workers(&self, endpoint: &str) -> Result<Vec<WorkerRow>, QueueError> {
         self.db
             .call(|client| async move { listing::workers(&client, endpoint).await })

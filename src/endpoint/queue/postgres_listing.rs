@@ -123,3 +123,19 @@ pub(super) async fn workers(client: &Object, endpoint: &str) -> Result<Vec<Worke
         })
         .collect())
 }
+
+/// The endpoints with jobs waiting or live workers, sorted, at most
+/// `limit`.
+pub(super) async fn active_endpoints(client: &Object, limit: usize) -> Result<Vec<String>, Fault> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query_typed(
+            "SELECT endpoint FROM jobpipe.jobs WHERE status = 'IN_QUEUE'
+             UNION
+             SELECT unnest(endpoints) FROM jobpipe.workers WHERE seen_at > jobpipe.now_ms() - $1
+             ORDER BY 1 LIMIT $2",
+            &[p(&WORKER_GONE_MS), p(&limit)],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}

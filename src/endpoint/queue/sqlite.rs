@@ -397,6 +397,11 @@ impl Queue for SqliteQueue {
             .await
     }
 
+    async fn active_endpoints(&self, limit: usize) -> Result<Vec<String>, QueueError> {
+        self.call(move |conn| sqlite_listing::active_endpoints(conn, now_ms(), limit))
+            .await
+    }
+
     async fn workers(&self, endpoint: &str) -> Result<Vec<WorkerRow>, QueueError> {
         let endpoint = endpoint.to_owned();
         self.call(move |conn| sqlite_listing::workers(conn, &endpoint, now_ms()))

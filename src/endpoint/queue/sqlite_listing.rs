@@ -134,3 +134,23 @@ pub(super) fn workers(
     })?;
     rows.collect()
 }
+
+/// The endpoints with jobs waiting or live workers, sorted, at most
+/// `limit`.
+pub(super) fn active_endpoints(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<String>> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut waiting =
+        conn.prepare_cached("SELECT DISTINCT endpoint FROM jobs WHERE status = 'IN_QUEUE'")?;
+    for name in waiting.query_map([], |row| row.get::<_, String>(0))? {
+        names.insert(name?);
+    }
+    let mut workers = conn.prepare_cached("SELECT endpoints FROM workers WHERE seen_at > ?1")?;
+    for list in workers.query_map([now - WORKER_GONE_MS], |row| row.get::<_, String>(0))? {
+        names.extend(list?.split(',').map(str::to_owned));
+    }
+    Ok(names.into_iter().take(limit).collect())
+}
