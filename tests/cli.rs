@@ -902,3 +902,39 @@ fn a_bad_endpoint_name_or_keys_file_exits_2_naming_the_line_and_never_the_key() 
     assert_contains(&run.stderr, "line 7: key \"bad\": role must be", &run);
     assert!(!run.stderr.contains("very-secret"), "{}", run.describe());
 }
+
+#[test]
+fn a_bad_endpoints_file_exits_2_naming_the_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(
+        &file,
+        "[endpoints.sdxl]\nmax_attempts = 5\n\n[endpoints.llm]\nttl = \"2h\"\nmax_attempts = 101\n",
+    )
+    .unwrap();
+    let run = jobpipe()
+        .args(["--serve-api", "--endpoints"])
+        .arg(&file)
+        .handler(python_echo())
+        .run();
+    run.expect_code(2);
+    assert_contains(&run.stderr, "endpoints.toml", &run);
+    assert_contains(
+        &run.stderr,
+        "line 6: endpoint \"llm\": max_attempts: must be from 1 to 100, not 101",
+        &run,
+    );
+
+    std::fs::write(&file, "[endpoints.sdxl]\ninput_schema = \"nowhere.json\"\n").unwrap();
+    let run = jobpipe()
+        .env("JOBPIPE_ENDPOINTS", file.to_str().unwrap())
+        .args(["--serve-api"])
+        .handler(python_echo())
+        .run();
+    run.expect_code(2);
+    assert_contains(
+        &run.stderr,
+        "line 2: endpoint \"sdxl\": input_schema: cannot read",
+        &run,
+    );
+}

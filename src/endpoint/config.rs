@@ -17,6 +17,7 @@ use super::queue::postgres::DEFAULT_POOL_SIZE;
 use super::queue::stores::{self, QueueLocation, DEFAULT_QUEUE};
 use super::source::QueueSourceConfig;
 use crate::endpoint::api::JobDefaults;
+use crate::endpoint::settings::EndpointSettings;
 use crate::error::ConfigError;
 use crate::input_schema::InputSchema;
 use crate::units::{parse_long_duration, parse_short_duration, parse_size};
@@ -174,6 +175,15 @@ pub struct EndpointArgs {
     )]
     pub api_max_connections: NonZeroUsize,
 
+    /// TOML file of per-endpoint settings, one [endpoints.NAME] table each:
+    /// input_schema (a path from the file's folder), max_attempts (1 to
+    /// 100), ttl, execution_timeout and result_retention (durations like
+    /// "10m"), every key optional. An endpoint not in the file gets the
+    /// flags' settings. Read at start only (no reload on SIGHUP). See
+    /// "Per-endpoint settings" in the README.
+    #[arg(long = "endpoints", env = "JOBPIPE_ENDPOINTS", value_name = "FILE")]
+    pub endpoints_file: Option<PathBuf>,
+
     /// JSON Schema file every job's "input" must match; /run and /runsync
     /// answer 400 listing the violations, and nothing is queued.
     #[arg(long, env = "JOBPIPE_INPUT_SCHEMA", value_name = "FILE")]
@@ -261,12 +271,15 @@ impl EndpointArgs {
             }
         }
         let schema = self.schema()?;
-        let mut defaults = JobDefaults {
+        let defaults = JobDefaults {
             max_attempts: self.max_attempts.get(),
-            run_retention: self.result_retention,
             ..JobDefaults::default()
-        };
-        defaults.sync_retention = defaults.sync_retention.min(self.result_retention);
+        }
+        .with_retention(self.result_retention);
+        let settings =
+            EndpointSettings::load(self.endpoints_file.as_deref(), defaults, schema.clone())?;
+        // A job's own endpoint's schema was checked at submission.
+        let schema = schema.filter(|_| !settings.has_own_schemas());
         let api_key = crate::secret::resolve_either(
             "--api-key (JOBPIPE_API_KEY)",
             "--api-key-file (JOBPIPE_API_KEY_FILE)",
@@ -300,7 +313,7 @@ impl EndpointArgs {
                 max_connections: self.api_max_connections.get(),
             },
             schema,
-            defaults,
+            settings: Arc::new(settings),
             lease: self.lease,
             spool_dir,
             max_undelivered,

@@ -5,6 +5,8 @@
 //!   their validation.
 //! * [`keys`]: the API keys file (`--api-keys`): tenants, their endpoints,
 //!   roles and rates.
+//! * [`settings`]: the per-endpoint settings file (`--endpoints`): each
+//!   endpoint's input schema, attempts, ttl, timeout and retention.
 //! * [`queue`]: the [`queue::Queue`] trait and its stores, registered by URL
 //!   scheme in [`queue::stores`].
 //! * [`api`]: the HTTP routes (`/run`, `/runsync`, `/status`, ...).
@@ -17,6 +19,7 @@ pub mod api;
 pub mod config;
 pub mod keys;
 pub mod queue;
+pub mod settings;
 mod sink;
 pub mod source;
 pub mod webhook;

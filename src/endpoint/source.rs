@@ -24,9 +24,10 @@ use tokio_util::task::TaskTracker;
 use super::keys::{self, KeyRing};
 use super::sink::{Held, QueueSink};
 use crate::backoff::{Backoff, BackoffPolicy};
-use crate::endpoint::api::{self, ApiState, JobDefaults};
+use crate::endpoint::api::{self, ApiState};
 use crate::endpoint::queue::stores::QueueLocation;
 use crate::endpoint::queue::{log_failure, Queue, QueueEvent};
+use crate::endpoint::settings::EndpointSettings;
 use crate::error::{exit, ConfigError, FatalError};
 use crate::input_schema::InputSchema;
 use crate::pool::Pool;
@@ -56,8 +57,12 @@ pub struct QueueSourceConfig {
     pub keys: Option<Arc<KeyRing>>,
     /// What one client may take of the API: timeouts, connections.
     pub api_limits: api::Limits,
+    /// `--input-schema`, checked again as a job is taken; `None` when
+    /// `--endpoints` gives some endpoint a schema of its own (the API
+    /// checks each job against its endpoint's at submission).
     pub schema: Option<Arc<InputSchema>>,
-    pub defaults: JobDefaults,
+    /// Each endpoint's job defaults and schema, for the API.
+    pub settings: Arc<EndpointSettings>,
     pub lease: Duration,
     /// Where the end of a job is kept when the database cannot take it.
     pub spool_dir: PathBuf,
@@ -110,8 +115,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         let state = ApiState {
             queue: queue.clone(),
             keys: config.keys.clone(),
-            schema: config.schema.clone(),
-            defaults: config.defaults,
+            settings: config.settings.clone(),
             closing: ctx.shutdown.take.clone(),
             metrics: Some(ctx.pool.metrics.clone()),
             target_wait: config.target_wait,

@@ -21,6 +21,7 @@ macro_rules! all_platform_tests {
             the_scale_signal_moves_with_the_queue,
             api_keys_give_tenants_their_endpoints_roles_and_rates,
             one_tenants_burst_does_not_starve_another_tenants_job,
+            an_endpoints_file_gives_one_endpoint_its_schema_and_attempts,
         );
     };
 }
@@ -720,4 +721,78 @@ pub async fn one_tenants_burst_does_not_starve_another_tenants_job(store: &Store
         burst.len()
     );
     worker.stop().await;
+}
+
+/// Waits until job `id` under `prefix` has ended; its `/status`.
+async fn ended(endpoint: &Endpoint, prefix: &str, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let (code, body) = get(endpoint, &format!("{prefix}/status/{id}")).await;
+        assert_eq!(code, 200, "{body}");
+        if !matches!(body["status"].as_str(), Some("IN_QUEUE" | "IN_PROGRESS")) {
+            return body;
+        }
+        assert!(started.elapsed() < WAIT, "job {id} did not end: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// `--endpoints`: the endpoint `strict` checks inputs against its own
+/// schema and gives a crashing job one attempt; `other`, not in the file,
+/// keeps the flags' settings (no schema, three attempts).
+pub async fn an_endpoints_file_gives_one_endpoint_its_schema_and_attempts(store: &Store) {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("strict.json"),
+        r#"{"type": "object", "required": ["prompt"], "properties": {"prompt": {"type": "string"}}}"#,
+    )
+    .unwrap();
+    let file = dir.path().join("endpoints.toml");
+    std::fs::write(
+        &file,
+        "[endpoints.strict]\ninput_schema = \"strict.json\"\nmax_attempts = 1\n",
+    )
+    .unwrap();
+    let file_arg = file.display().to_string();
+    let endpoint = Endpoint::start(
+        store,
+        &["--endpoints", &file_arg, "--endpoint", "strict,other"],
+    )
+    .await;
+
+    let (code, body) = at(
+        &endpoint,
+        Method::POST,
+        "/v2/strict/run",
+        Some(fake("echo", json!({}))),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("prompt"), "{body}");
+    let id = submit(
+        &endpoint,
+        "/v2/strict",
+        fake("echo", json!({"prompt": "a cat"})),
+    )
+    .await;
+    let done = completed(&endpoint, "/v2/strict", &id).await;
+    assert_eq!(done["output"]["prompt"], "a cat", "{done}");
+    let id = submit(&endpoint, "/v2/other", fake("echo", json!({}))).await;
+    completed(&endpoint, "/v2/other", &id).await;
+
+    let strict = submit(
+        &endpoint,
+        "/v2/strict",
+        fake("crash", json!({"prompt": "x"})),
+    )
+    .await;
+    let other = submit(&endpoint, "/v2/other", fake("crash", json!({}))).await;
+    let body = ended(&endpoint, "/v2/strict", &strict).await;
+    assert_eq!(body["status"], "FAILED", "{body}");
+    assert_eq!(body["retries"], 0, "max_attempts = 1: {body}");
+    let body = ended(&endpoint, "/v2/other", &other).await;
+    assert_eq!(body["status"], "FAILED", "{body}");
+    assert_eq!(body["retries"], 2, "the flags' three attempts: {body}");
+    endpoint.stop().await;
 }

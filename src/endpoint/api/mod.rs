@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::keys::KeyRing;
 use crate::endpoint::queue::Queue;
-use crate::input_schema::InputSchema;
+use crate::endpoint::settings::EndpointSettings;
 use crate::metrics::Metrics;
 
+pub use crate::endpoint::settings::JobDefaults;
 pub use conn::{serve, Limits, SlowBody};
 
 mod auth;
@@ -42,39 +43,6 @@ pub const RUN_BODY_LIMIT: usize = 10 * 1024 * 1024;
 /// Largest `/runsync` body, as on RunPod.
 pub const RUNSYNC_BODY_LIMIT: usize = 20 * 1024 * 1024;
 
-/// What new jobs get when their request does not say.
-#[derive(Debug, Clone, Copy)]
-pub struct JobDefaults {
-    /// Per-attempt run time limit (none: only `--job-timeout` applies).
-    pub execution_timeout: Option<Duration>,
-    /// Longest wait in the queue before a job ends TIMED_OUT unstarted.
-    pub ttl: Duration,
-    pub max_attempts: u32,
-    /// How long a `/run` job's final status is kept.
-    pub run_retention: Duration,
-    /// How long a `/runsync` job's final status is kept.
-    pub sync_retention: Duration,
-    /// How long `/runsync` waits when no `wait` is given.
-    pub sync_wait: Duration,
-    /// The longest `wait` `/runsync` accepts.
-    pub sync_wait_max: Duration,
-}
-
-impl Default for JobDefaults {
-    /// RunPod's documented values.
-    fn default() -> Self {
-        JobDefaults {
-            execution_timeout: None,
-            ttl: Duration::from_secs(24 * 3600),
-            max_attempts: 3,
-            run_retention: Duration::from_secs(30 * 60),
-            sync_retention: Duration::from_secs(60),
-            sync_wait: Duration::from_secs(90),
-            sync_wait_max: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Everything the routes share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -82,8 +50,9 @@ pub struct ApiState {
     /// The keys asked for as `Authorization: Bearer <key>`, when set;
     /// never logged.
     pub keys: Option<Arc<KeyRing>>,
-    pub schema: Option<Arc<InputSchema>>,
-    pub defaults: JobDefaults,
+    /// Each endpoint's job defaults and input schema (`--endpoints`, or
+    /// the flags).
+    pub settings: Arc<EndpointSettings>,
     /// Cancelled when jobpipe starts shutting down: submissions are then
     /// refused with 503 and `/runsync` callers get their answer at once.
     pub closing: CancellationToken,

@@ -53,14 +53,15 @@ pub(crate) async fn run(
         return Err(ApiError::ShuttingDown);
     }
     let body = read_body(&headers, body, RUN_BODY_LIMIT).await?;
+    let (defaults, schema) = state.settings.for_endpoint(&endpoint);
     let job = parse_job(
         endpoint,
         tenant.map(|t| t.0.name),
         &body,
         &headers,
-        &state.defaults,
-        state.defaults.run_retention,
-        state.schema.as_deref(),
+        defaults,
+        defaults.run_retention,
+        schema,
     )?;
     let (id, new) = submit(&state, job).await?;
     if new {
@@ -107,14 +108,15 @@ pub(crate) async fn runsync(
     if state.closing.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
+    let (defaults, schema) = state.settings.for_endpoint(&endpoint);
     let wait = match query.get("wait") {
-        None => state.defaults.sync_wait,
+        None => defaults.sync_wait,
         Some(text) => match text.parse::<u64>() {
-            Ok(ms) => Duration::from_millis(ms).min(state.defaults.sync_wait_max),
+            Ok(ms) => Duration::from_millis(ms).min(defaults.sync_wait_max),
             Err(_) => {
                 return Err(ApiError::BadRequest(format!(
                     "wait must be a whole number of milliseconds (at most {}), got {text:?}",
-                    state.defaults.sync_wait_max.as_millis()
+                    defaults.sync_wait_max.as_millis()
                 )))
             }
         },
@@ -125,9 +127,9 @@ pub(crate) async fn runsync(
         tenant.map(|t| t.0.name),
         &body,
         &headers,
-        &state.defaults,
-        state.defaults.sync_retention,
-        state.schema.as_deref(),
+        defaults,
+        defaults.sync_retention,
+        schema,
     )?;
     // Subscribed before the job exists, so its end cannot be missed.
     let mut events = state.queue.subscribe();
