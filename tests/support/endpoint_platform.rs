@@ -19,31 +19,30 @@ macro_rules! all_platform_tests {
             the_job_list_pages_through_ten_thousand_jobs_while_more_arrive,
             a_jobs_record_has_its_input_output_and_times,
             the_scale_signal_moves_with_the_queue,
-            api_keys_give_tenants_their_endpoints_roles_and_rates,
-            one_tenants_burst_does_not_starve_another_tenants_job,
             an_endpoints_file_gives_one_endpoint_its_schema_and_attempts,
         );
     };
 }
 
 /// A call with the key to `path` from the server's root (`/v2/NAME/...`).
-async fn at(
+pub async fn at(
     endpoint: &Endpoint,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let (status, body, _) = with_key(endpoint, KEY, method, path, body).await;
+    let url = format!("{}{path}", endpoint.root);
+    let (status, body, _) = endpoint.request(KEY, method, &url, body).await;
     (status, body)
 }
 
-async fn get(endpoint: &Endpoint, path: &str) -> (u16, Value) {
+pub async fn get(endpoint: &Endpoint, path: &str) -> (u16, Value) {
     at(endpoint, reqwest::Method::GET, path, None).await
 }
 
 /// Submits a job to the endpoint under `prefix` (`/v2/NAME`, or "" for
 /// the root); its id.
-async fn submit(endpoint: &Endpoint, prefix: &str, body: Value) -> String {
+pub async fn submit(endpoint: &Endpoint, prefix: &str, body: Value) -> String {
     let (code, answer) = at(
         endpoint,
         reqwest::Method::POST,
@@ -56,7 +55,7 @@ async fn submit(endpoint: &Endpoint, prefix: &str, body: Value) -> String {
 }
 
 /// Waits until job `id` under `prefix` is COMPLETED; its `/status`.
-async fn completed(endpoint: &Endpoint, prefix: &str, id: &str) -> Value {
+pub async fn completed(endpoint: &Endpoint, prefix: &str, id: &str) -> Value {
     let started = Instant::now();
     loop {
         let (code, body) = get(endpoint, &format!("{prefix}/status/{id}")).await;
@@ -182,7 +181,7 @@ pub async fn endpoints_are_separate_queues_served_by_their_own_workers(store: &S
 
 /// Submits `count` jobs to the endpoint under `prefix`, `parallel` at a
 /// time; their ids.
-async fn submit_many(
+pub async fn submit_many(
     endpoint: &Endpoint,
     prefix: &str,
     count: usize,
@@ -192,7 +191,7 @@ async fn submit_many(
 }
 
 /// [`submit_many`] with another key.
-async fn submit_many_as(
+pub async fn submit_many_as(
     endpoint: &Endpoint,
     key: &str,
     prefix: &str,
@@ -468,258 +467,6 @@ pub async fn the_scale_signal_moves_with_the_queue(store: &Store) {
     assert!(scale["meanRunMs"].as_f64().is_some(), "{scale}");
     let drained = scale["desiredWorkers"].as_u64().unwrap();
     assert!(drained <= 1, "after the backlog ran: {scale}");
-    worker.stop().await;
-}
-
-/// A call with `key` (not the harness's own) to `path` from the root;
-/// its status, body and `Retry-After`.
-async fn with_key(
-    endpoint: &Endpoint,
-    key: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value, Option<String>) {
-    let url = format!("{}{path}", endpoint.root);
-    endpoint.request(key, method, &url, body).await
-}
-
-const ACME: &str = "acme-key-0000000001";
-const VIEWER: &str = "viewer-key-00000001";
-const LATE: &str = "late-key-0000000001";
-
-fn keys_file(extra: &str) -> String {
-    format!(
-        "[[keys]]\nname = \"acme\"\nkey = \"{ACME}\"\nendpoints = [\"alpha\"]\nrole = \"submit\"\nrate = \"2/s\"\n\n\
-         [[keys]]\nname = \"viewer\"\nkey = \"{VIEWER}\"\nendpoints = [\"*\"]\nrole = \"read\"\n{extra}"
-    )
-}
-
-/// Keys from `--api-keys`: each tenant uses only its endpoints, a read key
-/// cannot submit or cancel, a rate gives 429 with Retry-After, the tenant
-/// is recorded on its jobs and scopes its Idempotency-Keys, and SIGHUP
-/// reads the file again (a bad file keeps the keys in use).
-pub async fn api_keys_give_tenants_their_endpoints_roles_and_rates(store: &Store) {
-    use reqwest::Method;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("keys.toml");
-    std::fs::write(&file, keys_file("")).unwrap();
-    let file_arg = file.display().to_string();
-    let endpoint = Endpoint::start(store, &["--api-keys", &file_arg, "--endpoint", "alpha"]).await;
-
-    let job = fake("echo", json!({}));
-    let (code, body, _) = with_key(
-        &endpoint,
-        ACME,
-        Method::POST,
-        "/v2/alpha/run",
-        Some(job.clone()),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    let id = body["id"].as_str().unwrap().to_owned();
-    let (code, body, _) = with_key(
-        &endpoint,
-        ACME,
-        Method::POST,
-        "/v2/beta/run",
-        Some(job.clone()),
-    )
-    .await;
-    assert_eq!(code, 403, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("may not use endpoint \"beta\""),
-        "{body}"
-    );
-    // The rate: 2 a second, and the first went out above.
-    let mut limited = None;
-    for _ in 0..5 {
-        let (code, body, retry_after) = with_key(
-            &endpoint,
-            ACME,
-            Method::POST,
-            "/v2/alpha/run",
-            Some(job.clone()),
-        )
-        .await;
-        if code == 429 {
-            limited = Some((body, retry_after));
-            break;
-        }
-        assert_eq!(code, 200, "{body}");
-    }
-    let (body, retry_after) = limited.expect("the rate of 2/s was enforced");
-    assert!(body["error"].as_str().unwrap().contains("rate"), "{body}");
-    assert_eq!(retry_after.as_deref(), Some("1"));
-
-    for (method, path) in [
-        (Method::POST, "/v2/alpha/run".to_owned()),
-        (Method::POST, format!("/v2/alpha/cancel/{id}")),
-        (Method::POST, "/v2/alpha/purge-queue".to_owned()),
-    ] {
-        let (code, body, _) = with_key(&endpoint, VIEWER, method, &path, Some(job.clone())).await;
-        assert_eq!(code, 403, "{path}: {body}");
-        assert!(
-            body["error"].as_str().unwrap().contains("may only read"),
-            "{body}"
-        );
-    }
-    let (code, body, _) = with_key(
-        &endpoint,
-        VIEWER,
-        Method::GET,
-        &format!("/v2/alpha/status/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    let (code, _, _) = with_key(
-        &endpoint,
-        "not-a-key-at-all",
-        Method::GET,
-        "/v2/alpha/health",
-        None,
-    )
-    .await;
-    assert_eq!(code, 401);
-
-    let (_, detail, _) = with_key(
-        &endpoint,
-        VIEWER,
-        Method::GET,
-        &format!("/v2/alpha/jobs/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(detail["tenant"], "acme", "{detail}");
-    let (_, page, _) = with_key(
-        &endpoint,
-        VIEWER,
-        Method::GET,
-        "/v2/alpha/jobs?tenant=acme",
-        None,
-    )
-    .await;
-    let jobs = page["jobs"].as_array().unwrap();
-    assert!(
-        !jobs.is_empty() && jobs.iter().all(|j| j["tenant"] == "acme"),
-        "{page}"
-    );
-
-    // An Idempotency-Key is the tenant's own: the same key from another
-    // tenant is another job.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let idempotent = |key: &'static str| {
-        endpoint
-            .http
-            .post(format!("{}/v2/alpha/run", endpoint.root))
-            .bearer_auth(key)
-            .header("Idempotency-Key", "order-42")
-            .json(&job)
-            .send()
-    };
-    let first: Value = idempotent(ACME).await.unwrap().json().await.unwrap();
-    let other: Value = idempotent(KEY).await.unwrap().json().await.unwrap();
-    let again: Value = idempotent(ACME).await.unwrap().json().await.unwrap();
-    assert_ne!(first["id"], other["id"], "{first} {other}");
-    assert_eq!(first["id"], again["id"], "{first} {again}");
-
-    // SIGHUP reads the file again: a new key works; a bad file keeps the
-    // keys in use.
-    std::fs::write(
-        &file,
-        keys_file(&format!(
-            "\n[[keys]]\nname = \"late\"\nkey = \"{LATE}\"\nendpoints = [\"alpha\"]\nrole = \"read\"\n"
-        )),
-    )
-    .unwrap();
-    let started = Instant::now();
-    loop {
-        nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
-        let (code, _, _) = with_key(&endpoint, LATE, Method::GET, "/v2/alpha/health", None).await;
-        if code == 200 {
-            break;
-        }
-        assert!(started.elapsed() < WAIT, "the new key was never taken");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    std::fs::write(&file, "[[keys]]\nname = 1\n").unwrap();
-    nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (code, _, _) = with_key(&endpoint, LATE, Method::GET, "/v2/alpha/health", None).await;
-    assert_eq!(code, 200, "a bad file must keep the keys in use");
-    endpoint.stop().await;
-}
-
-/// Fair shares: tenant A's 1,000 jobs wait, then tenant B submits one;
-/// once a worker serves the endpoint, B's job starts within the first few
-/// jobs, not after A's burst.
-pub async fn one_tenants_burst_does_not_starve_another_tenants_job(store: &Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("keys.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[[keys]]\nname = \"a\"\nkey = \"{ACME}\"\nendpoints = [\"fair\"]\nrole = \"submit\"\n\n\
-             [[keys]]\nname = \"b\"\nkey = \"{LATE}\"\nendpoints = [\"fair\"]\nrole = \"submit\"\n"
-        ),
-    )
-    .unwrap();
-    let file_arg = file.display().to_string();
-    // Nobody serves "fair" yet: the burst waits.
-    let mut api = Endpoint::start(store, &["--api-keys", &file_arg]).await;
-    let burst = submit_many_as(&api, ACME, "/v2/fair", 1000, 16).await;
-    let (code, single, _) = with_key(
-        &api,
-        LATE,
-        reqwest::Method::POST,
-        "/v2/fair/run",
-        Some(fake("echo", json!({"single": true}))),
-    )
-    .await;
-    assert_eq!(code, 200, "{single}");
-    let single = single["id"].as_str().unwrap().to_owned();
-    api.request_stop();
-    api.finished().await;
-    let worker = Endpoint::start_on(
-        store,
-        tempfile::tempdir().unwrap(),
-        api.queue.clone(),
-        &["--api-keys", &file_arg, "--endpoint", "fair"],
-    )
-    .await;
-    let done = completed(&worker, "/v2/fair", &single).await;
-    let (_, record) = get(&worker, &format!("/v2/fair/jobs/{single}")).await;
-    assert_eq!(record["tenant"], "b", "{record}");
-    let started = record["startedAt"].as_i64().unwrap();
-    // A's jobs that started before B's, from the list.
-    let mut before = 0;
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v2/fair/jobs?tenant=a&limit=500&cursor={c}"),
-            None => "/v2/fair/jobs?tenant=a&limit=500".to_owned(),
-        };
-        let (_, page) = get(&worker, &path).await;
-        before += page["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|job| job["startedAt"].as_i64().is_some_and(|at| at < started))
-            .count();
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
-    assert!(
-        before <= 3,
-        "{before} of tenant a's {} jobs started before tenant b's single job: {done}",
-        burst.len()
-    );
     worker.stop().await;
 }
 
