@@ -12,6 +12,7 @@ use std::time::Duration;
 use jobpipe::endpoint::queue::postgres::{PgQueue, PgTarget};
 use jobpipe::endpoint::queue::{
     Ending, Failure, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent, RetryOn,
+    WorkerInfo,
 };
 use serde_json::json;
 use support::postgres::{self, TestDb};
@@ -35,6 +36,15 @@ fn policy(max_attempts: u32) -> JobPolicy {
 /// The endpoint every job of these tests is queued for and taken from.
 fn ep() -> Vec<String> {
     vec!["default".to_owned()]
+}
+
+/// A worker of the endpoint every job of these tests is queued for.
+fn worker(id: &str) -> WorkerInfo {
+    WorkerInfo {
+        id: id.to_owned(),
+        hostname: "test-host".to_owned(),
+        endpoints: ep(),
+    }
 }
 
 fn job(id: &str, max_attempts: u32) -> NewJob {
@@ -354,8 +364,8 @@ async fn health_counts_workers_across_processes() {
         return;
     };
     let (one, two) = (open(&db).await, open(&db).await);
-    one.heartbeat("w1", &ep(), 4, 1).await.unwrap();
-    two.heartbeat("w2", &ep(), 2, 2).await.unwrap();
+    one.heartbeat(&worker("w1"), 4, 1).await.unwrap();
+    two.heartbeat(&worker("w2"), 2, 2).await.unwrap();
     one.enqueue(job("h", 3)).await.unwrap();
     let health = two.health("default").await.unwrap();
     assert_eq!((health.idle, health.running), (3, 3));

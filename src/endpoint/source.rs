@@ -26,7 +26,7 @@ use super::sink::{Held, QueueSink};
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::endpoint::api::{self, ApiState};
 use crate::endpoint::queue::stores::QueueLocation;
-use crate::endpoint::queue::{log_failure, Queue, QueueEvent};
+use crate::endpoint::queue::{log_failure, Queue, QueueEvent, WorkerInfo};
 use crate::endpoint::settings::EndpointSettings;
 use crate::error::{exit, ConfigError, FatalError};
 use crate::input_schema::InputSchema;
@@ -225,6 +225,7 @@ async fn take_loop(
 ) {
     let take = &ctx.shutdown.take;
     let worker = ctx.identity.worker_id.clone();
+    let me = worker_info(ctx, &config.endpoints);
     let mut events = queue.subscribe();
     let mut reported = Reported::default();
     let mut failures = TAKE_BACKOFF.iter();
@@ -252,7 +253,7 @@ async fn take_loop(
         };
         if leases.is_empty() {
             drop(slots);
-            report_slots(queue, &worker, &config.endpoints, &ctx.pool, &mut reported).await;
+            report_slots(queue, &me, &ctx.pool, &mut reported).await;
             tokio::select! {
                 _ = wait_for_queued(&mut events) => {}
                 _ = tokio::time::sleep(FALLBACK_POLL) => {}
@@ -268,7 +269,7 @@ async fn take_loop(
             // The job object goes to the handler as it was queued.
             runner.start_leased(lease.payload.into_bytes(), lease.stall_timeout, slot);
         }
-        report_slots(queue, &worker, &config.endpoints, &ctx.pool, &mut reported).await;
+        report_slots(queue, &me, &ctx.pool, &mut reported).await;
     }
 }
 
@@ -296,10 +297,18 @@ const REPORT_SPACING: Duration = Duration::from_millis(250);
 /// `/health` counts busy slots from heartbeats: a change is reported soon
 /// (at once when the worker became idle or the last report is older than
 /// [`REPORT_SPACING`]) rather than at the next beat of the upkeep task.
+/// Who this worker is, for its heartbeats.
+fn worker_info(ctx: &SourceContext, endpoints: &[String]) -> WorkerInfo {
+    WorkerInfo {
+        id: ctx.identity.worker_id.clone(),
+        hostname: ctx.identity.hostname.clone(),
+        endpoints: endpoints.to_vec(),
+    }
+}
+
 async fn report_slots(
     queue: &Arc<dyn Queue>,
-    worker: &str,
-    endpoints: &[String],
+    worker: &WorkerInfo,
     pool: &Pool,
     reported: &mut Reported,
 ) {
@@ -311,7 +320,7 @@ async fn report_slots(
     if recent && now.1 != 0 {
         return;
     }
-    match queue.heartbeat(worker, endpoints, now.0, now.1).await {
+    match queue.heartbeat(worker, now.0, now.1).await {
         Ok(()) => {
             reported.slots = Some(now);
             reported.at = Some(Instant::now());
@@ -399,6 +408,9 @@ async fn upkeep(
     metrics: Arc<crate::metrics::Metrics>,
     stop: CancellationToken,
 ) {
+    let me = ctx
+        .as_ref()
+        .map(|ctx| (worker_info(ctx, &endpoints), &ctx.pool));
     let mut ticks = tokio::time::interval(UPKEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -406,16 +418,8 @@ async fn upkeep(
             _ = ticks.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Some(ctx) = &ctx {
-            let pool = &ctx.pool;
-            let beat = queue
-                .heartbeat(
-                    &ctx.identity.worker_id,
-                    &endpoints,
-                    pool.capacity(),
-                    pool.in_flight(),
-                )
-                .await;
+        if let Some((me, pool)) = &me {
+            let beat = queue.heartbeat(me, pool.capacity(), pool.in_flight()).await;
             if let Err(e) = beat {
                 log_failure("the worker heartbeat", &e);
             }

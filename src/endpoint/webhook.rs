@@ -378,8 +378,7 @@ mod tests {
         }
         async fn heartbeat(
             &self,
-            _: &str,
-            _: &[String],
+            _: &crate::endpoint::queue::WorkerInfo,
             _: usize,
             _: usize,
         ) -> Result<(), QueueError> {

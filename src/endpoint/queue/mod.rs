@@ -202,6 +202,17 @@ pub fn endpoint_name_error(name: &str) -> Option<String> {
     })
 }
 
+/// Who a worker process is, as its row in the workers table records it;
+/// made once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub id: String,
+    /// The worker's host name (`--hostname`, else the machine's).
+    pub hostname: String,
+    /// The endpoints it serves (`--endpoint`).
+    pub endpoints: Vec<String>,
+}
+
 /// The priority of a job submitted with `policy.lowPriority: true`: below
 /// every priority a job can be given.
 pub const LOW_PRIORITY: i32 = -1001;
@@ -547,12 +558,11 @@ pub trait Queue: Send + Sync + 'static {
         token: &str,
         ending: Ending<Json>,
     ) -> Result<bool, QueueError>;
-    /// Reports this worker's endpoints and handler slots, so `/health`
-    /// can count them.
+    /// Reports this worker's handler slots (and, on its first beat, who
+    /// it is), so `/health` and `/workers` can count and list it.
     async fn heartbeat(
         &self,
-        worker: &str,
-        endpoints: &[String],
+        worker: &WorkerInfo,
         capacity: usize,
         busy: usize,
     ) -> Result<(), QueueError>;
@@ -615,14 +625,6 @@ pub(crate) fn log_failure(what: &str, error: &QueueError) {
         QueueError::Unavailable(_) => tracing::debug!("{what} failed: {error}"),
         _ => tracing::warn!("{what} failed: {error}"),
     }
-}
-
-/// This machine's name, as a worker's row records it.
-pub(crate) fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_default()
 }
 
 /// Now, in ms since the epoch.

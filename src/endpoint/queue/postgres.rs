@@ -37,7 +37,7 @@ use super::postgres_ops as ops;
 use super::postgres_typed::p;
 use super::{
     to_ms, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary, Lease, NewJob,
-    Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerRow,
+    Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerInfo, WorkerRow,
 };
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
@@ -334,13 +334,11 @@ impl Queue for PgQueue {
 
     async fn heartbeat(
         &self,
-        worker: &str,
-        endpoints: &[String],
+        worker: &WorkerInfo,
         capacity: usize,
         busy: usize,
     ) -> Result<(), QueueError> {
         let (capacity, busy) = (count_i32(capacity), count_i32(busy));
-        let host = super::hostname();
         self.db
             .call(|client| async move {
                 let sql = "INSERT INTO jobpipe.workers
@@ -353,11 +351,11 @@ impl Queue for PgQueue {
                     .execute_typed(
                         sql,
                         &[
-                            p(&worker),
+                            p(&worker.id),
                             p(&capacity),
                             p(&busy),
-                            p(&endpoints),
-                            p(&host),
+                            p(&worker.endpoints),
+                            p(&worker.hostname),
                             p(&version),
                         ],
                     )

@@ -26,7 +26,7 @@ use super::sqlite_submit::Submissions;
 use super::{
     duration_ms, is_empty_output, now_ms, partials_output, stored_json, stored_partials, to_ms,
     webhook_body, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary, Lease,
-    NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerRow,
+    NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerInfo, WorkerRow,
     RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 use crate::json::Json;
@@ -626,25 +626,24 @@ impl Queue for SqliteQueue {
 
     async fn heartbeat(
         &self,
-        worker: &str,
-        endpoints: &[String],
+        worker: &WorkerInfo,
         capacity: usize,
         busy: usize,
     ) -> Result<(), QueueError> {
-        let worker = worker.to_owned();
-        let endpoints = endpoints.join(",");
+        let (id, hostname) = (worker.id.clone(), worker.hostname.clone());
+        let endpoints = worker.endpoints.join(",");
         self.call(move |conn| {
             conn.execute(
                 "INSERT INTO workers (id, capacity, busy, seen_at, endpoints, hostname, version, started_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?4)
                  ON CONFLICT (id) DO UPDATE SET capacity = ?2, busy = ?3, seen_at = ?4, endpoints = ?5",
                 params![
-                    worker,
+                    id,
                     capacity as i64,
                     busy as i64,
                     now_ms(),
                     endpoints,
-                    super::hostname(),
+                    hostname,
                     env!("CARGO_PKG_VERSION")
                 ],
             )
