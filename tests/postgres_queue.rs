@@ -51,6 +51,7 @@ fn job(id: &str, max_attempts: u32) -> NewJob {
     NewJob {
         endpoint: "default".into(),
         tenant: None,
+        max_running: None,
         id: id.into(),
         payload: json!({"id": id, "input": {"n": id}}),
         webhook: None,
@@ -99,7 +100,7 @@ async fn many_processes_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert_eq!(queues.len(), 6);
-    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "10");
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "11");
     assert_eq!(
         db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
         "7"

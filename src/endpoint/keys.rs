@@ -10,6 +10,7 @@
 //! endpoints = ["sdxl", "llm"]  # or ["*"] for every endpoint
 //! role = "submit"              # or "read": status, stream, lists, health
 //! rate = "20/s"                # optional: submissions a second
+//! max_running = 4              # optional: its jobs in progress at once
 //! ```
 //!
 //! Keys are kept only as SHA-256 hashes and a presented key is compared
@@ -50,6 +51,10 @@ pub struct Tenant {
     pub role: Role,
     /// Submissions a second, if limited.
     pub rate: Option<f64>,
+    /// Its jobs in progress at once, on every endpoint together, if
+    /// limited: recorded on each job it submits, and a worker skips the
+    /// tenant's waiting jobs while that many run.
+    pub max_running: Option<u32>,
 }
 
 impl Tenant {
@@ -68,6 +73,7 @@ impl Tenant {
             endpoints: None,
             role: Role::Submit,
             rate: None,
+            max_running: None,
         }
     }
 }
@@ -203,6 +209,7 @@ struct KeySpec {
     endpoints: Vec<String>,
     role: String,
     rate: Option<String>,
+    max_running: Option<i64>,
 }
 
 fn read_file(path: &Path) -> Result<Vec<Tenant>, ConfigError> {
@@ -290,12 +297,18 @@ fn tenant(spec: &KeySpec) -> Result<Tenant, String> {
         }
     };
     let rate = spec.rate.as_deref().map(parse_rate).transpose()?;
+    let max_running = match spec.max_running {
+        None => None,
+        Some(n @ 1..=1_000_000) => Some(n as u32),
+        Some(n) => return Err(format!("max_running must be 1 to 1000000, not {n}")),
+    };
     Ok(Tenant {
         name: spec.name.clone(),
         hash,
         endpoints,
         role,
         rate,
+        max_running,
     })
 }
 
@@ -355,6 +368,7 @@ key = "acme-key-0123456789"
 endpoints = ["sdxl"]
 role = "submit"
 rate = "2/s"
+max_running = 3
 
 [[keys]]
 name = "viewer"
@@ -376,6 +390,7 @@ role = "read"
         let acme = ring.find("acme-key-0123456789").unwrap();
         assert_eq!((acme.name.as_str(), acme.role), ("acme", Role::Submit));
         assert!(acme.serves("sdxl") && !acme.serves("llm"));
+        assert_eq!(acme.max_running, Some(3));
         // sha256("test")
         let viewer = ring.find("test").unwrap();
         assert_eq!(viewer.role, Role::Read);
@@ -398,6 +413,7 @@ role = "read"
             ("\n\n[[keys]]\nname = \"a\"\nkey = \"secret-value-1234567\"\nendpoints = []\nrole = \"read\"\n", "line 3", "endpoints is empty"),
             ("[[keys]]\nname = \"a\"\nkey = \"secret-value-1234567\"\nendpoints = [\"x\"]\nrole = \"read\"\nrate = \"fast\"\n", "line 1", "rate must"),
             ("[[keys]]\nname = \"a\"\nkey = \"secret-value-1234567\"\nendpoints = [\"x\"]\nrole = \"read\"\ncolour = 1\n", "line ", "unknown field"),
+            ("[[keys]]\nname = \"a\"\nkey = \"secret-value-1234567\"\nendpoints = [\"x\"]\nrole = \"submit\"\nmax_running = 0\n", "line 1", "max_running must be 1 to"),
             ("[[keys]]\nname = \"a\"\nkey = \"secret-value-1234567\n", "line 3", ""),
             ("", "", "no [[keys]]"),
         ] {

@@ -19,6 +19,7 @@ macro_rules! all_tenant_tests {
             $store,
             api_keys_give_tenants_their_endpoints_roles_and_rates,
             one_tenants_burst_does_not_starve_another_tenants_job,
+            max_running_caps_a_tenants_jobs_in_progress,
         );
     };
 }
@@ -273,4 +274,87 @@ pub async fn one_tenants_burst_does_not_starve_another_tenants_job(store: &Store
         burst.len()
     );
     worker.stop().await;
+}
+
+/// `max_running = 1`: with three free handler slots, the capped tenant's
+/// three jobs run one after another, while another tenant's jobs run
+/// beside them rather than waiting behind.
+pub async fn max_running_caps_a_tenants_jobs_in_progress(store: &Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[keys]]\nname = \"capped\"\nkey = \"{ACME}\"\nendpoints = [\"cap\"]\nrole = \"submit\"\nmax_running = 1\n\n\
+             [[keys]]\nname = \"free\"\nkey = \"{LATE}\"\nendpoints = [\"cap\"]\nrole = \"submit\"\n"
+        ),
+    )
+    .unwrap();
+    let file_arg = file.display().to_string();
+    // Nobody serves "cap" yet: every job is waiting when the worker starts,
+    // so the take sees them all at once.
+    let mut api = Endpoint::start(store, &["--api-keys", &file_arg]).await;
+    let mut capped = Vec::new();
+    for n in 0..3 {
+        capped.push(sleeper(&api, ACME, n).await);
+    }
+    let mut free = Vec::new();
+    for n in 0..2 {
+        free.push(sleeper(&api, LATE, n).await);
+    }
+    api.request_stop();
+    api.finished().await;
+    let worker = Endpoint::start_on(
+        store,
+        tempfile::tempdir().unwrap(),
+        api.queue.clone(),
+        &[
+            "--api-keys",
+            &file_arg,
+            "--endpoint",
+            "cap",
+            "--concurrency",
+            "3",
+        ],
+    )
+    .await;
+    let capped_runs = spans(&worker, &capped).await;
+    let free_runs = spans(&worker, &free).await;
+    for pair in capped_runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two of the capped tenant's jobs ran at once: {capped_runs:?}"
+        );
+    }
+    let last_capped_start = capped_runs[2].0;
+    assert!(
+        free_runs.iter().all(|(start, _)| *start < last_capped_start),
+        "the other tenant's jobs waited behind the capped ones: free {free_runs:?}, capped {capped_runs:?}"
+    );
+    worker.stop().await;
+}
+
+/// Submits, with `key`, a job to `/v2/cap` that sleeps 700 ms; its id.
+async fn sleeper(api: &Endpoint, key: &str, n: u64) -> String {
+    let body = fake("sleep", json!({"ms": 700, "n": n}));
+    let (code, answer, _) =
+        with_key(api, key, reqwest::Method::POST, "/v2/cap/run", Some(body)).await;
+    assert_eq!(code, 200, "{answer}");
+    answer["id"].as_str().unwrap().to_owned()
+}
+
+/// When each of the jobs `ids` of `/v2/cap` ran (start, end; the store's
+/// clock), once all completed, earliest first.
+async fn spans(worker: &Endpoint, ids: &[String]) -> Vec<(i64, i64)> {
+    let mut spans = Vec::new();
+    for id in ids {
+        completed(worker, "/v2/cap", id).await;
+        let (_, record) = get(worker, &format!("/v2/cap/jobs/{id}")).await;
+        spans.push((
+            record["startedAt"].as_i64().unwrap(),
+            record["finishedAt"].as_i64().unwrap(),
+        ));
+    }
+    spans.sort();
+    spans
 }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::JobDefaults;
+use crate::endpoint::keys::Tenant;
 use crate::endpoint::queue::{Idempotency, JobPolicy, NewJob, LOW_PRIORITY, PRIORITIES};
 use crate::input_schema::InputSchema;
 use crate::json::{self, Json};
@@ -43,7 +44,7 @@ const DELAY_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Checks a submission body and builds the job it asks for.
 pub(crate) fn parse_job(
     endpoint: String,
-    tenant: Option<String>,
+    tenant: Option<&Tenant>,
     body: &Bytes,
     headers: &HeaderMap,
     defaults: &JobDefaults,
@@ -107,7 +108,8 @@ pub(crate) fn parse_job(
     Ok(NewJob {
         id,
         endpoint,
-        tenant,
+        tenant: tenant.map(|t| t.name.clone()),
+        max_running: tenant.and_then(|t| t.max_running),
         payload,
         webhook,
         policy,

@@ -56,7 +56,7 @@ pub(crate) async fn run(
     let (defaults, schema) = state.settings.for_endpoint(&endpoint);
     let job = parse_job(
         endpoint,
-        tenant.map(|t| t.0.name),
+        tenant.as_ref().map(|t| &t.0),
         &body,
         &headers,
         defaults,
@@ -124,7 +124,7 @@ pub(crate) async fn runsync(
     let body = read_body(&headers, body, RUNSYNC_BODY_LIMIT).await?;
     let job = parse_job(
         endpoint,
-        tenant.map(|t| t.0.name),
+        tenant.as_ref().map(|t| &t.0),
         &body,
         &headers,
         defaults,

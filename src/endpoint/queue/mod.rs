@@ -125,6 +125,10 @@ pub struct NewJob<P = Value> {
     pub endpoint: String,
     /// The name of the API key it was submitted with (`--api-keys`).
     pub tenant: Option<String>,
+    /// The tenant's cap on its jobs in progress at once (its key's
+    /// `max_running`): a worker skips this job while that many of the
+    /// tenant's jobs run.
+    pub max_running: Option<u32>,
     /// The job object the handler receives: `id`, `input`, and the caller's
     /// other keys (`webhook`, `policy`, ...).
     pub payload: P,
@@ -151,6 +155,7 @@ impl NewJob {
             id: self.id,
             endpoint: self.endpoint,
             tenant: self.tenant,
+            max_running: self.max_running,
             payload: Json::from_value(&self.payload),
             webhook: self.webhook,
             policy: self.policy,

@@ -13,7 +13,7 @@ use deadpool_postgres::Transaction;
 
 use super::attempts::{bounded, Failure, RetryOn};
 use super::postgres_fair::fair_ranks;
-use super::postgres_ops::{Events, Fault};
+use super::postgres_ops::{running_cap, Events, Fault};
 use super::postgres_typed::p;
 use super::{
     duration_ms, refusal, webhook_body, Ending, JobStatus, NewJob, QueueError, QueueEvent,
@@ -30,20 +30,21 @@ pub(super) async fn enqueue_many(
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
-                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms)
+                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms, max_running)
             SELECT u.id, 'IN_QUEUE', u.payload, u.webhook, u.execution_timeout_ms, u.ttl_ms,
                    u.max_attempts, u.retention_ms, now.t, now.t + u.delay_ms, now.t + u.delay_ms,
                    u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash, u.endpoint,
-                   u.tenant, u.fair_rank, u.retry_on, u.retry_backoff_ms, u.retry_max_backoff_ms
+                   u.tenant, u.fair_rank, u.retry_on, u.retry_backoff_ms, u.retry_max_backoff_ms,
+                   u.max_running
               FROM (SELECT jobpipe.now_ms() AS t) AS now,
                    unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int4[],
                           $7::int8[], $8::int8[], $9::int8[], $10::int4[], $11::text[], $12::text[],
                           $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[],
-                          $18::int8[])
+                          $18::int8[], $19::int4[])
                    AS u (id, payload, webhook, execution_timeout_ms, ttl_ms, max_attempts,
                          retention_ms, stall_timeout_ms, delay_ms, priority, idempotency_key,
                          request_hash, endpoint, tenant, fair_rank, retry_on, retry_backoff_ms,
-                         retry_max_backoff_ms)
+                         retry_max_backoff_ms, max_running)
             ON CONFLICT DO NOTHING
             RETURNING id";
     let column = |f: &dyn Fn(&NewJob<Json>) -> Option<i64>| -> Vec<Option<i64>> {
@@ -79,6 +80,7 @@ pub(super) async fn enqueue_many(
     let retry_on = column(&|job| Some(job.policy.retry.on.bits()));
     let backoff = column(&|job| Some(duration_ms(job.policy.retry.backoff)));
     let max_backoff = column(&|job| Some(duration_ms(job.policy.retry.max_backoff)));
+    let max_running: Vec<Option<i32>> = jobs.iter().map(|job| running_cap(job)).collect();
     let inserted: HashSet<String> = tx
         .query_typed(
             sql,
@@ -101,6 +103,7 @@ pub(super) async fn enqueue_many(
                 p(&retry_on),
                 p(&backoff),
                 p(&max_backoff),
+                p(&max_running),
             ],
         )
         .await?

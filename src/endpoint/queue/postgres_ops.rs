@@ -77,6 +77,12 @@ impl From<deadpool_postgres::PoolError> for Fault {
     }
 }
 
+/// The job's tenant cap (`max_running`) as PostgreSQL's integer.
+pub(super) fn running_cap(job: &NewJob<Json>) -> Option<i32> {
+    job.max_running
+        .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+}
+
 pub(super) fn status_of(text: &str) -> Result<JobStatus, Fault> {
     stored_status(text).map_err(|e| Fault::Sql(e.to_string()))
 }
@@ -101,9 +107,9 @@ pub(super) async fn enqueue(
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
-                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms)
+                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms, max_running)
             SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12,
-                   $13, $14, $15, $16, $17, $18
+                   $13, $14, $15, $16, $17, $18, $19
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT DO NOTHING
             RETURNING id";
@@ -136,6 +142,7 @@ pub(super) async fn enqueue(
                 p(&policy.retry.on.bits()),
                 p(&duration_ms(policy.retry.backoff)),
                 p(&duration_ms(policy.retry.max_backoff)),
+                p(&running_cap(job)),
             ],
         )
         .await?;

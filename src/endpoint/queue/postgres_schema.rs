@@ -239,6 +239,60 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE jobpipe.attempts SET (autovacuum_vacuum_scale_factor = 0.02,
         autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);",
+    // 11: a tenant's cap on its jobs in progress at once (its key's
+    // max_running, copied onto each job it submits). The capped jobs in
+    // progress are counted in their own small index. A take skips a capped
+    // tenant's jobs while the cap is reached, and a trigger makes it exact:
+    // it takes the tenant's transaction lock without waiting (a take that
+    // cannot skips the job, as SKIP LOCKED does, so two takes never wait
+    // on each other) and counts again, seeing the rows its own statement
+    // took. Only capped jobs fire it; ends need no bookkeeping.
+    "ALTER TABLE jobpipe.jobs ADD COLUMN max_running integer;
+    CREATE INDEX jobs_tenant_running ON jobpipe.jobs ((coalesce(tenant, '')))
+        WHERE status = 'IN_PROGRESS' AND max_running IS NOT NULL;
+    CREATE FUNCTION jobpipe.running(who text) RETURNS bigint LANGUAGE sql VOLATILE AS $$
+        SELECT count(*) FROM jobpipe.jobs
+         WHERE coalesce(tenant, '') = who AND status = 'IN_PROGRESS' AND max_running IS NOT NULL
+    $$;
+    CREATE FUNCTION jobpipe.tenant_cap() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NOT pg_try_advisory_xact_lock(1785688165, hashtext(coalesce(NEW.tenant, '')))
+           OR jobpipe.running(coalesce(NEW.tenant, '')) >= NEW.max_running THEN
+            RETURN NULL;
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER jobs_tenant_cap BEFORE UPDATE OF status ON jobpipe.jobs FOR EACH ROW
+        WHEN (NEW.max_running IS NOT NULL AND NEW.status = 'IN_PROGRESS'
+              AND OLD.status <> 'IN_PROGRESS')
+        EXECUTE FUNCTION jobpipe.tenant_cap();
+    CREATE OR REPLACE FUNCTION jobpipe.take(worker text, endpoints text[], slots bigint, lease_ms bigint)
+     RETURNS TABLE (job_id text, token text, job_payload text, attempt integer,
+                    execution_ms bigint, waited_ms bigint, stall_ms bigint)
+     LANGUAGE sql VOLATILE
+     SET enable_seqscan = off SET enable_bitmapscan = off
+     AS $$
+       WITH picked AS (
+         SELECT head.id FROM unnest(endpoints) AS e (name),
+         LATERAL (
+           SELECT q.id, q.priority, q.fair_rank, q.queued_at, q.seq FROM jobpipe.jobs AS q
+            WHERE q.endpoint = e.name AND q.status = 'IN_QUEUE'
+              AND q.run_after <= jobpipe.now_ms() AND q.queued_at + q.ttl_ms > jobpipe.now_ms()
+              AND (q.max_running IS NULL
+                   OR jobpipe.running(coalesce(q.tenant, '')) < q.max_running)
+            ORDER BY q.priority DESC, q.fair_rank, q.queued_at, q.seq
+            LIMIT slots
+            FOR UPDATE SKIP LOCKED) AS head
+         ORDER BY head.priority DESC, head.fair_rank, head.queued_at, head.seq
+         LIMIT slots)
+       UPDATE jobpipe.jobs AS j
+          SET status = 'IN_PROGRESS', attempts = j.attempts + 1, worker_id = worker,
+              lease_token = gen_random_uuid()::text,
+              lease_expires_at = jobpipe.now_ms() + lease_ms, started_at = jobpipe.now_ms()
+         FROM picked WHERE j.id = picked.id
+       RETURNING j.id, j.lease_token, j.payload, j.attempts, j.execution_timeout_ms,
+                 j.started_at - j.queued_at, j.stall_timeout_ms
+     $$;",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the

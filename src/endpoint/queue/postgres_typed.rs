@@ -55,6 +55,9 @@ impl SqlType for [Option<i64>] {
 impl SqlType for [i32] {
     const TYPE: Type = Type::INT4_ARRAY;
 }
+impl SqlType for [Option<i32>] {
+    const TYPE: Type = Type::INT4_ARRAY;
+}
 impl<T> SqlType for Vec<T>
 where
     [T]: SqlType,

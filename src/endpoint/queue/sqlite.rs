@@ -225,6 +225,11 @@ fn next_jobs(
     let mut stmt = tx.prepare_cached(
         "SELECT priority, fair_rank, queued_at, rowid, id FROM jobs
           WHERE endpoint = ?1 AND status = 'IN_QUEUE' AND run_after <= ?2 AND queued_at + ttl_ms > ?2
+            AND (max_running IS NULL
+                 OR (SELECT count(*) FROM jobs AS r
+                      WHERE coalesce(r.tenant, '') = coalesce(jobs.tenant, '')
+                        AND r.status = 'IN_PROGRESS' AND r.max_running IS NOT NULL)
+                    < max_running)
           ORDER BY priority DESC, fair_rank, queued_at, rowid LIMIT ?3",
     )?;
     let mut heads: Vec<(i64, i64, i64, i64, String)> = Vec::new();
@@ -494,6 +499,8 @@ impl Queue for SqliteQueue {
             let mut leases = Vec::with_capacity(ids.len());
             for id in ids {
                 let token = uuid::Uuid::new_v4().simple().to_string();
+                // None: its tenant's max_running was reached by a job
+                // taken before it in this batch (the gate skipped it).
                 let lease = tx.query_row(
                     "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, worker_id = ?2,
                         lease_token = ?3, lease_expires_at = ?4, started_at = ?5
@@ -515,8 +522,9 @@ impl Queue for SqliteQueue {
                                 .map(|ms| Duration::from_millis(ms.max(0) as u64)),
                         })
                     },
-                )?;
-                leases.push(lease);
+                )
+                .optional()?;
+                leases.extend(lease);
             }
             Ok(leases)
         })

@@ -115,6 +115,22 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT,
         PRIMARY KEY (job_id, attempt)
     );",
+    // 8: a tenant's cap on its jobs in progress at once (its key's
+    // max_running, copied onto each job it submits). The capped jobs in
+    // progress are counted in their own small index, and a trigger skips
+    // (RAISE(IGNORE)) a take that would pass the cap, so a batch of takes
+    // never does; only capped jobs fire it.
+    "ALTER TABLE jobs ADD COLUMN max_running INTEGER;
+    CREATE INDEX jobs_tenant_running ON jobs (coalesce(tenant, ''))
+        WHERE status = 'IN_PROGRESS' AND max_running IS NOT NULL;
+    CREATE TRIGGER jobs_tenant_cap BEFORE UPDATE OF status ON jobs
+        WHEN NEW.max_running IS NOT NULL AND NEW.status = 'IN_PROGRESS'
+            AND OLD.status <> 'IN_PROGRESS'
+            AND (SELECT count(*) FROM jobs AS r
+                  WHERE coalesce(r.tenant, '') = coalesce(NEW.tenant, '')
+                    AND r.status = 'IN_PROGRESS' AND r.max_running IS NOT NULL)
+                >= NEW.max_running
+        BEGIN SELECT RAISE(IGNORE); END;",
 ];
 
 /// Why the schema could not be brought up to date; the caller reports it

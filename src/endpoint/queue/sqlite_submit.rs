@@ -105,9 +105,9 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
             "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
-                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms)
+                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms, max_running)
              VALUES (?1, 'IN_QUEUE', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8 + ?10, ?8 + ?10, ?9, ?11,
-                ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
         let now = now_ms();
         for (job, rank) in jobs.iter().zip(ranks) {
@@ -133,6 +133,7 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
                 p.retry.on.bits(),
                 duration_ms(p.retry.backoff),
                 duration_ms(p.retry.max_backoff),
+                job.max_running,
             ])?;
             if rows > 0 {
                 inserted.push(Ok(()));
@@ -223,6 +224,7 @@ mod tests {
             id: id.into(),
             endpoint: "default".into(),
             tenant: None,
+            max_running: None,
             payload: serde_json::json!({"id": id, "input": {}}),
             webhook: None,
             policy: JobPolicy {
