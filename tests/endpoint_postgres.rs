@@ -7,4 +7,5 @@ use support::endpoint::Store;
 all_route_tests!(Store::Postgres);
 all_platform_tests!(Store::Postgres);
 all_tenant_tests!(Store::Postgres);
+all_stats_tests!(Store::Postgres);
 all_attempt_tests!(Store::Postgres);

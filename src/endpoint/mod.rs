@@ -10,6 +10,8 @@
 //! * [`queue`]: the [`queue::Queue`] trait and its stores, registered by URL
 //!   scheme in [`queue::stores`].
 //! * [`api`]: the HTTP routes (`/run`, `/runsync`, `/status`, ...).
+//! * [`rollup`]: the per-minute figures of the jobs that ended, behind
+//!   `/stats` and the dashboard's charts.
 //! * [`source`]: the job source that runs the queue's jobs in this
 //!   process's handler pool (and serves the API when asked), with
 //!   [`sink`] carrying each job's updates and result back to the queue.
@@ -19,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod keys;
 pub mod queue;
+pub mod rollup;
 pub mod settings;
 mod sink;
 pub mod source;

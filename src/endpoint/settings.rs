@@ -126,6 +126,11 @@ impl EndpointSettings {
         (&settings.defaults, settings.schema.as_deref())
     }
 
+    /// The endpoints the file names.
+    pub fn named(&self) -> impl Iterator<Item = &String> {
+        self.named.keys()
+    }
+
     /// Whether some endpoint has a schema other than `--input-schema`'s.
     pub fn has_own_schemas(&self) -> bool {
         self.named

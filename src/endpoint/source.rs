@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::keys::{self, KeyRing};
+use super::rollup::{self, Rollup};
 use super::sink::{Held, QueueSink};
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::endpoint::api::{self, ApiState};
@@ -119,7 +120,13 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             closing: ctx.shutdown.take.clone(),
             metrics: Some(ctx.pool.metrics.clone()),
             target_wait: config.target_wait,
+            rollup: Arc::new(Rollup::new()),
         };
+        tasks.spawn(rollup::sample(
+            queue.clone(),
+            state.rollup.clone(),
+            background.clone(),
+        ));
         if let Some(ring) = &config.keys {
             tasks.spawn(keys::reload_on_sighup(ring.clone(), api_stop.clone()));
         }

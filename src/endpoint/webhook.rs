@@ -351,6 +351,16 @@ mod tests {
         async fn health(&self, _: &str) -> Result<Health, QueueError> {
             unreachable!("not used by webhook delivery")
         }
+        async fn depth(&self, _: &str) -> Result<crate::endpoint::queue::Depth, QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
+        async fn ended_since(
+            &self,
+            _: Option<i64>,
+            _: usize,
+        ) -> Result<(Vec<crate::endpoint::queue::Ended>, i64), QueueError> {
+            unreachable!("not used by webhook delivery")
+        }
         async fn take_raw(
             &self,
             _: &str,

@@ -21,6 +21,7 @@ pub mod endpoint;
 pub mod endpoint_attempts;
 pub mod endpoint_platform;
 pub mod endpoint_routes;
+pub mod endpoint_stats;
 pub mod endpoint_tenants;
 pub mod fake_runpod;
 pub mod fixtures;

@@ -34,7 +34,9 @@ pub(crate) async fn require_key(
         return ApiError::Unauthorized.into_response();
     };
     let (endpoint, route) = endpoint_and_route(request.uri().path());
-    if !tenant.serves(endpoint) {
+    // The list of endpoints is every key's, filtered to the key's own.
+    let listing = request.uri().path() == "/endpoints";
+    if !listing && !tenant.serves(endpoint) {
         return ApiError::Forbidden(format!(
             "the key {:?} may not use endpoint {endpoint:?}",
             tenant.name

@@ -190,7 +190,7 @@ pub(crate) async fn workers(
         .map(|w| {
             let state = if w.lost {
                 "lost"
-            } else if w.busy > 0 {
+            } else if w.busy > 0 || !w.current_jobs.is_empty() {
                 "busy"
             } else {
                 "idle"
@@ -205,6 +205,7 @@ pub(crate) async fn workers(
                 "state": state,
                 "startedAt": w.started_at,
                 "lastSeenAt": w.seen_at,
+                "currentJobs": w.current_jobs,
             })
         })
         .collect();

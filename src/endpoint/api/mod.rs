@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::keys::KeyRing;
 use crate::endpoint::queue::Queue;
+use crate::endpoint::rollup::Rollup;
 use crate::endpoint::settings::EndpointSettings;
 use crate::metrics::Metrics;
 
@@ -37,6 +38,7 @@ mod request;
 mod retry_policy;
 mod routes;
 mod scale;
+mod stats;
 
 /// Largest `/run` body, as on RunPod.
 pub const RUN_BODY_LIMIT: usize = 10 * 1024 * 1024;
@@ -61,6 +63,8 @@ pub struct ApiState {
     /// The worker's own figures: `/health` adds them to RunPod's fields,
     /// and `/ready` and `/metrics` are served at the root.
     pub metrics: Option<Arc<Metrics>>,
+    /// The dashboard's figures, fed by [`crate::endpoint::rollup::sample`].
+    pub rollup: Arc<Rollup>,
 }
 
 /// The endpoint API's routes, under `/v2/{endpoint_id}/` and at the root.
@@ -78,11 +82,13 @@ pub fn router(state: ApiState) -> Router {
             .route("/jobs", get(jobs::list))
             .route("/scale", get(scale::scale))
             .route("/workers", get(jobs::workers))
+            .route("/stats", get(stats::stats))
             .route("/jobs/:job_id", get(jobs::detail))
     };
     let mut router = Router::new()
         .nest(&format!("/v2/:{}", endpoint_name::PARAM), routes())
-        .merge(routes());
+        .merge(routes())
+        .route("/endpoints", get(stats::endpoints));
     if let Some(metrics) = &state.metrics {
         router = router.merge(
             Router::new()

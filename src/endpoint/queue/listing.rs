@@ -117,6 +117,40 @@ pub struct WorkerRow {
     /// Not heard from for [`WORKER_GONE_MS`]: its jobs' leases run out
     /// and they are queued again. Forgotten after [`WORKER_FORGET_MS`].
     pub lost: bool,
+    /// The jobs of the endpoint it holds in progress now.
+    pub current_jobs: Vec<String>,
+}
+
+/// A job that ended, as the dashboard's figures count it
+/// ([`super::Queue::ended_since`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    pub endpoint: String,
+    pub status: JobStatus,
+    /// When it ended (ms since the epoch, by the database's clock).
+    pub finished_at: i64,
+    /// From when it could first start (queued, or the end of its delay or
+    /// back-off) to its last start; none if it never started.
+    pub wait_ms: Option<i64>,
+    /// Its last attempt's run time; none if it never started.
+    pub run_ms: Option<i64>,
+}
+
+/// How far behind the database's clock [`super::Queue::ended_since`]
+/// reads: a job's end is stamped a little before its transaction
+/// commits, so the newest moments are read once they have settled.
+pub const ENDED_SETTLE_MS: i64 = 2_000;
+/// Where a first [`super::Queue::ended_since`] starts: this long ago.
+pub const ENDED_BACKFILL_MS: i64 = 60 * 60 * 1000;
+
+/// What an endpoint's queue holds now, read from the partial indexes of
+/// queued and leased jobs only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Depth {
+    pub waiting: u64,
+    pub running: u64,
+    /// How long the oldest job that may start now has waited (ms).
+    pub oldest_wait_ms: Option<i64>,
 }
 
 /// A worker not heard from for this long is lost: not counted in

@@ -47,7 +47,8 @@ use crate::json::{self, Json};
 
 pub use attempts::{AttemptRecord, Failure, RetryOn, RetryPolicy};
 pub use listing::{
-    Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, PAGE_MAX, WORKER_FORGET_MS, WORKER_GONE_MS,
+    Cursor, Depth, Ended, JobDetail, JobFilter, JobSummary, WorkerRow, ENDED_BACKFILL_MS,
+    ENDED_SETTLE_MS, PAGE_MAX, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 
 mod attempts;
@@ -527,6 +528,17 @@ pub trait Queue: Send + Sync + 'static {
     async fn purge(&self, endpoint: &str) -> Result<u64, QueueError>;
     /// `endpoint`'s jobs and the live workers that serve it.
     async fn health(&self, endpoint: &str) -> Result<Health, QueueError>;
+    /// `endpoint`'s jobs waiting and running now, from indexes only.
+    async fn depth(&self, endpoint: &str) -> Result<Depth, QueueError>;
+    /// Jobs of every endpoint that ended after `after` (ms, the
+    /// database's clock; `None`: [`ENDED_BACKFILL_MS`] ago) and at least
+    /// [`ENDED_SETTLE_MS`] ago, oldest first, at most `limit`; with the
+    /// time they were read up to, the `after` of the next call.
+    async fn ended_since(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<Ended>, i64), QueueError>;
 
     // Worker side.
     /// Takes up to `count` queued jobs of `endpoints` for `worker`, each

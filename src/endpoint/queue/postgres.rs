@@ -36,8 +36,9 @@ use super::postgres_listing as listing;
 use super::postgres_ops as ops;
 use super::postgres_typed::p;
 use super::{
-    to_ms, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary, Lease, NewJob,
-    Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerInfo, WorkerRow,
+    to_ms, Depth, Ended, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary,
+    Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerInfo,
+    WorkerRow,
 };
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
@@ -237,6 +238,22 @@ impl Queue for PgQueue {
     async fn workers(&self, endpoint: &str) -> Result<Vec<WorkerRow>, QueueError> {
         self.db
             .call(|client| async move { listing::workers(&client, endpoint).await })
+            .await
+    }
+
+    async fn depth(&self, endpoint: &str) -> Result<Depth, QueueError> {
+        self.db
+            .call(|client| async move { listing::depth(&client, endpoint).await })
+            .await
+    }
+
+    async fn ended_since(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<Ended>, i64), QueueError> {
+        self.db
+            .call(|client| async move { listing::ended_since(&client, after, limit).await })
             .await
     }
 

@@ -4,7 +4,10 @@
 use deadpool_postgres::Object;
 use tokio_postgres::Row;
 
-use super::listing::{Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, WORKER_GONE_MS};
+use super::listing::{
+    Cursor, Depth, Ended, JobDetail, JobFilter, JobSummary, WorkerRow, ENDED_BACKFILL_MS,
+    ENDED_SETTLE_MS, WORKER_GONE_MS,
+};
 use super::postgres_attempts;
 use super::postgres_ops::{status_of, Fault};
 use super::postgres_typed::p;
@@ -108,7 +111,7 @@ pub(super) async fn workers(client: &Object, endpoint: &str) -> Result<Vec<Worke
             &[p(&endpoint), p(&WORKER_GONE_MS)],
         )
         .await?;
-    Ok(rows
+    let mut workers = rows
         .iter()
         .map(|row| WorkerRow {
             id: row.get(0),
@@ -120,8 +123,88 @@ pub(super) async fn workers(client: &Object, endpoint: &str) -> Result<Vec<Worke
             started_at: row.get(6),
             seen_at: row.get(7),
             lost: row.get(8),
+            current_jobs: Vec::new(),
         })
-        .collect())
+        .collect::<Vec<_>>();
+    // The jobs in progress (index jobs_leases).
+    let held = client
+        .query_typed(
+            "SELECT worker_id, id FROM jobpipe.jobs
+              WHERE status = 'IN_PROGRESS' AND endpoint = $1 ORDER BY started_at",
+            &[p(&endpoint)],
+        )
+        .await?;
+    for row in &held {
+        let worker: Option<String> = row.get(0);
+        if let Some(w) = workers.iter_mut().find(|w| Some(&w.id) == worker.as_ref()) {
+            w.current_jobs.push(row.get(1));
+        }
+    }
+    Ok(workers)
+}
+
+/// `endpoint`'s jobs waiting (index jobs_take) and in progress
+/// (jobs_leases).
+pub(super) async fn depth(client: &Object, endpoint: &str) -> Result<Depth, Fault> {
+    let row = client
+        .query_typed_one(
+            "SELECT (SELECT COUNT(*) FROM jobpipe.jobs WHERE endpoint = $1 AND status = 'IN_QUEUE'),
+                    (SELECT COUNT(*) FROM jobpipe.jobs
+                      WHERE status = 'IN_PROGRESS' AND endpoint = $1),
+                    (SELECT jobpipe.now_ms() - MIN(queued_at) FROM jobpipe.jobs
+                      WHERE endpoint = $1 AND status = 'IN_QUEUE' AND run_after <= jobpipe.now_ms())",
+            &[p(&endpoint)],
+        )
+        .await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(Depth {
+        waiting: count(row.get(0)),
+        running: count(row.get(1)),
+        oldest_wait_ms: row.get::<_, Option<i64>>(2).map(|ms| ms.max(0)),
+    })
+}
+
+/// Jobs that ended after `after` and before the database's now less the
+/// settling time, oldest first (index jobs_finished).
+pub(super) async fn ended_since(
+    client: &Object,
+    after: Option<i64>,
+    limit: usize,
+) -> Result<(Vec<Ended>, i64), Fault> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let bounds = client
+        .query_typed_one(
+            "SELECT coalesce($1, jobpipe.now_ms() - $2), jobpipe.now_ms() - $3",
+            &[p(&after), p(&ENDED_BACKFILL_MS), p(&ENDED_SETTLE_MS)],
+        )
+        .await?;
+    let (after, upto): (i64, i64) = (bounds.get(0), bounds.get(1));
+    let rows = client
+        .query_typed(
+            "SELECT endpoint, status, finished_at, started_at - greatest(queued_at, run_after),
+                    finished_at - started_at
+               FROM jobpipe.jobs WHERE finished_at > $1 AND finished_at <= $2
+              ORDER BY finished_at LIMIT $3",
+            &[p(&after), p(&upto), p(&limit)],
+        )
+        .await?;
+    let ended = rows
+        .iter()
+        .map(|row| {
+            Ok(Ended {
+                endpoint: row.get(0),
+                status: status_of(row.get(1))?,
+                finished_at: row.get(2),
+                wait_ms: row.get::<_, Option<i64>>(3).map(|ms| ms.max(0)),
+                run_ms: row.get::<_, Option<i64>>(4).map(|ms| ms.max(0)),
+            })
+        })
+        .collect::<Result<Vec<Ended>, Fault>>()?;
+    let read_to = match ended.last() {
+        Some(last) if i64::try_from(ended.len()).unwrap_or(0) == limit => last.finished_at,
+        _ => upto.max(after),
+    };
+    Ok((ended, read_to))
 }
 
 /// The endpoints with jobs waiting or live workers, sorted, at most

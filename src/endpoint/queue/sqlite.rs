@@ -25,9 +25,9 @@ use super::sqlite_listing::{self, status_of};
 use super::sqlite_submit::Submissions;
 use super::{
     duration_ms, is_empty_output, now_ms, partials_output, stored_json, stored_partials, to_ms,
-    webhook_body, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary, Lease,
-    NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerInfo, WorkerRow,
-    RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
+    webhook_body, Depth, Ended, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus,
+    JobSummary, Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost,
+    WorkerInfo, WorkerRow, RATE_WINDOW_MS, WORKER_FORGET_MS, WORKER_GONE_MS,
 };
 use crate::json::Json;
 
@@ -410,6 +410,21 @@ impl Queue for SqliteQueue {
     async fn workers(&self, endpoint: &str) -> Result<Vec<WorkerRow>, QueueError> {
         let endpoint = endpoint.to_owned();
         self.call(move |conn| sqlite_listing::workers(conn, &endpoint, now_ms()))
+            .await
+    }
+
+    async fn depth(&self, endpoint: &str) -> Result<Depth, QueueError> {
+        let endpoint = endpoint.to_owned();
+        self.call(move |conn| sqlite_listing::depth(conn, &endpoint, now_ms()))
+            .await
+    }
+
+    async fn ended_since(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<Ended>, i64), QueueError> {
+        self.call(move |conn| sqlite_listing::ended_since(conn, after, now_ms(), limit))
             .await
     }
 

@@ -3,7 +3,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::listing::{Cursor, JobDetail, JobFilter, JobSummary, WorkerRow, WORKER_GONE_MS};
+use super::listing::{
+    Cursor, Depth, Ended, JobDetail, JobFilter, JobSummary, WorkerRow, ENDED_BACKFILL_MS,
+    ENDED_SETTLE_MS, WORKER_GONE_MS,
+};
 use super::sqlite_attempts;
 use super::{stored_json, stored_status, JobRecord, JobStatus};
 
@@ -130,9 +133,75 @@ pub(super) fn workers(
             started_at: row.get(6)?,
             seen_at,
             lost: seen_at <= now - WORKER_GONE_MS,
+            current_jobs: Vec::new(),
         })
     })?;
-    rows.collect()
+    let mut workers = rows.collect::<rusqlite::Result<Vec<WorkerRow>>>()?;
+    // The leased jobs are the ones in progress (index jobs_leases).
+    let mut held = conn.prepare_cached(
+        "SELECT worker_id, id FROM jobs
+          WHERE lease_expires_at IS NOT NULL AND endpoint = ?1 ORDER BY started_at",
+    )?;
+    let held = held.query_map([endpoint], |row| {
+        Ok((row.get::<_, Option<String>>(0)?, row.get::<_, String>(1)?))
+    })?;
+    for row in held {
+        let (worker, job) = row?;
+        if let Some(w) = workers.iter_mut().find(|w| Some(&w.id) == worker.as_ref()) {
+            w.current_jobs.push(job);
+        }
+    }
+    Ok(workers)
+}
+
+/// `endpoint`'s jobs waiting (index jobs_take) and leased (jobs_leases).
+pub(super) fn depth(conn: &Connection, endpoint: &str, now: i64) -> rusqlite::Result<Depth> {
+    let (waiting, running, oldest): (i64, i64, Option<i64>) = conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM jobs WHERE endpoint = ?1 AND status = 'IN_QUEUE'),
+                (SELECT COUNT(*) FROM jobs WHERE lease_expires_at IS NOT NULL AND endpoint = ?1),
+                (SELECT MIN(queued_at) FROM jobs
+                  WHERE endpoint = ?1 AND status = 'IN_QUEUE' AND run_after <= ?2)",
+        params![endpoint, now],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    Ok(Depth {
+        waiting: waiting.max(0) as u64,
+        running: running.max(0) as u64,
+        oldest_wait_ms: oldest.map(|at| (now - at).max(0)),
+    })
+}
+
+/// Jobs that ended after `after` and before `now` less the settling time,
+/// oldest first (index jobs_finished).
+pub(super) fn ended_since(
+    conn: &Connection,
+    after: Option<i64>,
+    now: i64,
+    limit: usize,
+) -> rusqlite::Result<(Vec<Ended>, i64)> {
+    let after = after.unwrap_or(now - ENDED_BACKFILL_MS);
+    let upto = now - ENDED_SETTLE_MS;
+    let mut stmt = conn.prepare_cached(
+        "SELECT endpoint, status, finished_at, started_at - MAX(queued_at, run_after),
+                finished_at - started_at
+           FROM jobs WHERE finished_at > ?1 AND finished_at <= ?2
+          ORDER BY finished_at LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![after, upto, limit as i64], |row| {
+        Ok(Ended {
+            endpoint: row.get(0)?,
+            status: status_of(&row.get::<_, String>(1)?)?,
+            finished_at: row.get(2)?,
+            wait_ms: row.get::<_, Option<i64>>(3)?.map(|ms| ms.max(0)),
+            run_ms: row.get::<_, Option<i64>>(4)?.map(|ms| ms.max(0)),
+        })
+    })?;
+    let ended = rows.collect::<rusqlite::Result<Vec<Ended>>>()?;
+    let read_to = match ended.last() {
+        Some(last) if ended.len() == limit => last.finished_at,
+        _ => upto.max(after),
+    };
+    Ok((ended, read_to))
 }
 
 /// The endpoints with jobs waiting or live workers, sorted, at most
