@@ -137,10 +137,12 @@ pub(super) fn workers(
         })
     })?;
     let mut workers = rows.collect::<rusqlite::Result<Vec<WorkerRow>>>()?;
-    // The leased jobs are the ones in progress (index jobs_leases).
+    // The leased jobs are the ones in progress, read from their own index
+    // (jobs_leases; `+endpoint` keeps the planner off the endpoint's whole
+    // history in jobs_list).
     let mut held = conn.prepare_cached(
         "SELECT worker_id, id FROM jobs
-          WHERE lease_expires_at IS NOT NULL AND endpoint = ?1 ORDER BY started_at",
+          WHERE lease_expires_at IS NOT NULL AND +endpoint = ?1 ORDER BY started_at",
     )?;
     let held = held.query_map([endpoint], |row| {
         Ok((row.get::<_, Option<String>>(0)?, row.get::<_, String>(1)?))
@@ -158,7 +160,7 @@ pub(super) fn workers(
 pub(super) fn depth(conn: &Connection, endpoint: &str, now: i64) -> rusqlite::Result<Depth> {
     let (waiting, running, oldest): (i64, i64, Option<i64>) = conn.query_row(
         "SELECT (SELECT COUNT(*) FROM jobs WHERE endpoint = ?1 AND status = 'IN_QUEUE'),
-                (SELECT COUNT(*) FROM jobs WHERE lease_expires_at IS NOT NULL AND endpoint = ?1),
+                (SELECT COUNT(*) FROM jobs WHERE lease_expires_at IS NOT NULL AND +endpoint = ?1),
                 (SELECT MIN(queued_at) FROM jobs
                   WHERE endpoint = ?1 AND status = 'IN_QUEUE' AND run_after <= ?2)",
         params![endpoint, now],
