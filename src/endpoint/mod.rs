@@ -12,6 +12,8 @@
 //! * [`api`]: the HTTP routes (`/run`, `/runsync`, `/status`, ...).
 //! * [`rollup`]: the per-minute figures of the jobs that ended, behind
 //!   `/stats` and the dashboard's charts.
+//! * [`dashboard`]: the web pages under `/dashboard`, reading and acting
+//!   through those routes.
 //! * [`source`]: the job source that runs the queue's jobs in this
 //!   process's handler pool (and serves the API when asked), with
 //!   [`sink`] carrying each job's updates and result back to the queue.
@@ -19,6 +21,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod keys;
 pub mod queue;
 pub mod rollup;

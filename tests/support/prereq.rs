@@ -1,10 +1,11 @@
 //! Prerequisites a test cannot run without (a PostgreSQL server, the
-//! runpod package, a PID namespace), and what happens when one is missing.
+//! runpod package, a PID namespace, a browser), and what happens when one
+//! is missing.
 //!
 //! A missing prerequisite fails the test, so a machine that lacks it never
 //! reports a pass for what it did not run. A user who cannot have one opts
 //! out by naming it in `JOBPIPE_TEST_SKIP` (comma separated: `postgres`,
-//! `runpod`, `unshare`, `container`); the test then returns early, says so
+//! `runpod`, `unshare`, `container`, `browser`); the test then returns early, says so
 //! on stderr, and appends a line to the file named by
 //! `JOBPIPE_TEST_SKIP_LOG`, from which `./test` counts it as skipped rather
 //! than passed.

@@ -1,7 +1,9 @@
 //! RunPod's endpoint API (`/run`, `/runsync`, `/status`, `/stream`,
 //! `/cancel`, `/retry`, `/purge-queue`, `/health`) over a [`Queue`], so the
 //! official clients work against jobpipe unchanged, and jobpipe's own
-//! reads for operators (`/jobs`, `/jobs/{id}`).
+//! reads for operators (`/jobs`, `/jobs/{id}`), and the web dashboard
+//! ([`crate::endpoint::dashboard`], which needs no key: its pages read
+//! through these routes with the key typed into them).
 //!
 //! Routes are mounted under `/v2/{endpoint}/` and at the root, which is
 //! the endpoint `default`. Each endpoint is its own queue: its jobs are
@@ -98,6 +100,7 @@ pub fn router(state: ApiState) -> Router {
         router = router.route("/metrics", get(queue_metrics::metrics));
     }
     router
+        .merge(crate::endpoint::dashboard::router(state.keys.clone()))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
