@@ -134,41 +134,46 @@ fn cpu_seconds(pid: u32) -> f64 {
     (fields[11] + fields[12]) / 100.0 // USER_HZ
 }
 
-/// Headless Chromium with `tabs` dashboard pages open, each polling.
-fn open_dashboards(args: &Args, base: &str, profile: &std::path::Path) -> Proc {
-    let pages: Vec<String> = (0..args.tabs)
-        .map(|i| {
-            if i % 2 == 0 {
-                format!("{base}/dashboard")
-            } else {
-                format!("{base}/dashboard/jobs")
-            }
-        })
-        .collect();
-    Proc(
-        Command::new(&args.chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                // Every tab counts as shown, so none stops polling.
-                "--disable-background-timer-throttling",
-                "--disable-renderer-backgrounding",
-                "--disable-backgrounding-occluded-windows",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(&pages)
+/// Headless Chromium with dashboard tabs open, each polling, driven by
+/// `bench_dashboard/tabs.mjs` (playwright-core): Chromium's headless mode
+/// opens one page from its command line, and a page must be shown to poll.
+struct Tabs {
+    node: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Tabs {
+    /// Opens `args.tabs` tabs on `base`, Overview and Jobs in turn; returns
+    /// once every page has loaded.
+    fn open(args: &Args, base: &str) -> Tabs {
+        use std::io::BufRead;
+        let script = PathBuf::from(MANIFEST_DIR).join("examples/bench_dashboard/tabs.mjs");
+        let mut node = Command::new("node")
+            .arg(script)
+            .arg(base)
+            .arg(args.tabs.to_string())
+            .env("DASH_CHROMIUM", &args.chromium)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
-            .expect("chromium starts (install Debian's chromium package)"),
-    )
+            .expect("node starts (npm ci in tests/browser installs playwright-core)");
+        let stdout = node.stdout.take().expect("piped");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let ready = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the tabs open (see the error above)");
+        println!("  {ready}");
+        Tabs { node, lines }
+    }
+
+    /// Closes the browser; the tabs' requests to the API while open.
+    fn close(mut self) -> String {
+        let _ = kill(Pid::from_raw(self.node.id() as i32), Signal::SIGTERM);
+        let said = self.lines.next().and_then(Result::ok).unwrap_or_default();
+        let _ = self.node.wait();
+        said
+    }
 }
 
 async fn completed(db: &tokio_postgres::Client) -> i64 {
@@ -289,16 +294,11 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     let api_pid = api.0.id();
-    let profile = tempfile::tempdir().expect("a browser profile folder");
     let phase = Duration::from_secs(args.phase_secs);
     let mut figures: Vec<(bool, f64, f64)> = Vec::new();
     for round in 0..args.rounds {
         for on in [false, true] {
-            let browser = on.then(|| open_dashboards(&args, &base, profile.path()));
-            if on {
-                // The pages load and start polling.
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
+            let browser = on.then(|| Tabs::open(&args, &base));
             let (cpu0, done0, t0) = (
                 cpu_seconds(api_pid),
                 completed(&watch).await,
@@ -307,7 +307,9 @@ async fn main() {
             tokio::time::sleep(phase).await;
             let (cpu1, done1) = (cpu_seconds(api_pid), completed(&watch).await);
             let secs = t0.elapsed().as_secs_f64();
-            drop(browser);
+            if let Some(tabs) = browser {
+                println!("  the tabs made {}", tabs.close());
+            }
             let (cpu, rate) = ((cpu1 - cpu0) / secs, (done1 - done0) as f64 / secs);
             println!(
                 "round {round} dashboard {:<3} API CPU {:5.1} % of a core, {rate:6.0} jobs/s completed",
