@@ -164,6 +164,15 @@ try {
   check(JSON.stringify(output).includes("runpod client"), `the output shows the input echoed: ${JSON.stringify(output)}`);
   step("its page shows its output");
   await shoot(page, "job");
+  await page.click("#copy-curl");
+  const command = await page.locator("#curl").textContent();
+  const resubmitted = JSON.parse(execFileSync("bash", ["-c", command], {
+    env: { ...process.env, JOBPIPE_API_KEY: SUBMIT }, encoding: "utf8",
+  }));
+  check(resubmitted.status === "IN_QUEUE", `the copied curl command submits it again: ${JSON.stringify(resubmitted)}`);
+  const again = await api("GET", `/v2/default/jobs/${resubmitted.id}`);
+  check(again.input.via === "runpod client", `with the same input: ${JSON.stringify(again.input)}`);
+  step("its copied curl command, run by bash, submitted the same input again");
 
   // Cancel a running job from its page.
   const slow = await submit({ do: "sleep", ms: 120000 });
