@@ -131,6 +131,7 @@ try {
   await page.goto(`${ROOT}/dashboard`);
   await page.locator("#login").waitFor({ timeout: WAIT });
   check(await page.locator(".nav a", { hasText: "Jobs" }).count() === 1, "the navigation bar shows before login");
+  check(await page.locator("#endpoint").isHidden(), "no endpoint selector before login");
   await page.waitForLoadState("networkidle");
   step(`first view (login page, cold cache): ${requests} requests, ${bytes} bytes transferred`);
   await shoot(page, "login");
