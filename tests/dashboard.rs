@@ -112,7 +112,7 @@ fn browser() -> Option<PathBuf> {
         );
         return None;
     }
-    if !repo("tests/browser/node_modules/playwright-core").exists() {
+    if !repo("tests/browser/node_modules/playwright-core/package.json").exists() {
         missing(
             "browser",
             "tests/browser/node_modules is missing (run `npm ci` in tests/browser)",
