@@ -131,6 +131,7 @@ try {
   await page.goto(`${ROOT}/dashboard`);
   await page.locator("#login").waitFor({ timeout: WAIT });
   check(await page.locator(".nav a", { hasText: "Jobs" }).count() === 1, "the navigation bar shows before login");
+  check(await page.locator("#endpoint").isHidden(), "no endpoint selector before login");
   await page.waitForLoadState("networkidle");
   step(`first view (login page, cold cache): ${requests} requests, ${bytes} bytes transferred`);
   await shoot(page, "login");
@@ -164,6 +165,15 @@ try {
   check(JSON.stringify(output).includes("runpod client"), `the output shows the input echoed: ${JSON.stringify(output)}`);
   step("its page shows its output");
   await shoot(page, "job");
+  await page.click("#copy-curl");
+  const command = await page.locator("#curl").textContent();
+  const resubmitted = JSON.parse(execFileSync("bash", ["-c", command], {
+    env: { ...process.env, JOBPIPE_API_KEY: SUBMIT }, encoding: "utf8",
+  }));
+  check(resubmitted.status === "IN_QUEUE", `the copied curl command submits it again: ${JSON.stringify(resubmitted)}`);
+  const again = await api("GET", `/v2/default/jobs/${resubmitted.id}`);
+  check(again.input.via === "runpod client", `with the same input: ${JSON.stringify(again.input)}`);
+  step("its copied curl command, run by bash, submitted the same input again");
 
   // Cancel a running job from its page.
   const slow = await submit({ do: "sleep", ms: 120000 });

@@ -96,7 +96,8 @@ JP.pages.job = function (content) {
 
   function show(job) {
     const key = JSON.stringify([job.status, job.attemptCount, (job.attempts || []).length,
-      job.webhooksPending, job.queuedAt, job.startedAt, job.finishedAt]);
+      job.webhooksPending, job.queuedAt, job.startedAt, job.finishedAt,
+      job.status === "IN_PROGRESS" ? JSON.stringify(job.output) : null]);
     if (key === shownKey) return;
     shownKey = key;
     showActions(job);
@@ -118,7 +119,10 @@ JP.pages.job = function (content) {
       fact("Webhook", job.webhook ? `${job.webhook} (${job.webhooksPending ? job.webhooksPending + " deliveries pending" : "delivered or none due"})` : "none")));
     const parts = [];
     if (job.input !== undefined) parts.push(block("Input", job.input, "input"));
-    if (job.output !== undefined && job.output !== null) parts.push(block("Output", job.output, "output"));
+    if (job.output !== undefined && job.output !== null) {
+      // While it runs, the output is the handler's last progress update.
+      parts.push(block(job.status === "IN_PROGRESS" ? "Progress" : "Output", job.output, "output"));
+    }
     if (job.error) parts.push(block("Error", job.error, "error"));
     JP.clear(data, parts);
     const history = job.attempts || [];
