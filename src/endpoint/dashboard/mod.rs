@@ -29,12 +29,19 @@ mod session;
 /// it through.
 pub const PREFIX: &str = "/dashboard";
 
-/// Whether `path` is one of the dashboard's (which need no key).
+/// Whether `path` is one of the dashboard's (which need no key). A path
+/// with a dot segment or an encoded dot is not, whatever it starts with: the
+/// router does not resolve `..`, but the key check must not depend on it.
 pub fn is_dashboard_path(path: &str) -> bool {
-    path == PREFIX
-        || path
-            .strip_prefix(PREFIX)
-            .is_some_and(|rest| rest.starts_with('/'))
+    let plain = !path
+        .split('/')
+        .any(|segment| segment == ".." || segment == ".")
+        && !path.to_ascii_lowercase().contains("%2e");
+    plain
+        && (path == PREFIX
+            || path
+                .strip_prefix(PREFIX)
+                .is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// The dashboard's routes, for merging into the API's router.
@@ -61,5 +68,8 @@ mod tests {
         assert!(is_dashboard_path("/dashboard/jobs/x"));
         assert!(!is_dashboard_path("/dashboards"));
         assert!(!is_dashboard_path("/v2/dashboard/run"));
+        assert!(!is_dashboard_path("/dashboard/../v2/default/jobs"));
+        assert!(!is_dashboard_path("/dashboard/%2E%2E/v2/default/jobs"));
+        assert!(!is_dashboard_path("/dashboard/./jobs"));
     }
 }
