@@ -247,6 +247,17 @@ try {
   await page.locator("text=Showing the first 256 KB").first().waitFor({ state: "attached", timeout: WAIT });
   step("a 300 KB input is folded and cut to 256 KB on its page");
 
+  // A streaming job's partials are on its page, and the page's read takes
+  // none from a client's /stream.
+  const streamed = await submit({ do: "stream", n: 3 });
+  await page.goto(`${ROOT}/dashboard/jobs/${streamed}`);
+  await page.locator("#stream").waitFor({ timeout: WAIT });
+  const partials = await page.locator("#stream").textContent();
+  check(partials.includes('"n": 0') && partials.includes('"n": 2'), `the stream partials show on the job's page (${partials})`);
+  const unread = await api("POST", `/v2/default/stream/${streamed}`);
+  check((unread.stream || []).length === 3, `the page took no partial from /stream (${JSON.stringify(unread)})`);
+  step("a streaming job's partials show on its page and stay for /stream");
+
   // Purge asks first, naming the count.
   for (let i = 0; i < 3; i++) await submit({ do: "echo" }, "idle");
   await page.goto(`${ROOT}/dashboard?ep=idle`);

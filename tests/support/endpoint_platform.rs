@@ -395,6 +395,32 @@ pub async fn a_jobs_record_has_its_input_output_and_times(store: &Store) {
     assert_eq!(code, 404, "found under another endpoint");
     let (code, _) = get(&endpoint, "/v2/whole/jobs/no-such-job").await;
     assert_eq!(code, 404);
+    assert_eq!(job["stream"], json!([]), "{job}");
+    assert_eq!(job["streamCount"], 0, "{job}");
+
+    // A streaming job's record shows its partials without taking them
+    // from /stream's reader.
+    let streamed = submit(&endpoint, "/v2/whole", fake("stream", json!({"n": 3}))).await;
+    completed(&endpoint, "/v2/whole", &streamed).await;
+    let (_, record) = get(&endpoint, &format!("/v2/whole/jobs/{streamed}")).await;
+    assert_eq!(
+        record["stream"],
+        json!([{"n": 0}, {"n": 1}, {"n": 2}]),
+        "{record}"
+    );
+    assert_eq!(record["streamCount"], 3, "{record}");
+    let (_, unread) = at(
+        &endpoint,
+        reqwest::Method::POST,
+        &format!("/v2/whole/stream/{streamed}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        unread["stream"].as_array().map(Vec::len),
+        Some(3),
+        "{unread}"
+    );
     endpoint.stop().await;
 }
 

@@ -148,6 +148,8 @@ pub(crate) async fn detail(
             "attempts",
             value(job.history.iter().map(attempt_json).collect()),
         ),
+        ("stream", json::array(&job.partials)),
+        ("streamCount", value(json!(job.partials_total))),
     ]);
     Ok(TextBody(json::object(
         fields.iter().map(|(key, value)| (*key, value)),

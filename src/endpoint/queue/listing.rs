@@ -100,7 +100,15 @@ pub struct JobDetail {
     pub tenant: Option<String>,
     /// Its ended attempts, first first.
     pub history: Vec<AttemptRecord>,
+    /// Its first [`PARTIALS_SHOWN`] stream partials, read or not (reading
+    /// them here does not take them from `/stream`'s reader).
+    pub partials: Vec<Json>,
+    /// How many stream partials it has in all.
+    pub partials_total: u64,
 }
+
+/// The stream partials a job's record shows, at most.
+pub const PARTIALS_SHOWN: usize = 100;
 
 /// A worker process as `GET /v2/{endpoint}/workers` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 
 use super::listing::{
     Cursor, Depth, Ended, JobDetail, JobFilter, JobSummary, WorkerRow, ENDED_BACKFILL_MS,
-    ENDED_SETTLE_MS, WORKER_GONE_MS,
+    ENDED_SETTLE_MS, PARTIALS_SHOWN, WORKER_GONE_MS,
 };
 use super::postgres_attempts;
 use super::postgres_ops::{status_of, Fault};
@@ -96,6 +96,25 @@ pub(super) async fn detail(client: &Object, id: &str) -> Result<Option<JobDetail
         webhooks_pending: u64::try_from(row.get::<_, i64>(15)).unwrap_or(0),
         tenant: row.get(16),
         history: postgres_attempts::history(client, id).await?,
+        partials: client
+            .query_typed(
+                "SELECT output FROM jobpipe.stream WHERE job_id = $1 ORDER BY seq LIMIT $2",
+                &[p(&id), p(&(PARTIALS_SHOWN as i64))],
+            )
+            .await?
+            .iter()
+            .map(|row| stored_json(row.get(0)))
+            .collect(),
+        partials_total: u64::try_from(
+            client
+                .query_typed_one(
+                    "SELECT COUNT(*) FROM jobpipe.stream WHERE job_id = $1",
+                    &[p(&id)],
+                )
+                .await?
+                .get::<_, i64>(0),
+        )
+        .unwrap_or(0),
     }))
 }
 

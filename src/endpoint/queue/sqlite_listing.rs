@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::listing::{
     Cursor, Depth, Ended, JobDetail, JobFilter, JobSummary, WorkerRow, ENDED_BACKFILL_MS,
-    ENDED_SETTLE_MS, WORKER_GONE_MS,
+    ENDED_SETTLE_MS, PARTIALS_SHOWN, WORKER_GONE_MS,
 };
 use super::sqlite_attempts;
 use super::{stored_json, stored_status, JobRecord, JobStatus};
@@ -94,12 +94,28 @@ pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job
                 webhooks_pending: row.get::<_, i64>(15)?.max(0) as u64,
                 tenant: row.get(16)?,
                 history: Vec::new(),
+                partials: Vec::new(),
+                partials_total: 0,
             })
         },
     )
     .optional()?
     .map(|mut job| {
         job.history = sqlite_attempts::history(conn, id)?;
+        let mut partials = conn
+            .prepare_cached("SELECT output FROM stream WHERE job_id = ?1 ORDER BY seq LIMIT ?2")?;
+        job.partials = partials
+            .query_map(params![id, PARTIALS_SHOWN as i64], |row| {
+                Ok(stored_json(row.get(0)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        job.partials_total = conn
+            .query_row(
+                "SELECT COUNT(*) FROM stream WHERE job_id = ?1",
+                [id],
+                |row| row.get::<_, i64>(0),
+            )?
+            .max(0) as u64;
         Ok(job)
     })
     .transpose()

@@ -97,7 +97,7 @@ JP.pages.job = function (content) {
   function show(job) {
     const key = JSON.stringify([job.status, job.attemptCount, (job.attempts || []).length,
       job.webhooksPending, job.queuedAt, job.startedAt, job.finishedAt,
-      job.status === "IN_PROGRESS" ? JSON.stringify(job.output) : null]);
+      job.status === "IN_PROGRESS" ? JSON.stringify(job.output) : null, job.streamCount]);
     if (key === shownKey) return;
     shownKey = key;
     showActions(job);
@@ -124,6 +124,15 @@ JP.pages.job = function (content) {
       parts.push(block(job.status === "IN_PROGRESS" ? "Progress" : "Output", job.output, "output"));
     }
     if (job.error) parts.push(block("Error", job.error, "error"));
+    if (job.streamCount) {
+      // The stream partials as kept, read by /stream or not (this read
+      // does not take them from a client's /stream).
+      const shown = (job.stream || []).length;
+      const name = shown < job.streamCount
+        ? `Stream partials (the first ${shown} of ${job.streamCount})`
+        : `Stream partials (${job.streamCount})`;
+      parts.push(block(name, job.stream, "stream"));
+    }
     JP.clear(data, parts);
     const history = job.attempts || [];
     JP.clear(attempts, h("h2", {}, "Attempts"), history.length
