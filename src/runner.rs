@@ -51,6 +51,7 @@ use crate::error::FatalError;
 use crate::job::Job;
 use crate::json::Json;
 use crate::metrics::Metrics;
+use crate::objects::offload::Offloader;
 use crate::pool::{Pool, Slot};
 
 mod context;
@@ -88,6 +89,9 @@ pub struct RunnerOptions {
     pub input_schema: Option<Arc<crate::input_schema::InputSchema>>,
     /// How many final results may await delivery before no more jobs are taken.
     pub max_undelivered: usize,
+    /// The part of an offloaded object's key before the job id: the
+    /// endpoint's or the worker's name.
+    pub object_namespace: String,
 }
 
 /// Carries jobs from taken to delivered. See the module docs.
@@ -108,6 +112,8 @@ struct Shared<S> {
     metrics: Arc<Metrics>,
     /// Updates dropped in this run, for the line at the end.
     updates_dropped: AtomicUsize,
+    /// Uploads outputs over the threshold, when a store is configured.
+    offloader: Option<Offloader>,
 }
 
 impl<S: ResultSink> Runner<S> {
@@ -129,6 +135,10 @@ impl<S: ResultSink> Runner<S> {
         })
         .await
         .map_err(|e| FatalError::Internal(format!("opening the spool failed: {e}")))??;
+        let offloader = ctx
+            .objects
+            .as_ref()
+            .map(|store| Offloader::new(store.clone(), &options.object_namespace));
         let runner = Runner {
             shared: Arc::new(Shared {
                 sink,
@@ -138,6 +148,7 @@ impl<S: ResultSink> Runner<S> {
                 undelivered: Undelivered::default(),
                 metrics: ctx.pool.metrics.clone(),
                 updates_dropped: AtomicUsize::new(0),
+                offloader,
             }),
             pool: ctx.pool.clone(),
             jobs: TaskTracker::new(),

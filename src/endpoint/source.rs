@@ -162,6 +162,10 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         spool_dir: config.spool_dir.clone(),
         input_schema: config.schema.clone(),
         max_undelivered: config.max_undelivered,
+        object_namespace: match &*config.endpoints {
+            [one] => one.clone(),
+            _ => ctx.identity.worker_id.clone(),
+        },
     };
     let runner = Runner::start(sink, &ctx, options).await?;
     tasks.spawn(webhook_task(

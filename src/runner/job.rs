@@ -30,6 +30,7 @@ impl<S: ResultSink> Shared<S> {
                     (PostKind::Stream, value)
                 }
                 JobEvent::Done(result) => {
+                    let result = self.offload(&id, result).await;
                     let post = final_post(&id, result, partials.take());
                     // The slot frees once the result counts as undelivered,
                     // so the next take sees its size (RESULT_BYTES_IN_FLIGHT).
@@ -73,6 +74,35 @@ impl<S: ResultSink> Shared<S> {
                 }
             }
         }
+    }
+
+    /// Puts an output over the offload threshold into the object store
+    /// and makes the reference the output; an upload that fails for good
+    /// fails the job.
+    async fn offload(&self, id: &str, result: JobResult) -> JobResult {
+        let Some(offloader) = &self.offloader else {
+            return result;
+        };
+        let Outcome::Output(output) = &result.outcome else {
+            return result;
+        };
+        if !offloader.wants(output.len()) {
+            return result;
+        }
+        let outcome = match offloader.offload_output(id, output).await {
+            Ok(reference) => Outcome::Output(reference),
+            Err(error) => {
+                tracing::error!(job_id = %id, "{error}");
+                Outcome::Error {
+                    error: format!(
+                        "the output ({} bytes) was not delivered: {error}",
+                        output.len()
+                    ),
+                    output: None,
+                }
+            }
+        };
+        JobResult { outcome, ..result }
     }
 
     fn dropped(&self, updates: usize) {

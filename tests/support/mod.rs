@@ -31,6 +31,7 @@ pub mod postgres;
 pub mod prereq;
 pub mod procs;
 pub mod run;
+pub mod s3;
 pub mod shutdown;
 pub mod tcp_proxy;
 pub mod tls;
