@@ -57,6 +57,7 @@ use crate::pool::{Pool, Slot};
 mod context;
 mod ids;
 mod job;
+mod objects;
 
 pub use context::{Shutdown, SourceContext};
 
@@ -278,12 +279,26 @@ impl<S: ResultSink> Runner<S> {
                 return self.answer_error(id, error);
             }
         }
+        let job = match self.shared.with_job_dir(job) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(job_id = %id, "{error}");
+                return self.answer_error(id, error);
+            }
+        };
+        let dir = job.dir.clone();
         tracing::info!(job_id = %id, "job taken");
         match self.pool.submit(slot, job) {
             Ok(events) => {
-                self.jobs.spawn(self.shared.clone().run_job(id, events));
+                self.jobs
+                    .spawn(self.shared.clone().run_job(id, events, dir));
             }
-            Err(duplicate) => tracing::warn!(job_id = %id, "{duplicate}"),
+            Err(duplicate) => {
+                tracing::warn!(job_id = %id, "{duplicate}");
+                if let Some(dir) = dir {
+                    crate::objects::job_dir::remove(&dir, &id);
+                }
+            }
         }
     }
 

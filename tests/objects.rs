@@ -8,117 +8,18 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use support::daemon::{daemon, Daemon};
-use support::endpoint::free_port;
+use support::daemon::daemon;
 use support::fake_runpod::{parse_body, FakeRunpod, ENDPOINT_ID};
+use support::objects::{fixture, Server, KEY, WAIT};
 use support::prereq::venv_python;
 use support::s3::{fetch, sha256_hex, S3Server};
-
-const KEY: &str = "objects-key";
-const WAIT: Duration = Duration::from_secs(180);
 /// The output size the tests offload: over the default threshold and
 /// RunPod's result limit, small enough for a loaded CI machine.
 const LARGE: usize = 50_000_000;
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A jobpipe process serving the endpoint API with an object store.
-struct Server {
-    daemon: Daemon,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Server {
-    async fn start(dir: &Path, s3: &S3Server, extra: &[&str]) -> Server {
-        let port = free_port();
-        let daemon = daemon()
-            .args(["--serve-api", "--api-key", KEY, "--log-level", "info"])
-            .args(["--api-addr", &format!("127.0.0.1:{port}")])
-            .arg("--queue")
-            .arg(format!("sqlite:{}", dir.join("queue.db").display()))
-            .arg("--spool-dir")
-            .arg(dir.join("spool"))
-            .args(s3.flags("results"))
-            .envs(s3.env())
-            .args(extra)
-            .args(["--", "python3", &fixture("big_output.py")])
-            .start();
-        let server = Server {
-            daemon,
-            base: format!("http://127.0.0.1:{port}/v2/default"),
-            http: reqwest::Client::new(),
-        };
-        let started = Instant::now();
-        while server.try_get("/health").await.is_none() {
-            assert!(
-                started.elapsed() < WAIT,
-                "jobpipe did not start serving\n{}",
-                server.daemon.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    async fn try_get(&self, path: &str) -> Option<Value> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .ok()?;
-        response.json().await.ok()
-    }
-
-    async fn submit(&self, input: Value) -> String {
-        let answer: Value = self
-            .http
-            .post(format!("{}/run", self.base))
-            .bearer_auth(KEY)
-            .json(&json!({ "input": input }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["id"].as_str().expect("an id").to_owned()
-    }
-
-    /// Waits for a job's final status; returns the status answer.
-    async fn finished(&self, id: &str) -> Value {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.try_get(&format!("/status/{id}")).await {
-                if matches!(
-                    status["status"].as_str(),
-                    Some("COMPLETED" | "FAILED" | "CANCELLED" | "TIMED_OUT")
-                ) {
-                    return status;
-                }
-            }
-            assert!(
-                started.elapsed() < WAIT,
-                "job {id} did not finish\n{}",
-                self.daemon.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn stop(mut self) -> i32 {
-        self.daemon.signal(Signal::SIGTERM);
-        self.daemon.wait(WAIT).code().unwrap_or(-1)
-    }
-}
 
 /// Checks a reference against what the handler noted and what the URL gives.
 async fn check_reference(output: &Value, note: &Path, size: usize) -> Value {
@@ -201,6 +102,8 @@ async fn a_runpod_worker_offloads_with_runpods_bucket_variables() {
         ])
         .arg("--spool-dir")
         .arg(dir.path().join("spool"))
+        .arg("--scratch-dir")
+        .arg(dir.path().join("scratch"))
         .args(["--", "python3", &fixture("big_output.py")])
         .start();
     let results = fake.wait_for_results(1, WAIT).await;

@@ -57,6 +57,18 @@ pub struct ObjectStoreArgs {
     #[arg(long, env = "JOBPIPE_OBJECT_STORE_RETRY", default_value = "2m", value_parser = parse_long_duration)]
     pub object_store_retry: Duration,
 
+    /// Where each job's scratch directory is made (its path is the job
+    /// line's "job_dir", JOBPIPE_JOB_DIR in one-shot mode): a handler's
+    /// output_file must lie in it; it is removed after the job. Used only
+    /// with --object-store.
+    #[arg(
+        long,
+        env = "JOBPIPE_SCRATCH_DIR",
+        default_value = "/var/tmp/jobpipe/jobs",
+        value_name = "DIR"
+    )]
+    pub scratch_dir: std::path::PathBuf,
+
     /// Keep a job's objects when the endpoint's retention deletes the job.
     #[arg(long, env = "JOBPIPE_KEEP_OBJECTS", value_parser = BoolishValueParser::new())]
     pub keep_objects: bool,
@@ -92,6 +104,8 @@ pub struct ObjectStoreConfig {
     pub presign_expiry: Duration,
     pub retry_for: Duration,
     pub keep_objects: bool,
+    /// Where job directories are made.
+    pub scratch_dir: std::path::PathBuf,
 }
 
 impl ObjectStoreConfig {
@@ -150,6 +164,7 @@ impl ObjectStoreArgs {
             presign_expiry: self.presign_expiry,
             retry_for: self.object_store_retry,
             keep_objects: self.keep_objects,
+            scratch_dir: self.scratch_dir,
         }))
     }
 }

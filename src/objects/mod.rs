@@ -1,11 +1,13 @@
 //! Payloads of any size through S3-compatible object storage: the store's
-//! flags ([`config`]), its client ([`store`]) and what the runner does with
-//! large outputs ([`offload`]).
+//! flags ([`config`]), its client ([`store`]), what the runner does with
+//! large outputs and a handler's files ([`offload`]), and each job's
+//! scratch directory ([`job_dir`]).
 //!
 //! A layer of its own between the runner and the leaves: the runner and
 //! the sources import it; it imports only leaves (`error`, `backoff`,
 //! `json`, `units`).
 
 pub mod config;
+pub mod job_dir;
 pub mod offload;
 pub mod store;

@@ -12,11 +12,13 @@
 //! then the job fails with an error that says the store could not be
 //! reached, so a result is never lost silently and a job never hangs.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::job_dir;
 use super::store::{Source, Store, Stored, UploadError};
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
@@ -61,6 +63,35 @@ impl Offloader {
         self.reference(&stored, OUTPUT_CONTENT_TYPE)
             .await
             .map(|value| Json::from_value(&value))
+    }
+
+    /// Uploads the files a handler answered with (`{"output_file": path}`
+    /// or `{"output_files": [{"name", "path"}]}`, from the job's
+    /// directory `dir`) and returns the job's output: the reference, or
+    /// `{"files": [{"name", "object"}]}`.
+    pub async fn offload_files(
+        &self,
+        job_id: &str,
+        files: &Json,
+        dir: Option<&Path>,
+    ) -> Result<Json, String> {
+        let Some(dir) = dir else {
+            return Err("the handler answered with output_file(s), but this job has no job_dir to take them from".into());
+        };
+        let (list, single) = named_files(&files.to_value(), dir)?;
+        let mut objects = Vec::new();
+        for (name, path) in list {
+            let content_type = job_dir::content_type(&name);
+            let stored = self
+                .upload(job_id, &name, Source::File(path), content_type)
+                .await?;
+            let reference = self.reference(&stored, content_type).await?;
+            if single {
+                return Ok(Json::from_value(&reference));
+            }
+            objects.push(json!({"name": name, "object": reference["object"]}));
+        }
+        Ok(Json::from_value(&json!({ "files": objects })))
     }
 
     /// Uploads `source` as `<namespace>/<job id>/<name>`, retrying while
@@ -128,4 +159,47 @@ impl Offloader {
             "contentType": content_type,
         }}))
     }
+}
+
+/// The files of an `output_file(s)` answer, named and resolved inside the
+/// job's directory, and whether it named one file.
+fn named_files(answer: &Value, dir: &Path) -> Result<(Vec<(String, PathBuf)>, bool), String> {
+    if let Some(given) = answer.get("output_file") {
+        let Some(given) = given.as_str() else {
+            return Err(format!("output_file must be a path string, not {given}"));
+        };
+        let path = job_dir::resolve(dir, given)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        return Ok((vec![(name, path)], true));
+    }
+    let shape = || {
+        "output_files must be a list of {\"name\": \"file name\", \"path\": \"/path/in/job_dir\"}"
+            .to_owned()
+    };
+    let items = answer
+        .get("output_files")
+        .and_then(Value::as_array)
+        .ok_or_else(shape)?;
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for item in items {
+        let (Some(name), Some(given)) = (
+            item.get("name").and_then(Value::as_str),
+            item.get("path").and_then(Value::as_str),
+        ) else {
+            return Err(shape());
+        };
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(format!(
+                "the output file name {name:?} is not a plain file name (no slashes, not . or ..)"
+            ));
+        }
+        if files.iter().any(|(n, _)| n == name) {
+            return Err(format!("the output file name {name:?} is given twice"));
+        }
+        files.push((name.to_owned(), job_dir::resolve(dir, given)?));
+    }
+    Ok((files, false))
 }

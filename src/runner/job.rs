@@ -15,7 +15,12 @@ use crate::text::clip_middle;
 
 impl<S: ResultSink> Shared<S> {
     /// Posts one job's updates in order, then its final result.
-    pub(super) async fn run_job(self: Arc<Self>, id: String, mut events: JobEvents) {
+    pub(super) async fn run_job(
+        self: Arc<Self>,
+        id: String,
+        mut events: JobEvents,
+        mut dir: Option<PathBuf>,
+    ) {
         let mut partials = self.options.aggregate_stream.map(Partials::new);
         // Once the result is known, the updates still queued share one
         // budget, so the result waits for them at most that long.
@@ -30,7 +35,14 @@ impl<S: ResultSink> Shared<S> {
                     (PostKind::Stream, value)
                 }
                 JobEvent::Done(result) => {
-                    let result = self.offload(&id, result).await;
+                    let result = self.offload(&id, result, dir.as_deref()).await;
+                    if let Some(dir) = dir.take() {
+                        let id = id.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            crate::objects::job_dir::remove(&dir, &id)
+                        })
+                        .await;
+                    }
                     let post = final_post(&id, result, partials.take());
                     // The slot frees once the result counts as undelivered,
                     // so the next take sees its size (RESULT_BYTES_IN_FLIGHT).
@@ -74,35 +86,6 @@ impl<S: ResultSink> Shared<S> {
                 }
             }
         }
-    }
-
-    /// Puts an output over the offload threshold into the object store
-    /// and makes the reference the output; an upload that fails for good
-    /// fails the job.
-    async fn offload(&self, id: &str, result: JobResult) -> JobResult {
-        let Some(offloader) = &self.offloader else {
-            return result;
-        };
-        let Outcome::Output(output) = &result.outcome else {
-            return result;
-        };
-        if !offloader.wants(output.len()) {
-            return result;
-        }
-        let outcome = match offloader.offload_output(id, output).await {
-            Ok(reference) => Outcome::Output(reference),
-            Err(error) => {
-                tracing::error!(job_id = %id, "{error}");
-                Outcome::Error {
-                    error: format!(
-                        "the output ({} bytes) was not delivered: {error}",
-                        output.len()
-                    ),
-                    output: None,
-                }
-            }
-        };
-        JobResult { outcome, ..result }
     }
 
     fn dropped(&self, updates: usize) {
@@ -281,6 +264,11 @@ fn final_post(id: &str, result: JobResult, partials: Option<Partials>) -> Option
             }
         }
         Outcome::Output(output) => json::object([("output", &output)]),
+        // The runner uploads files before it builds the post.
+        Outcome::Files(_) => json::object([(
+            "error",
+            &Json::from_value(&"the output files were not uploaded".into()),
+        )]),
         Outcome::Error { error, output } => {
             let error = Json::from_value(&error.into());
             let mut fields = vec![("error", &error)];

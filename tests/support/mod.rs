@@ -26,6 +26,7 @@ pub mod fake_runpod;
 pub mod fixtures;
 pub mod hooks;
 pub mod live;
+pub mod objects;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod prereq;

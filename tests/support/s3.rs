@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::endpoint::free_port;
 use super::prereq::moto_server;
 
 /// The bucket every test server has.
@@ -125,6 +124,15 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Fetches a URL (a presigned one) and returns its status and body.

@@ -1,0 +1,77 @@
+//! What the runner does with the object store (`--object-store`): each
+//! job's scratch directory before it runs, and the upload of a large
+//! output or of a handler's files before its result is posted, so every
+//! source gets the same references.
+
+use std::path::Path;
+
+use super::{ResultSink, Shared};
+use crate::job::{Job, JobResult, Outcome};
+use crate::json::{self, Json};
+use crate::objects::job_dir;
+
+impl<S: ResultSink> Shared<S> {
+    /// With an object store, gives the job its scratch directory: made
+    /// under `--scratch-dir` and named in its line as `job_dir`.
+    pub(super) fn with_job_dir(&self, job: Job) -> Result<Job, String> {
+        let Some(offloader) = &self.offloader else {
+            return Ok(job);
+        };
+        let root = &offloader.store.config.scratch_dir;
+        let dir = job_dir::create(root, &job.id).map_err(|e| {
+            format!(
+                "cannot make the job's directory under {} (--scratch-dir): {e}",
+                root.display()
+            )
+        })?;
+        let path = Json::from_value(&serde_json::json!(dir.display().to_string()));
+        let line = Json::parse(job.line.clone())
+            .map(|object| json::with_field(&object, "job_dir", &path).into_bytes())
+            .unwrap_or(job.line);
+        Ok(Job {
+            line,
+            dir: Some(dir),
+            ..job
+        })
+    }
+
+    /// Puts an output over the offload threshold, or the files a handler
+    /// answered with, into the object store and makes the reference the
+    /// output; an upload that fails for good fails the job.
+    pub(super) async fn offload(
+        &self,
+        id: &str,
+        result: JobResult,
+        dir: Option<&Path>,
+    ) -> JobResult {
+        let uploaded = match (&self.offloader, &result.outcome) {
+            (Some(offloader), Outcome::Output(output)) if offloader.wants(output.len()) => {
+                offloader.offload_output(id, output).await.map_err(|error| {
+                    format!(
+                        "the output ({} bytes) was not delivered: {error}",
+                        output.len()
+                    )
+                })
+            }
+            (Some(offloader), Outcome::Files(files)) => offloader
+                .offload_files(id, files, dir)
+                .await
+                .map_err(|error| format!("the output files were not delivered: {error}")),
+            (None, Outcome::Files(_)) => Err(
+                "the handler answered with output_file(s), which need an object store to upload them to (--object-store)".into(),
+            ),
+            _ => return result,
+        };
+        let outcome = match uploaded {
+            Ok(reference) => Outcome::Output(reference),
+            Err(error) => {
+                tracing::error!(job_id = %id, "{error}");
+                Outcome::Error {
+                    error,
+                    output: None,
+                }
+            }
+        };
+        JobResult { outcome, ..result }
+    }
+}
