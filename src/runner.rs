@@ -51,6 +51,7 @@ use crate::error::FatalError;
 use crate::job::Job;
 use crate::json::Json;
 use crate::metrics::Metrics;
+use crate::objects::inputs::Inputs;
 use crate::objects::offload::Offloader;
 use crate::pool::{Pool, Slot};
 
@@ -95,6 +96,20 @@ pub struct RunnerOptions {
     pub object_namespace: String,
 }
 
+/// Submits a ready job to the pool and carries it to its result.
+async fn start<S: ResultSink>(shared: Arc<Shared<S>>, pool: &Pool, job: Job, slot: Slot) {
+    let (id, dir) = (job.id.clone(), job.dir.clone());
+    match pool.submit(slot, job) {
+        Ok(events) => shared.run_job(id, events, dir).await,
+        Err(duplicate) => {
+            tracing::warn!(job_id = %id, "{duplicate}");
+            if let Some(dir) = dir {
+                crate::objects::job_dir::remove(&dir, &id);
+            }
+        }
+    }
+}
+
 /// Carries jobs from taken to delivered. See the module docs.
 pub struct Runner<S> {
     shared: Arc<Shared<S>>,
@@ -115,6 +130,8 @@ struct Shared<S> {
     updates_dropped: AtomicUsize,
     /// Uploads outputs over the threshold, when a store is configured.
     offloader: Option<Offloader>,
+    /// Fetches inputs given by reference, when a store is configured.
+    inputs: Option<Inputs>,
 }
 
 impl<S: ResultSink> Runner<S> {
@@ -150,6 +167,7 @@ impl<S: ResultSink> Runner<S> {
                 metrics: ctx.pool.metrics.clone(),
                 updates_dropped: AtomicUsize::new(0),
                 offloader,
+                inputs: ctx.objects.clone().map(Inputs::new),
             }),
             pool: ctx.pool.clone(),
             jobs: TaskTracker::new(),
@@ -286,8 +304,23 @@ impl<S: ResultSink> Runner<S> {
                 return self.answer_error(id, error);
             }
         };
-        let dir = job.dir.clone();
         tracing::info!(job_id = %id, "job taken");
+        if self.shared.has_input_refs(&job) {
+            // Downloads take time: the slot waits for them in the job's
+            // own task, not in the taking loop.
+            let (shared, pool) = (self.shared.clone(), self.pool.clone());
+            self.jobs.spawn(async move {
+                match shared.fetch_inputs(job).await {
+                    Ok(job) => start(shared, &pool, job, slot).await,
+                    Err((job, error)) => {
+                        drop(slot);
+                        shared.input_failed(job, error).await;
+                    }
+                }
+            });
+            return;
+        }
+        let (id, dir) = (job.id.clone(), job.dir.clone());
         match self.pool.submit(slot, job) {
             Ok(events) => {
                 self.jobs

@@ -119,6 +119,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             closing: ctx.shutdown.take.clone(),
             metrics: Some(ctx.pool.metrics.clone()),
             target_wait: config.target_wait,
+            objects: ctx.objects.clone(),
         };
         if let Some(ring) = &config.keys {
             tasks.spawn(keys::reload_on_sighup(ring.clone(), api_stop.clone()));

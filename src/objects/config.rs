@@ -69,6 +69,28 @@ pub struct ObjectStoreArgs {
     )]
     pub scratch_dir: std::path::PathBuf,
 
+    /// Hosts that job inputs may be fetched from by URL
+    /// ({"object": {"url": ...}}), as host or host:port, comma separated;
+    /// the entry `*` allows any host on a public address. The object store
+    /// is always allowed; loopback, private and link-local addresses only
+    /// when named here as an address (127.0.0.1:8000, localhost) [default:
+    /// none].
+    #[arg(
+        long,
+        env = "JOBPIPE_FETCH_ALLOW",
+        value_delimiter = ',',
+        value_name = "HOSTS"
+    )]
+    pub fetch_allow: Vec<String>,
+
+    /// Largest input file fetched for a job (from the store or a URL).
+    #[arg(long, env = "JOBPIPE_FETCH_MAX_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub fetch_max_size: usize,
+
+    /// Longest one input file may take to fetch. At most 7 days.
+    #[arg(long, env = "JOBPIPE_FETCH_TIMEOUT", default_value = "10m", value_parser = parse_long_duration)]
+    pub fetch_timeout: Duration,
+
     /// Keep a job's objects when the endpoint's retention deletes the job.
     #[arg(long, env = "JOBPIPE_KEEP_OBJECTS", value_parser = BoolishValueParser::new())]
     pub keep_objects: bool,
@@ -106,9 +128,31 @@ pub struct ObjectStoreConfig {
     pub keep_objects: bool,
     /// Where job directories are made.
     pub scratch_dir: std::path::PathBuf,
+    pub fetch_allow: Vec<String>,
+    pub fetch_max_size: u64,
+    pub fetch_timeout: Duration,
 }
 
 impl ObjectStoreConfig {
+    /// The `host:port`s the store is reached at, which input URLs may name.
+    pub fn endpoints(&self) -> Vec<String> {
+        match self
+            .endpoint
+            .as_deref()
+            .and_then(|e| reqwest::Url::parse(e).ok())
+        {
+            Some(url) => vec![format!(
+                "{}:{}",
+                url.host_str().unwrap_or_default().trim_matches(['[', ']']),
+                url.port_or_known_default().unwrap_or(443)
+            )],
+            None => vec![
+                format!("{}.s3.{}.amazonaws.com:443", self.bucket, self.region),
+                format!("s3.{}.amazonaws.com:443", self.region),
+            ],
+        }
+    }
+
     /// The store's URL as a user wrote it, for messages.
     pub fn url(&self) -> String {
         match self.prefix.as_str() {
@@ -165,6 +209,14 @@ impl ObjectStoreArgs {
             retry_for: self.object_store_retry,
             keep_objects: self.keep_objects,
             scratch_dir: self.scratch_dir,
+            fetch_allow: self
+                .fetch_allow
+                .into_iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            fetch_max_size: self.fetch_max_size as u64,
+            fetch_timeout: self.fetch_timeout,
         }))
     }
 }

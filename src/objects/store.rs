@@ -205,6 +205,27 @@ impl Store {
         Ok(url.to_string())
     }
 
+    /// Downloads the object `key` (under the prefix) into `sink`.
+    pub async fn download(&self, key: &str, sink: &mut super::sink::Sink) -> Result<(), String> {
+        let path = self.path_of_key(key);
+        let got = self.s3.get(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                format!(
+                    "no object {key:?} in the object store {}",
+                    self.config.url()
+                )
+            }
+            e => format!("cannot read {key:?} from the object store: {e}"),
+        })?;
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| format!("reading {key:?} from the object store failed: {e}"))?;
+            sink.write(&chunk).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes every object under the key prefix `key_parts`.
     pub async fn delete_under(&self, key_parts: &[&str]) -> Result<usize, object_store::Error> {
         let (path, _) = self.path(key_parts);

@@ -4,10 +4,15 @@
 //! source gets the same references.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
 
 use super::{ResultSink, Shared};
+use crate::delivery::Post;
 use crate::job::{Job, JobResult, Outcome};
 use crate::json::{self, Json};
+use crate::objects::inputs::Inputs;
 use crate::objects::job_dir;
 
 impl<S: ResultSink> Shared<S> {
@@ -73,5 +78,45 @@ impl<S: ResultSink> Shared<S> {
             }
         };
         JobResult { outcome, ..result }
+    }
+
+    /// Whether a job's input holds references to fetch first.
+    pub(super) fn has_input_refs(&self, job: &Job) -> bool {
+        self.inputs.is_some() && job.input().is_some_and(|input| Inputs::wanted(&input))
+    }
+
+    /// Downloads the inputs a job gives by reference into its directory
+    /// and puts `{"path", "size", "sha256"}` in their place.
+    pub(super) async fn fetch_inputs(&self, job: Job) -> Result<Job, (Job, String)> {
+        let (Some(inputs), Some(dir)) = (&self.inputs, job.dir.clone()) else {
+            return Ok(job);
+        };
+        let Ok(mut object) = serde_json::from_slice::<Value>(&job.line) else {
+            return Ok(job);
+        };
+        let Some(input) = object.get_mut("input") else {
+            return Ok(job);
+        };
+        match inputs.resolve(input, &dir).await {
+            Ok(()) => {
+                let line = serde_json::to_vec(&object).expect("a JSON value serialises");
+                Ok(Job {
+                    line: line.into(),
+                    ..job
+                })
+            }
+            Err(error) => Err((job, error)),
+        }
+    }
+
+    /// Fails a job whose inputs could not be fetched, before it ran.
+    pub(super) async fn input_failed(self: Arc<Self>, job: Job, error: String) {
+        tracing::error!(job_id = %job.id, "{error}");
+        if let Some(dir) = &job.dir {
+            job_dir::remove(dir, &job.id);
+        }
+        let body = Json::from_value(&serde_json::json!({ "error": error }));
+        let post = Post::final_result(job.id, body);
+        self.deliver_final(post).await;
     }
 }

@@ -1,7 +1,8 @@
 //! RunPod's endpoint API (`/run`, `/runsync`, `/status`, `/stream`,
 //! `/cancel`, `/retry`, `/purge-queue`, `/health`) over a [`Queue`], so the
 //! official clients work against jobpipe unchanged, and jobpipe's own
-//! reads for operators (`/jobs`, `/jobs/{id}`).
+//! reads for operators (`/jobs`, `/jobs/{id}`), and `POST /uploads`, a
+//! presigned URL to put a large input into the object store.
 //!
 //! Routes are mounted under `/v2/{endpoint}/` and at the root, which is
 //! the endpoint `default`. Each endpoint is its own queue: its jobs are
@@ -23,6 +24,7 @@ use crate::endpoint::keys::KeyRing;
 use crate::endpoint::queue::Queue;
 use crate::endpoint::settings::EndpointSettings;
 use crate::metrics::Metrics;
+use crate::objects::store::Store;
 
 pub use crate::endpoint::settings::JobDefaults;
 pub use conn::{serve, Limits, SlowBody};
@@ -37,6 +39,7 @@ mod request;
 mod retry_policy;
 mod routes;
 mod scale;
+mod uploads;
 
 /// Largest `/run` body, as on RunPod.
 pub const RUN_BODY_LIMIT: usize = 10 * 1024 * 1024;
@@ -61,6 +64,9 @@ pub struct ApiState {
     /// The worker's own figures: `/health` adds them to RunPod's fields,
     /// and `/ready` and `/metrics` are served at the root.
     pub metrics: Option<Arc<Metrics>>,
+    /// The object store (`--object-store`) that `POST /uploads` signs
+    /// upload URLs for.
+    pub objects: Option<Arc<Store>>,
 }
 
 /// The endpoint API's routes, under `/v2/{endpoint_id}/` and at the root.
@@ -74,6 +80,7 @@ pub fn router(state: ApiState) -> Router {
             .route("/cancel/:job_id", post(routes::cancel))
             .route("/retry/:job_id", post(routes::retry))
             .route("/purge-queue", post(routes::purge))
+            .route("/uploads", post(uploads::create))
             .route("/health", get(routes::health))
             .route("/jobs", get(jobs::list))
             .route("/scale", get(scale::scale))
