@@ -145,6 +145,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             config.endpoints.clone(),
             ctx.pool.metrics.clone(),
             background.clone(),
+            ctx.objects.clone(),
         ));
         tracing::info!("serving the API only (--api-only); workers elsewhere run the jobs");
         ctx.shutdown.take.cancelled().await;
@@ -181,6 +182,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         config.endpoints.clone(),
         metrics,
         background.clone(),
+        ctx.objects.clone(),
     ));
     tasks.spawn(renew_leases(
         queue.clone(),
@@ -412,6 +414,7 @@ async fn upkeep(
     endpoints: Arc<[String]>,
     metrics: Arc<crate::metrics::Metrics>,
     stop: CancellationToken,
+    objects: Option<Arc<crate::objects::store::Store>>,
 ) {
     let me = ctx
         .as_ref()
@@ -431,6 +434,9 @@ async fn upkeep(
         }
         let swept = queue.sweep().await;
         metrics.database_answered(swept.is_ok());
+        if let (Ok(swept), Some(store)) = (&swept, &objects) {
+            crate::objects::retention::delete_jobs(store, &swept.deleted_jobs).await;
+        }
         match swept {
             Ok(swept) if swept.requeued + swept.ended > 0 => tracing::info!(
                 "queue upkeep: {} jobs queued again after losing their worker, {} ended (no attempts left or ttl passed)",
