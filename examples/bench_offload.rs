@@ -7,8 +7,12 @@
 //! jobpipe process per size, so each peak is that size's).
 //!
 //! ```sh
-//! cargo run --release --example bench_offload -- [--sizes 200MB,1GB] [--jobpipe PATH]
+//! cargo run --release --example bench_offload -- [--sizes 200MB,1GB] [--jobpipe PATH] [--files]
 //! ```
+//!
+//! `--files`: the handler writes each output to a file in its job
+//! directory and answers `output_file`; jobpipe then reads it in parts and
+//! never holds it whole.
 //!
 //! moto keeps objects in memory and is single-threaded Python, so the
 //! throughput is a floor set by the server as much as by jobpipe; compare
@@ -41,6 +45,10 @@ struct Args {
     /// The jobpipe binary [default: build target/release/jobpipe].
     #[arg(long)]
     jobpipe: Option<PathBuf>,
+    /// The handler writes each output to a file in its job_dir and answers
+    /// output_file, instead of printing it as its output line.
+    #[arg(long)]
+    files: bool,
 }
 
 struct Proc(Child);
@@ -71,12 +79,17 @@ fn main() {
         println!("size\tupload MB/s\tsubmit->COMPLETED s\tjobpipe peak RSS MiB");
         for size in &args.sizes {
             let bytes = jobpipe::units::parse_size(size).expect("a size like 200MB");
-            run_one(&jobpipe, &s3, bytes).await;
+            run_one(&jobpipe, &s3, bytes, args.files).await;
         }
     });
 }
 
-async fn run_one(jobpipe: &PathBuf, s3: &s3::S3Server, size: usize) {
+async fn run_one(jobpipe: &PathBuf, s3: &s3::S3Server, size: usize, files: bool) {
+    let (handler, input) = if files {
+        ("file_output.py", json!({"files": {"out.bin": size}}))
+    } else {
+        ("big_output.py", json!({"size": size}))
+    };
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -93,10 +106,16 @@ async fn run_one(jobpipe: &PathBuf, s3: &s3::S3Server, size: usize) {
         .arg("--spool-dir")
         .arg(dir.path().join("spool"))
         .args(s3.flags("bench"))
+        .arg("--scratch-dir")
+        .arg(dir.path().join("scratch"))
         .envs(s3.env())
         .args(["--max-output-size", "2GB", "--object-store-retry", "10m"])
         .args(["--", "python3"])
-        .arg(PathBuf::from(MANIFEST_DIR).join("tests/fixtures/big_output.py"))
+        .arg(
+            PathBuf::from(MANIFEST_DIR)
+                .join("tests/fixtures")
+                .join(handler),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -123,7 +142,7 @@ async fn run_one(jobpipe: &PathBuf, s3: &s3::S3Server, size: usize) {
     let answer: Value = http
         .post(format!("{base}/run"))
         .bearer_auth(KEY)
-        .json(&json!({"input": {"size": size}}))
+        .json(&json!({ "input": input }))
         .send()
         .await
         .unwrap()
@@ -157,8 +176,8 @@ async fn run_one(jobpipe: &PathBuf, s3: &s3::S3Server, size: usize) {
     let upload_s = text
         .lines()
         .find_map(|l| l.split(" to the object store in ").nth(1))
-        .and_then(|rest| rest.trim_end_matches('s').parse::<f64>().ok())
-        .expect("jobpipe logs the upload");
+        .and_then(|rest| rest.split('s').next()?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("jobpipe logs the upload:\n{text}"));
     let object_size = status["output"]["object"]["size"].as_f64().unwrap();
     println!(
         "{size}\t{:.1}\t{total:.1}\t{}",
