@@ -164,3 +164,42 @@ print(json.dumps({"reference": output, "fetched_sha256": hashlib.sha256(body).he
     assert_eq!(seen["text_len"], 3_000_000);
     assert_eq!(server.stop(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_partial_over_its_threshold_is_offloaded() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &s3, &[]).await;
+    let note = dir.path().join("partial");
+    let big = 2_000_000;
+    let id = server
+        .submit(json!({"stream": [big, 100], "size": 10, "note": note.display().to_string()}))
+        .await;
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "COMPLETED", "{status}");
+    let stream = server
+        .try_get(&format!("/stream/{id}"))
+        .await
+        .expect("the stream answers");
+    let partials = stream["stream"].as_array().expect("the partials");
+    assert_eq!(partials.len(), 2, "{stream}");
+    let first = &partials[0]["output"];
+    assert_eq!(
+        first["object"]["key"],
+        format!("default/{id}/stream-0.json"),
+        "{first}"
+    );
+    let noted = std::fs::read_to_string(format!("{}.0", note.display())).unwrap();
+    assert_eq!(first["object"]["sha256"], noted.as_str());
+    let (code, body) = fetch(first["object"]["url"].as_str().unwrap()).await;
+    assert_eq!(code, 200);
+    assert_eq!(sha256_hex(&body), noted);
+    assert_eq!(
+        partials[1]["output"].as_str().map(str::len),
+        Some(100),
+        "a small partial stays inline"
+    );
+    assert_eq!(server.stop(), 0);
+}

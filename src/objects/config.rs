@@ -47,6 +47,11 @@ pub struct ObjectStoreArgs {
     #[arg(long, env = "JOBPIPE_OFFLOAD_THRESHOLD", default_value = "8MiB", value_parser = parse_size)]
     pub offload_threshold: usize,
 
+    /// Stream partials larger than this go to the object store the same
+    /// way (as stream-N.json); the default is RunPod's per-partial limit.
+    #[arg(long, env = "JOBPIPE_OFFLOAD_STREAM_THRESHOLD", default_value = "1MiB", value_parser = parse_size)]
+    pub offload_stream_threshold: usize,
+
     /// How long the presigned URL in an object reference stays valid. At
     /// most 7 days (S3's limit).
     #[arg(long, env = "JOBPIPE_PRESIGN_EXPIRY", default_value = "7days", value_parser = parse_long_duration)]
@@ -123,6 +128,7 @@ pub struct ObjectStoreConfig {
     /// with the instance's role, as object_store finds it.
     pub credentials: Option<Credentials>,
     pub offload_threshold: usize,
+    pub offload_stream_threshold: usize,
     pub presign_expiry: Duration,
     pub retry_for: Duration,
     pub keep_objects: bool,
@@ -205,6 +211,7 @@ impl ObjectStoreArgs {
                 .unwrap_or_else(|| "us-east-1".into()),
             credentials,
             offload_threshold: self.offload_threshold,
+            offload_stream_threshold: self.offload_stream_threshold,
             presign_expiry: self.presign_expiry,
             retry_for: self.object_store_retry,
             keep_objects: self.keep_objects,

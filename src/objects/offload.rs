@@ -56,9 +56,25 @@ impl Offloader {
     /// Uploads a job's output and returns its reference, or the job's
     /// error when the store stays unreachable.
     pub async fn offload_output(&self, job_id: &str, output: &Json) -> Result<Json, String> {
-        let source = Source::Pieces(output.pieces().to_vec());
+        self.offload_json(job_id, "output.json", output).await
+    }
+
+    /// Whether a stream partial of `len` bytes goes to the store.
+    pub fn wants_partial(&self, len: usize) -> bool {
+        len > self.store.config.offload_stream_threshold
+    }
+
+    /// Uploads a JSON value (an output, a stream partial) as `name` and
+    /// returns its reference.
+    pub async fn offload_json(
+        &self,
+        job_id: &str,
+        name: &str,
+        value: &Json,
+    ) -> Result<Json, String> {
+        let source = Source::Pieces(value.pieces().to_vec());
         let stored = self
-            .upload(job_id, "output.json", source, OUTPUT_CONTENT_TYPE)
+            .upload(job_id, name, source, OUTPUT_CONTENT_TYPE)
             .await?;
         self.reference(&stored, OUTPUT_CONTENT_TYPE)
             .await

@@ -22,6 +22,8 @@ impl<S: ResultSink> Shared<S> {
         mut dir: Option<PathBuf>,
     ) {
         let mut partials = self.options.aggregate_stream.map(Partials::new);
+        // Stream partials so far, which name offloaded ones (stream-N.json).
+        let mut streamed = 0usize;
         // Once the result is known, the updates still queued share one
         // budget, so the result waits for them at most that long.
         let mut rest_deadline: Option<Instant> = None;
@@ -29,6 +31,7 @@ impl<S: ResultSink> Shared<S> {
             let (kind, body) = match event {
                 JobEvent::Progress(value) => (PostKind::Progress, value),
                 JobEvent::Stream(value) => {
+                    let value = self.offload_partial(&id, value, &mut streamed).await;
                     if let Some(partials) = &mut partials {
                         partials.keep(&id, &value);
                     }

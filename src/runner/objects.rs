@@ -119,4 +119,27 @@ impl<S: ResultSink> Shared<S> {
         let post = Post::final_result(job.id, body);
         self.deliver_final(post).await;
     }
+
+    /// Puts a stream partial over `--offload-stream-threshold` into the
+    /// store as `stream-N.json` and returns its reference; a partial that
+    /// cannot be uploaded is posted as it is (and may be refused).
+    pub(super) async fn offload_partial(&self, id: &str, value: Json, n: &mut usize) -> Json {
+        let index = *n;
+        *n += 1;
+        let Some(offloader) = self
+            .offloader
+            .as_ref()
+            .filter(|o| o.wants_partial(value.len()))
+        else {
+            return value;
+        };
+        let name = format!("stream-{index}.json");
+        match offloader.offload_json(id, &name, &value).await {
+            Ok(reference) => reference,
+            Err(error) => {
+                tracing::error!(job_id = %id, "stream partial {index} ({} bytes) stays inline: {error}", value.len());
+                value
+            }
+        }
+    }
 }
