@@ -26,6 +26,7 @@ use crate::fitness::{Check, FitnessArgs};
 use crate::handler::config::{HandlerArgs, HandlerConfig, HandlerRole, RecycleArgs};
 use crate::job::{Identity, IdentityArgs};
 use crate::logging::LoggingArgs;
+use crate::objects::config::{ObjectStoreArgs, ObjectStoreConfig};
 use crate::source::runpod_config::{RunpodArgs, RunpodShared};
 use crate::source::test_input::TestInputArgs;
 use crate::source::SourceConfig;
@@ -89,6 +90,9 @@ pub struct Cli {
     pub endpoint: EndpointArgs,
 
     #[command(flatten)]
+    pub objects: ObjectStoreArgs,
+
+    #[command(flatten)]
     pub recycle: RecycleArgs,
 
     #[command(flatten)]
@@ -106,6 +110,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// What must hold before the first job.
     pub fitness: Vec<Check>,
+    /// Where large payloads go, if anywhere.
+    pub objects: Option<ObjectStoreConfig>,
 }
 
 impl Cli {
@@ -123,7 +129,12 @@ impl Cli {
         let role = HandlerRole {
             api_only,
             test_job: matches!(source, SourceConfig::TestInput { .. }),
+            object_store: self.objects.is_set(),
         };
+        let objects = self
+            .objects
+            .clone()
+            .into_config(|name| std::env::var(name).ok())?;
         let handler = self.handler.into_config(argv, self.recycle, role)?;
         Ok(Config {
             handler,
@@ -132,6 +143,7 @@ impl Cli {
             identity: self.identity.into_identity(),
             metrics_addr: self.metrics_addr,
             fitness: self.fitness.into_checks()?,
+            objects,
         })
     }
 
@@ -178,7 +190,7 @@ impl Cli {
             let shared = RunpodShared {
                 spool_dir: self.delivery.spool_dir.clone(),
                 max_undelivered: self.delivery.max_undelivered.get(),
-                max_output_size: self.handler.max_output_size,
+                max_output_size: self.handler.max_output_size(self.objects.is_set()),
                 input_schema: self.endpoint.schema()?,
             };
             return self

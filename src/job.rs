@@ -38,6 +38,9 @@ pub struct Job {
     /// This job's own `--stall-timeout` (an endpoint job's
     /// `policy.stallTimeout`), which wins over the worker's.
     pub stall_timeout: Option<Duration>,
+    /// The job's scratch directory (`job_dir` in its line), made by the
+    /// runner when an object store is configured.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// The keys a job must have; the rest of it is passed on as it is.
@@ -93,6 +96,7 @@ impl Job {
             id,
             line,
             stall_timeout: None,
+            dir: None,
         })
     }
 
@@ -228,6 +232,7 @@ fn ending(outcome: &Outcome) -> String {
             }
         }
         Outcome::Cancelled => "stopped".into(),
+        Outcome::Files(_) => "completed (files to upload)".into(),
     }
 }
 

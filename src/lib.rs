@@ -30,6 +30,9 @@
 //!   validation, submission, ordered updates, the final result, retries and
 //!   the spool ([`delivery`], which defines the [`delivery::ResultSink`] a
 //!   source implements). A source adds only its transport.
+//! * [`objects`] is the S3-compatible object store for payloads of any
+//!   size: its flags, its client, and the offload of large outputs that
+//!   the runner applies to every source's results.
 //! * [`pool`] owns free-slot accounting: a source takes a job only for a
 //!   free slot, submits it, and reads its events (progress, stream, exactly
 //!   one final result) from a channel.
@@ -62,6 +65,7 @@ pub mod job;
 pub mod json;
 pub mod logging;
 pub mod metrics;
+pub mod objects;
 pub mod observe;
 pub mod os;
 pub mod pool;

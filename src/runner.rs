@@ -51,11 +51,14 @@ use crate::error::FatalError;
 use crate::job::Job;
 use crate::json::Json;
 use crate::metrics::Metrics;
+use crate::objects::inputs::Inputs;
+use crate::objects::offload::Offloader;
 use crate::pool::{Pool, Slot};
 
 mod context;
 mod ids;
 mod job;
+mod objects;
 
 pub use context::{Shutdown, SourceContext};
 
@@ -88,6 +91,23 @@ pub struct RunnerOptions {
     pub input_schema: Option<Arc<crate::input_schema::InputSchema>>,
     /// How many final results may await delivery before no more jobs are taken.
     pub max_undelivered: usize,
+    /// The part of an offloaded object's key before the job id: the
+    /// endpoint's or the worker's name.
+    pub object_namespace: String,
+}
+
+/// Submits a ready job to the pool and carries it to its result.
+async fn start<S: ResultSink>(shared: Arc<Shared<S>>, pool: &Pool, job: Job, slot: Slot) {
+    let (id, dir) = (job.id.clone(), job.dir.clone());
+    match pool.submit(slot, job) {
+        Ok(events) => shared.run_job(id, events, dir).await,
+        Err(duplicate) => {
+            tracing::warn!(job_id = %id, "{duplicate}");
+            if let Some(dir) = dir {
+                crate::objects::job_dir::remove(&dir, &id);
+            }
+        }
+    }
 }
 
 /// Carries jobs from taken to delivered. See the module docs.
@@ -108,6 +128,10 @@ struct Shared<S> {
     metrics: Arc<Metrics>,
     /// Updates dropped in this run, for the line at the end.
     updates_dropped: AtomicUsize,
+    /// Uploads outputs over the threshold, when a store is configured.
+    offloader: Option<Offloader>,
+    /// Fetches inputs given by reference, when a store is configured.
+    inputs: Option<Inputs>,
 }
 
 impl<S: ResultSink> Runner<S> {
@@ -129,6 +153,10 @@ impl<S: ResultSink> Runner<S> {
         })
         .await
         .map_err(|e| FatalError::Internal(format!("opening the spool failed: {e}")))??;
+        let offloader = ctx
+            .objects
+            .as_ref()
+            .map(|store| Offloader::new(store.clone(), &options.object_namespace));
         let runner = Runner {
             shared: Arc::new(Shared {
                 sink,
@@ -138,6 +166,8 @@ impl<S: ResultSink> Runner<S> {
                 undelivered: Undelivered::default(),
                 metrics: ctx.pool.metrics.clone(),
                 updates_dropped: AtomicUsize::new(0),
+                offloader,
+                inputs: ctx.objects.clone().map(Inputs::new),
             }),
             pool: ctx.pool.clone(),
             jobs: TaskTracker::new(),
@@ -267,12 +297,41 @@ impl<S: ResultSink> Runner<S> {
                 return self.answer_error(id, error);
             }
         }
+        let job = match self.shared.with_job_dir(job) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(job_id = %id, "{error}");
+                return self.answer_error(id, error);
+            }
+        };
         tracing::info!(job_id = %id, "job taken");
+        if self.shared.has_input_refs(&job) {
+            // Downloads take time: the slot waits for them in the job's
+            // own task, not in the taking loop.
+            let (shared, pool) = (self.shared.clone(), self.pool.clone());
+            self.jobs.spawn(async move {
+                match shared.fetch_inputs(job).await {
+                    Ok(job) => start(shared, &pool, job, slot).await,
+                    Err((job, error)) => {
+                        drop(slot);
+                        shared.input_failed(job, error).await;
+                    }
+                }
+            });
+            return;
+        }
+        let (id, dir) = (job.id.clone(), job.dir.clone());
         match self.pool.submit(slot, job) {
             Ok(events) => {
-                self.jobs.spawn(self.shared.clone().run_job(id, events));
+                self.jobs
+                    .spawn(self.shared.clone().run_job(id, events, dir));
             }
-            Err(duplicate) => tracing::warn!(job_id = %id, "{duplicate}"),
+            Err(duplicate) => {
+                tracing::warn!(job_id = %id, "{duplicate}");
+                if let Some(dir) = dir {
+                    crate::objects::job_dir::remove(&dir, &id);
+                }
+            }
         }
     }
 

@@ -48,6 +48,11 @@ pub async fn run(
         })?;
     }
     let identity = Arc::new(config.identity.clone());
+    let objects = config
+        .objects
+        .as_ref()
+        .map(crate::objects::store::Store::open)
+        .transpose()?;
     let metrics = Arc::new(Metrics::default());
     // The root of every token of this run: when the run ends, in any way,
     // everything still listening (the observer, background tasks) stops.
@@ -94,6 +99,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         identity,
         fatal: fatal_tx,
+        objects,
     };
     let mut source = tokio::spawn(source::run(config.source.clone(), ctx));
     let mut phases = Phases {

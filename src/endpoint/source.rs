@@ -121,6 +121,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             metrics: Some(ctx.pool.metrics.clone()),
             target_wait: config.target_wait,
             rollup: Arc::new(Rollup::new()),
+            objects: ctx.objects.clone(),
         };
         tasks.spawn(rollup::sample(
             queue.clone(),
@@ -151,6 +152,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             config.endpoints.clone(),
             ctx.pool.metrics.clone(),
             background.clone(),
+            ctx.objects.clone(),
         ));
         tracing::info!("serving the API only (--api-only); workers elsewhere run the jobs");
         ctx.shutdown.take.cancelled().await;
@@ -169,6 +171,10 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         spool_dir: config.spool_dir.clone(),
         input_schema: config.schema.clone(),
         max_undelivered: config.max_undelivered,
+        object_namespace: match &*config.endpoints {
+            [one] => one.clone(),
+            _ => ctx.identity.worker_id.clone(),
+        },
     };
     let runner = Runner::start(sink, &ctx, options).await?;
     tasks.spawn(webhook_task(
@@ -183,6 +189,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         config.endpoints.clone(),
         metrics,
         background.clone(),
+        ctx.objects.clone(),
     ));
     tasks.spawn(renew_leases(
         queue.clone(),
@@ -414,6 +421,7 @@ async fn upkeep(
     endpoints: Arc<[String]>,
     metrics: Arc<crate::metrics::Metrics>,
     stop: CancellationToken,
+    objects: Option<Arc<crate::objects::store::Store>>,
 ) {
     let me = ctx
         .as_ref()
@@ -433,6 +441,9 @@ async fn upkeep(
         }
         let swept = queue.sweep().await;
         metrics.database_answered(swept.is_ok());
+        if let (Ok(swept), Some(store)) = (&swept, &objects) {
+            crate::objects::retention::delete_jobs(store, &swept.deleted_jobs).await;
+        }
         match swept {
             Ok(swept) if swept.requeued + swept.ended > 0 => tracing::info!(
                 "queue upkeep: {} jobs queued again after losing their worker, {} ended (no attempts left or ttl passed)",

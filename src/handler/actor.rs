@@ -341,7 +341,12 @@ impl<S: Spawner> Actor<S> {
             Line::Whole(bytes) => bytes,
         };
         let frame = parse_line(&bytes);
-        if bytes.len() > max && matches!(frame, Frame::Final { .. } | Frame::Stream { .. }) {
+        if bytes.len() > max
+            && matches!(
+                frame,
+                Frame::Final { .. } | Frame::Stream { .. } | Frame::Files { .. }
+            )
+        {
             return self.too_large(s, bytes.len(), &bytes);
         }
         match frame {
@@ -407,6 +412,21 @@ impl<S: Spawner> Actor<S> {
                     };
                     let result = JobResult {
                         outcome,
+                        refresh_worker,
+                        streamed: false,
+                    };
+                    return self.finish(s, &id, result);
+                }
+                self.answer_for_unknown_job(s, &id)
+            }
+            Frame::Files {
+                id,
+                files,
+                refresh_worker,
+            } => {
+                if s.jobs.contains_key(&id) {
+                    let result = JobResult {
+                        outcome: Outcome::Files(files),
                         refresh_worker,
                         streamed: false,
                     };

@@ -92,9 +92,11 @@ pub struct HandlerArgs {
     #[arg(long, env = "JOBPIPE_KEEP_HANDLER_ON_ERROR", value_parser = BoolishValueParser::new())]
     pub keep_handler_on_error: bool,
 
-    /// Largest result accepted from the handler; a larger one fails the job.
-    #[arg(long, env = "JOBPIPE_MAX_OUTPUT_SIZE", default_value = "20MB", value_parser = parse_size)]
-    pub max_output_size: usize,
+    /// Largest result accepted from the handler; a larger one fails the job
+    /// [default: 20MB, or 1GiB with --object-store, which takes outputs
+    /// over --offload-threshold].
+    #[arg(long, env = "JOBPIPE_MAX_OUTPUT_SIZE", value_parser = parse_size)]
+    pub max_output_size: Option<usize>,
 
     /// Pass jobpipe's secrets (RUNPOD_AI_API_KEY, JOBPIPE_API_KEY) on to the handler.
     #[arg(long, env = "JOBPIPE_PASS_SECRETS", value_parser = BoolishValueParser::new())]
@@ -180,7 +182,12 @@ pub struct HandlerRole {
     pub api_only: bool,
     /// The job source is one local test job, which gets a default timeout.
     pub test_job: bool,
+    /// An object store takes large outputs, so the output limit is higher.
+    pub object_store: bool,
 }
+
+/// `--max-output-size` unless given.
+pub const DEFAULT_MAX_OUTPUT_SIZE: usize = 20_000_000;
 
 impl HandlerArgs {
     /// Validates the handler's flags into its configuration; `argv` is
@@ -215,7 +222,7 @@ impl HandlerArgs {
             kill_grace: self.kill_grace,
             refresh_worker: self.refresh_worker,
             keep_handler_on_error: self.keep_handler_on_error,
-            max_output_size: self.max_output_size,
+            max_output_size: self.max_output_size(role.object_store),
             pass_secrets: self.pass_secrets,
             max_handler_failures: Some(self.max_handler_failures).filter(|n| *n > 0),
             max_jobs: recycle.max_jobs_per_handler.map(NonZeroU64::get),
@@ -239,6 +246,16 @@ impl HandlerArgs {
             ));
         }
         Ok(handler)
+    }
+
+    /// The largest output accepted: as given, else the default for
+    /// whether an object store is configured.
+    pub fn max_output_size(&self, object_store: bool) -> usize {
+        self.max_output_size.unwrap_or(if object_store {
+            crate::objects::config::MAX_OUTPUT_WITH_STORE
+        } else {
+            DEFAULT_MAX_OUTPUT_SIZE
+        })
     }
 
     /// The handler command, after `--` or from `--handler`.

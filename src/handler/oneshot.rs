@@ -63,17 +63,20 @@ async fn run_job(ctx: &ActorContext, mut ticket: JobTicket) {
         return;
     }
     let config = &ctx.config;
-    let mut process =
-        match HandlerProcess::spawn(config, &ctx.identity.worker_id, Some(ticket.id())) {
-            Ok(process) => process,
-            Err(e) => {
-                ticket.fail(JobFailure::new(
-                    FailureKind::HandlerStart,
-                    format!("cannot execute handler {:?}: {e}", config.argv[0]),
-                ));
-                return;
-            }
-        };
+    let mut process = match HandlerProcess::spawn(
+        config,
+        &ctx.identity.worker_id,
+        Some((ticket.id(), ticket.job.dir.as_deref())),
+    ) {
+        Ok(process) => process,
+        Err(e) => {
+            ticket.fail(JobFailure::new(
+                FailureKind::HandlerStart,
+                format!("cannot execute handler {:?}: {e}", config.argv[0]),
+            ));
+            return;
+        }
+    };
     process.send(std::mem::take(&mut ticket.job.line));
     process.close_stdin();
     let limit = config.max_output_size;
@@ -206,6 +209,15 @@ pub fn parse_output(stdout: &[u8]) -> JobResult {
         return JobResult::output(value.into());
     };
     let refresh_worker = obj.remove("refresh_worker") == Some(Value::Bool(true));
+    for key in ["output_file", "output_files"] {
+        if let Some(files) = obj.remove(key) {
+            return JobResult {
+                outcome: Outcome::Files(Json::from_value(&serde_json::json!({ key: files }))),
+                refresh_worker,
+                streamed: false,
+            };
+        }
+    }
     let outcome = match obj.remove("error") {
         Some(error) if !error.is_null() => Outcome::Error {
             error: match error {

@@ -51,15 +51,20 @@ pub struct HandlerProcess {
 }
 
 impl HandlerProcess {
-    /// Starts the handler. `job_id` is set in one-shot mode.
+    /// Starts the handler. `job` (its id and scratch directory) is set in
+    /// one-shot mode.
     pub fn spawn(
         config: &HandlerConfig,
         worker_id: &str,
-        job_id: Option<&str>,
+        job: Option<(&str, Option<&std::path::Path>)>,
     ) -> std::io::Result<Self> {
         let mut env_add = vec![("JOBPIPE_WORKER_ID", worker_id.to_owned())];
+        let job_id = job.map(|(id, _)| id);
         if let Some(id) = job_id {
             env_add.push(("JOBPIPE_JOB_ID", id.to_owned()));
+        }
+        if let Some((_, Some(dir))) = job {
+            env_add.push(("JOBPIPE_JOB_DIR", dir.display().to_string()));
         }
         let env_remove: &[&str] = if config.pass_secrets { &[] } else { SECRETS };
         let spawned = os::spawn(&SpawnSpec {

@@ -23,6 +23,14 @@ pub enum Frame {
         error: Option<String>,
         refresh_worker: bool,
     },
+    /// `{"id", "output_file": "/path"}` or `{"id", "output_files": [{"name",
+    /// "path"}]}`: files in the job's directory to upload as its output;
+    /// `files` is the object with that one key, as written.
+    Files {
+        id: String,
+        files: Json,
+        refresh_worker: bool,
+    },
     /// `{"id", "stream": ...}`: a partial result.
     Stream { id: String, value: Json },
     /// `{"id", "progress": ...}`: a progress update.
@@ -57,6 +65,10 @@ struct Keys<'a> {
     heartbeat: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     refresh_worker: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    output_file: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    output_files: Option<&'a RawValue>,
 }
 
 /// Reads one stdout line.
@@ -106,6 +118,17 @@ pub fn parse_line(line: &Bytes) -> Frame {
             id,
             output: keys.output.map(json),
             error,
+            refresh_worker: is_true(keys.refresh_worker),
+        };
+    }
+    let files = [
+        ("output_file", keys.output_file),
+        ("output_files", keys.output_files),
+    ];
+    if let Some((key, Some(value))) = files.into_iter().find(|(_, value)| value.is_some()) {
+        return Frame::Files {
+            id,
+            files: crate::json::object([(key, &json(value))]),
             refresh_worker: is_true(keys.refresh_worker),
         };
     }
@@ -218,6 +241,14 @@ mod tests {
                 output: Some(json(json!(2))),
                 error: Some("bad".into()),
                 refresh_worker: true
+            }
+        );
+        assert_eq!(
+            parse_line(br#"{"id": "a", "output_file": "/j/x.mp4"}"#),
+            Frame::Files {
+                id: "a".into(),
+                files: json(json!({"output_file": "/j/x.mp4"})),
+                refresh_worker: false
             }
         );
         assert_eq!(

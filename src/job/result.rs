@@ -90,6 +90,10 @@ pub enum Outcome {
     Error { error: String, output: Option<Json> },
     /// The job was stopped on request; nothing is reported for it.
     Cancelled,
+    /// The handler answered with files to upload (`output_file` or
+    /// `output_files`, as it wrote them); the runner turns them into an
+    /// output of references, or an error.
+    Files(Json),
 }
 
 /// The final result of one job.
@@ -131,7 +135,7 @@ impl JobResult {
     }
 
     pub fn is_success(&self) -> bool {
-        matches!(self.outcome, Outcome::Output(_))
+        matches!(self.outcome, Outcome::Output(_) | Outcome::Files(_))
     }
 }
 

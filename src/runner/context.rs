@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::FatalError;
 use crate::job::Identity;
+use crate::objects::store::Store;
 use crate::pool::Pool;
 
 /// The shutdown phases a source takes part in: one tree of cancellation
@@ -51,4 +52,6 @@ pub struct SourceContext {
     /// Where a source reports an error that must stop the worker; it keeps
     /// running to flush what it holds and returns when told.
     pub fatal: mpsc::UnboundedSender<FatalError>,
+    /// The object store for large payloads (`--object-store`), if any.
+    pub objects: Option<Arc<Store>>,
 }

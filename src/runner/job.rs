@@ -15,8 +15,15 @@ use crate::text::clip_middle;
 
 impl<S: ResultSink> Shared<S> {
     /// Posts one job's updates in order, then its final result.
-    pub(super) async fn run_job(self: Arc<Self>, id: String, mut events: JobEvents) {
+    pub(super) async fn run_job(
+        self: Arc<Self>,
+        id: String,
+        mut events: JobEvents,
+        mut dir: Option<PathBuf>,
+    ) {
         let mut partials = self.options.aggregate_stream.map(Partials::new);
+        // Stream partials so far, which name offloaded ones (stream-N.json).
+        let mut streamed = 0usize;
         // Once the result is known, the updates still queued share one
         // budget, so the result waits for them at most that long.
         let mut rest_deadline: Option<Instant> = None;
@@ -24,12 +31,21 @@ impl<S: ResultSink> Shared<S> {
             let (kind, body) = match event {
                 JobEvent::Progress(value) => (PostKind::Progress, value),
                 JobEvent::Stream(value) => {
+                    let value = self.offload_partial(&id, value, &mut streamed).await;
                     if let Some(partials) = &mut partials {
                         partials.keep(&id, &value);
                     }
                     (PostKind::Stream, value)
                 }
                 JobEvent::Done(result) => {
+                    let result = self.offload(&id, result, dir.as_deref()).await;
+                    if let Some(dir) = dir.take() {
+                        let id = id.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            crate::objects::job_dir::remove(&dir, &id)
+                        })
+                        .await;
+                    }
                     let post = final_post(&id, result, partials.take());
                     // The slot frees once the result counts as undelivered,
                     // so the next take sees its size (RESULT_BYTES_IN_FLIGHT).
@@ -251,6 +267,11 @@ fn final_post(id: &str, result: JobResult, partials: Option<Partials>) -> Option
             }
         }
         Outcome::Output(output) => json::object([("output", &output)]),
+        // The runner uploads files before it builds the post.
+        Outcome::Files(_) => json::object([(
+            "error",
+            &Json::from_value(&"the output files were not uploaded".into()),
+        )]),
         Outcome::Error { error, output } => {
             let error = Json::from_value(&error.into());
             let mut fields = vec![("error", &error)];

@@ -221,6 +221,11 @@ pub async fn run(config: RunpodConfig, ctx: SourceContext) -> Result<u8, FatalEr
         spool_dir: config.spool_dir.clone(),
         input_schema: config.input_schema.clone(),
         max_undelivered: config.max_undelivered,
+        // RunPod's endpoint id, set on every worker of an endpoint.
+        object_namespace: std::env::var("RUNPOD_ENDPOINT_ID")
+            .ok()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| ctx.identity.worker_id.clone()),
     };
     let endpoint = Arc::new(Endpoint::new(config, &ctx.identity.worker_id)?);
     let runner = Arc::new(Runner::start(endpoint.clone(), &ctx, options).await?);

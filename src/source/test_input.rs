@@ -93,6 +93,10 @@ fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Va
             (line, None)
         }
         Outcome::Cancelled => (json!({"id": id, "status": "CANCELLED"}), None),
+        Outcome::Files(_) => (
+            json!({"id": id, "status": "FAILED", "error": "the handler answered with output_file(s); files are uploaded only by a RunPod or endpoint worker with --object-store, not for a --test-input job"}),
+            None,
+        ),
     };
     println!("{line}");
     let Some(output) = output else {

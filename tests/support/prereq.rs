@@ -54,10 +54,40 @@ pub fn missing(what: &str, why: &str) {
     }
 }
 
+/// moto's S3 server program from the tests' virtualenv, or `None` when
+/// it cannot be had and the user opted out (`JOBPIPE_TEST_SKIP=s3`).
+pub fn moto_server() -> Option<String> {
+    let python = venv_python_or_why().ok();
+    let program = python
+        .map(|python| std::path::Path::new(&python).with_file_name("moto_server"))
+        .filter(|path| path.is_file());
+    match program {
+        Some(path) => Some(path.display().to_string()),
+        None => {
+            missing(
+                "s3",
+                "moto's server (moto_server) is not in the virtualenv .ci/python-venv makes",
+            );
+            None
+        }
+    }
+}
+
 /// The virtualenv's python with the official runpod package (made once by
 /// `.ci/python-venv`), or `None` when it cannot be made and the user opted
 /// out of it (`JOBPIPE_TEST_SKIP=runpod`).
 pub fn venv_python() -> Option<String> {
+    match venv_python_or_why() {
+        Ok(python) => Some(python),
+        Err(why) => {
+            missing("runpod", &why);
+            None
+        }
+    }
+}
+
+/// The virtualenv's python, made once, or why it cannot be made.
+fn venv_python_or_why() -> Result<String, String> {
     static PYTHON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
     let made = PYTHON.get_or_init(|| {
         let script = format!("{}/.ci/python-venv", env!("CARGO_MANIFEST_DIR"));
@@ -75,11 +105,5 @@ pub fn venv_python() -> Option<String> {
             )),
         }
     });
-    match made {
-        Ok(python) => Some(python.clone()),
-        Err(why) => {
-            missing("runpod", why);
-            None
-        }
-    }
+    made.clone()
 }

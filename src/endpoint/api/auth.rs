@@ -48,7 +48,15 @@ pub(crate) async fn require_key(
         ))
         .into_response();
     }
-    let writes = ["run", "runsync", "cancel", "retry", "purge-queue"].contains(&route);
+    let writes = [
+        "run",
+        "runsync",
+        "cancel",
+        "retry",
+        "purge-queue",
+        "uploads",
+    ]
+    .contains(&route);
     if writes && tenant.role == Role::Read {
         return ApiError::Forbidden(format!(
             "the key {:?} may only read; /{route} needs a key with role \"submit\"",

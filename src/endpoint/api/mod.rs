@@ -1,9 +1,10 @@
 //! RunPod's endpoint API (`/run`, `/runsync`, `/status`, `/stream`,
 //! `/cancel`, `/retry`, `/purge-queue`, `/health`) over a [`Queue`], so the
 //! official clients work against jobpipe unchanged, and jobpipe's own
-//! reads for operators (`/jobs`, `/jobs/{id}`), and the web dashboard
-//! ([`crate::endpoint::dashboard`], which needs no key: its pages read
-//! through these routes with the key typed into them).
+//! reads for operators (`/jobs`, `/jobs/{id}`), `POST /uploads` (a
+//! presigned URL to put a large input into the object store), and the
+//! web dashboard ([`crate::endpoint::dashboard`], which needs no key: its
+//! pages read through these routes with the key typed into them).
 //!
 //! Routes are mounted under `/v2/{endpoint}/` and at the root, which is
 //! the endpoint `default`. Each endpoint is its own queue: its jobs are
@@ -26,6 +27,7 @@ use crate::endpoint::queue::Queue;
 use crate::endpoint::rollup::Rollup;
 use crate::endpoint::settings::EndpointSettings;
 use crate::metrics::Metrics;
+use crate::objects::store::Store;
 
 pub use crate::endpoint::settings::JobDefaults;
 pub use conn::{serve, Limits, SlowBody};
@@ -41,6 +43,7 @@ mod retry_policy;
 mod routes;
 mod scale;
 mod stats;
+mod uploads;
 
 /// Largest `/run` body, as on RunPod.
 pub const RUN_BODY_LIMIT: usize = 10 * 1024 * 1024;
@@ -67,6 +70,9 @@ pub struct ApiState {
     pub metrics: Option<Arc<Metrics>>,
     /// The dashboard's figures, fed by [`crate::endpoint::rollup::sample`].
     pub rollup: Arc<Rollup>,
+    /// The object store (`--object-store`) that `POST /uploads` signs
+    /// upload URLs for.
+    pub objects: Option<Arc<Store>>,
 }
 
 /// The endpoint API's routes, under `/v2/{endpoint_id}/` and at the root.
@@ -80,6 +86,7 @@ pub fn router(state: ApiState) -> Router {
             .route("/cancel/:job_id", post(routes::cancel))
             .route("/retry/:job_id", post(routes::retry))
             .route("/purge-queue", post(routes::purge))
+            .route("/uploads", post(uploads::create))
             .route("/health", get(routes::health))
             .route("/jobs", get(jobs::list))
             .route("/scale", get(scale::scale))

@@ -421,7 +421,7 @@ pub struct WebhookPost {
 }
 
 /// What one maintenance pass changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
     /// Jobs whose lease ran out and that were queued again.
     pub requeued: u64,
@@ -429,6 +429,9 @@ pub struct Swept {
     pub ended: u64,
     /// Finished jobs deleted after their retention.
     pub deleted: u64,
+    /// Those jobs, as (endpoint, id): their objects in the object store
+    /// go with them.
+    pub deleted_jobs: Vec<(String, String)>,
 }
 
 /// Something that changed in the queue.

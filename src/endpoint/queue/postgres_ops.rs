@@ -587,14 +587,19 @@ pub(super) async fn sweep(
         finalize(&tx, events, &id, JobStatus::TimedOut, None, Some(error)).await?;
         swept.ended += 1;
     }
-    swept.deleted = tx
-        .execute_typed(
+    swept.deleted_jobs = tx
+        .query_typed(
             "DELETE FROM jobpipe.jobs WHERE id IN (
                 SELECT id FROM jobpipe.jobs WHERE expires_at <= $2
-                 LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                 LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING endpoint, id",
             &[p(&SWEEP_BATCH), p(&now)],
         )
-        .await?;
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    swept.deleted = swept.deleted_jobs.len() as u64;
     tx.execute_typed(
         "DELETE FROM jobpipe.workers WHERE seen_at < $1",
         &[p(&(now - WORKER_FORGET_MS))],

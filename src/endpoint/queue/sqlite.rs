@@ -712,10 +712,14 @@ impl Queue for SqliteQueue {
                     params![now, SWEEP_BATCH],
                 )?;
             }
-            swept.deleted = tx.execute(
-                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)",
-                params![now, SWEEP_BATCH],
-            )? as u64;
+            swept.deleted_jobs = tx
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)
+                     RETURNING endpoint, id",
+                )?
+                .query_map(params![now, SWEEP_BATCH], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            swept.deleted = swept.deleted_jobs.len() as u64;
             tx.execute("DELETE FROM workers WHERE seen_at < ?1", [now - WORKER_FORGET_MS])?;
             Ok(swept)
         })

@@ -1,0 +1,101 @@
+//! The object store goes away while jobpipe uploads an output: a real
+//! S3-compatible server (moto, tests/support/s3.rs) is killed as the
+//! upload is under way (its first part stored) and started again later. The upload is retried with
+//! back-off and the result arrives once the store is back; a store that
+//! stays down longer than `--object-store-retry` fails the job with an
+//! error that says so. Never a lost result, never a hung job.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::objects::Server;
+use support::s3::{fetch, sha256_hex, S3Server};
+
+/// Waits until the server has stored the first part of a multipart
+/// upload (moto logs each request once answered): the upload is under way.
+async fn wait_for_first_part(s3: &S3Server) {
+    let started = Instant::now();
+    while !s3.log().contains("partNumber=") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no part was uploaded:\n{}",
+            s3.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_outlives_a_store_outage_and_the_result_arrives() {
+    let Some(mut s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &s3, &[]).await;
+    let note = dir.path().join("out.sha256");
+    let size = 50_000_000;
+    let id = server
+        .submit(json!({"size": size, "note": note.display().to_string()}))
+        .await;
+    wait_for_first_part(&s3).await;
+    s3.stop();
+    let failed = server
+        .daemon
+        .wait_for_log("to the object store failed", Duration::from_secs(120));
+    eprintln!("while the store is down: {failed}");
+    // Down for a while: several attempts fail before it is back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let attempts = server
+        .daemon
+        .stderr()
+        .matches("to the object store failed")
+        .count();
+    assert!(
+        attempts >= 2,
+        "the upload is retried while the store is down:\n{}",
+        server.daemon.logs()
+    );
+    s3.restart().await;
+    let status = server.finished(&id).await;
+    assert_eq!(
+        status["status"],
+        "COMPLETED",
+        "{status}\n{}",
+        server.daemon.logs()
+    );
+    let object = &status["output"]["object"];
+    let noted = std::fs::read_to_string(&note).unwrap();
+    assert_eq!(object["sha256"], noted.as_str());
+    let (code, body) = fetch(object["url"].as_str().unwrap()).await;
+    assert_eq!(code, 200);
+    assert_eq!(body.len(), size + 2);
+    assert_eq!(sha256_hex(&body), noted);
+    assert_eq!(server.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stays_down_fails_the_job_saying_so() {
+    let Some(mut s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &s3, &["--object-store-retry", "4s"]).await;
+    s3.stop();
+    let started = Instant::now();
+    let id = server.submit(json!({"size": 10_000_000})).await;
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "FAILED", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("could not be reached") && error.contains("--object-store-retry"),
+        "the error says what happened: {error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "the job fails within its retry time, not later: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.stop(), 0);
+}
