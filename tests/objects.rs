@@ -203,3 +203,60 @@ async fn a_stream_partial_over_its_threshold_is_offloaded() {
     );
     assert_eq!(server.stop(), 0);
 }
+
+/// `?inline=1`: an offloaded JSON output comes back in `/status`'s and
+/// `/runsync`'s answer itself; without it, the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_1_answers_an_offloaded_output_itself() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &s3, &["--offload-threshold", "1MB"]).await;
+    let size = 2_000_000;
+    let id = server.submit(json!({"size": size})).await;
+    let status = server.finished(&id).await;
+    assert_eq!(status["status"], "COMPLETED", "{status}");
+    assert_eq!(status["output"]["object"]["size"], size + 2, "{status}");
+    let inline = server
+        .try_get(&format!("/status/{id}?inline=1"))
+        .await
+        .expect("an answer");
+    assert_eq!(inline["status"], "COMPLETED", "{inline}");
+    assert_eq!(inline["output"].as_str().map(str::len), Some(size));
+    let synced: Value = server
+        .http
+        .post(format!("{}/runsync?inline=1", server.base))
+        .bearer_auth(KEY)
+        .json(&json!({"input": {"size": size}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        synced["status"],
+        "COMPLETED",
+        "{}",
+        &synced.to_string()[..200.min(synced.to_string().len())]
+    );
+    assert_eq!(synced["output"].as_str().map(str::len), Some(size));
+    let response = server
+        .http
+        .get(format!("{}/status/{id}?inline=maybe", server.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let why: Value = response.json().await.unwrap();
+    assert!(
+        why["error"]
+            .as_str()
+            .unwrap()
+            .contains("inline must be 1 or 0"),
+        "{why}"
+    );
+    assert_eq!(server.stop(), 0);
+}

@@ -226,6 +226,24 @@ impl Store {
         Ok(())
     }
 
+    /// The object `key` (under the prefix) in memory, if it holds at most
+    /// `max` bytes; none when it is larger.
+    pub async fn get_small(&self, key: &str, max: u64) -> Result<Option<Bytes>, String> {
+        let path = self.path_of_key(key);
+        let got = self
+            .s3
+            .get(&path)
+            .await
+            .map_err(|e| format!("cannot read {key:?} from the object store: {e}"))?;
+        if got.meta.size > max {
+            return Ok(None);
+        }
+        got.bytes()
+            .await
+            .map(Some)
+            .map_err(|e| format!("reading {key:?} from the object store failed: {e}"))
+    }
+
     /// Deletes every object under the key prefix `key_parts`.
     pub async fn delete_under(&self, key_parts: &[&str]) -> Result<usize, object_store::Error> {
         let (path, _) = self.path(key_parts);

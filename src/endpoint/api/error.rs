@@ -36,6 +36,8 @@ pub(crate) enum ApiError {
     TooSlow(String),
     ShuttingDown,
     Database(QueueError),
+    /// A server this API relies on (the object store) failed (502).
+    Upstream(String),
 }
 
 impl From<QueueError> for ApiError {
@@ -73,6 +75,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, json!({"error": message}))
             }
             ApiError::Conflict(message) => (StatusCode::CONFLICT, json!({"error": message})),
+            ApiError::Upstream(message) => (StatusCode::BAD_GATEWAY, json!({"error": message})),
             ApiError::Unprocessable(message) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, json!({"error": message}))
             }

@@ -36,6 +36,7 @@ mod auth;
 mod conn;
 mod endpoint_name;
 mod error;
+mod inline;
 mod jobs;
 mod queue_metrics;
 mod request;

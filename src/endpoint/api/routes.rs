@@ -14,6 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::endpoint_name::EndpointName;
 use super::error::ApiError;
+use super::inline;
 use super::request::parse_job;
 use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
 use crate::endpoint::keys::Tenant;
@@ -109,6 +110,7 @@ pub(crate) async fn runsync(
         return Err(ApiError::ShuttingDown);
     }
     let (defaults, schema) = state.settings.for_endpoint(&endpoint);
+    let inline = inline::wanted(&query)?;
     let wait = match query.get("wait") {
         None => defaults.sync_wait,
         Some(text) => match text.parse::<u64>() {
@@ -162,7 +164,12 @@ pub(crate) async fn runsync(
         }
     }
     match state.queue.status_raw(&id).await? {
-        Some(record) => Ok(TextBody(record.to_json())),
+        Some(mut record) => {
+            if inline {
+                inline::output(&state, &mut record).await?;
+            }
+            Ok(TextBody(record.to_json()))
+        }
         None => Err(ApiError::NotFound(format!(
             "job {id} was removed (purged) before it ended"
         ))),
@@ -173,9 +180,15 @@ pub(crate) async fn status(
     State(state): State<ApiState>,
     EndpointName(endpoint): EndpointName,
     Path(params): Params,
+    Query(query): Query<HashMap<String, String>>,
 ) -> TextAnswer {
     let id = job_id(&params);
-    Ok(TextBody(job_of(&state, &endpoint, id).await?.to_json()))
+    let inline = inline::wanted(&query)?;
+    let mut record = job_of(&state, &endpoint, id).await?;
+    if inline {
+        inline::output(&state, &mut record).await?;
+    }
+    Ok(TextBody(record.to_json()))
 }
 
 pub(crate) async fn stream(

@@ -123,6 +123,17 @@ JP.pages.job = function (content) {
       // While it runs, the output is the handler's last progress update.
       parts.push(block(job.status === "IN_PROGRESS" ? "Progress" : "Output", job.output, "output"));
     }
+    // An output in the object store: links to download it.
+    const objects = job.output && typeof job.output === "object"
+      ? (job.output.object ? [{ name: "output", object: job.output.object }] : (job.output.files || []))
+      : [];
+    const links = objects.filter((f) => f && f.object && typeof f.object.url === "string" && /^https?:/.test(f.object.url));
+    if (links.length) {
+      parts.push(h("section", { id: "objects" }, h("h2", {}, "In the object store"),
+        h("ul", {}, links.map((f) => h("li", {},
+          h("a", { href: f.object.url, rel: "noopener noreferrer" }, `Download ${f.name}`),
+          ` (${kb(f.object.size || 0)}, ${f.object.contentType || "unknown type"}; the link expires)`)))));
+    }
     if (job.error) parts.push(block("Error", job.error, "error"));
     if (job.streamCount) {
       // The stream partials as kept, read by /stream or not (this read
