@@ -426,6 +426,7 @@ async fn upkeep(
     let me = ctx
         .as_ref()
         .map(|ctx| (worker_info(ctx, &endpoints), &ctx.pool));
+    let deleter = objects.map(crate::objects::retention::Deleter::start);
     let mut ticks = tokio::time::interval(UPKEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -441,8 +442,8 @@ async fn upkeep(
         }
         let swept = queue.sweep().await;
         metrics.database_answered(swept.is_ok());
-        if let (Ok(swept), Some(store)) = (&swept, &objects) {
-            crate::objects::retention::delete_jobs(store, &swept.deleted_jobs).await;
+        if let (Ok(swept), Some(deleter)) = (&swept, &deleter) {
+            deleter.delete(swept.deleted_jobs.clone());
         }
         match swept {
             Ok(swept) if swept.requeued + swept.ended > 0 => tracing::info!(
