@@ -33,7 +33,7 @@ impl Signer {
         mac.update(b".");
         mac.update(body);
         let digest = mac.finalize().into_bytes();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::text::hex(&digest);
         format!("t={unix_seconds},v1={hex}")
     }
 }

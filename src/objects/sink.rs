@@ -49,9 +49,6 @@ impl Sink {
             .await
             .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
         let digest = self.hasher.finalize();
-        Ok((
-            self.size,
-            digest.iter().map(|b| format!("{b:02x}")).collect(),
-        ))
+        Ok((self.size, crate::text::hex(&digest)))
     }
 }

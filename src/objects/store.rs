@@ -288,7 +288,7 @@ fn stored(key: String, size: u64, hasher: Sha256) -> Stored {
     Stored {
         key,
         size,
-        sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: crate::text::hex(&digest),
     }
 }
 

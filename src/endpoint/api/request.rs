@@ -138,10 +138,7 @@ fn idempotency(headers: &HeaderMap, body: &Bytes) -> Result<Option<Idempotency>,
                 "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters without spaces (a UUID, say)"
             ))
         })?;
-    let body_hash = Sha256::digest(body)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let body_hash = crate::text::hex(&Sha256::digest(body));
     Ok(Some(Idempotency {
         key: key.to_owned(),
         body_hash,

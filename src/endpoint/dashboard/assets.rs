@@ -96,11 +96,7 @@ fn hashed() -> &'static [Hashed] {
 /// The first 16 hex digits of the bytes' SHA-256: enough to tell versions
 /// apart.
 pub(super) fn digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::text::hex(&Sha256::digest(bytes)[..8])
 }
 
 /// The URL the pages link `name` by (with its hash).
