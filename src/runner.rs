@@ -96,16 +96,24 @@ pub struct RunnerOptions {
     pub object_namespace: String,
 }
 
-/// Submits a ready job to the pool and carries it to its result.
-async fn start<S: ResultSink>(shared: Arc<Shared<S>>, pool: &Pool, job: Job, slot: Slot) {
+/// Submits a ready job to the pool; the work that carries it to its
+/// result, or none for a job already running here (its scratch directory,
+/// made for this copy, is removed).
+fn submit<S: ResultSink>(
+    shared: &Arc<Shared<S>>,
+    pool: &Pool,
+    job: Job,
+    slot: Slot,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let (id, dir) = (job.id.clone(), job.dir.clone());
     match pool.submit(slot, job) {
-        Ok(events) => shared.run_job(id, events, dir).await,
+        Ok(events) => Some(shared.clone().run_job(id, events, dir)),
         Err(duplicate) => {
             tracing::warn!(job_id = %id, "{duplicate}");
             if let Some(dir) = dir {
                 crate::objects::job_dir::remove(&dir, &id);
             }
+            None
         }
     }
 }
@@ -311,7 +319,11 @@ impl<S: ResultSink> Runner<S> {
             let (shared, pool) = (self.shared.clone(), self.pool.clone());
             self.jobs.spawn(async move {
                 match shared.fetch_inputs(job).await {
-                    Ok(job) => start(shared, &pool, job, slot).await,
+                    Ok(job) => {
+                        if let Some(run) = submit(&shared, &pool, job, slot) {
+                            run.await;
+                        }
+                    }
                     Err((job, error)) => {
                         drop(slot);
                         shared.input_failed(job, error).await;
@@ -320,18 +332,8 @@ impl<S: ResultSink> Runner<S> {
             });
             return;
         }
-        let (id, dir) = (job.id.clone(), job.dir.clone());
-        match self.pool.submit(slot, job) {
-            Ok(events) => {
-                self.jobs
-                    .spawn(self.shared.clone().run_job(id, events, dir));
-            }
-            Err(duplicate) => {
-                tracing::warn!(job_id = %id, "{duplicate}");
-                if let Some(dir) = dir {
-                    crate::objects::job_dir::remove(&dir, &id);
-                }
-            }
+        if let Some(run) = submit(&self.shared, &self.pool, job, slot) {
+            self.jobs.spawn(run);
         }
     }
 
