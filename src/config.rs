@@ -24,6 +24,7 @@ use crate::endpoint::config::EndpointArgs;
 use crate::error::ConfigError;
 use crate::fitness::{Check, FitnessArgs};
 use crate::handler::config::{HandlerArgs, HandlerConfig, HandlerRole, RecycleArgs};
+use crate::handler::spill::Spill;
 use crate::job::{Identity, IdentityArgs};
 use crate::logging::LoggingArgs;
 use crate::objects::config::{ObjectStoreArgs, ObjectStoreConfig};
@@ -135,7 +136,16 @@ impl Cli {
             .objects
             .clone()
             .into_config(|name| std::env::var(name).ok())?;
-        let handler = self.handler.into_config(argv, self.recycle, role)?;
+        let mut handler = self.handler.into_config(argv, self.recycle, role)?;
+        // A source that uploads large outputs takes them from a file, so
+        // a warm handler's long lines go to one as they are read.
+        if !role.test_job {
+            handler.spill = objects.as_ref().map(|store| Spill {
+                dir: store.scratch_dir.join("lines"),
+                // Smaller lines are cheaper kept in memory.
+                at: store.offload_threshold.max(1 << 20),
+            });
+        }
         Ok(Config {
             handler,
             source,

@@ -19,6 +19,7 @@ use crate::backoff::BackoffPolicy;
 use crate::error::FatalError;
 use crate::json::Json;
 use crate::metrics::Metrics;
+use crate::objects::pending::PendingUpload;
 use crate::text::clip_middle;
 
 /// Where a source's results go: its transport for one post. The runner
@@ -76,6 +77,10 @@ pub struct Post {
     /// The job asked for a fresh worker after it (final results only).
     #[serde(default)]
     pub refresh_worker: bool,
+    /// Objects still to upload before the body is known (a final result
+    /// whose upload waits for the store; see [`crate::objects::pending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<PendingUpload>,
 }
 
 impl Post {
@@ -86,6 +91,7 @@ impl Post {
             kind: PostKind::Final { is_stream: false },
             body,
             refresh_worker: false,
+            upload: None,
         }
     }
 }

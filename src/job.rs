@@ -22,6 +22,7 @@ use crate::json::{id_text, present, Json};
 pub mod events;
 mod identity;
 mod result;
+pub mod spilled;
 
 use events::EventSender;
 pub use events::JobEvents;
@@ -220,7 +221,7 @@ impl JobTicket {
 /// (JobTimeout)` with the type of an error report, or `stopped`.
 fn ending(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Output(_) => "completed".into(),
+        Outcome::Output(_) | Outcome::Spilled(_) => "completed".into(),
         Outcome::Error { error, .. } => {
             let report = error
                 .starts_with('{')

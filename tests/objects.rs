@@ -20,6 +20,10 @@ use support::s3::{fetch, sha256_hex, S3Server};
 /// The output size the tests offload: over the default threshold and
 /// RunPod's result limit, small enough for a loaded CI machine.
 const LARGE: usize = 50_000_000;
+/// The output the memory test offloads: ten times RunPod's result limit.
+const HUGE: usize = 200_000_000;
+/// jobpipe's peak resident memory while it offloads [`HUGE`].
+const PEAK_RSS_MAX_KIB: u64 = 64 * 1024;
 
 /// Checks a reference against what the handler noted and what the URL gives.
 async fn check_reference(output: &Value, note: &Path, size: usize) -> Value {
@@ -57,12 +61,23 @@ async fn a_large_endpoint_output_is_offloaded_and_a_small_one_stays_inline() {
     let server = Server::start(dir.path(), &s3, &[]).await;
     let note = dir.path().join("large.sha256");
     let large = server
-        .submit(json!({"size": LARGE, "note": note.display().to_string()}))
+        .submit(json!({"size": HUGE, "note": note.display().to_string()}))
         .await;
     let small = server.submit(json!({"size": 1000})).await;
     let status = server.finished(&large).await;
     assert_eq!(status["status"], "COMPLETED", "{status}");
-    let object = check_reference(&status["output"], &note, LARGE).await;
+    // The handler's line went to a file as it was read and was uploaded
+    // from there: jobpipe never held the output.
+    let peak = support::peak_rss_kib(server.daemon.pid());
+    eprintln!(
+        "jobpipe's peak RSS while offloading {HUGE} bytes: {} MiB",
+        peak / 1024
+    );
+    assert!(
+        peak > 0 && peak < PEAK_RSS_MAX_KIB,
+        "jobpipe's peak RSS was {peak} KiB offloading a {HUGE} byte output (limit {PEAK_RSS_MAX_KIB} KiB)"
+    );
+    let object = check_reference(&status["output"], &note, HUGE).await;
     assert_eq!(
         object["key"],
         format!("default/{large}/output.json"),
@@ -71,11 +86,6 @@ async fn a_large_endpoint_output_is_offloaded_and_a_small_one_stays_inline() {
     let status = server.finished(&small).await;
     assert_eq!(status["status"], "COMPLETED", "{status}");
     assert_eq!(status["output"].as_str().map(str::len), Some(1000));
-    let rss = support::rss_kib(server.daemon.pid());
-    eprintln!(
-        "jobpipe's RSS after a {LARGE} byte output: {} MiB",
-        rss / 1024
-    );
     assert_eq!(server.stop(), 0);
 }
 

@@ -1,13 +1,17 @@
 //! The object store goes away while jobpipe uploads an output: a real
 //! S3-compatible server (moto, tests/support/s3.rs) is killed as the
-//! upload is under way (its first part stored) and started again later. The upload is retried with
-//! back-off and the result arrives once the store is back; a store that
-//! stays down longer than `--object-store-retry` fails the job with an
-//! error that says so. Never a lost result, never a hung job.
+//! upload is under way (its first part stored) and started again 30
+//! seconds later. Meanwhile the output waits in the spool folder, the
+//! worker takes other jobs, and the upload is retried with back-off; the
+//! result arrives once the store is back. A store that stays down longer
+//! than `--object-store-retry` fails the job with an error that says so.
+//! Never a lost result, never a hung job.
 
 mod support;
 
 use std::time::{Duration, Instant};
+
+use std::path::Path;
 
 use serde_json::json;
 use support::objects::Server;
@@ -27,6 +31,23 @@ async fn wait_for_first_part(s3: &S3Server) {
     }
 }
 
+/// How long the store stays down.
+const OUTAGE: Duration = Duration::from_secs(30);
+
+/// The sizes of the files in the spool's upload folders.
+fn spooled_uploads(spool: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(spool) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("upload-"))
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+        .filter_map(Result::ok)
+        .filter_map(|f| f.metadata().ok().map(|m| m.len()))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_outlives_a_store_outage_and_the_result_arrives() {
     let Some(mut s3) = S3Server::start().await else {
@@ -41,12 +62,24 @@ async fn an_upload_outlives_a_store_outage_and_the_result_arrives() {
         .await;
     wait_for_first_part(&s3).await;
     s3.stop();
-    let failed = server
+    let down = Instant::now();
+    let waits = server
         .daemon
-        .wait_for_log("to the object store failed", Duration::from_secs(120));
-    eprintln!("while the store is down: {failed}");
-    // Down for a while: several attempts fail before it is back.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+        .wait_for_log("waits in the spool", Duration::from_secs(120));
+    eprintln!("while the store is down: {waits}");
+    // The output is on disk in the spool folder, not only in memory.
+    let spooled = spooled_uploads(&dir.path().join("spool"));
+    assert!(
+        spooled.iter().any(|&len| len as usize >= size),
+        "the output waits in the spool folder: {spooled:?}\n{}",
+        server.daemon.logs()
+    );
+    // The job's slot is free: a small job runs meanwhile.
+    let small = server.submit(json!({"size": 100})).await;
+    let status = server.finished(&small).await;
+    assert_eq!(status["status"], "COMPLETED", "{status}");
+    // Down for the whole outage: several attempts fail before it is back.
+    tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
     let attempts = server
         .daemon
         .stderr()
@@ -56,6 +89,11 @@ async fn an_upload_outlives_a_store_outage_and_the_result_arrives() {
         attempts >= 2,
         "the upload is retried while the store is down:\n{}",
         server.daemon.logs()
+    );
+    assert_eq!(
+        server.try_get(&format!("/status/{id}")).await.unwrap()["status"],
+        "IN_PROGRESS",
+        "the job waits for the store"
     );
     s3.restart().await;
     let status = server.finished(&id).await;
@@ -72,6 +110,8 @@ async fn an_upload_outlives_a_store_outage_and_the_result_arrives() {
     assert_eq!(code, 200);
     assert_eq!(body.len(), size + 2);
     assert_eq!(sha256_hex(&body), noted);
+    let left = spooled_uploads(&dir.path().join("spool"));
+    assert!(left.is_empty(), "the spool folder is emptied: {left:?}");
     assert_eq!(server.stop(), 0);
 }
 

@@ -37,6 +37,7 @@ fn config(jobs_per_handler: usize, job_timeout: Option<Duration>) -> HandlerConf
         max_handler_failures: Some(5),
         max_jobs: None,
         max_memory: None,
+        spill: None,
         warmup: None,
     }
 }

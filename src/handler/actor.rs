@@ -35,6 +35,7 @@ use super::running::{Event, OsSpawner, RunningHandler, Spawner};
 use super::serving::{
     cause_name, cause_reason, watch_job, Intake, Running, Serving, StopCause, StrayLines,
 };
+use super::spill::Split;
 
 use super::config::HandlerConfig;
 use super::report::{log_stray_line, stderr_note, EXIT_AFTER_EOF};
@@ -42,6 +43,7 @@ use super::restart::RestartReason;
 use super::ActorContext;
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::error::FatalError;
+use crate::job::spilled::FileRange;
 use crate::job::{FailureKind, JobFailure, JobResult, JobTicket, Outcome};
 use crate::json::Json;
 use crate::timer::sleep_until;
@@ -339,6 +341,16 @@ impl<S: Spawner> Actor<S> {
         let bytes = match line {
             Line::TooLong { len, prefix } => return self.too_large(s, len, &prefix),
             Line::Whole(bytes) => bytes,
+            Line::Spilled { file, len } => match split_off_thread(file, len).await {
+                Ok(Split::Output { head, output }) => {
+                    return self.spilled_output(s, &head, output, len)
+                }
+                Ok(Split::Whole(bytes)) => bytes,
+                Err(e) => {
+                    let why = format!("its {len} bytes were written to a file under --scratch-dir that cannot be read back: {e}");
+                    return self.unreadable(s, b"", &why);
+                }
+            },
         };
         let frame = parse_line(&bytes);
         if bytes.len() > max
@@ -476,6 +488,36 @@ impl<S: Spawner> Actor<S> {
             }
             None => None,
         }
+    }
+
+    /// A final answer whose output stayed in the file its line was
+    /// written to ([`super::spill`]): the job ends with it, and the runner
+    /// uploads it from there.
+    fn spilled_output(
+        &mut self,
+        s: &mut Serving,
+        head: &Bytes,
+        output: FileRange,
+        len: usize,
+    ) -> Option<End> {
+        let Frame::Final {
+            id, refresh_worker, ..
+        } = parse_line(head)
+        else {
+            return self.unreadable(s, head, "its fields beside the output cannot be read");
+        };
+        if output.len > self.ctx.config.max_output_size as u64 {
+            return self.too_large(s, len, head);
+        }
+        if !s.jobs.contains_key(&id) {
+            return self.answer_for_unknown_job(s, &id);
+        }
+        let result = JobResult {
+            outcome: Outcome::Spilled(output),
+            refresh_worker,
+            streamed: false,
+        };
+        self.finish(s, &id, result)
     }
 
     fn too_large(&mut self, s: &mut Serving, len: usize, prefix: &[u8]) -> Option<End> {
@@ -674,4 +716,14 @@ impl<S: Spawner> Actor<S> {
             )),
         }
     }
+}
+
+/// [`super::spill::split`] off the runtime's threads: it reads the file twice.
+async fn split_off_thread(
+    file: crate::job::spilled::SpillFile,
+    len: usize,
+) -> std::io::Result<Split> {
+    tokio::task::spawn_blocking(move || super::spill::split(file, len))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }

@@ -40,6 +40,7 @@ fn config() -> HandlerConfig {
         max_handler_failures: None,
         max_jobs: None,
         max_memory: None,
+        spill: None,
         warmup: None,
     }
 }

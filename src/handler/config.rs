@@ -153,6 +153,10 @@ pub struct HandlerConfig {
     pub max_memory: Option<u64>,
     /// The job every new process runs before real jobs.
     pub warmup: Option<Value>,
+    /// Where a warm handler's lines past the offload threshold are
+    /// written as they are read (with an object store; see
+    /// [`super::spill`]).
+    pub spill: Option<super::spill::Spill>,
 }
 
 impl HandlerConfig {
@@ -232,6 +236,7 @@ impl HandlerArgs {
                 .as_deref()
                 .map(|text| crate::job::local_job(text, "--warmup-input"))
                 .transpose()?,
+            spill: None,
         };
         if handler.jobs_per_handler > MAX_JOBS_PER_HANDLER {
             return Err(ConfigError::Invalid(format!(

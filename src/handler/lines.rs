@@ -8,7 +8,10 @@
 use bytes::Bytes;
 
 pub(crate) use crate::text::clip_middle;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt};
+
+use super::spill::Spill;
+use crate::job::spilled::SpillFile;
 
 /// How much of an over-long line is kept to identify it.
 const PREFIX_KEPT: usize = 4096;
@@ -20,6 +23,8 @@ pub enum Line {
     Whole(Bytes),
     /// A line longer than the cap: its total length and first bytes.
     TooLong { len: usize, prefix: Vec<u8> },
+    /// A line past the spill size, whole, in a file (without its newline).
+    Spilled { file: SpillFile, len: usize },
 }
 
 /// Reads one line of at most `cap` bytes; `None` at end of input. A last
@@ -29,7 +34,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     cap: usize,
 ) -> std::io::Result<Option<Line>> {
-    read_line_until(reader, cap, false).await
+    read_line_until(reader, cap, false, None).await
 }
 
 /// As [`read_line`], but a line is reported [`Line::TooLong`] as soon as it
@@ -40,7 +45,18 @@ pub async fn read_line_or_cut<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     cap: usize,
 ) -> std::io::Result<Option<Line>> {
-    read_line_until(reader, cap, true).await
+    read_line_until(reader, cap, true, None).await
+}
+
+/// As [`read_line_or_cut`], but a line longer than `spill.at` goes to a
+/// file under `spill.dir` as it is read ([`Line::Spilled`]). A file that
+/// cannot be written is an error of the read, as a broken pipe is.
+pub async fn read_line_spilling<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    cap: usize,
+    spill: &Spill,
+) -> std::io::Result<Option<Line>> {
+    read_line_until(reader, cap, true, Some(spill)).await
 }
 
 /// Discards input up to and including the next newline (or to the end);
@@ -66,14 +82,41 @@ pub async fn skip_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Resu
     }
 }
 
+/// A line being written to its spill file.
+struct Spilling {
+    file: SpillFile,
+    out: tokio::io::BufWriter<tokio::fs::File>,
+}
+
+/// Opens a new spill file under `spill.dir` (made if missing).
+async fn start_spill(spill: &Spill) -> std::io::Result<Spilling> {
+    tokio::fs::create_dir_all(&spill.dir).await?;
+    let path = spill.dir.join(format!(
+        "line-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let out = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .await?;
+    Ok(Spilling {
+        file: SpillFile::new(path),
+        out: tokio::io::BufWriter::with_capacity(1 << 20, out),
+    })
+}
+
 async fn read_line_until<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     cap: usize,
     cut: bool,
+    spill: Option<&Spill>,
 ) -> std::io::Result<Option<Line>> {
     let mut buf = Vec::new();
     let mut len = 0usize;
     let mut too_long = false;
+    let mut spilling: Option<Spilling> = None;
     loop {
         let chunk = reader.fill_buf().await?;
         if chunk.is_empty() {
@@ -90,9 +133,21 @@ async fn read_line_until<R: AsyncBufRead + Unpin>(
         if !too_long {
             if len > cap {
                 too_long = true;
+                spilling = None;
                 let room = PREFIX_KEPT.saturating_sub(buf.len());
                 buf.truncate(PREFIX_KEPT);
                 buf.extend_from_slice(&chunk[..take.min(room)]);
+            } else if let Some(spilling) = &mut spilling {
+                spilling.out.write_all(&chunk[..take]).await?;
+            } else if let Some(spill) = spill.filter(|s| len > s.at) {
+                let mut started = start_spill(spill).await?;
+                started.out.write_all(&buf).await?;
+                started.out.write_all(&chunk[..take]).await?;
+                // The first bytes stay to name the job if the line
+                // turns out too long.
+                buf.truncate(PREFIX_KEPT);
+                buf.shrink_to_fit();
+                spilling = Some(started);
             } else {
                 buf.extend_from_slice(&chunk[..take]);
             }
@@ -104,6 +159,10 @@ async fn read_line_until<R: AsyncBufRead + Unpin>(
     }
     if too_long {
         return Ok(Some(Line::TooLong { len, prefix: buf }));
+    }
+    if let Some(Spilling { file, mut out }) = spilling {
+        out.flush().await?;
+        return Ok(Some(Line::Spilled { file, len }));
     }
     if buf.last() == Some(&b'\r') {
         buf.pop();

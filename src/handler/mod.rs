@@ -27,6 +27,7 @@ mod report;
 pub mod restart;
 mod running;
 mod serving;
+pub mod spill;
 mod startup;
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::lines::{clip_middle, read_line, read_line_or_cut, skip_line, Line};
-use crate::handler::config::HandlerConfig;
+use super::lines::{clip_middle, read_line, read_line_or_cut, read_line_spilling, skip_line, Line};
+use super::spill::Spill;
+use crate::handler::config::{HandlerConfig, Mode};
 use crate::os::{self, ExitStatus, SpawnSpec, SECRETS};
 
 /// How many stderr lines, and bytes, an error report quotes.
@@ -83,7 +84,12 @@ impl HandlerProcess {
         // A line may be a whole result, so the cap is the output limit plus
         // room for the envelope around it.
         let cap = config.max_output_size.saturating_add(64 * 1024);
-        tokio::spawn(read_stdout(stdout, stdout_tx, cap));
+        // A one-shot handler's whole stdout is its answer, kept in memory.
+        let spill = config
+            .spill
+            .clone()
+            .filter(|_| config.mode != Mode::Oneshot);
+        tokio::spawn(read_stdout(stdout, stdout_tx, cap, spill));
         Ok(HandlerProcess {
             pid,
             stdin: Some(stdin_tx),
@@ -244,10 +250,19 @@ async fn write_lines(mut stdin: pipe::Sender, mut lines: mpsc::UnboundedReceiver
     }
 }
 
-async fn read_stdout(stdout: pipe::Receiver, lines: mpsc::Sender<Line>, cap: usize) {
+async fn read_stdout(
+    stdout: pipe::Receiver,
+    lines: mpsc::Sender<Line>,
+    cap: usize,
+    spill: Option<Spill>,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     loop {
-        match read_line_or_cut(&mut reader, cap).await {
+        let line = match &spill {
+            Some(spill) => read_line_spilling(&mut reader, cap, spill).await,
+            None => read_line_or_cut(&mut reader, cap).await,
+        };
+        match line {
             Ok(Some(line)) => {
                 let cut = matches!(line, Line::TooLong { .. });
                 if lines.send(line).await.is_err() {
@@ -282,6 +297,8 @@ async fn read_stderr(
                 clip_middle(&String::from_utf8_lossy(&prefix), LOG_LINE_MAX)
                     + &format!(" …({len} bytes in all)")
             }
+            // read_line does not spill.
+            Ok(Some(Line::Spilled { len, .. })) => format!("({len} bytes)"),
             Ok(None) | Err(_) => return,
         };
         let job_id = jobs.borrow().clone();

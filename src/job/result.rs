@@ -94,6 +94,9 @@ pub enum Outcome {
     /// `output_files`, as it wrote them); the runner turns them into an
     /// output of references, or an error.
     Files(Json),
+    /// The handler's output, too large to hold in memory, in the file its
+    /// line was written to; the runner uploads it to the object store.
+    Spilled(super::spilled::FileRange),
 }
 
 /// The final result of one job.
@@ -135,7 +138,10 @@ impl JobResult {
     }
 
     pub fn is_success(&self) -> bool {
-        matches!(self.outcome, Outcome::Output(_) | Outcome::Files(_))
+        matches!(
+            self.outcome,
+            Outcome::Output(_) | Outcome::Files(_) | Outcome::Spilled(_)
+        )
     }
 }
 

@@ -58,8 +58,11 @@ pub struct ObjectStoreArgs {
     pub presign_expiry: Duration,
 
     /// How long an upload is retried, with back-off, while the store
-    /// cannot be reached; then the job fails saying so. At most 7 days.
-    #[arg(long, env = "JOBPIPE_OBJECT_STORE_RETRY", default_value = "2m", value_parser = parse_long_duration)]
+    /// cannot be reached. Meanwhile the output waits in the spool (on disk,
+    /// across restarts) and the worker takes other jobs, up to
+    /// --max-undelivered results waiting; then the job fails saying so. At
+    /// most 7 days.
+    #[arg(long, env = "JOBPIPE_OBJECT_STORE_RETRY", default_value = "1h", value_parser = parse_long_duration)]
     pub object_store_retry: Duration,
 
     /// Where each job's scratch directory is made (its path is the job

@@ -1,7 +1,8 @@
 //! Payloads of any size through S3-compatible object storage: the store's
 //! flags ([`config`]), its client ([`store`]), what the runner does with
 //! large outputs and a handler's files ([`offload`]), each job's
-//! scratch directory ([`job_dir`]), and inputs given by reference
+//! scratch directory ([`job_dir`]), uploads waiting in the spool for the
+//! store to come back ([`pending`]), and inputs given by reference
 //! ([`inputs`], through [`fetch`]'s checks for URLs), and the objects
 //! deleted with their jobs ([`retention`]).
 //!
@@ -14,6 +15,7 @@ pub mod fetch;
 pub mod inputs;
 pub mod job_dir;
 pub mod offload;
+pub mod pending;
 pub mod retention;
 pub(crate) mod sink;
 pub mod store;

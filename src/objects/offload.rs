@@ -8,9 +8,11 @@
 //! presigned GET URL valid for `--presign-expiry`, `key` the object's key
 //! under the store's prefix.
 //!
-//! An upload that fails is retried with back-off for `--object-store-retry`;
-//! then the job fails with an error that says the store could not be
-//! reached, so a result is never lost silently and a job never hangs.
+//! An upload is tried once when the job ends; one that fails because the
+//! store cannot be reached waits in the spool ([`super::pending`]) and is
+//! retried with back-off for `--object-store-retry`, then the job fails
+//! with an error that says the store could not be reached, so a result is
+//! never lost silently and a job never hangs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::job_dir;
+use super::pending::Upload;
 use super::store::{Source, Store, Stored, UploadError};
 use crate::backoff::BackoffPolicy;
 use crate::json::Json;
@@ -40,6 +43,15 @@ pub struct Offloader {
     namespace: String,
 }
 
+/// Why uploads did not end with references.
+#[derive(Debug)]
+pub enum UploadFailed {
+    /// The store could not be reached or refused: worth trying later.
+    Unreachable(String),
+    /// Trying again cannot help (a file that cannot be read, a bad answer).
+    Failed(String),
+}
+
 impl Offloader {
     pub fn new(store: Arc<Store>, namespace: &str) -> Offloader {
         Offloader {
@@ -53,80 +65,88 @@ impl Offloader {
         len > self.store.config.offload_threshold
     }
 
-    /// Uploads a job's output and returns its reference, or the job's
-    /// error when the store stays unreachable.
-    pub async fn offload_output(&self, job_id: &str, output: &Json) -> Result<Json, String> {
-        self.offload_json(job_id, "output.json", output).await
-    }
-
     /// Whether a stream partial of `len` bytes goes to the store.
     pub fn wants_partial(&self, len: usize) -> bool {
         len > self.store.config.offload_stream_threshold
     }
 
-    /// Uploads a JSON value (an output, a stream partial) as `name` and
-    /// returns its reference.
-    pub async fn offload_json(
-        &self,
-        job_id: &str,
-        name: &str,
-        value: &Json,
-    ) -> Result<Json, String> {
-        let source = Source::Pieces(value.pieces().to_vec());
-        let stored = self
-            .upload(job_id, name, source, OUTPUT_CONTENT_TYPE)
-            .await?;
-        self.reference(&stored, OUTPUT_CONTENT_TYPE)
-            .await
-            .map(|value| Json::from_value(&value))
+    /// How long uploads are retried while the store cannot be reached.
+    pub fn retry_for(&self) -> std::time::Duration {
+        self.store.config.retry_for
     }
 
-    /// Uploads the files a handler answered with (`{"output_file": path}`
-    /// or `{"output_files": [{"name", "path"}]}`, from the job's
-    /// directory `dir`) and returns the job's output: the reference, or
-    /// `{"files": [{"name", "object"}]}`.
-    pub async fn offload_files(
-        &self,
-        job_id: &str,
-        files: &Json,
-        dir: Option<&Path>,
-    ) -> Result<Json, String> {
+    /// The upload of a JSON output (or stream partial) as `name`.
+    pub fn json_upload(name: &str, source: Source) -> Upload {
+        Upload {
+            name: name.to_owned(),
+            source,
+            content_type: OUTPUT_CONTENT_TYPE.to_owned(),
+        }
+    }
+
+    /// The uploads of the files a handler answered with
+    /// (`{"output_file": path}` or `{"output_files": [{"name", "path"}]}`,
+    /// from the job's directory `dir`), and whether it named one file.
+    pub fn file_uploads(files: &Json, dir: Option<&Path>) -> Result<(Vec<Upload>, bool), String> {
         let Some(dir) = dir else {
             return Err("the handler answered with output_file(s), but this job has no job_dir to take them from".into());
         };
         let (list, single) = named_files(&files.to_value(), dir)?;
+        let uploads = list
+            .into_iter()
+            .map(|(name, path)| Upload {
+                content_type: job_dir::content_type(&name).to_owned(),
+                name,
+                source: Source::File(path),
+            })
+            .collect();
+        Ok((uploads, single))
+    }
+
+    /// Uploads each of `uploads`, retrying while the store fails until
+    /// `until` (none: one attempt each), and returns the job's output: the
+    /// reference when `single`, else `{"files": [{"name", "object"}]}`.
+    pub async fn upload_all(
+        &self,
+        job_id: &str,
+        uploads: &[Upload],
+        single: bool,
+        until: Option<Instant>,
+    ) -> Result<Json, UploadFailed> {
         let mut objects = Vec::new();
-        for (name, path) in list {
-            let content_type = job_dir::content_type(&name);
-            let stored = self
-                .upload(job_id, &name, Source::File(path), content_type)
-                .await?;
-            let reference = self.reference(&stored, content_type).await?;
+        for upload in uploads {
+            let stored = self.upload(job_id, upload, until).await?;
+            let reference = self
+                .reference(&stored, &upload.content_type)
+                .await
+                .map_err(UploadFailed::Unreachable)?;
             if single {
                 return Ok(Json::from_value(&reference));
             }
-            objects.push(json!({"name": name, "object": reference["object"]}));
+            objects.push(json!({"name": upload.name, "object": reference["object"]}));
         }
         Ok(Json::from_value(&json!({ "files": objects })))
     }
 
-    /// Uploads `source` as `<namespace>/<job id>/<name>`, retrying while
-    /// the store fails, for at most the configured time.
-    pub async fn upload(
+    /// Uploads one object as `<namespace>/<job id>/<name>`, retrying while
+    /// the store fails until `until`.
+    async fn upload(
         &self,
         job_id: &str,
-        name: &str,
-        source: Source,
-        content_type: &str,
-    ) -> Result<Stored, String> {
+        upload: &Upload,
+        until: Option<Instant>,
+    ) -> Result<Stored, UploadFailed> {
+        let name = upload.name.as_str();
         let key = [self.namespace.as_str(), job_id, name];
-        let deadline = Instant::now() + self.store.config.retry_for;
         let mut delays = RETRY.iter();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
             let started = Instant::now();
-            match self.store.put(&key, source.clone(), content_type).await {
+            let put = self
+                .store
+                .put(&key, upload.source.clone(), &upload.content_type);
+            match put.await {
                 Ok(stored) => {
                     tracing::info!(
                         job_id,
@@ -138,19 +158,18 @@ impl Offloader {
                     return Ok(stored);
                 }
                 Err(UploadError::Read { path, source }) => {
-                    return Err(format!(
+                    return Err(UploadFailed::Failed(format!(
                         "the file {} cannot be read for upload: {source}",
                         path.display()
-                    ))
+                    )))
                 }
                 Err(UploadError::Store(e)) => {
                     let delay = delays.next().expect("back-off is endless");
-                    if Instant::now() + delay >= deadline {
-                        return Err(format!(
-                            "the object store {} could not be reached to upload {name} ({attempts} attempts over {}; --object-store-retry): {e}",
+                    if until.is_none_or(|until| Instant::now() + delay >= until) {
+                        return Err(UploadFailed::Unreachable(format!(
+                            "the object store {} could not be reached to upload {name} ({attempts} attempts): {e}",
                             self.store.config.url(),
-                            humantime::format_duration(self.store.config.retry_for)
-                        ));
+                        )));
                     }
                     tracing::warn!(job_id, "upload of {name} to the object store failed ({e}); retrying in {delay:.1?}");
                     tokio::time::sleep(delay).await;

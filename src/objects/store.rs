@@ -31,7 +31,7 @@ use crate::error::ConfigError;
 /// for the last). Objects up to this size go up in one request.
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts on their way at once: bounds the memory a file upload holds.
-const PARTS_IN_FLIGHT: usize = 4;
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// What an object is uploaded from.
 #[derive(Clone)]
@@ -41,6 +41,12 @@ pub enum Source {
     Pieces(Vec<Bytes>),
     /// A file, read one part at a time.
     File(PathBuf),
+    /// `len` bytes of a file from `offset` (a spilled output in its line).
+    Range {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// An object that was stored.
@@ -304,6 +310,22 @@ async fn hash(mut hasher: Sha256, part: Vec<Bytes>) -> Sha256 {
     .expect("hashing does not panic")
 }
 
+/// Opens a file to upload, at `offset`.
+async fn open_at(path: &std::path::Path, offset: u64) -> Result<tokio::fs::File, UploadError> {
+    use tokio::io::AsyncSeekExt;
+    let read = |source| UploadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(read)?;
+    if offset > 0 {
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(read)?;
+    }
+    Ok(file)
+}
+
 /// Cuts a source into parts of [`PART_SIZE`] bytes (the last may be shorter).
 enum Parts {
     Pieces {
@@ -314,6 +336,8 @@ enum Parts {
     File {
         file: tokio::fs::File,
         path: PathBuf,
+        /// Bytes left to read.
+        left: u64,
     },
 }
 
@@ -326,13 +350,14 @@ impl Parts {
                 offset: 0,
             },
             Source::File(path) => Parts::File {
-                file: tokio::fs::File::open(&path)
-                    .await
-                    .map_err(|source| UploadError::Read {
-                        path: path.clone(),
-                        source,
-                    })?,
+                file: open_at(&path, 0).await?,
                 path,
+                left: u64::MAX,
+            },
+            Source::Range { path, offset, len } => Parts::File {
+                file: open_at(&path, offset).await?,
+                path,
+                left: len,
             },
         })
     }
@@ -356,11 +381,11 @@ impl Parts {
                 }
                 Ok((!part.is_empty()).then_some(part))
             }
-            Parts::File { file, path } => {
+            Parts::File { file, path, left } => {
                 let mut buf = Vec::with_capacity(PART_SIZE);
-                while buf.len() < PART_SIZE {
+                while buf.len() < PART_SIZE && *left > 0 {
                     let read = (&mut *file)
-                        .take((PART_SIZE - buf.len()) as u64)
+                        .take(((PART_SIZE - buf.len()) as u64).min(*left))
                         .read_to_end(&mut buf)
                         .await
                         .map_err(|source| UploadError::Read {
@@ -370,6 +395,7 @@ impl Parts {
                     if read == 0 {
                         break;
                     }
+                    *left -= read as u64;
                 }
                 Ok((!buf.is_empty()).then(|| vec![Bytes::from(buf)]))
             }

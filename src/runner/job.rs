@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::objects::Offloaded;
 use super::{check_id, IdProblem, ResultSink, Shared, SPOOL_AFTER, UPDATE_BUDGET};
 use crate::delivery::{deliver, Attempt, Delivery, Post, PostKind, Spooled};
 use crate::job::{JobEvent, JobEvents, JobResult, Outcome};
@@ -38,14 +39,26 @@ impl<S: ResultSink> Shared<S> {
                     (PostKind::Stream, value)
                 }
                 JobEvent::Done(result) => {
-                    let result = self.offload(&id, result, dir.as_deref()).await;
-                    if let Some(dir) = dir.take() {
-                        let id = id.clone();
-                        let _ = tokio::task::spawn_blocking(move || {
-                            crate::objects::job_dir::remove(&dir, &id)
-                        })
-                        .await;
-                    }
+                    let result = match self.offload(&id, result, dir.as_deref()).await {
+                        Offloaded::Done(result) => result,
+                        Offloaded::Waiting(waiting) => {
+                            // Its files move to the spool before the job's
+                            // directory goes.
+                            let kept = self.keep_upload(&id, waiting).await;
+                            remove_dir(&id, dir.take()).await;
+                            let post = match &kept {
+                                Ok((post, _)) | Err(post) => post,
+                            };
+                            self.pending(post);
+                            events.release_slot();
+                            match kept {
+                                Ok((post, path)) => self.finish_upload(post, path).await,
+                                Err(post) => self.post_final(post).await,
+                            }
+                            return;
+                        }
+                    };
+                    remove_dir(&id, dir.take()).await;
                     let post = final_post(&id, result, partials.take());
                     // The slot frees once the result counts as undelivered,
                     // so the next take sees its size (RESULT_BYTES_IN_FLIGHT).
@@ -69,6 +82,7 @@ impl<S: ResultSink> Shared<S> {
                 kind,
                 body,
                 refresh_worker: false,
+                upload: None,
             };
             let delivery = deliver(&*self.sink, &post, &self.shutdown.flush, &self.metrics);
             match tokio::time::timeout_at(deadline, delivery).await {
@@ -100,13 +114,13 @@ impl<S: ResultSink> Shared<S> {
     }
 
     /// A final result starts its way to its destination.
-    fn pending(&self, post: &Post) {
+    pub(super) fn pending(&self, post: &Post) {
         self.undelivered.add(&post.job_id, post.body.len());
         self.metrics.result_pending();
     }
 
     /// A final result was delivered, refused or left in the spool.
-    fn settled(&self, post: &Post) {
+    pub(super) fn settled(&self, post: &Post) {
         self.undelivered.remove(&post.job_id, post.body.len());
         self.metrics.result_settled();
     }
@@ -120,7 +134,7 @@ impl<S: ResultSink> Shared<S> {
     }
 
     /// [`Shared::deliver_final`] for a result already counted as pending.
-    async fn post_final(&self, post: Post) {
+    pub(super) async fn post_final(&self, post: Post) {
         let post = Arc::new(post);
         let first = self.sink.send(&post);
         tokio::pin!(first);
@@ -212,7 +226,7 @@ impl<S: ResultSink> Shared<S> {
     }
 
     /// Writes a result to the spool off the runtime's threads.
-    async fn spool_result(&self, post: &Arc<Post>) -> Option<PathBuf> {
+    pub(super) async fn spool_result(&self, post: &Arc<Post>) -> Option<PathBuf> {
         let spool = self.spool.clone();
         let copy = post.clone();
         let written = tokio::task::spawn_blocking(move || spool.keep(&copy)).await;
@@ -247,8 +261,25 @@ impl<S: ResultSink> Shared<S> {
         }
         tracing::info!(job_id = %post.job_id, "delivering a result kept in the spool by an earlier run");
         self.pending(&post);
+        if post.upload.is_some() {
+            return self.finish_upload(post, path).await;
+        }
+        self.post_spooled(post, path).await;
+    }
+
+    /// Delivers a result already kept in the spool at `path`.
+    pub(super) async fn post_spooled(&self, post: Post, path: PathBuf) {
         let delivery = deliver(&*self.sink, &post, &self.shutdown.flush, &self.metrics).await;
         self.settle(&post, Some(path), delivery).await;
+    }
+}
+
+/// Removes a job's scratch directory, off the runtime's threads.
+async fn remove_dir(id: &str, dir: Option<PathBuf>) {
+    if let Some(dir) = dir {
+        let id = id.to_owned();
+        let _ =
+            tokio::task::spawn_blocking(move || crate::objects::job_dir::remove(&dir, &id)).await;
     }
 }
 
@@ -268,7 +299,7 @@ fn final_post(id: &str, result: JobResult, partials: Option<Partials>) -> Option
         }
         Outcome::Output(output) => json::object([("output", &output)]),
         // The runner uploads files before it builds the post.
-        Outcome::Files(_) => json::object([(
+        Outcome::Files(_) | Outcome::Spilled(_) => json::object([(
             "error",
             &Json::from_value(&"the output files were not uploaded".into()),
         )]),
@@ -286,6 +317,7 @@ fn final_post(id: &str, result: JobResult, partials: Option<Partials>) -> Option
         },
         body,
         refresh_worker: result.refresh_worker,
+        upload: None,
     })
 }
 

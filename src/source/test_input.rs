@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::error::exit;
 use crate::job::{Job, JobEvent, JobResult, Outcome};
+use crate::json::Json;
 use crate::runner::SourceContext;
 
 /// The one local test job.
@@ -72,7 +73,25 @@ pub async fn run(job: Value, expected: Option<Value>, ctx: SourceContext) -> u8 
 
 /// Prints the result on stdout and decides the exit code.
 fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Value>) -> u8 {
-    let (line, output) = match result.outcome {
+    let outcome = match result.outcome {
+        // Only a source with an object store spills outputs; read back
+        // for this report all the same.
+        Outcome::Spilled(output) => match output.read() {
+            Ok(text) => match Json::parse(text.into()) {
+                Some(json) => Outcome::Output(json),
+                None => Outcome::Error {
+                    error: "the handler's output, kept in a file, is not JSON".into(),
+                    output: None,
+                },
+            },
+            Err(e) => Outcome::Error {
+                error: format!("the handler's output, kept in a file, cannot be read: {e}"),
+                output: None,
+            },
+        },
+        outcome => outcome,
+    };
+    let (line, output) = match outcome {
         Outcome::Output(output) => {
             let output = output.to_value();
             let output = if result.streamed && is_empty_list(&output) {
@@ -93,6 +112,10 @@ fn report(id: &str, result: JobResult, partials: Vec<Value>, expected: Option<Va
             (line, None)
         }
         Outcome::Cancelled => (json!({"id": id, "status": "CANCELLED"}), None),
+        Outcome::Spilled(_) => (
+            json!({"id": id, "status": "FAILED", "error": "the handler's output was kept in a file and not read back"}),
+            None,
+        ),
         Outcome::Files(_) => (
             json!({"id": id, "status": "FAILED", "error": "the handler answered with output_file(s); files are uploaded only by a RunPod or endpoint worker with --object-store, not for a --test-input job"}),
             None,

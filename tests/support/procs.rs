@@ -34,6 +34,16 @@ pub fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The peak resident memory of a live process so far (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits up to `limit` until none of `pids` is running; returns the ones
 /// still running then.
 pub fn wait_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
