@@ -95,6 +95,9 @@ impl Pool {
         parent: &CancellationToken,
     ) -> Arc<Pool> {
         let capacity = config.concurrency * config.jobs_per_handler;
+        if let Some(spill) = &config.spill {
+            crate::handler::spill::remove_leftovers(&spill.dir);
+        }
         let (queue_tx, queue_rx) = async_channel::unbounded();
         // Both end with the run at the latest.
         let stop = parent.child_token();

@@ -28,6 +28,36 @@ pub struct Spill {
     pub at: usize,
 }
 
+/// Removes the files of lines that an earlier run spilled and did not
+/// live to remove (killed, or a power cut): those whose process no longer
+/// runs, or ran under this process's id before (a container's PID 1).
+pub fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let own = std::process::id();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("line-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let gone = pid == own || !Path::new(&format!("/proc/{pid}")).exists();
+        if gone {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(
+                    "removed {}, a line spilled by an earlier run",
+                    entry.path().display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
 /// The most a spilled answer's other members (its id, ...) may hold
 /// together to be read into memory beside a spilled output.
 const HEAD_MAX: u64 = 1 << 20;
@@ -422,6 +452,22 @@ mod tests {
             assert!(check.check(&text[..cut]) && check.check(&text[cut..]));
             assert!(check.carry.is_empty(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn leftovers_of_gone_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join(format!("line-{}-abc", std::process::id()));
+        // Process 1 runs wherever the test runs.
+        let alive = dir.path().join("line-1-abc");
+        let gone = dir.path().join(format!("line-{}-abc", u32::MAX - 1));
+        let other = dir.path().join("notes");
+        for path in [&own, &alive, &gone, &other] {
+            std::fs::write(path, b"x").unwrap();
+        }
+        remove_leftovers(dir.path());
+        assert!(!own.exists() && !gone.exists());
+        assert!(alive.exists() && other.exists());
     }
 
     #[test]
