@@ -34,6 +34,10 @@ use crate::text::clip_middle;
 /// is failed for (not a valid header value, say).
 pub trait ResultSink: Send + Sync + 'static {
     fn send(&self, post: &Post) -> impl std::future::Future<Output = Attempt> + Send;
+
+    /// Adds to a post about to be spooled what a later run needs to send
+    /// it (a queue's lease token, [`Post::lease`]).
+    fn stamp(&self, _post: &mut Post) {}
 }
 
 /// Where results wait when they cannot be delivered, and how many may.
@@ -81,6 +85,11 @@ pub struct Post {
     /// whose upload waits for the store; see [`crate::objects::pending`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<PendingUpload>,
+    /// The lease token the job was held under, for a result kept in the
+    /// spool: the next start sends it with that token (see
+    /// [`ResultSink::stamp`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl Post {
@@ -92,6 +101,7 @@ impl Post {
             body,
             refresh_worker: false,
             upload: None,
+            lease: None,
         }
     }
 }
@@ -334,6 +344,26 @@ impl Spool {
                     }
                 }
             })
+            .collect()
+    }
+
+    /// The job ids of the results kept in the spool at `dir`; blocking.
+    /// Files that cannot be read are left to [`Spool::pending`] to report.
+    pub fn job_ids(dir: &Path) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct Named {
+            job_id: String,
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter_map(|path| std::fs::read(path).ok())
+            .filter_map(|bytes| serde_json::from_slice::<Named>(&bytes).ok())
+            .map(|named| named.job_id)
             .collect()
     }
 

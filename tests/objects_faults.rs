@@ -139,3 +139,49 @@ async fn a_store_that_stays_down_fails_the_job_saying_so() {
     );
     assert_eq!(server.stop(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_waiting_at_shutdown_is_delivered_by_the_next_start() {
+    let Some(mut s3) = S3Server::start().await else {
+        return;
+    };
+    s3.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &s3, &["--shutdown-timeout", "3s"]).await;
+    let note = dir.path().join("out.sha256");
+    let size = 12_000_000;
+    let id = server
+        .submit(json!({"size": size, "note": note.display().to_string()}))
+        .await;
+    server
+        .daemon
+        .wait_for_log("waits in the spool", Duration::from_secs(120));
+    let noted = std::fs::read_to_string(&note).unwrap();
+    // Stopped while the store is still down: the result stays in the spool.
+    server.stop();
+    assert!(
+        !spooled_uploads(&dir.path().join("spool")).is_empty(),
+        "the output is kept in the spool folder for the next start"
+    );
+    s3.restart().await;
+    let server = Server::start(dir.path(), &s3, &[]).await;
+    let status = server.finished(&id).await;
+    assert_eq!(
+        status["status"],
+        "COMPLETED",
+        "{status}\n{}",
+        server.daemon.logs()
+    );
+    // The earlier run's output, not a second run of the job.
+    assert_eq!(status["output"]["object"]["sha256"], noted.as_str());
+    assert!(
+        !server.daemon.stderr().contains("job taken"),
+        "the job did not run again:\n{}",
+        server.daemon.logs()
+    );
+    let (code, body) = fetch(status["output"]["object"]["url"].as_str().unwrap()).await;
+    assert_eq!(code, 200);
+    assert_eq!(sha256_hex(&body), noted);
+    assert!(spooled_uploads(&dir.path().join("spool")).is_empty());
+    assert_eq!(server.stop(), 0);
+}

@@ -127,10 +127,17 @@ pub(super) struct QueueSink {
 }
 
 impl ResultSink for QueueSink {
+    fn stamp(&self, post: &mut Post) {
+        if let Some(token) = self.held.token(&post.job_id) {
+            post.lease = Some(token);
+        }
+    }
+
     async fn send(&self, post: &Post) -> Attempt {
         let id = &post.job_id;
         let is_final = matches!(post.kind, PostKind::Final { .. });
-        let Some(token) = self.held.token(id) else {
+        // A result an earlier run spooled carries the lease it was held under.
+        let Some(token) = self.held.token(id).or_else(|| post.lease.clone()) else {
             return Attempt::Refused("this worker no longer holds the job (it was cancelled or timed out, or its lease ran out)".into());
         };
         // While the database cannot be reached, wait for it here rather

@@ -25,6 +25,7 @@ use super::keys::{self, KeyRing};
 use super::rollup::{self, Rollup};
 use super::sink::{Held, QueueSink};
 use crate::backoff::{Backoff, BackoffPolicy};
+use crate::delivery::Spool;
 use crate::endpoint::api::{self, ApiState};
 use crate::endpoint::queue::stores::QueueLocation;
 use crate::endpoint::queue::{log_failure, Queue, QueueEvent, WorkerInfo};
@@ -98,8 +99,14 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
     // A database that is down at start is waited for; a stop request
     // ends the wait.
     let queue_tasks = ctx.shutdown.child();
+    // Jobs whose result an earlier run kept in the spool keep their
+    // leases, so that result is delivered rather than the job run again.
+    let spool_dir = config.spool_dir.clone();
+    let spooled = tokio::task::spawn_blocking(move || Spool::job_ids(&spool_dir))
+        .await
+        .unwrap_or_default();
     let queue = tokio::select! {
-        queue = config.queue.open(&queue_tasks) => queue?,
+        queue = config.queue.open(&queue_tasks, &spooled) => queue?,
         _ = ctx.shutdown.take.cancelled() => return Ok(exit::OK),
     };
     let tasks = TaskTracker::new();

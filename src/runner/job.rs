@@ -83,6 +83,7 @@ impl<S: ResultSink> Shared<S> {
                 body,
                 refresh_worker: false,
                 upload: None,
+                lease: None,
             };
             let delivery = deliver(&*self.sink, &post, &self.shutdown.flush, &self.metrics);
             match tokio::time::timeout_at(deadline, delivery).await {
@@ -228,7 +229,8 @@ impl<S: ResultSink> Shared<S> {
     /// Writes a result to the spool off the runtime's threads.
     pub(super) async fn spool_result(&self, post: &Arc<Post>) -> Option<PathBuf> {
         let spool = self.spool.clone();
-        let copy = post.clone();
+        let mut copy = (**post).clone();
+        self.sink.stamp(&mut copy);
         let written = tokio::task::spawn_blocking(move || spool.keep(&copy)).await;
         match written {
             Ok(Ok(path)) => {
@@ -318,6 +320,7 @@ fn final_post(id: &str, result: JobResult, partials: Option<Partials>) -> Option
         body,
         refresh_worker: result.refresh_worker,
         upload: None,
+        lease: None,
     })
 }
 

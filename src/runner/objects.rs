@@ -167,6 +167,9 @@ impl<S: ResultSink> Shared<S> {
             is_stream: result.streamed,
         };
         let refresh_worker = result.refresh_worker;
+        let mut stamped = Post::final_result(job_id.clone(), Json::null());
+        self.sink.stamp(&mut stamped);
+        let lease = stamped.lease;
         let kept = tokio::task::spawn_blocking(move || {
             let pending = PendingUpload::keep(&dir, &uploads, single, error)?;
             let post = Post {
@@ -175,6 +178,7 @@ impl<S: ResultSink> Shared<S> {
                 body: Json::null(),
                 refresh_worker,
                 upload: Some(pending.clone()),
+                lease,
             };
             match spool.keep(&post) {
                 Ok(path) => Ok((post, path)),
@@ -196,6 +200,7 @@ impl<S: ResultSink> Shared<S> {
                 body: error_body(error),
                 refresh_worker,
                 upload: None,
+                lease: None,
             }
         })
     }

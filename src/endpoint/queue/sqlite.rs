@@ -50,16 +50,25 @@ impl SqliteQueue {
     /// Opens (creating it and its directory if needed) the queue at `path`
     /// and applies pending migrations.
     pub async fn open(path: &Path) -> Result<SqliteQueue, QueueError> {
+        SqliteQueue::open_keeping(path, &[]).await
+    }
+
+    /// [`SqliteQueue::open`], but the jobs in `spooled` (whose results
+    /// this process's spool holds, to be delivered now) keep their leases.
+    pub async fn open_keeping(path: &Path, spooled: &[String]) -> Result<SqliteQueue, QueueError> {
         let path = path.to_owned();
         let queue = tokio::task::spawn_blocking(move || open_blocking(&path))
             .await
             .map_err(QueueError::Task)??;
-        // Jobs running when a previous process died: their leases end now.
+        // Jobs running when a previous process died: their leases end now,
+        // but for those whose result waits in the spool.
+        let spooled = serde_json::to_string(spooled).expect("strings serialise");
         queue
-            .call(|conn| {
+            .call(move |conn| {
                 conn.execute(
-                    "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'IN_PROGRESS'",
-                    [],
+                    "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'IN_PROGRESS' \
+                     AND id NOT IN (SELECT value FROM json_each(?1))",
+                    [spooled],
                 )
             })
             .await?;

@@ -33,9 +33,16 @@ pub enum QueueLocation {
 impl QueueLocation {
     /// Opens the queue a configuration names, its tasks under `parent`; a queue that cannot be opened is
     /// a configuration error (exit 2).
-    pub async fn open(&self, parent: &CancellationToken) -> Result<Arc<dyn Queue>, FatalError> {
+    /// `spooled`: the jobs whose result this process's spool holds, whose
+    /// leases an embedded queue keeps (a shared queue's leases run out on
+    /// their own).
+    pub async fn open(
+        &self,
+        parent: &CancellationToken,
+        spooled: &[String],
+    ) -> Result<Arc<dyn Queue>, FatalError> {
         match self {
-            QueueLocation::Sqlite(path) => match SqliteQueue::open(path).await {
+            QueueLocation::Sqlite(path) => match SqliteQueue::open_keeping(path, spooled).await {
                 Ok(queue) => Ok(Arc::new(queue)),
                 Err(e) => Err(FatalError::Config(ConfigError::Invalid(format!(
                     "{e}; set --queue (JOBPIPE_QUEUE) to sqlite:PATH of a file this process may create and write"
