@@ -340,6 +340,10 @@ impl<S: Spawner> Actor<S> {
         let max = self.ctx.config.max_output_size;
         let bytes = match line {
             Line::TooLong { len, prefix } => return self.too_large(s, len, &prefix),
+            Line::Unspilled { len, prefix, error } => {
+                let message = format!("the handler's result ({len} bytes so far) could not be written to a file under --scratch-dir to be uploaded: {error}; free space there or point --scratch-dir at a larger disk");
+                return self.fail_line(s, &prefix, FailureKind::OutputTooLarge, message);
+            }
             Line::Whole(bytes) => bytes,
             Line::Spilled { file, len } => match split_off_thread(file, len).await {
                 Ok(Split::Output { head, output }) => {
@@ -347,8 +351,8 @@ impl<S: Spawner> Actor<S> {
                 }
                 Ok(Split::Whole(bytes)) => bytes,
                 Err(e) => {
-                    let why = format!("its {len} bytes were written to a file under --scratch-dir that cannot be read back: {e}");
-                    return self.unreadable(s, b"", &why);
+                    let message = format!("the handler's result ({len} bytes) was written to a file under --scratch-dir that cannot be read back: {e}");
+                    return self.fail_line(s, b"", FailureKind::OutputTooLarge, message);
                 }
             },
         };
@@ -521,20 +525,32 @@ impl<S: Spawner> Actor<S> {
     }
 
     fn too_large(&mut self, s: &mut Serving, len: usize, prefix: &[u8]) -> Option<End> {
+        let message = format!(
+            "the handler's result is more than the {} byte limit (--max-output-size; {len} bytes were read); store large outputs elsewhere and return a reference",
+            self.ctx.config.max_output_size
+        );
+        self.fail_line(s, prefix, FailureKind::OutputTooLarge, message)
+    }
+
+    /// Fails the job a line that could not be taken answers (the only job
+    /// in flight, or the one its first bytes name).
+    fn fail_line(
+        &mut self,
+        s: &mut Serving,
+        prefix: &[u8],
+        kind: FailureKind,
+        message: String,
+    ) -> Option<End> {
         let id = if s.jobs.len() == 1 {
             s.jobs.keys().next().cloned()
         } else {
             sniff_id(prefix, s.jobs.keys().map(String::as_str)).map(str::to_owned)
         };
-        let message = format!(
-            "the handler's result is more than the {} byte limit (--max-output-size; {len} bytes were read); store large outputs elsewhere and return a reference",
-            self.ctx.config.max_output_size
-        );
         let Some(id) = id else {
             tracing::warn!("{message}; the line names no job in flight, so it is dropped");
             return None;
         };
-        let failure = JobFailure::new(FailureKind::OutputTooLarge, message);
+        let failure = JobFailure::new(kind, message);
         let report = failure.report(&self.ctx.identity);
         self.finish(s, &id, JobResult::error(report))
     }

@@ -25,6 +25,14 @@ pub enum Line {
     TooLong { len: usize, prefix: Vec<u8> },
     /// A line past the spill size, whole, in a file (without its newline).
     Spilled { file: SpillFile, len: usize },
+    /// A line past the spill size whose file could not be written (a full
+    /// disk): its length so far, first bytes, and why. Its rest is cut as a
+    /// too-long line's is.
+    Unspilled {
+        len: usize,
+        prefix: Vec<u8>,
+        error: String,
+    },
 }
 
 /// Reads one line of at most `cap` bytes; `None` at end of input. A last
@@ -88,8 +96,9 @@ struct Spilling {
     out: tokio::io::BufWriter<tokio::fs::File>,
 }
 
-/// Opens a new spill file under `spill.dir` (made if missing).
-async fn start_spill(spill: &Spill) -> std::io::Result<Spilling> {
+/// Opens a new spill file under `spill.dir` (made if missing) and writes
+/// the line's first bytes to it.
+async fn start_spill(spill: &Spill, first: &[u8], then: &[u8]) -> std::io::Result<Spilling> {
     tokio::fs::create_dir_all(&spill.dir).await?;
     let path = spill.dir.join(format!(
         "line-{}-{}",
@@ -101,10 +110,13 @@ async fn start_spill(spill: &Spill) -> std::io::Result<Spilling> {
         .create_new(true)
         .open(&path)
         .await?;
-    Ok(Spilling {
+    let mut spilling = Spilling {
         file: SpillFile::new(path),
         out: tokio::io::BufWriter::with_capacity(1 << 20, out),
-    })
+    };
+    spilling.out.write_all(first).await?;
+    spilling.out.write_all(then).await?;
+    Ok(spilling)
 }
 
 async fn read_line_until<R: AsyncBufRead + Unpin>(
@@ -117,6 +129,7 @@ async fn read_line_until<R: AsyncBufRead + Unpin>(
     let mut len = 0usize;
     let mut too_long = false;
     let mut spilling: Option<Spilling> = None;
+    let mut unspilled: Option<String> = None;
     loop {
         let chunk = reader.fill_buf().await?;
         if chunk.is_empty() {
@@ -138,30 +151,52 @@ async fn read_line_until<R: AsyncBufRead + Unpin>(
                 buf.truncate(PREFIX_KEPT);
                 buf.extend_from_slice(&chunk[..take.min(room)]);
             } else if let Some(spilling) = &mut spilling {
-                spilling.out.write_all(&chunk[..take]).await?;
+                if let Err(e) = spilling.out.write_all(&chunk[..take]).await {
+                    unspilled = Some(e.to_string());
+                }
             } else if let Some(spill) = spill.filter(|s| len > s.at) {
-                let mut started = start_spill(spill).await?;
-                started.out.write_all(&buf).await?;
-                started.out.write_all(&chunk[..take]).await?;
+                match start_spill(spill, &buf, &chunk[..take]).await {
+                    Ok(started) => spilling = Some(started),
+                    Err(e) => unspilled = Some(e.to_string()),
+                }
                 // The first bytes stay to name the job if the line
                 // turns out too long.
+                let room = PREFIX_KEPT.saturating_sub(buf.len());
+                buf.extend_from_slice(&chunk[..take.min(room)]);
                 buf.truncate(PREFIX_KEPT);
                 buf.shrink_to_fit();
-                spilling = Some(started);
             } else {
                 buf.extend_from_slice(&chunk[..take]);
             }
         }
         reader.consume(if done { take + 1 } else { take });
+        if unspilled.is_some() {
+            // Cut as a too-long line is.
+            too_long = true;
+            spilling = None;
+        }
         if done || (cut && too_long) {
             break;
         }
+    }
+    if let Some(error) = unspilled {
+        return Ok(Some(Line::Unspilled {
+            len,
+            prefix: buf,
+            error,
+        }));
     }
     if too_long {
         return Ok(Some(Line::TooLong { len, prefix: buf }));
     }
     if let Some(Spilling { file, mut out }) = spilling {
-        out.flush().await?;
+        if let Err(e) = out.flush().await {
+            return Ok(Some(Line::Unspilled {
+                len,
+                prefix: buf,
+                error: e.to_string(),
+            }));
+        }
         return Ok(Some(Line::Spilled { file, len }));
     }
     if buf.last() == Some(&b'\r') {
@@ -229,5 +264,61 @@ mod tests {
         assert_eq!(len + skipped, 10_004);
         let next = read_line_or_cut(&mut reader, 100).await.unwrap();
         assert_eq!(next, Some(Line::Whole(Bytes::from_static(b"next"))));
+    }
+
+    #[tokio::test]
+    async fn a_line_that_cannot_be_spilled_is_cut_and_says_why() {
+        let spill = Spill {
+            // Under a regular file: no directory can be made there.
+            dir: std::path::PathBuf::from("/dev/null/lines"),
+            at: 100,
+        };
+        let input = format!("{}\nnext\n", "x".repeat(10_000));
+        let mut reader = BufReader::with_capacity(1024, input.as_bytes());
+        let Some(Line::Unspilled { len, prefix, error }) =
+            read_line_spilling(&mut reader, 1 << 20, &spill)
+                .await
+                .unwrap()
+        else {
+            panic!("expected Unspilled")
+        };
+        assert!(len > 100 && len < 10_000, "{len}");
+        assert!(prefix.starts_with(b"xxx"));
+        assert!(!error.is_empty());
+        skip_line(&mut reader).await.unwrap();
+        let next = read_line_spilling(&mut reader, 1 << 20, &spill)
+            .await
+            .unwrap();
+        assert_eq!(next, Some(Line::Whole(Bytes::from_static(b"next"))));
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_spilled_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill {
+            dir: dir.path().join("lines"),
+            at: 100,
+        };
+        let line = "y".repeat(10_000);
+        let input = format!("{line}\r\nshort\n");
+        let mut reader = BufReader::with_capacity(1024, input.as_bytes());
+        let Some(Line::Spilled { file, len }) = read_line_spilling(&mut reader, 1 << 20, &spill)
+            .await
+            .unwrap()
+        else {
+            panic!("expected Spilled")
+        };
+        assert_eq!(len, 10_001);
+        assert_eq!(
+            std::fs::read(file.path()).unwrap(),
+            format!("{line}\r").as_bytes()
+        );
+        let next = read_line_spilling(&mut reader, 1 << 20, &spill)
+            .await
+            .unwrap();
+        assert_eq!(next, Some(Line::Whole(Bytes::from_static(b"short"))));
+        let path = file.path().to_owned();
+        drop(file);
+        assert!(!path.exists());
     }
 }

@@ -182,7 +182,9 @@ async fn run_job(ctx: &ActorContext, mut ticket: JobTicket) {
 fn collect(stdout: &mut Vec<u8>, too_large: &mut Option<usize>, line: Line, limit: usize) {
     let len = match &line {
         Line::Whole(bytes) => bytes.len() + 1,
-        Line::TooLong { len, .. } | Line::Spilled { len, .. } => len + 1,
+        Line::TooLong { len, .. } | Line::Spilled { len, .. } | Line::Unspilled { len, .. } => {
+            len + 1
+        }
     };
     if let Some(total) = too_large {
         *total += len;

@@ -264,7 +264,7 @@ async fn read_stdout(
         };
         match line {
             Ok(Some(line)) => {
-                let cut = matches!(line, Line::TooLong { .. });
+                let cut = matches!(line, Line::TooLong { .. } | Line::Unspilled { .. });
                 if lines.send(line).await.is_err() {
                     return;
                 }
@@ -298,7 +298,9 @@ async fn read_stderr(
                     + &format!(" …({len} bytes in all)")
             }
             // read_line does not spill.
-            Ok(Some(Line::Spilled { len, .. })) => format!("({len} bytes)"),
+            Ok(Some(Line::Spilled { len, .. } | Line::Unspilled { len, .. })) => {
+                format!("({len} bytes)")
+            }
             Ok(None) | Err(_) => return,
         };
         let job_id = jobs.borrow().clone();

@@ -26,7 +26,7 @@ pub(super) fn log_stray_line(line: &Line) {
                 clip_middle(&String::from_utf8_lossy(bytes), LOG_LINE_MAX)
             );
         }
-        Line::TooLong { len, .. } | Line::Spilled { len, .. } => {
+        Line::TooLong { len, .. } | Line::Spilled { len, .. } | Line::Unspilled { len, .. } => {
             tracing::warn!("handler wrote a {len} byte line to stdout outside any job; dropped");
         }
     }
