@@ -33,6 +33,7 @@ use crate::endpoint::queue::{log_failure, Queue, QueueEvent, WorkerInfo};
 use crate::endpoint::settings::EndpointSettings;
 use crate::error::{exit, ConfigError, FatalError};
 use crate::input_schema::InputSchema;
+use crate::objects::retention::{upload_lifetime, Deleter};
 use crate::pool::Pool;
 use crate::runner::SourceContext;
 use crate::runner::{Runner, RunnerOptions};
@@ -151,7 +152,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
                 queue: queue.clone(),
                 worker: None,
                 metrics: ctx.pool.metrics.clone(),
-                objects: ctx.objects.clone(),
+                deleter: deleter(&ctx, &config),
             }
             .run(background.clone()),
         );
@@ -188,7 +189,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             queue: queue.clone(),
             worker: Some((worker_info(&ctx, &config.endpoints), ctx.pool.clone())),
             metrics: ctx.pool.metrics.clone(),
-            objects: ctx.objects.clone(),
+            deleter: deleter(&ctx, &config),
         }
         .run(background.clone()),
     );
@@ -214,6 +215,13 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
     runner.finish().await;
     stop_tasks(&tasks, &background, &api_stop).await;
     Ok(exit::OK)
+}
+
+/// The task that deletes objects past their time, with an object store.
+fn deleter(ctx: &SourceContext, config: &QueueSourceConfig) -> Option<Deleter> {
+    let store = ctx.objects.clone()?;
+    let lifetime = upload_lifetime(&store.config, config.settings.longest_retention());
+    Some(Deleter::start(store, lifetime))
 }
 
 /// Stops the background tasks and the API server; requests in progress
