@@ -12,6 +12,10 @@ use std::time::Duration;
 pub const LONG_DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest kill grace: a handler that needs longer to stop is stuck.
 pub const SHORT_DURATION_MAX: Duration = Duration::from_secs(3600);
+/// Longest an object is kept before housekeeping deletes it
+/// (`--upload-lifetime`): a year, as humantime writes and reads `1year`
+/// (365.25 days).
+pub const KEEP_DURATION_MAX: Duration = Duration::from_secs(31_557_600);
 
 /// A duration or size that cannot be used, with what to write instead.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,10 @@ pub fn parse_long_duration(text: &str) -> Result<Duration, UnitError> {
 
 pub fn parse_short_duration(text: &str) -> Result<Duration, UnitError> {
     parse_duration_up_to(text, SHORT_DURATION_MAX)
+}
+
+pub fn parse_keep_duration(text: &str) -> Result<Duration, UnitError> {
+    parse_duration_up_to(text, KEEP_DURATION_MAX)
 }
 
 fn parse_duration_up_to(text: &str, max: Duration) -> Result<Duration, UnitError> {

@@ -1,7 +1,8 @@
 //! The PostgreSQL queue against a real server: migrations under many
 //! simultaneous starts, takes that never hand one job out twice, leases
 //! that run out and count attempts, tokens that refuse a lost worker's
-//! result, notifications across processes, and refused credentials.
+//! result, notifications across processes, one process of many for each
+//! round of a chore, and refused credentials.
 
 mod support;
 
@@ -100,10 +101,10 @@ async fn many_processes_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert_eq!(queues.len(), 6);
-    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "13");
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "14");
     assert_eq!(
         db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
-        "7"
+        "8"
     );
     // The storage settings of migration 4.
     let options = db.psql("SELECT reloptions FROM pg_class WHERE oid = 'jobpipe.jobs'::regclass");
@@ -379,6 +380,32 @@ async fn health_counts_workers_across_processes() {
         (3, 1),
         "the silent worker is forgotten"
     );
+}
+
+#[tokio::test]
+async fn one_process_of_many_gets_each_round_of_a_chore() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queues = [open(&db).await, open(&db).await, open(&db).await];
+    let hour = Duration::from_secs(3600);
+    let claims = queues.iter().map(|q| q.claim_round("test-chore", hour));
+    let won = futures_util::future::join_all(claims).await;
+    let won: Vec<bool> = won.into_iter().map(Result::unwrap).collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    for queue in &queues {
+        assert!(!queue.claim_round("test-chore", hour).await.unwrap());
+    }
+    assert!(
+        queues[1].claim_round("another-chore", hour).await.unwrap(),
+        "each chore has rounds of its own"
+    );
+    // Once the spacing has passed since the last round, the next is due.
+    db.psql("UPDATE jobpipe.chores SET done_at = done_at - 3600000 WHERE name = 'test-chore'");
+    assert!(queues[2].claim_round("test-chore", hour).await.unwrap());
+    assert!(!queues[0].claim_round("test-chore", hour).await.unwrap());
+    let by = db.psql("SELECT done_by FROM jobpipe.chores WHERE name = 'test-chore'");
+    assert!(by.contains(" pid "), "who did the round last: {by}");
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@
 //!   through those routes.
 //! * [`source`]: the job source that runs the queue's jobs in this
 //!   process's handler pool (and serves the API when asked), with
-//!   [`sink`] carrying each job's updates and result back to the queue.
+//!   [`sink`] carrying each job's updates and result back to the queue,
+//!   and [`upkeep`] sweeping the queue once a second.
 //! * [`webhook`]: posts a finished job's result to its webhook.
 
 pub mod api;
@@ -28,4 +29,5 @@ pub mod rollup;
 pub mod settings;
 mod sink;
 pub mod source;
+mod upkeep;
 pub mod webhook;

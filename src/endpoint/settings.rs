@@ -126,6 +126,14 @@ impl EndpointSettings {
         (&settings.defaults, settings.schema.as_deref())
     }
 
+    /// The longest any endpoint keeps a finished `/run` job.
+    pub fn longest_retention(&self) -> Duration {
+        self.named
+            .values()
+            .map(|s| s.defaults.run_retention)
+            .fold(self.flags.defaults.run_retention, Duration::max)
+    }
+
     /// The endpoints the file names.
     pub fn named(&self) -> impl Iterator<Item = &String> {
         self.named.keys()
@@ -264,6 +272,18 @@ mod tests {
         assert!(schema.is_none());
         assert!(settings.for_endpoint("other").1.is_none());
         assert!(settings.has_own_schemas());
+    }
+
+    #[test]
+    fn the_longest_retention_is_of_any_endpoint_or_the_flags() {
+        let settings = |text: &str| EndpointSettings {
+            flags: flags(),
+            named: parse(text, Path::new("."), &flags()).unwrap(),
+        };
+        let short = settings("[endpoints.a]\nresult_retention = \"30s\"\n");
+        assert_eq!(short.longest_retention(), Duration::from_secs(30 * 60));
+        let long = settings("[endpoints.a]\nresult_retention = \"2days\"\n[endpoints.b]\n");
+        assert_eq!(long.longest_retention(), Duration::from_secs(2 * 86400));
     }
 
     #[test]

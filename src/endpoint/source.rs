@@ -5,7 +5,8 @@
 //!
 //! Besides the take loop here, four tasks run for the life of the source:
 //! the API server ([`crate::endpoint::api`]), lease renewal for the jobs held, upkeep
-//! (lease expiry, ttl, retention, the worker heartbeat for `/health`), and
+//! ([`super::upkeep`]: lease expiry, ttl, retention, the worker heartbeat
+//! for `/health`), and
 //! webhook delivery ([`crate::endpoint::webhook`]). One task per job writes its
 //! updates and final result ([`super::sink`]). On the first stop
 //! request the API refuses new jobs (503), `/runsync` callers get their
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::keys::{self, KeyRing};
 use super::rollup::{self, Rollup};
 use super::sink::{Held, QueueSink};
+use super::upkeep::Upkeep;
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::delivery::Spool;
 use crate::endpoint::api::{self, ApiState};
@@ -32,6 +34,7 @@ use crate::endpoint::queue::{log_failure, Queue, QueueEvent, WorkerInfo};
 use crate::endpoint::settings::EndpointSettings;
 use crate::error::{exit, ConfigError, FatalError};
 use crate::input_schema::InputSchema;
+use crate::objects::retention::{upload_lifetime, Deleter};
 use crate::pool::Pool;
 use crate::runner::SourceContext;
 use crate::runner::{Runner, RunnerOptions};
@@ -44,8 +47,6 @@ const FALLBACK_POLL: Duration = Duration::from_secs(1);
 /// after a take that worked.
 const TAKE_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(Duration::from_millis(500), Duration::from_secs(30), 0.5);
-/// How often upkeep runs.
-const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long the API may finish requests in progress once jobs are done.
 const API_GRACE: Duration = Duration::from_secs(5);
 
@@ -153,14 +154,15 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             background.clone(),
         ));
         ctx.pool.metrics.serve_api_only();
-        tasks.spawn(upkeep(
-            queue.clone(),
-            None,
-            config.endpoints.clone(),
-            ctx.pool.metrics.clone(),
-            background.clone(),
-            ctx.objects.clone(),
-        ));
+        tasks.spawn(
+            Upkeep {
+                queue: queue.clone(),
+                worker: None,
+                metrics: ctx.pool.metrics.clone(),
+                deleter: deleter(&ctx, &config),
+            }
+            .run(background.clone()),
+        );
         tracing::info!("serving the API only (--api-only); workers elsewhere run the jobs");
         ctx.shutdown.take.cancelled().await;
         stop_tasks(&tasks, &background, &api_stop).await;
@@ -189,15 +191,15 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
         config.webhook_secret.clone(),
         background.clone(),
     ));
-    let metrics = ctx.pool.metrics.clone();
-    tasks.spawn(upkeep(
-        queue.clone(),
-        Some(ctx.clone()),
-        config.endpoints.clone(),
-        metrics,
-        background.clone(),
-        ctx.objects.clone(),
-    ));
+    tasks.spawn(
+        Upkeep {
+            queue: queue.clone(),
+            worker: Some((worker_info(&ctx, &config.endpoints), ctx.pool.clone())),
+            metrics: ctx.pool.metrics.clone(),
+            deleter: deleter(&ctx, &config),
+        }
+        .run(background.clone()),
+    );
     tasks.spawn(renew_leases(
         queue.clone(),
         held.clone(),
@@ -220,6 +222,13 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
     runner.finish().await;
     stop_tasks(&tasks, &background, &api_stop).await;
     Ok(exit::OK)
+}
+
+/// The task that deletes objects past their time, with an object store.
+fn deleter(ctx: &SourceContext, config: &QueueSourceConfig) -> Option<Deleter> {
+    let store = ctx.objects.clone()?;
+    let lifetime = upload_lifetime(&store.config, config.settings.longest_retention());
+    Some(Deleter::start(store, lifetime))
 }
 
 /// Stops the background tasks and the API server; requests in progress
@@ -414,52 +423,6 @@ async fn stop_cancelled(queue: Arc<dyn Queue>, pool: Arc<Pool>, stop: Cancellati
                 );
             }
             Err(RecvError::Closed) => return,
-        }
-    }
-}
-
-/// Expires leases and ttls, deletes old results, and reports this worker's
-/// slots for `/health` (`ctx`; none for a process that runs no jobs). The
-/// sweep's answer also tells an API-only process's readiness whether the
-/// database answers.
-async fn upkeep(
-    queue: Arc<dyn Queue>,
-    ctx: Option<SourceContext>,
-    endpoints: Arc<[String]>,
-    metrics: Arc<crate::metrics::Metrics>,
-    stop: CancellationToken,
-    objects: Option<Arc<crate::objects::store::Store>>,
-) {
-    let me = ctx
-        .as_ref()
-        .map(|ctx| (worker_info(ctx, &endpoints), &ctx.pool));
-    let deleter = objects.map(crate::objects::retention::Deleter::start);
-    let mut ticks = tokio::time::interval(UPKEEP_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        if let Some((me, pool)) = &me {
-            let beat = queue.heartbeat(me, pool.capacity(), pool.in_flight()).await;
-            if let Err(e) = beat {
-                log_failure("the worker heartbeat", &e);
-            }
-        }
-        let swept = queue.sweep().await;
-        metrics.database_answered(swept.is_ok());
-        if let (Ok(swept), Some(deleter)) = (&swept, &deleter) {
-            deleter.delete(swept.deleted_jobs.clone());
-        }
-        match swept {
-            Ok(swept) if swept.requeued + swept.ended > 0 => tracing::info!(
-                "queue upkeep: {} jobs queued again after losing their worker, {} ended (no attempts left or ttl passed)",
-                swept.requeued,
-                swept.ended
-            ),
-            Ok(_) => {}
-            Err(e) => log_failure("queue upkeep", &e),
         }
     }
 }

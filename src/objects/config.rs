@@ -15,7 +15,7 @@ use clap::builder::BoolishValueParser;
 use clap::Args;
 
 use crate::error::ConfigError;
-use crate::units::{parse_long_duration, parse_size};
+use crate::units::{parse_keep_duration, parse_long_duration, parse_size};
 
 /// `--max-output-size` when an object store is configured: a result that
 /// large is streamed to the store, not posted whole.
@@ -99,9 +99,19 @@ pub struct ObjectStoreArgs {
     #[arg(long, env = "JOBPIPE_FETCH_TIMEOUT", default_value = "10m", value_parser = parse_long_duration)]
     pub fetch_timeout: Duration,
 
-    /// Keep a job's objects when the endpoint's retention deletes the job.
+    /// Keep a job's objects when the endpoint's retention deletes the job,
+    /// and uploads past --upload-lifetime.
     #[arg(long, env = "JOBPIPE_KEEP_OBJECTS", value_parser = BoolishValueParser::new())]
     pub keep_objects: bool,
+
+    /// How long an input uploaded through the endpoint's POST /uploads is
+    /// kept, counted from when it was put in the store; then the
+    /// endpoint's housekeeping deletes it (unless --keep-objects). From 1s
+    /// to 1year; give every process sharing a queue the same [default:
+    /// --presign-expiry plus the longest result retention of any endpoint,
+    /// 7days 30m with their defaults].
+    #[arg(long, env = "JOBPIPE_UPLOAD_LIFETIME", value_name = "DURATION", value_parser = parse_keep_duration)]
+    pub upload_lifetime: Option<Duration>,
 }
 
 /// Access keys for the store; shown as redacted.
@@ -135,6 +145,9 @@ pub struct ObjectStoreConfig {
     pub presign_expiry: Duration,
     pub retry_for: Duration,
     pub keep_objects: bool,
+    /// `--upload-lifetime`; `None`: the endpoint's default
+    /// ([`super::retention::upload_lifetime`]).
+    pub upload_lifetime: Option<Duration>,
     /// Where job directories are made.
     pub scratch_dir: std::path::PathBuf,
     pub fetch_allow: Vec<String>,
@@ -205,6 +218,14 @@ impl ObjectStoreArgs {
                 "--presign-expiry must be more than 0 and at most 7days (S3's limit for a presigned URL)".into(),
             ));
         }
+        if self
+            .upload_lifetime
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return Err(ConfigError::Invalid(
+                "--upload-lifetime must be at least 1s; write e.g. 7days, or leave it out for --presign-expiry plus the result retention".into(),
+            ));
+        }
         Ok(Some(ObjectStoreConfig {
             bucket,
             prefix,
@@ -218,6 +239,7 @@ impl ObjectStoreArgs {
             presign_expiry: self.presign_expiry,
             retry_for: self.object_store_retry,
             keep_objects: self.keep_objects,
+            upload_lifetime: self.upload_lifetime,
             scratch_dir: self.scratch_dir,
             fetch_allow: self
                 .fetch_allow
@@ -333,6 +355,7 @@ mod tests {
         assert_eq!(&*c.credentials.as_ref().unwrap().access_key_id, "id");
         assert_eq!(c.offload_threshold, 8 << 20);
         assert_eq!(c.presign_expiry, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.upload_lifetime, None, "the endpoint's default");
         assert!(!format!("{c:?}").contains("secret"), "{c:?}");
     }
 
@@ -359,5 +382,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("not an http:// or https:// URL"), "{err}");
+    }
+
+    #[test]
+    fn upload_lifetime_from_a_second_to_a_year() {
+        let store = ["--object-store", "s3://bucket", "--upload-lifetime"];
+        let lifetime = |value: &str| {
+            let args: Vec<&str> = store.iter().copied().chain([value]).collect();
+            config(&args, &[]).map(|c| c.unwrap().upload_lifetime.unwrap())
+        };
+        assert_eq!(lifetime("30days").unwrap(), Duration::from_secs(30 * 86400));
+        assert_eq!(lifetime("1s").unwrap(), Duration::from_secs(1));
+        let err = lifetime("0s").unwrap_err();
+        assert!(
+            err.contains("--upload-lifetime must be at least 1s"),
+            "{err}"
+        );
+        assert_eq!(lifetime("1year").unwrap(), Duration::from_secs(31_557_600));
+        let err = lifetime("400days").unwrap_err();
+        assert!(err.contains("longer than the limit of 1year"), "{err}");
     }
 }

@@ -4,7 +4,8 @@
 //! scratch directory ([`job_dir`]), uploads waiting in the spool for the
 //! store to come back ([`pending`]), and inputs given by reference
 //! ([`inputs`], through [`fetch`]'s checks for URLs), and the objects
-//! deleted with their jobs ([`retention`]).
+//! deleted with their jobs, and uploaded inputs past their lifetime
+//! ([`retention`]).
 //!
 //! A layer of its own between the runner and the leaves: the runner and
 //! the sources import it; it imports only leaves (`error`, `backoff`,

@@ -1,6 +1,6 @@
 //! The object store client: uploads (multipart for large objects, parts
-//! taken from memory or a file without copying the whole), presigned URLs
-//! and deletes, all under the configured bucket and prefix.
+//! taken from memory or a file without copying the whole), presigned URLs,
+//! listings and deletes, all under the configured bucket and prefix.
 //!
 //! The client is the Arrow project's `object_store` crate, which signs
 //! requests for every S3-compatible server (Amazon S3, R2, MinIO, ...).
@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::{Path, PathPart};
 use object_store::signer::Signer;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, MultipartUpload, ObjectStore as _,
-    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientOptions, MultipartUpload, ObjectMeta,
+    ObjectStore as _, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -260,6 +260,38 @@ impl Store {
             deleted += 1;
         }
         Ok(deleted)
+    }
+
+    /// Up to `max` objects under the key prefix `key_parts` whose paths
+    /// come after `after` (from the first when none), in the store's
+    /// order: by key on S3, so the last one listed is where the next
+    /// listing starts.
+    pub async fn list_after(
+        &self,
+        key_parts: &[&str],
+        after: Option<&Path>,
+        max: usize,
+    ) -> Result<Vec<ObjectMeta>, object_store::Error> {
+        let (prefix, _) = self.path(key_parts);
+        let listed = match after {
+            Some(after) => self.s3.list_with_offset(Some(&prefix), after),
+            None => self.s3.list(Some(&prefix)),
+        };
+        // Dropping the stream after `max` asks for no further page.
+        listed.take(max).try_collect().await
+    }
+
+    /// Deletes the objects at `paths` (as listed), up to 1,000 a request;
+    /// returns how many went.
+    pub async fn delete_paths(&self, paths: Vec<Path>) -> Result<usize, object_store::Error> {
+        let paths = futures_util::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut deleted = self.s3.delete_stream(paths);
+        let mut count = 0;
+        while let Some(done) = deleted.next().await {
+            done?;
+            count += 1;
+        }
+        Ok(count)
     }
 }
 

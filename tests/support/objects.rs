@@ -99,6 +99,30 @@ impl Server {
         answer["id"].as_str().expect("an id").to_owned()
     }
 
+    /// Puts `data` in the store as an upload (`POST /uploads`, then a PUT
+    /// to its URL); returns its key.
+    pub async fn upload(&self, data: Vec<u8>) -> String {
+        let upload: Value = self
+            .http
+            .post(format!("{}/uploads", self.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let put = self
+            .http
+            .put(upload["url"].as_str().expect("an upload URL"))
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success(), "{}", put.status());
+        upload["key"].as_str().expect("a key").to_owned()
+    }
+
     /// Waits for a job's final status; returns the status answer.
     pub async fn finished(&self, id: &str) -> Value {
         let started = Instant::now();

@@ -100,6 +100,27 @@ impl S3Server {
         ]
     }
 
+    /// Whether the object at `path` (under the bucket: the prefix and the
+    /// key) is there.
+    pub async fn has(&self, path: &str) -> bool {
+        use object_store::ObjectStore as _;
+        let client = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .build()
+            .unwrap();
+        match client.head(&object_store::path::Path::from(path)).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => panic!("HEAD {path}: {e}"),
+        }
+    }
+
     /// Takes the store away (SIGKILL: nothing is answered from now on).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -112,6 +133,11 @@ impl S3Server {
     pub async fn restart(&mut self) {
         self.stop();
         self.run().await;
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The server's log, for failure messages.

@@ -591,6 +591,15 @@ pub trait Queue: Send + Sync + 'static {
     /// Requeues or ends jobs whose lease ran out, ends jobs whose ttl
     /// passed, and deletes finished jobs past their retention.
     async fn sweep(&self) -> Result<Swept, QueueError>;
+    /// Claims the next round of `chore`, a task that one process of those
+    /// sharing the queue does at most once per `every` (deleting uploads
+    /// past their lifetime): true when this process is to do it now. A
+    /// queue that one process owns (SQLite) always says yes, and the caller
+    /// spaces its own rounds.
+    async fn claim_round(&self, chore: &str, every: Duration) -> Result<bool, QueueError> {
+        let _ = (chore, every);
+        Ok(true)
+    }
     /// Webhook posts due now, oldest first.
     async fn webhooks_due(&self, limit: usize) -> Result<Vec<WebhookPost>, QueueError>;
     /// Removes a delivered (or abandoned) webhook post.

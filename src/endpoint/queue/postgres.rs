@@ -55,8 +55,9 @@ pub struct PgQueue {
     db: Arc<Db>,
     /// Commits submissions and results in groups.
     writer: Writer,
-    /// How this process signs the housekeeping row when it sweeps
-    /// (`HOST pid PID`), so an operator sees who swept last.
+    /// How this process signs the housekeeping row when it sweeps, and a
+    /// chore's row when it does a round (`HOST pid PID`), so an operator
+    /// sees who did each last.
     sweeper: String,
     events: broadcast::Sender<QueueEvent>,
     /// Stops the listening connection when the queue is dropped.
@@ -387,6 +388,28 @@ impl Queue for PgQueue {
             .call_announcing(|mut client, mut events| async move {
                 let swept = ops::sweep(&mut client, &self.sweeper, &mut events).await?;
                 Ok((swept, events))
+            })
+            .await
+    }
+
+    async fn claim_round(&self, chore: &str, every: Duration) -> Result<bool, QueueError> {
+        let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+        self.db
+            .call(|client| async move {
+                // A process that finds the row locked waits for the other's
+                // claim to commit, then finds it too recent.
+                let claimed = client
+                    .query_typed_opt(
+                        "INSERT INTO jobpipe.chores AS c (name, done_at, done_by)
+                              VALUES ($1, jobpipe.now_ms(), $3)
+                         ON CONFLICT (name) DO UPDATE
+                                 SET done_at = excluded.done_at, done_by = excluded.done_by
+                               WHERE c.done_at <= excluded.done_at - $2
+                         RETURNING 1",
+                        &[p(&chore), p(&every), p(&self.sweeper)],
+                    )
+                    .await?;
+                Ok(claimed.is_some())
             })
             .await
     }
