@@ -162,15 +162,9 @@ async fn stream_sha256(url: &str) -> (u64, String, String) {
     (size, hex, etag)
 }
 
-/// A field of /proc/PID/status in KiB (`VmHWM`: the peak resident
-/// memory; `RssFile`: what of the resident memory maps files).
+/// A field of /proc/PID/status in KiB, which must be there.
 fn status_kib(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+    support::status_kib(pid, field).unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 /// The case: a handler answers `output_file` with a 1 GiB file;

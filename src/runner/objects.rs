@@ -91,7 +91,8 @@ impl<S: ResultSink> Shared<S> {
         result: JobResult,
         dir: Option<&Path>,
     ) -> Offloaded {
-        let what = match &result.outcome {
+        // Named in errors only: built when one is.
+        let what = |outcome: &Outcome| match outcome {
             Outcome::Output(output) => format!("the output ({} bytes)", output.len()),
             Outcome::Spilled(output) => format!("the output ({} bytes)", output.len),
             _ => "the output files".to_owned(),
@@ -110,7 +111,7 @@ impl<S: ResultSink> Shared<S> {
                 Ok((vec![Offloader::json_upload(OUTPUT_NAME, source)], true))
             }
             (Some(_), Outcome::Files(files)) => Offloader::file_uploads(files, dir)
-                .map_err(|error| format!("{what} were not delivered: {error}")),
+                .map_err(|error| format!("the output files were not delivered: {error}")),
             (None, Outcome::Files(_)) => Err(
                 "the handler answered with output_file(s), which need an object store to upload them to (--object-store)".into(),
             ),
@@ -131,11 +132,10 @@ impl<S: ResultSink> Shared<S> {
                 outcome: Outcome::Output(reference),
                 ..result
             }),
-            Err(UploadFailed::Failed(error)) => Offloaded::Done(failed(
-                id,
-                result,
-                format!("{what} was not delivered: {error}"),
-            )),
+            Err(UploadFailed::Failed(error)) => {
+                let error = format!("{} was not delivered: {error}", what(&result.outcome));
+                Offloaded::Done(failed(id, result, error))
+            }
             Err(UploadFailed::Unreachable(error)) => Offloaded::Waiting(Waiting {
                 uploads,
                 single,

@@ -24,24 +24,25 @@ pub fn running(pid: i32) -> bool {
     !matches!(state, "Z" | "X" | "x")
 }
 
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`: the peak
+/// resident memory, `RssFile`: what of it maps files); none once the
+/// process is gone.
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// A process's resident memory in KiB (0 once it is gone).
 pub fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// The peak resident memory of a live process so far (VmHWM), in KiB.
 pub fn peak_rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmHWM").unwrap_or(0)
 }
 
 /// Waits up to `limit` until none of `pids` is running; returns the ones
