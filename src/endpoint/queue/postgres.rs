@@ -181,8 +181,9 @@ impl Queue for PgQueue {
     }
 
     async fn status_raw(&self, id: &str) -> Result<Option<JobRecord<Json>>, QueueError> {
+        let how = self.db.target.statements();
         self.db
-            .call(|client| async move { ops::status(&client, id).await })
+            .call(|client| async move { ops::status(&client, how, id).await })
             .await
     }
 
@@ -283,8 +284,11 @@ impl Queue for PgQueue {
         if count == 0 {
             return Ok(Vec::new());
         }
+        let how = self.db.target.statements();
         self.db
-            .call(|client| async move { ops::take(&client, worker, endpoints, count, lease).await })
+            .call(|client| async move {
+                ops::take(&client, how, worker, endpoints, count, lease).await
+            })
             .await
     }
 

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::postgres_conn::PgTarget;
 use super::postgres_listen::{payload, CHANNEL};
-use super::postgres_typed::p;
+use super::postgres_typed::{p, query, Statements};
 use super::QueueEvent;
 
 /// Events kept for the next batch at most; past it, per-job events are
@@ -117,7 +117,7 @@ impl Announcer {
             if payloads.is_empty() {
                 continue;
             }
-            if let Err(e) = send(&pool, &payloads).await {
+            if let Err(e) = send(&pool, target.statements(), &payloads).await {
                 let why = target.redact(&e);
                 tracing::debug!("{} queue events not announced: {why}", payloads.len());
                 tokio::select! {
@@ -130,21 +130,20 @@ impl Announcer {
 }
 
 /// One transaction that notifies every payload.
-async fn send(pool: &Pool, payloads: &[String]) -> Result<(), String> {
-    tokio::time::timeout(SEND_DEADLINE, send_now(pool, payloads))
+async fn send(pool: &Pool, how: Statements, payloads: &[String]) -> Result<(), String> {
+    tokio::time::timeout(SEND_DEADLINE, send_now(pool, how, payloads))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {}s", SEND_DEADLINE.as_secs())))
 }
 
-async fn send_now(pool: &Pool, payloads: &[String]) -> Result<(), String> {
+async fn send_now(pool: &Pool, how: Statements, payloads: &[String]) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     // A notification carries no data that must survive a crash, so its
     // commit does not wait for the WAL flush, and the lock NOTIFY takes
     // at commit is held for less.
     let sql = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p,
                       set_config('synchronous_commit', 'off', true) AS s";
-    client
-        .execute_typed(sql, &[p(&CHANNEL), p(&payloads)])
+    query(&client, how, sql, &[p(&CHANNEL), p(&payloads)])
         .await
         .map_err(|e| e.to_string())?;
     Ok(())

@@ -14,7 +14,7 @@ use deadpool_postgres::Transaction;
 use super::attempts::{bounded, Failure, RetryOn};
 use super::postgres_fair::fair_ranks;
 use super::postgres_ops::{running_cap, Events, Fault};
-use super::postgres_typed::p;
+use super::postgres_typed::{p, query, Statements};
 use super::{
     duration_ms, refusal, webhook_body, Ending, JobStatus, NewJob, QueueError, QueueEvent,
 };
@@ -24,6 +24,7 @@ use crate::json::Json;
 /// queued or why not (its id or `Idempotency-Key` exists).
 pub(super) async fn enqueue_many(
     tx: &Transaction<'_>,
+    how: Statements,
     jobs: &[&NewJob<Json>],
     events: &mut Events,
 ) -> Result<Vec<Result<(), QueueError>>, Fault> {
@@ -76,40 +77,41 @@ pub(super) async fn enqueue_many(
         .collect();
     let endpoints: Vec<&str> = jobs.iter().map(|job| job.endpoint.as_str()).collect();
     let tenants: Vec<Option<&str>> = jobs.iter().map(|job| job.tenant.as_deref()).collect();
-    let ranks = fair_ranks(&**tx, jobs).await?;
+    let ranks = fair_ranks(tx, how, jobs).await?;
     let retry_on = column(&|job| Some(job.policy.retry.on.bits()));
     let backoff = column(&|job| Some(duration_ms(job.policy.retry.backoff)));
     let max_backoff = column(&|job| Some(duration_ms(job.policy.retry.max_backoff)));
     let max_running: Vec<Option<i32>> = jobs.iter().map(|job| running_cap(job)).collect();
-    let inserted: HashSet<String> = tx
-        .query_typed(
-            sql,
-            &[
-                p(&ids),
-                p(&payloads),
-                p(&webhooks),
-                p(&execution),
-                p(&ttl),
-                p(&attempts),
-                p(&retention),
-                p(&stall),
-                p(&delay),
-                p(&priority),
-                p(&keys),
-                p(&hashes),
-                p(&endpoints),
-                p(&tenants),
-                p(&ranks),
-                p(&retry_on),
-                p(&backoff),
-                p(&max_backoff),
-                p(&max_running),
-            ],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let inserted: HashSet<String> = query(
+        tx,
+        how,
+        sql,
+        &[
+            p(&ids),
+            p(&payloads),
+            p(&webhooks),
+            p(&execution),
+            p(&ttl),
+            p(&attempts),
+            p(&retention),
+            p(&stall),
+            p(&delay),
+            p(&priority),
+            p(&keys),
+            p(&hashes),
+            p(&endpoints),
+            p(&tenants),
+            p(&ranks),
+            p(&retry_on),
+            p(&backoff),
+            p(&max_backoff),
+            p(&max_running),
+        ],
+    )
+    .await?
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
     if !inserted.is_empty() {
         events.push(QueueEvent::Queued);
     }
@@ -221,6 +223,7 @@ impl<'a> PlainEnd<'a> {
 /// and writes the first.
 pub(super) async fn finish_many(
     tx: &Transaction<'_>,
+    how: Statements,
     ends: &[PlainEnd<'_>],
     events: &mut Events,
 ) -> Result<Vec<bool>, Fault> {
@@ -260,22 +263,23 @@ pub(super) async fn finish_many(
         .iter()
         .map(|end| end.failure.map_or(0, |f| RetryOn::of([f]).bits()))
         .collect();
-    let rows = tx
-        .query_typed(
-            sql,
-            &[
-                p(&ids),
-                p(&tokens),
-                p(&statuses),
-                p(&outputs),
-                p(&errors),
-                p(&outcomes),
-                p(&details),
-                p(&retried),
-                p(&RetryOn::DEFAULT.bits()),
-            ],
-        )
-        .await?;
+    let rows = query(
+        tx,
+        how,
+        sql,
+        &[
+            p(&ids),
+            p(&tokens),
+            p(&statuses),
+            p(&outputs),
+            p(&errors),
+            p(&outcomes),
+            p(&details),
+            p(&retried),
+            p(&RetryOn::DEFAULT.bits()),
+        ],
+    )
+    .await?;
     let mut written = HashSet::with_capacity(rows.len());
     let (mut hook_ids, mut urls, mut bodies, mut times) = (vec![], vec![], vec![], vec![]);
     for row in &rows {

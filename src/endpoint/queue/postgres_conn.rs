@@ -7,6 +7,7 @@
 //! driver are passed through [`PgTarget::redact`] before anyone sees them,
 //! so even a driver message that quoted the URL would not show it.
 
+use super::postgres_typed::Statements;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -51,6 +52,16 @@ pub enum Listen {
 }
 
 impl PgTarget {
+    /// How statements are sent on this URL's connections (see
+    /// [`super::postgres_typed`]): prepared when the URL also carries the
+    /// process's `LISTEN`, so it is not PgBouncer in transaction mode.
+    pub(super) fn statements(&self) -> Statements {
+        match self.listen {
+            Listen::Queue => Statements::Prepared,
+            Listen::Direct(_) | Listen::Poll => Statements::Unnamed,
+        }
+    }
+
     /// Parses `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?options]`;
     /// the password may come from `pgpassword` (`PGPASSWORD`) instead.
     pub fn parse(url: &str, pgpassword: Option<String>) -> Result<PgTarget, ConfigError> {

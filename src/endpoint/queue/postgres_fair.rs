@@ -4,15 +4,14 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::GenericClient;
-
-use super::postgres_typed::p;
+use super::postgres_typed::{p, query, Statements, Typed};
 use super::{fairness, NewJob};
 use crate::json::Json;
 
 /// The fair ranks of `jobs`, in order.
 pub(super) async fn fair_ranks(
-    client: &impl GenericClient,
+    client: &impl Typed,
+    how: Statements,
     jobs: &[&NewJob<Json>],
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
     let mut pairs: Vec<(&str, &str)> = jobs
@@ -23,9 +22,10 @@ pub(super) async fn fair_ranks(
     pairs.dedup();
     let endpoints: Vec<&str> = pairs.iter().map(|(e, _)| *e).collect();
     let tenants: Vec<&str> = pairs.iter().map(|(_, t)| *t).collect();
-    let rows = client
-        .query_typed(
-            "SELECT u.e, u.t,
+    let rows = query(
+        client,
+        how,
+        "SELECT u.e, u.t,
                     (SELECT j.fair_rank FROM jobpipe.jobs AS j
                       WHERE j.endpoint = u.e AND j.status = 'IN_QUEUE'
                       ORDER BY j.priority DESC, j.fair_rank LIMIT 1),
@@ -33,9 +33,9 @@ pub(super) async fn fair_ranks(
                       WHERE j.endpoint = u.e AND coalesce(j.tenant, '') = u.t
                         AND j.status = 'IN_QUEUE')
                FROM unnest($1::text[], $2::text[]) AS u (e, t)",
-            &[p(&endpoints), p(&tenants)],
-        )
-        .await?;
+        &[p(&endpoints), p(&tenants)],
+    )
+    .await?;
     let mut heads = HashMap::new();
     let mut highest = HashMap::new();
     for row in &rows {

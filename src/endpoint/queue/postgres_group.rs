@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::postgres_batch::{enqueue_many, finish_many, PlainEnd};
 use super::postgres_call::Db;
 use super::postgres_ops::{self as ops, Events, Fault};
+use super::postgres_typed::Statements;
 use super::{Ending, NewJob, QueueError};
 
 use crate::json::Json;
@@ -110,7 +111,8 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
     match write {
         Write::Enqueue(job) => db
             .call_announcing(|client, mut events| async move {
-                let inserted = ops::enqueue(&**client, job, &mut events).await?;
+                let inserted =
+                    ops::enqueue(&client, db.target.statements(), job, &mut events).await?;
                 Ok((inserted, events))
             })
             .await?
@@ -118,7 +120,8 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
         Write::Finish { id, token, ending } => {
             db.call_announcing(|mut client, mut events| async move {
                 let tx = client.transaction().await?;
-                let written = finish_one(&tx, id, token, ending, &mut events).await?;
+                let written =
+                    finish_one(&tx, db.target.statements(), id, token, ending, &mut events).await?;
                 if written {
                     tx.commit().await?;
                 }
@@ -134,13 +137,14 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
 /// that locks the row first.
 async fn finish_one(
     tx: &Transaction<'_>,
+    how: Statements,
     id: &str,
     token: &str,
     ending: &Ending<Json>,
     events: &mut Events,
 ) -> Result<bool, Fault> {
     if let Some(end) = PlainEnd::of(id, token, ending) {
-        if finish_many(tx, &[end], events).await?[0] {
+        if finish_many(tx, how, &[end], events).await?[0] {
             return Ok(true);
         }
     }
@@ -164,6 +168,7 @@ async fn together(db: &Db, writes: &[Write]) -> Result<Vec<Outcome>, QueueError>
             },
         }
     }
+    let how = db.target.statements();
     let (outcomes, events) = db
         .call(|mut client| async move {
             let tx = client.transaction().await?;
@@ -173,14 +178,14 @@ async fn together(db: &Db, writes: &[Write]) -> Result<Vec<Outcome>, QueueError>
                     return Ok(Vec::new());
                 }
                 let batch: Vec<_> = jobs.iter().map(|(_, job)| *job).collect();
-                enqueue_many(&tx, &batch, &mut queued).await
+                enqueue_many(&tx, how, &batch, &mut queued).await
             };
             let finished = async {
                 if ends.is_empty() {
                     return Ok(Vec::new());
                 }
                 let batch: Vec<_> = ends.iter().map(|(_, end)| end.clone()).collect();
-                let mut written = finish_many(&tx, &batch, &mut ended).await?;
+                let mut written = finish_many(&tx, how, &batch, &mut ended).await?;
                 // Those left alone: a lease gone, or a failure the job's
                 // policy retries.
                 for ((index, end), written) in ends.iter().zip(&mut written) {

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 
 use super::attempts::{after_failure, lost_lease, FailedAttempt, Next};
 use super::postgres_attempts;
-use super::postgres_typed::p;
+use super::postgres_typed::{p, query, Statements, Typed};
 
 use super::{
     duration_ms, is_empty_output, partials_output, refusal, stored_json, stored_partials,
@@ -99,11 +99,12 @@ pub(super) type Events = Vec<QueueEvent>;
 /// exists (then the inner error says which). On a pooled connection or in
 /// a group's transaction alike.
 pub(super) async fn enqueue(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl Typed,
+    how: Statements,
     job: &NewJob<Json>,
     events: &mut Events,
 ) -> Result<Result<(), QueueError>, Fault> {
-    let rank = super::postgres_fair::fair_ranks(client, &[job]).await?[0];
+    let rank = super::postgres_fair::fair_ranks(client, how, &[job]).await?[0];
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
@@ -120,54 +121,61 @@ pub(super) async fn enqueue(
     let policy = job.policy;
     let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
     let payload = job.payload.text();
-    let rows = client
-        .query_typed(
-            sql,
-            &[
-                p(&job.id),
-                p(&&*payload),
-                p(&job.webhook),
-                p(&policy.execution_timeout.map(duration_ms)),
-                p(&duration_ms(policy.ttl)),
-                p(&max_attempts),
-                p(&duration_ms(policy.retention)),
-                p(&policy.stall_timeout.map(duration_ms)),
-                p(&duration_ms(policy.delay)),
-                p(&policy.priority),
-                p(&key),
-                p(&hash),
-                p(&job.endpoint),
-                p(&job.tenant),
-                p(&rank),
-                p(&policy.retry.on.bits()),
-                p(&duration_ms(policy.retry.backoff)),
-                p(&duration_ms(policy.retry.max_backoff)),
-                p(&running_cap(job)),
-            ],
-        )
-        .await?;
+    let rows = query(
+        client,
+        how,
+        sql,
+        &[
+            p(&job.id),
+            p(&&*payload),
+            p(&job.webhook),
+            p(&policy.execution_timeout.map(duration_ms)),
+            p(&duration_ms(policy.ttl)),
+            p(&max_attempts),
+            p(&duration_ms(policy.retention)),
+            p(&policy.stall_timeout.map(duration_ms)),
+            p(&duration_ms(policy.delay)),
+            p(&policy.priority),
+            p(&key),
+            p(&hash),
+            p(&job.endpoint),
+            p(&job.tenant),
+            p(&rank),
+            p(&policy.retry.on.bits()),
+            p(&duration_ms(policy.retry.backoff)),
+            p(&duration_ms(policy.retry.max_backoff)),
+            p(&running_cap(job)),
+        ],
+    )
+    .await?;
     if !rows.is_empty() {
         events.push(QueueEvent::Queued);
         return Ok(Ok(()));
     }
     let existing = match key {
         Some(key) => client
-            .query_typed_opt(
+            .unnamed(
                 "SELECT id, request_hash FROM jobpipe.jobs
                   WHERE idempotency_key = $1 AND coalesce(tenant, '') = coalesce($2, '')",
                 &[p(&key), p(&job.tenant)],
             )
             .await?
+            .first()
             .map(|row| (row.get(0), row.get(1))),
         None => None,
     };
     Ok(Err(refusal(job, existing)))
 }
 
-pub(super) async fn status(client: &Object, id: &str) -> Result<Option<JobRecord<Json>>, Fault> {
+pub(super) async fn status(
+    client: &Object,
+    how: Statements,
+    id: &str,
+) -> Result<Option<JobRecord<Json>>, Fault> {
     let sql = "SELECT id, status, output, error, attempts, worker_id, created_at, started_at,
             finished_at, endpoint FROM jobpipe.jobs WHERE id = $1";
-    let Some(row) = client.query_typed_opt(sql, &[p(&id)]).await? else {
+    let rows = query(client, how, sql, &[p(&id)]).await?;
+    let Some(row) = rows.first() else {
         return Ok(None);
     };
     Ok(Some(JobRecord {
@@ -397,6 +405,7 @@ pub(super) async fn health(client: &Object, endpoint: &str) -> Result<Health, Fa
 
 pub(super) async fn take(
     client: &Object,
+    how: Statements,
     worker: &str,
     endpoints: &[String],
     slots: usize,
@@ -413,12 +422,9 @@ pub(super) async fn take(
     let sql = "SELECT t.* FROM jobpipe.take($1, $2, $3, $4) AS t,
                       set_config('synchronous_commit', 'off', true) AS s";
     let limit = i64::try_from(slots).unwrap_or(i64::MAX);
-    let rows = client
-        .query_typed(
-            sql,
-            &[p(&worker), p(&endpoints), p(&limit), p(&duration_ms(lease))],
-        )
-        .await?;
+    let lease_ms = duration_ms(lease);
+    let params = [p(&worker), p(&endpoints), p(&limit), p(&lease_ms)];
+    let rows = query(client, how, sql, &params).await?;
     Ok(rows.iter().map(lease_of).collect())
 }
 

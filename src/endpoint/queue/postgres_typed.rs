@@ -1,18 +1,77 @@
-//! Statements sent unnamed, with their parameters' types given, in one
-//! round trip each.
+//! Statements with their parameters' types given: prepared once per
+//! connection where that is safe, sent unnamed where it is not.
 //!
 //! A named prepared statement lives on one server connection. Behind
 //! PgBouncer in transaction mode, consecutive statements of one client
 //! outside a transaction may run on different server connections, so a
 //! statement prepared on one is missing on the next ("prepared statement
-//! does not exist"). Every queue statement is therefore sent as an unnamed
-//! statement (`query_typed`: parse, bind and execute together), which works
-//! on a direct connection and behind any pooler alike; it is also what
-//! `pgbench`'s default protocol does, so the floor it measures pays the
-//! same parsing. [`p`] pairs a value with its PostgreSQL type, from the
-//! Rust type, so a call reads `&[p(&id), p(&token)]`.
+//! does not exist"). A statement sent unnamed (`query_typed`: parse, bind
+//! and execute together, one round trip) works behind any pooler, but the
+//! server parses and plans it on every call: for the queue's hot
+//! statements that was a fifth of the server's time (a profile of
+//! `bench_postgres`), and most of a lone `/runsync`'s statement time.
+//!
+//! So the queue's hot statements go through [`query`], which prepares
+//! each one once per pooled connection (deadpool's statement cache) when
+//! the queue's URL is a direct connection, and sends it unnamed when it
+//! may be a pooler's. A URL that can hold a `LISTEN` is direct or
+//! session-pooled, where a connection is the client's own; one given a
+//! separate `--queue-listen-url`, or none (`off`), is taken for PgBouncer
+//! in transaction mode ([`super::postgres_conn::PgTarget::statements`]).
+//! [`p`] pairs a value with its PostgreSQL type, from the Rust type, so a
+//! call reads `&[p(&id), p(&token)]`.
 
+use async_trait::async_trait;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Error, Row};
+
+/// How a pool's statements are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Statements {
+    /// Prepared once per connection, then bound and executed.
+    Prepared,
+    /// Parsed, planned and executed on every call.
+    Unnamed,
+}
+
+/// A pooled connection or one of its transactions.
+#[async_trait]
+pub(super) trait Typed: deadpool_postgres::GenericClient {
+    /// `sql` sent unnamed.
+    async fn unnamed(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error>;
+}
+
+#[async_trait]
+impl Typed for deadpool_postgres::Client {
+    async fn unnamed(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error> {
+        self.query_typed(sql, params).await
+    }
+}
+
+#[async_trait]
+impl Typed for deadpool_postgres::Transaction<'_> {
+    async fn unnamed(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error> {
+        self.query_typed(sql, params).await
+    }
+}
+
+/// Runs `sql` with `params` on `client`, sent as `how` says.
+pub(super) async fn query(
+    client: &impl Typed,
+    how: Statements,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<Row>, Error> {
+    match how {
+        Statements::Unnamed => client.unnamed(sql, params).await,
+        Statements::Prepared => {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let statement = client.prepare_typed_cached(sql, &types).await?;
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+            client.query(&statement, &values).await
+        }
+    }
+}
 
 /// A parameter and its type, as `query_typed` takes them.
 pub(super) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
