@@ -14,7 +14,9 @@
 //! * **the floor**: the same server doing a job's SQL with `pgbench`, 32
 //!   clients for 10 s, three transactions a job (insert it; take one with
 //!   `FOR UPDATE SKIP LOCKED`; mark it completed), no HTTP and no
-//!   processes, and jobpipe's throughput as a share of it.
+//!   processes, and jobpipe's throughput as a share of it; and the same
+//!   three transactions by one client in a row, the floor of a lone
+//!   `/runsync` (which jobpipe's passes through three processes).
 //!
 //! Every job must end COMPLETED with its input echoed, or the benchmark
 //! fails.
@@ -521,6 +523,11 @@ async fn main() {
         "floor: pgbench, the same server, 32 clients, insert + take (SKIP LOCKED) + complete: {floor:.0} jobs/s; jobpipe / floor = {:.2}",
         jobpipe_rate / floor
     );
+    let lone = latency_floor(server, &db, &url);
+    println!(
+        "/runsync floor: one pgbench client, the same three transactions in a row: {lone:.2} ms a job; jobpipe's /runsync p50 / floor = {:.1}",
+        percentile(&runsync, 0.5) as f64 / 1000.0 / lone
+    );
 }
 
 /// Jobs per second the database does with a job's SQL alone (see the
@@ -529,8 +536,44 @@ async fn main() {
 /// (its completion is then a no-op) and still counts, so the floor errs
 /// high, against jobpipe.
 fn floor(server: &postgres::PgServer, db: &postgres::TestDb, url: &str) -> (f64, f64) {
+    let text = pgbench_floor(server, db, url, 32, 10);
+    let tps: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}"));
+    let jobs: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in pgbench's output: {text}"));
+    (tps, jobs)
+}
+
+/// The floor of a lone `/runsync`: one `pgbench` client doing a job's
+/// three transactions in a row, for 5 s; the mean time of a job in ms.
+fn latency_floor(server: &postgres::PgServer, db: &postgres::TestDb, url: &str) -> f64 {
+    let text = pgbench_floor(server, db, url, 1, 5);
+    text.lines()
+        .find_map(|line| line.strip_prefix("latency average = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no latency in pgbench's output: {text}"))
+}
+
+/// Runs the floor's script with `clients` for `seconds`; pgbench's output.
+fn pgbench_floor(
+    server: &postgres::PgServer,
+    db: &postgres::TestDb,
+    url: &str,
+    clients: usize,
+    seconds: u64,
+) -> String {
     db.psql(
-        "CREATE TABLE floor_jobs (
+        "DROP TABLE IF EXISTS floor_jobs;
+         CREATE TABLE floor_jobs (
             id bigserial PRIMARY KEY, status text NOT NULL, payload text NOT NULL,
             lease_token text, output text, queued_at bigint NOT NULL);
          CREATE INDEX floor_queued ON floor_jobs (queued_at, id) WHERE status = 'IN_QUEUE'",
@@ -546,8 +589,15 @@ UPDATE floor_jobs SET status = 'COMPLETED', output = payload, lease_token = NULL
     )
     .unwrap();
     let output = Command::new(server.tool("pgbench"))
-        .args(["-n", "-c", "32", "-j", "2", "-T", "10", "-f"])
+        .args(["-n", "-f"])
         .arg(&script)
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &seconds.to_string()])
         .arg(url)
         .output()
         .expect("pgbench runs");
@@ -558,19 +608,7 @@ UPDATE floor_jobs SET status = 'COMPLETED', output = payload, lease_token = NULL
         "pgbench failed: {text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let tps: f64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|tps| tps.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}"));
-    let jobs: f64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix("number of transactions actually processed: "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no transaction count in pgbench's output: {text}"));
-    (tps, jobs)
+    text.into_owned()
 }
 
 /// CPU seconds (user and system) of a process, the children it waited
