@@ -58,6 +58,7 @@ fn job(id: &str, max_attempts: u32) -> NewJob {
         webhook: None,
         policy: policy(max_attempts),
         idempotency: None,
+        awaited: false,
     }
 }
 
@@ -101,7 +102,7 @@ async fn many_processes_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert_eq!(queues.len(), 6);
-    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "15");
+    assert_eq!(db.psql("SELECT version FROM jobpipe.schema_version"), "16");
     assert_eq!(
         db.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jobpipe'"),
         "8"
@@ -334,6 +335,58 @@ async fn a_crash_is_retried_after_a_back_off() {
     .await
     .expect("taken again after the back-off");
     assert_eq!(again.attempt, 2);
+}
+
+/// Only the end of a job whose caller waits (`/runsync`) is announced:
+/// announcing every end woke every listening process once a job. The
+/// quiet job ends first, so its announcement, were there one, would be
+/// heard before the awaited one's.
+#[tokio::test]
+async fn only_the_ends_of_awaited_jobs_are_announced() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let (api, worker) = (open(&db).await, open(&db).await);
+    let mut caller = api.subscribe();
+    api.enqueue(job("quiet", 3)).await.unwrap();
+    api.enqueue(NewJob {
+        awaited: true,
+        ..job("awaited", 3)
+    })
+    .await
+    .unwrap();
+    let mut leases = Vec::new();
+    while leases.len() < 2 {
+        leases.extend(worker.take("w1", &ep(), 2, LONG).await.unwrap());
+    }
+    leases.sort_by_key(|lease| lease.job_id != "quiet");
+    for lease in &leases {
+        let ending = Ending::Completed(json!(lease.job_id));
+        assert!(worker
+            .finish(&lease.job_id, &lease.token, ending)
+            .await
+            .unwrap());
+    }
+    let mut heard = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(QueueEvent::Finished(id)) = caller.recv().await {
+                heard.push(id.clone());
+                if id == "awaited" {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the awaited job's end is announced");
+    assert_eq!(heard, ["awaited"]);
+    for id in ["quiet", "awaited"] {
+        assert_eq!(
+            api.status(id).await.unwrap().unwrap().status,
+            JobStatus::Completed
+        );
+    }
 }
 
 #[tokio::test]

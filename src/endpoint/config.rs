@@ -80,7 +80,9 @@ pub struct EndpointArgs {
     /// PgBouncer in transaction mode, which cannot hold a LISTEN, give a
     /// postgres:// URL that reaches the same database directly, or `off`
     /// to look at the database every 250 ms instead (jittered; costs a
-    /// statement per process each time).
+    /// statement per process each time). Either also sends every
+    /// statement unnamed, as transaction pooling needs; without it, the
+    /// hot statements are prepared once per connection.
     #[arg(
         long,
         env = "JOBPIPE_QUEUE_LISTEN_URL",

@@ -114,6 +114,7 @@ pub(crate) fn parse_job(
         webhook,
         policy,
         idempotency,
+        awaited: false,
     })
 }
 

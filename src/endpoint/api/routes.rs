@@ -133,35 +133,24 @@ pub(crate) async fn runsync(
         defaults.sync_retention,
         schema,
     )?;
+    let job = NewJob {
+        awaited: true,
+        ..job
+    };
     // Subscribed before the job exists, so its end cannot be missed.
     let mut events = state.queue.subscribe();
-    let (id, _) = submit(&state, job).await?;
-    let deadline = tokio::time::sleep(wait);
-    tokio::pin!(deadline);
-    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Ok(QueueEvent::Finished(done)) if done == id => break,
-                // Missed or unheard events: look at the job itself.
-                Ok(QueueEvent::Poll) | Err(RecvError::Lagged(_)) => {
-                    if state.queue.status_raw(&id).await?.is_none_or(|r| r.status.is_final()) {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvError::Closed) => break,
-            },
-            _ = &mut deadline => break,
-            _ = state.closing.cancelled() => break,
-            // A notification lost with a database connection must not
-            // leave the caller waiting: look now and then.
-            _ = recheck.tick() => {
-                if state.queue.status_raw(&id).await?.is_none_or(|r| r.status.is_final()) {
-                    break;
-                }
-            }
-        }
+    let (id, new) = submit(&state, job).await?;
+    // A job submitted before under the same Idempotency-Key may have
+    // ended already, or (sent to /run) may not announce its end: look at
+    // it now, and then now and then.
+    let ended = !new
+        && state
+            .queue
+            .status_raw(&id)
+            .await?
+            .is_none_or(|r| r.status.is_final());
+    if !ended {
+        wait_for_end(&state, &mut events, &id, wait).await?;
     }
     match state.queue.status_raw(&id).await? {
         Some(mut record) => {
@@ -174,6 +163,45 @@ pub(crate) async fn runsync(
             "job {id} was removed (purged) before it ended"
         ))),
     }
+}
+
+/// Waits until job `id` ends, `wait` passes or the API closes: on the
+/// job's end event, or on a look at the job itself when events may have
+/// been missed, and now and then in any case.
+async fn wait_for_end(
+    state: &ApiState,
+    events: &mut tokio::sync::broadcast::Receiver<QueueEvent>,
+    id: &str,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(QueueEvent::Finished(done)) if done == id => break,
+                // Missed or unheard events: look at the job itself.
+                Ok(QueueEvent::Poll) | Err(RecvError::Lagged(_)) => {
+                    if state.queue.status_raw(id).await?.is_none_or(|r| r.status.is_final()) {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Closed) => break,
+            },
+            _ = &mut deadline => break,
+            _ = state.closing.cancelled() => break,
+            // A notification lost with a database connection must not
+            // leave the caller waiting: look now and then.
+            _ = recheck.tick() => {
+                if state.queue.status_raw(id).await?.is_none_or(|r| r.status.is_final()) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn status(

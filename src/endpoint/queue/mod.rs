@@ -137,6 +137,11 @@ pub struct NewJob<P = Value> {
     pub policy: JobPolicy,
     /// The caller's `Idempotency-Key`, if it sent one.
     pub idempotency: Option<Idempotency>,
+    /// Submitted by `/runsync`, whose caller waits for the job's end. On
+    /// PostgreSQL only such a job's usual end is announced to the other
+    /// processes ([`QueueEvent::Finished`]): nobody else waits for it,
+    /// and announcing every end woke every listening process once a job.
+    pub awaited: bool,
 }
 
 /// An `Idempotency-Key` and the body it came with: a second submission
@@ -161,6 +166,7 @@ impl NewJob {
             webhook: self.webhook,
             policy: self.policy,
             idempotency: self.idempotency,
+            awaited: self.awaited,
         }
     }
 }

@@ -31,21 +31,21 @@ pub(super) async fn enqueue_many(
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
-                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms, max_running)
+                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms, max_running, awaited)
             SELECT u.id, 'IN_QUEUE', u.payload, u.webhook, u.execution_timeout_ms, u.ttl_ms,
                    u.max_attempts, u.retention_ms, now.t, now.t + u.delay_ms, now.t + u.delay_ms,
                    u.stall_timeout_ms, u.priority, u.idempotency_key, u.request_hash, u.endpoint,
                    u.tenant, u.fair_rank, u.retry_on, u.retry_backoff_ms, u.retry_max_backoff_ms,
-                   u.max_running
+                   u.max_running, u.awaited
               FROM (SELECT jobpipe.now_ms() AS t) AS now,
                    unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int4[],
                           $7::int8[], $8::int8[], $9::int8[], $10::int4[], $11::text[], $12::text[],
                           $13::text[], $14::text[], $15::int8[], $16::int8[], $17::int8[],
-                          $18::int8[], $19::int4[])
+                          $18::int8[], $19::int4[], $20::bool[])
                    AS u (id, payload, webhook, execution_timeout_ms, ttl_ms, max_attempts,
                          retention_ms, stall_timeout_ms, delay_ms, priority, idempotency_key,
                          request_hash, endpoint, tenant, fair_rank, retry_on, retry_backoff_ms,
-                         retry_max_backoff_ms, max_running)
+                         retry_max_backoff_ms, max_running, awaited)
             ON CONFLICT DO NOTHING
             RETURNING id";
     let column = |f: &dyn Fn(&NewJob<Json>) -> Option<i64>| -> Vec<Option<i64>> {
@@ -82,6 +82,7 @@ pub(super) async fn enqueue_many(
     let backoff = column(&|job| Some(duration_ms(job.policy.retry.backoff)));
     let max_backoff = column(&|job| Some(duration_ms(job.policy.retry.max_backoff)));
     let max_running: Vec<Option<i32>> = jobs.iter().map(|job| running_cap(job)).collect();
+    let awaited: Vec<bool> = jobs.iter().map(|job| job.awaited).collect();
     let inserted: HashSet<String> = query(
         tx,
         how,
@@ -106,6 +107,7 @@ pub(super) async fn enqueue_many(
             p(&backoff),
             p(&max_backoff),
             p(&max_running),
+            p(&awaited),
         ],
     )
     .await?
@@ -241,14 +243,14 @@ pub(super) async fn finish_many(
                   WHERE j.id = u.id AND j.lease_token = u.token AND j.status = 'IN_PROGRESS'
                     AND COALESCE(j.retry_on, $9) & u.retried = 0
               RETURNING j.id, j.webhook, j.finished_at, j.attempts, j.worker_id, j.started_at,
-                        u.outcome, u.detail),
+                        u.outcome, u.detail, j.awaited),
                recorded AS (
                  INSERT INTO jobpipe.attempts
                         (job_id, attempt, worker_id, started_at, ended_at, outcome, detail)
                  SELECT id, attempts, worker_id, started_at, finished_at, outcome, detail
                    FROM ended
                  ON CONFLICT (job_id, attempt) DO NOTHING)
-            SELECT id, webhook, finished_at FROM ended";
+            SELECT id, webhook, finished_at, awaited FROM ended";
     let ids: Vec<&str> = ends.iter().map(|end| end.id).collect();
     let tokens: Vec<&str> = ends.iter().map(|end| end.token).collect();
     let statuses: Vec<&str> = ends.iter().map(|end| end.status.as_str()).collect();
@@ -297,7 +299,9 @@ pub(super) async fn finish_many(
             bodies.push(body.text().into_owned());
             times.push(row.get::<_, i64>(2));
         }
-        events.push(QueueEvent::Finished(id.clone()));
+        if row.get::<_, bool>(3) {
+            events.push(QueueEvent::Finished(id.clone()));
+        }
         written.insert(id);
     }
     if !hook_ids.is_empty() {

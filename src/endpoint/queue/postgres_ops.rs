@@ -108,9 +108,9 @@ pub(super) async fn enqueue(
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
-                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms, max_running)
+                fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms, max_running, awaited)
             SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12,
-                   $13, $14, $15, $16, $17, $18, $19
+                   $13, $14, $15, $16, $17, $18, $19, $20
               FROM (SELECT jobpipe.now_ms() AS t) AS now
             ON CONFLICT DO NOTHING
             RETURNING id";
@@ -145,6 +145,7 @@ pub(super) async fn enqueue(
             p(&duration_ms(policy.retry.backoff)),
             p(&duration_ms(policy.retry.max_backoff)),
             p(&running_cap(job)),
+            p(&job.awaited),
         ],
     )
     .await?;

@@ -344,6 +344,9 @@ const MIGRATIONS: &[&str] = &[
     // `bench_postgres`). The general plan is the pinned ordered scan.
     "ALTER FUNCTION jobpipe.take(text, text[], bigint, bigint)
         SET plan_cache_mode = force_generic_plan;",
+    // 16: whether a caller waits for the job's end (`/runsync`): only
+    // those ends are announced (a constant default adds no rewrite).
+    "ALTER TABLE jobpipe.jobs ADD COLUMN awaited boolean NOT NULL DEFAULT false;",
 ];
 
 /// Why the schema could not be brought up to date. Each renders the

@@ -81,6 +81,12 @@ pub(super) trait SqlType {
     const TYPE: Type;
 }
 
+impl SqlType for bool {
+    const TYPE: Type = Type::BOOL;
+}
+impl SqlType for [bool] {
+    const TYPE: Type = Type::BOOL_ARRAY;
+}
 impl SqlType for i64 {
     const TYPE: Type = Type::INT8;
 }

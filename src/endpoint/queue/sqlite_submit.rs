@@ -238,6 +238,7 @@ mod tests {
                 retry: Default::default(),
             },
             idempotency: None,
+            awaited: false,
         }
     }
 
