@@ -177,7 +177,10 @@ impl Queue for PgQueue {
     }
 
     async fn enqueue_raw(&self, job: NewJob<Json>) -> Result<(), QueueError> {
-        self.writer.write(Write::Enqueue(job)).await.map(|_| ())
+        self.writer
+            .write(Write::Enqueue(Box::new(job)))
+            .await
+            .map(|_| ())
     }
 
     async fn status_raw(&self, id: &str) -> Result<Option<JobRecord<Json>>, QueueError> {

@@ -39,7 +39,7 @@ const WAITING_MAX: usize = 4096;
 /// A write to commit with others.
 pub(super) enum Write {
     /// Queue a job; refused with [`QueueError::Duplicate`] if its id exists.
-    Enqueue(NewJob<Json>),
+    Enqueue(Box<NewJob<Json>>),
     /// End a job held with `token`; false when the lease is no longer held.
     Finish {
         id: String,
@@ -177,7 +177,7 @@ async fn together(db: &Db, writes: &[Write]) -> Result<Vec<Outcome>, QueueError>
                 if jobs.is_empty() {
                     return Ok(Vec::new());
                 }
-                let batch: Vec<_> = jobs.iter().map(|(_, job)| *job).collect();
+                let batch: Vec<&NewJob<Json>> = jobs.iter().map(|(_, job)| &***job).collect();
                 enqueue_many(&tx, how, &batch, &mut queued).await
             };
             let finished = async {
