@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobpipe::endpoint::queue::postgres::{PgQueue, PgTarget};
+use jobpipe::endpoint::queue::postgres::{PgQueue, PgTarget, DEFAULT_POOL_SIZE};
 use jobpipe::endpoint::queue::{
     Ending, Failure, JobPolicy, JobStatus, NewJob, Queue, QueueError, QueueEvent, RetryOn,
     WorkerInfo,
@@ -386,6 +386,56 @@ async fn only_the_ends_of_awaited_jobs_are_announced() {
             api.status(id).await.unwrap().unwrap().status,
             JobStatus::Completed
         );
+    }
+}
+
+/// The take is a prepared statement on each pooled connection. When the
+/// schema changes under a running process (here the take's result gains
+/// a column, as a newer jobpipe's migration might), a connection whose
+/// statement went stale fails one take and prepares it afresh for the
+/// next: takes work again after at most one failure per connection.
+#[tokio::test]
+async fn a_prepared_take_made_stale_by_a_schema_change_is_prepared_afresh() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    // Prepare the take on every connection of the pool at once.
+    for i in 0..DEFAULT_POOL_SIZE {
+        queue.enqueue(job(&format!("before-{i}"), 3)).await.unwrap();
+    }
+    let endpoints = ep();
+    let takes = (0..DEFAULT_POOL_SIZE).map(|_| queue.take("w1", &endpoints, 1, LONG));
+    let taken: usize = futures_util::future::join_all(takes)
+        .await
+        .into_iter()
+        .map(|leases| leases.unwrap().len())
+        .sum();
+    assert!(taken >= 1, "the takes before the change found no job");
+    db.psql(
+        "ALTER FUNCTION jobpipe.take(text, text[], bigint, bigint) RENAME TO take_before;
+         CREATE FUNCTION jobpipe.take(worker text, endpoints text[], slots bigint, lease_ms bigint)
+          RETURNS TABLE (job_id text, token text, job_payload text, attempt integer,
+                         execution_ms bigint, waited_ms bigint, stall_ms bigint, extra integer)
+          LANGUAGE sql AS $$ SELECT t.*, 0 FROM jobpipe.take_before(worker, endpoints, slots, lease_ms) AS t $$",
+    );
+    let mut failures = 0;
+    for i in 0..3 * DEFAULT_POOL_SIZE {
+        let id = format!("after-{i}");
+        queue.enqueue(job(&id, 3)).await.unwrap();
+        loop {
+            match queue.take("w1", &ep(), 1, LONG).await {
+                Ok(leases) if leases.iter().any(|lease| lease.job_id == id) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    failures += 1;
+                    assert!(
+                        failures <= DEFAULT_POOL_SIZE,
+                        "take failed {failures} times after the change: {e}"
+                    );
+                }
+            }
+        }
     }
 }
 

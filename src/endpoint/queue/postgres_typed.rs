@@ -22,6 +22,7 @@
 //! call reads `&[p(&id), p(&token)]`.
 
 use async_trait::async_trait;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Error, Row};
 
@@ -39,12 +40,17 @@ pub(super) enum Statements {
 pub(super) trait Typed: deadpool_postgres::GenericClient {
     /// `sql` sent unnamed.
     async fn unnamed(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error>;
+    /// The connection's statement cache.
+    fn cache(&self) -> &deadpool_postgres::StatementCache;
 }
 
 #[async_trait]
 impl Typed for deadpool_postgres::Client {
     async fn unnamed(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error> {
         self.query_typed(sql, params).await
+    }
+    fn cache(&self) -> &deadpool_postgres::StatementCache {
+        &self.statement_cache
     }
 }
 
@@ -53,9 +59,16 @@ impl Typed for deadpool_postgres::Transaction<'_> {
     async fn unnamed(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error> {
         self.query_typed(sql, params).await
     }
+    fn cache(&self) -> &deadpool_postgres::StatementCache {
+        &self.statement_cache
+    }
 }
 
-/// Runs `sql` with `params` on `client`, sent as `how` says.
+/// Runs `sql` with `params` on `client`, sent as `how` says. A prepared
+/// statement the server no longer has, or whose result changed shape (a
+/// newer jobpipe migrated the schema meanwhile), is dropped from the
+/// connection's cache with the error, so the caller's next try prepares
+/// it afresh.
 pub(super) async fn query(
     client: &impl Typed,
     how: Statements,
@@ -68,7 +81,17 @@ pub(super) async fn query(
             let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
             let statement = client.prepare_typed_cached(sql, &types).await?;
             let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-            client.query(&statement, &values).await
+            let rows = client.query(&statement, &values).await;
+            if let Err(e) = &rows {
+                let stale = [
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    SqlState::INVALID_SQL_STATEMENT_NAME,
+                ];
+                if e.code().is_some_and(|code| stale.contains(code)) {
+                    client.cache().remove(sql, &types);
+                }
+            }
+            rows
         }
     }
 }
