@@ -259,25 +259,16 @@ async fn take_loop(
     let mut events = queue.subscribe();
     let mut reported = Reported::default();
     let mut failures = TAKE_BACKOFF.iter();
-    // How long the last take took, when it found as many jobs as it had
-    // slots for (more are likely waiting); `None` when the queue ran dry.
-    let mut backlog: Option<Duration> = None;
     loop {
         let Some(mut slots) = runner.slots().await else {
             return;
         };
-        if let Some(took) = backlog {
-            gather(runner, ctx.pool.capacity(), &mut slots, took).await;
-        }
-        let asked = slots.len();
-        let started = Instant::now();
         let leases = match queue
-            .take_raw(&worker, &config.endpoints, asked, config.lease)
+            .take_raw(&worker, &config.endpoints, slots.len(), config.lease)
             .await
         {
             Ok(leases) => {
                 failures.reset();
-                backlog = (leases.len() == asked).then(|| started.elapsed());
                 leases
             }
             Err(e) => {
@@ -309,32 +300,6 @@ async fn take_loop(
             runner.start_leased(lease.payload.into_bytes(), lease.stall_timeout, slot);
         }
         report_slots(queue, &me, &ctx.pool, &mut reported).await;
-    }
-}
-
-/// Longest a take waits for more free slots while jobs are waiting.
-const GATHER_MAX: Duration = Duration::from_millis(5);
-
-/// While jobs are waiting, a slot that frees up waits a little for more
-/// (up to half the pool's, for at most as long as the last take took,
-/// and never more than [`GATHER_MAX`]), so a busy worker takes several
-/// jobs a statement rather than one: the take is the queue's costliest
-/// statement, and the fewer of them run at once, the less each one
-/// skips rows that another has locked. An idle worker (the last take
-/// found fewer jobs than slots) takes at once.
-async fn gather(
-    runner: &Runner<QueueSink>,
-    capacity: usize,
-    slots: &mut Vec<crate::pool::Slot>,
-    took: Duration,
-) {
-    let wanted = capacity.div_ceil(2);
-    let until = Instant::now() + took.min(GATHER_MAX);
-    while slots.len() < wanted {
-        match tokio::time::timeout_at(until, runner.slots()).await {
-            Ok(Some(more)) => slots.extend(more),
-            Ok(None) | Err(_) => return,
-        }
     }
 }
 

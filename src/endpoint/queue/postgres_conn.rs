@@ -7,7 +7,6 @@
 //! driver are passed through [`PgTarget::redact`] before anyone sees them,
 //! so even a driver message that quoted the URL would not show it.
 
-use super::postgres_typed::Statements;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 
+use super::postgres_typed::Statements;
 use crate::error::ConfigError;
 
 /// How long one connection attempt may take before it counts as failed.
