@@ -537,30 +537,25 @@ async fn main() {
 /// high, against jobpipe.
 fn floor(server: &postgres::PgServer, db: &postgres::TestDb, url: &str) -> (f64, f64) {
     let text = pgbench_floor(server, db, url, 32, 10);
-    let tps: f64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|tps| tps.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}"));
-    let jobs: f64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix("number of transactions actually processed: "))
+    let tps = pgbench_figure(&text, "tps = ");
+    let jobs = pgbench_figure(&text, "number of transactions actually processed: ");
+    (tps, jobs)
+}
+
+/// The number after `prefix` on the line of pgbench's output that starts
+/// with it.
+fn pgbench_figure(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no transaction count in pgbench's output: {text}"));
-    (tps, jobs)
+        .unwrap_or_else(|| panic!("no {prefix:?} in pgbench's output: {text}"))
 }
 
 /// The floor of a lone `/runsync`: one `pgbench` client doing a job's
 /// three transactions in a row, for 5 s; the mean time of a job in ms.
 fn latency_floor(server: &postgres::PgServer, db: &postgres::TestDb, url: &str) -> f64 {
-    let text = pgbench_floor(server, db, url, 1, 5);
-    text.lines()
-        .find_map(|line| line.strip_prefix("latency average = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or_else(|| panic!("no latency in pgbench's output: {text}"))
+    pgbench_figure(&pgbench_floor(server, db, url, 1, 5), "latency average = ")
 }
 
 /// Runs the floor's script with `clients` for `seconds`; pgbench's output.
