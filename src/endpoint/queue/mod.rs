@@ -72,6 +72,7 @@ mod sqlite_attempts;
 mod sqlite_listing;
 mod sqlite_schema;
 mod sqlite_submit;
+mod sqlite_writer;
 pub mod stores;
 
 /// A job's status, as RunPod names it.

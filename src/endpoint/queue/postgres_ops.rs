@@ -413,15 +413,11 @@ pub(super) async fn take(
     lease: Duration,
 ) -> Result<Vec<Lease<Json>>, Fault> {
     // A function (schema migrations 6 to 13) whose plan is pinned to
-    // ordered index scans. Its commit does not wait for the WAL flush
-    // (`synchronous_commit` off for this transaction alone): a take lost
-    // to a server crash leaves the job queued, and the worker's write of
-    // its end, which names the lost lease token, then changes nothing, as
-    // for any lease that ran out; the job runs again and ends once. Every
-    // later synchronous commit (a submission, an end) flushes the take
-    // with it, so only the last instants before a crash are at stake.
-    let sql = "SELECT t.* FROM jobpipe.take($1, $2, $3, $4) AS t,
-                      set_config('synchronous_commit', 'off', true) AS s";
+    // ordered index scans. Its commit waits for the WAL flush like any
+    // other: a take lost to a server crash would leave the job queued while
+    // its handler runs it, so it would run once more than its attempts
+    // count says (and past its maxAttempts).
+    let sql = "SELECT * FROM jobpipe.take($1, $2, $3, $4)";
     let limit = i64::try_from(slots).unwrap_or(i64::MAX);
     let lease_ms = duration_ms(lease);
     let params = [p(&worker), p(&endpoints), p(&limit), p(&lease_ms)];

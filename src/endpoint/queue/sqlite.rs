@@ -2,9 +2,11 @@
 //! process (an exclusive lock file next to it says so).
 //!
 //! rusqlite with SQLite compiled in (`bundled`) means no system library is
-//! needed and every machine runs the same SQLite. Its calls block, so each
-//! runs on tokio's blocking pool behind one connection: SQLite has one
-//! writer at a time anyway, and one connection keeps transactions simple.
+//! needed and every machine runs the same SQLite. Its calls block: writes
+//! go to one thread that owns the writing connection and commits the
+//! writes that arrive together in one transaction ([`super::sqlite_writer`]);
+//! reads run on tokio's blocking pool on a second connection, which WAL
+//! lets read beside the writer.
 //! Because the file belongs to one process, jobs found running at open were
 //! held by a previous run that died: their leases are ended at once, which
 //! counts the attempt and queues them again (or fails them).
@@ -22,7 +24,8 @@ use tokio::sync::broadcast;
 use super::attempts::{after_failure, lost_lease, FailedAttempt, Next};
 use super::sqlite_attempts;
 use super::sqlite_listing::{self, status_of};
-use super::sqlite_submit::Submissions;
+use super::sqlite_submit;
+use super::sqlite_writer::Writer;
 use super::{
     duration_ms, is_empty_output, now_ms, partials_output, stored_json, stored_partials, to_ms,
     webhook_body, Depth, Ended, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus,
@@ -33,15 +36,19 @@ use crate::json::Json;
 
 /// Most rows one maintenance pass changes, so no transaction runs long.
 const SWEEP_BATCH: i64 = 500;
+/// Prepared statements each connection keeps: more than the queue has.
+const STATEMENTS_KEPT: usize = 128;
 /// How long a webhook post taken for delivery is hidden from other takes.
 const WEBHOOK_CLAIM_MS: i64 = 60_000;
 
 /// The SQLite queue. See the module docs.
 pub struct SqliteQueue {
-    conn: Arc<Mutex<Connection>>,
+    /// Every write, committed in batches; dropped (and its thread ended)
+    /// before the lock, so the file is closed when the lock is released.
+    writer: Writer,
+    /// The connection reads use.
+    reader: Arc<Mutex<Connection>>,
     events: broadcast::Sender<QueueEvent>,
-    /// Submissions, committed in groups.
-    submissions: Submissions,
     /// Held for the life of the queue: one process per file.
     _lock: Flock<File>,
 }
@@ -64,8 +71,9 @@ impl SqliteQueue {
         // but for those whose result waits in the spool.
         let spooled = serde_json::to_string(spooled).expect("strings serialise");
         queue
-            .call(move |conn| {
-                conn.execute(
+            .write(move |tx, _| {
+                cached_execute(
+                    tx,
                     "UPDATE jobs SET lease_expires_at = 0 WHERE status = 'IN_PROGRESS' \
                      AND id NOT IN (SELECT value FROM json_each(?1))",
                     [spooled],
@@ -84,13 +92,14 @@ impl SqliteQueue {
         Ok(queue)
     }
 
-    /// Runs `f` on the connection in the blocking pool.
+    /// Runs the reads of `f` on the reading connection, in the blocking
+    /// pool.
     async fn call<T, F>(&self, f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let conn = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut conn)
@@ -100,25 +109,14 @@ impl SqliteQueue {
         .map_err(QueueError::Sqlite)
     }
 
-    /// Runs `f` in one transaction and announces the events it returns.
+    /// Runs `f` in the writer's next transaction; answers once it
+    /// committed, and announces the events `f` returned.
     async fn write<T, F>(&self, f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction, &mut Vec<QueueEvent>) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (value, events) = self
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                let mut events = Vec::new();
-                let value = f(&tx, &mut events)?;
-                tx.commit()?;
-                Ok((value, events))
-            })
-            .await?;
-        for event in events {
-            let _ = self.events.send(event);
-        }
-        Ok(value)
+        self.writer.write(false, f).await
     }
 }
 
@@ -138,21 +136,51 @@ fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
         fail("another jobpipe process is using it (an embedded queue belongs to one process); stop that one or give this one another file".into())
     })?;
     let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
     conn.busy_timeout(Duration::from_secs(5))
         .and_then(|()| conn.pragma_update(None, "journal_mode", "WAL"))
-        // Commits do not wait for fsync, but those that acknowledge a
-        // submission do (see sqlite_submit).
+        // Commits do not wait for fsync; the answers to submissions do
+        // (see sqlite_writer).
         .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
         .map_err(|e| fail(e.to_string()))?;
     super::sqlite_schema::migrate(&mut conn).map_err(|e| fail(e.to_string()))?;
-    let conn = Arc::new(Mutex::new(conn));
+    let reader = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+    reader.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
+    reader
+        .busy_timeout(Duration::from_secs(5))
+        .and_then(|()| reader.pragma_update(None, "query_only", true))
+        .map_err(|e| fail(e.to_string()))?;
     let events = broadcast::channel(4096).0;
+    let log = PathBuf::from(format!("{}-wal", path.display()));
+    let writer = Writer::start(conn, log, events.clone())
+        .map_err(|e| fail(format!("cannot start its writer thread: {e}")))?;
     Ok(SqliteQueue {
-        submissions: Submissions::start(conn.clone(), events.clone()),
-        conn,
+        writer,
+        reader: Arc::new(Mutex::new(reader)),
         events,
         _lock: lock,
     })
+}
+
+/// `sql` run with `params` as a prepared statement kept in the
+/// connection's cache: parsing a statement (and the triggers it fires)
+/// again at every call would cost more than running it.
+pub(super) fn cached_execute(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// [`cached_execute`] for a statement that returns one row.
+pub(super) fn cached_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
 }
 
 /// Writes a job's one final status and queues its webhook, in `tx`.
@@ -177,7 +205,7 @@ fn finalize(
         .optional()?;
     if let Some(Some(url)) = webhook {
         let body = webhook_body(id, status, &output, &error);
-        tx.execute(
+        cached_execute(tx,
             "INSERT INTO webhooks (job_id, url, body, next_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
             params![id, url, &*body.text(), now],
         )?;
@@ -207,24 +235,26 @@ fn end_failed(
         }
         Next::Again { delay_ms } => delay_ms,
     };
-    tx.execute(
+    cached_execute(
+        tx,
         "UPDATE jobs SET status = 'IN_QUEUE', run_after = ?2, lease_token = NULL,
             lease_expires_at = NULL, output = NULL WHERE id = ?1",
         params![id, now_ms() + delay_ms],
     )?;
-    tx.execute("DELETE FROM stream WHERE job_id = ?1", [id])?;
+    cached_execute(tx, "DELETE FROM stream WHERE job_id = ?1", [id])?;
     let why = &failed.error;
     tracing::info!(job_id = %id, "{why}; queued again in {delay_ms} ms (attempt {attempts} of {max} used)");
     events.push(QueueEvent::Queued);
     Ok(true)
 }
 
-/// Whether `token` holds the lease of running job `id`.
 /// The ids of the next `count` jobs of `endpoints` that may start at
 /// `now`: higher priority first, then by fair rank (see
 /// [`super::fairness`]), first in, first out within one. Each
 /// endpoint is one ordered scan of `jobs_take` that stops after `count`
-/// rows; a worker serving several endpoints merges their heads.
+/// rows; a worker serving several endpoints merges their heads. (The
+/// limit is `?3 + 0`: a bare parameter as the limit makes SQLite plan the
+/// statement again at every run, for the value bound.)
 fn next_jobs(
     tx: &Transaction,
     endpoints: &[String],
@@ -239,7 +269,7 @@ fn next_jobs(
                       WHERE coalesce(r.tenant, '') = coalesce(jobs.tenant, '')
                         AND r.status = 'IN_PROGRESS' AND r.max_running IS NOT NULL)
                     < max_running)
-          ORDER BY priority DESC, fair_rank, queued_at, rowid LIMIT ?3",
+          ORDER BY priority DESC, fair_rank, queued_at, rowid LIMIT ?3 + 0",
     )?;
     let mut heads: Vec<(i64, i64, i64, i64, String)> = Vec::new();
     for endpoint in endpoints {
@@ -263,8 +293,10 @@ fn next_jobs(
     Ok(heads.into_iter().map(|(.., id)| id).collect())
 }
 
+/// Whether `token` holds the lease of running job `id`.
 fn holds(tx: &Transaction, id: &str, token: &str) -> rusqlite::Result<bool> {
-    tx.query_row(
+    cached_row(
+        tx,
         "SELECT 1 FROM jobs WHERE id = ?1 AND lease_token = ?2 AND status = 'IN_PROGRESS'",
         [id, token],
         |_| Ok(()),
@@ -275,7 +307,7 @@ fn holds(tx: &Transaction, id: &str, token: &str) -> rusqlite::Result<bool> {
 
 /// A job's status; `None` when there is no such job.
 fn job_status(tx: &Transaction, id: &str) -> rusqlite::Result<Option<JobStatus>> {
-    tx.query_row("SELECT status FROM jobs WHERE id = ?1", [id], |row| {
+    cached_row(tx, "SELECT status FROM jobs WHERE id = ?1", [id], |row| {
         row.get::<_, String>(0)
     })
     .optional()?
@@ -297,13 +329,21 @@ impl Queue for SqliteQueue {
     }
 
     async fn enqueue_raw(&self, job: NewJob<Json>) -> Result<(), QueueError> {
-        self.submissions.submit(job).await
+        self.writer
+            .write(true, move |tx, events| {
+                let inserted = sqlite_submit::insert(tx, &job)?;
+                if inserted.is_ok() {
+                    events.push(QueueEvent::Queued);
+                }
+                Ok(inserted)
+            })
+            .await?
     }
 
     async fn status_raw(&self, id: &str) -> Result<Option<JobRecord<Json>>, QueueError> {
         let id = id.to_owned();
         self.call(move |conn| {
-            conn.query_row(
+            cached_row(conn,
                 "SELECT id, status, output, error, attempts, worker_id, created_at, started_at, finished_at,
                     endpoint
                  FROM jobs WHERE id = ?1",
@@ -379,15 +419,16 @@ impl Queue for SqliteQueue {
                 return Ok(RetryOutcome::NotRetryable(status));
             }
             let now = now_ms();
-            tx.execute(
+            cached_execute(
+                tx,
                 "UPDATE jobs SET status = 'IN_QUEUE', attempts = 0, queued_at = ?2, run_after = ?2,
                     started_at = NULL, finished_at = NULL, expires_at = NULL, worker_id = NULL,
                     output = NULL, error = NULL WHERE id = ?1",
                 params![id, now],
             )?;
-            tx.execute("DELETE FROM stream WHERE job_id = ?1", [&id])?;
+            cached_execute(tx, "DELETE FROM stream WHERE job_id = ?1", [&id])?;
             // Its attempts count from one again, so its history does too.
-            tx.execute("DELETE FROM attempts WHERE job_id = ?1", [&id])?;
+            cached_execute(tx, "DELETE FROM attempts WHERE job_id = ?1", [&id])?;
             events.push(QueueEvent::Queued);
             Ok(RetryOutcome::Requeued)
         })
@@ -441,16 +482,19 @@ impl Queue for SqliteQueue {
         let endpoint = endpoint.to_owned();
         self.write(move |tx, _| {
             // A queued job may have failed attempts behind it.
-            tx.execute(
+            cached_execute(
+                tx,
                 "DELETE FROM attempts WHERE job_id IN
                     (SELECT id FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = ?1)",
                 [&endpoint],
             )?;
-            let removed = tx.execute(
+            let removed = cached_execute(
+                tx,
                 "DELETE FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = ?1",
                 [&endpoint],
             )?;
-            tx.execute(
+            cached_execute(
+                tx,
                 "DELETE FROM stream WHERE job_id NOT IN (SELECT id FROM jobs)",
                 [],
             )?;
@@ -475,13 +519,15 @@ impl Queue for SqliteQueue {
                     .counts
                     .push((status_of(&status)?, count.max(0) as u64));
             }
-            let retried: i64 = conn.query_row(
+            let retried: i64 = cached_row(
+                conn,
                 "SELECT COUNT(*) FROM jobs WHERE endpoint = ?1 AND attempts > 1",
                 [&endpoint],
                 |r| r.get(0),
             )?;
             health.retried = retried.max(0) as u64;
-            let (idle, running, workers): (Option<i64>, Option<i64>, i64) = conn.query_row(
+            let (idle, running, workers): (Option<i64>, Option<i64>, i64) = cached_row(
+                conn,
                 "SELECT SUM(MAX(capacity - busy, 0)), SUM(busy), COUNT(*) FROM workers
                   WHERE seen_at > ?1 AND ',' || endpoints || ',' LIKE '%,' || ?2 || ',%'",
                 params![now_ms() - WORKER_GONE_MS, endpoint],
@@ -491,7 +537,8 @@ impl Queue for SqliteQueue {
             health.running = running.unwrap_or(0).max(0) as u64;
             health.workers = workers.max(0) as u64;
             let now = now_ms();
-            let (oldest, arrived, mean_run): (Option<i64>, i64, Option<f64>) = conn.query_row(
+            let (oldest, arrived, mean_run): (Option<i64>, i64, Option<f64>) = cached_row(
+                conn,
                 "SELECT (SELECT MIN(queued_at) FROM jobs
                           WHERE endpoint = ?1 AND status = 'IN_QUEUE' AND run_after <= ?2),
                         COUNT(*), AVG(finished_at - started_at)
@@ -525,7 +572,7 @@ impl Queue for SqliteQueue {
                 let token = uuid::Uuid::new_v4().simple().to_string();
                 // None: its tenant's max_running was reached by a job
                 // taken before it in this batch (the gate skipped it).
-                let lease = tx.query_row(
+                let lease = cached_row(tx,
                     "UPDATE jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, worker_id = ?2,
                         lease_token = ?3, lease_expires_at = ?4, started_at = ?5
                      WHERE id = ?1 RETURNING payload, attempts, execution_timeout_ms, queued_at,
@@ -566,7 +613,8 @@ impl Queue for SqliteQueue {
             let until = now_ms() + lease_ms;
             let mut lost = Vec::new();
             for (id, token) in leases {
-                let renewed = tx.execute(
+                let renewed = cached_execute(
+                    tx,
                     "UPDATE jobs SET lease_expires_at = ?3
                      WHERE id = ?1 AND lease_token = ?2 AND status = 'IN_PROGRESS'",
                     params![id, token, until],
@@ -588,7 +636,7 @@ impl Queue for SqliteQueue {
     ) -> Result<bool, QueueError> {
         let (id, token) = (job_id.to_owned(), token.to_owned());
         self.write(move |tx, _| {
-            let changed = tx.execute(
+            let changed = cached_execute(tx,
                 "UPDATE jobs SET output = ?3 WHERE id = ?1 AND lease_token = ?2 AND status = 'IN_PROGRESS'",
                 params![id, token, &*output.text()],
             )?;
@@ -608,7 +656,8 @@ impl Queue for SqliteQueue {
             if !holds(tx, &id, &token)? {
                 return Ok(false);
             }
-            tx.execute(
+            cached_execute(
+                tx,
                 "INSERT INTO stream (job_id, seq, output)
                  VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM stream WHERE job_id = ?1), ?2)",
                 params![id, &*output.text()],
@@ -664,8 +713,8 @@ impl Queue for SqliteQueue {
     ) -> Result<(), QueueError> {
         let (id, hostname) = (worker.id.clone(), worker.hostname.clone());
         let endpoints = worker.endpoints.join(",");
-        self.call(move |conn| {
-            conn.execute(
+        self.write(move |tx, _| {
+            cached_execute(tx,
                 "INSERT INTO workers (id, capacity, busy, seen_at, endpoints, hostname, version, started_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?4)
                  ON CONFLICT (id) DO UPDATE SET capacity = ?2, busy = ?3, seen_at = ?4, endpoints = ?5",
@@ -713,7 +762,7 @@ impl Queue for SqliteQueue {
                 swept.ended += 1;
             }
             for table in ["stream", "attempts"] {
-                tx.execute(
+                cached_execute(tx,
                     &format!(
                         "DELETE FROM {table} WHERE job_id IN
                             (SELECT id FROM jobs WHERE expires_at <= ?1 LIMIT ?2)"
@@ -729,7 +778,7 @@ impl Queue for SqliteQueue {
                 .query_map(params![now, SWEEP_BATCH], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             swept.deleted = swept.deleted_jobs.len() as u64;
-            tx.execute("DELETE FROM workers WHERE seen_at < ?1", [now - WORKER_FORGET_MS])?;
+            cached_execute(tx, "DELETE FROM workers WHERE seen_at < ?1", [now - WORKER_FORGET_MS])?;
             Ok(swept)
         })
         .await
@@ -740,7 +789,7 @@ impl Queue for SqliteQueue {
             let now = now_ms();
             let mut stmt = tx.prepare_cached(
                 "UPDATE webhooks SET next_at = ?1 + ?2 WHERE id IN
-                    (SELECT id FROM webhooks WHERE next_at <= ?1 ORDER BY next_at LIMIT ?3)
+                    (SELECT id FROM webhooks WHERE next_at <= ?1 ORDER BY next_at LIMIT ?3 + 0)
                  RETURNING id, job_id, url, body, attempts, created_at",
             )?;
             let posts = stmt
@@ -761,15 +810,16 @@ impl Queue for SqliteQueue {
     }
 
     async fn webhook_done(&self, id: i64) -> Result<(), QueueError> {
-        self.call(move |conn| conn.execute("DELETE FROM webhooks WHERE id = ?1", [id]))
+        self.write(move |tx, _| cached_execute(tx, "DELETE FROM webhooks WHERE id = ?1", [id]))
             .await
             .map(drop)
     }
 
     async fn webhook_later(&self, id: i64, at: SystemTime) -> Result<(), QueueError> {
         let at = to_ms(at);
-        self.call(move |conn| {
-            conn.execute(
+        self.write(move |tx, _| {
+            cached_execute(
+                tx,
                 "UPDATE webhooks SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1",
                 params![id, at],
             )

@@ -1,105 +1,32 @@
-//! Group commit of submissions to the SQLite queue.
+//! Submissions to the SQLite queue: a job's row, its fair rank, and the
+//! refusal of a repeated id or `Idempotency-Key`.
 //!
-//! Every acknowledged job must survive a power cut, so the commit that
-//! holds it waits for `fsync`: it runs with `synchronous = FULL`, whose
-//! commit syncs the write-ahead log (and with it every commit before,
-//! whatever a checkpoint did meanwhile), while the queue's other writes
-//! (takes, results) stay `NORMAL` and cost no fsync. One fsync per `/run`
-//! would cap the endpoint at the disk's fsync rate; instead, the
-//! submissions that arrive while one commit runs wait for the next, and go
-//! in together: one transaction, one fsync, then every caller of the group
-//! is answered. A lone caller waits for no one (there is no timer: a group
-//! is whatever queued up meanwhile). If the commit fails, every caller of
-//! the group gets the error, and none is told its job was queued.
-
-use std::sync::{Arc, Mutex};
+//! Every acknowledged job must survive a power cut, so a submission is a
+//! durable write: the writer ([`super::sqlite_writer`]) commits it with
+//! `fsync`, together with every write that arrived meanwhile (other
+//! submissions among them), and answers its caller only then. One fsync
+//! per `/run` would cap the endpoint at the disk's fsync rate; a group of
+//! submissions shares one. If the commit fails, every caller of the group
+//! gets the error, and none is told its job was queued.
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::{duration_ms, now_ms, refusal, NewJob, QueueError, QueueEvent};
+use super::{duration_ms, now_ms, refusal, NewJob, QueueError};
 use crate::json::Json;
 
-/// Most submissions one transaction takes.
-const GROUP_MAX: usize = 512;
-/// Submissions waiting for a commit; more wait for room (back-pressure).
-const WAITING_MAX: usize = 4096;
-
-/// A job to queue and who waits to hear that it is on disk.
-type Submission = (NewJob<Json>, oneshot::Sender<Result<(), QueueError>>);
-
-/// Where submissions go to be committed in groups.
-pub(super) struct Submissions(mpsc::Sender<Submission>);
-
-impl Submissions {
-    /// Starts the task that commits groups on `conn`; it ends when the
-    /// queue (the last sender) is dropped.
-    pub(super) fn start(
-        conn: Arc<Mutex<Connection>>,
-        events: broadcast::Sender<QueueEvent>,
-    ) -> Submissions {
-        let (sender, receiver) = mpsc::channel(WAITING_MAX);
-        tokio::spawn(commit_groups(conn, events, receiver));
-        Submissions(sender)
-    }
-
-    /// Queues `job`; answers once the transaction holding it committed.
-    pub(super) async fn submit(&self, job: NewJob<Json>) -> Result<(), QueueError> {
-        let (answer, answered) = oneshot::channel();
-        let stopped = || QueueError::Database("the queue's writer has stopped".into());
-        self.0.send((job, answer)).await.map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
-    }
+/// Inserts `job` in `tx`: Ok when it is new, else why not (its id, or its
+/// `Idempotency-Key`, is already present).
+pub(super) fn insert(tx: &Transaction, job: &NewJob<Json>) -> rusqlite::Result<Inserted> {
+    let mut inserted = insert_all(tx, std::slice::from_ref(job))?;
+    Ok(inserted.pop().expect("one outcome per job"))
 }
 
-async fn commit_groups(
-    conn: Arc<Mutex<Connection>>,
-    events: broadcast::Sender<QueueEvent>,
-    mut receiver: mpsc::Receiver<Submission>,
-) {
-    let mut group = Vec::with_capacity(GROUP_MAX);
-    while receiver.recv_many(&mut group, GROUP_MAX).await > 0 {
-        let (jobs, answers): (Vec<_>, Vec<_>) = group.drain(..).unzip();
-        let conn = conn.clone();
-        let committed = tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            insert_all(&mut conn, &jobs).map(|inserted| (jobs, inserted))
-        })
-        .await;
-        match committed {
-            Ok(Ok((_jobs, inserted))) => {
-                if inserted.iter().any(Result::is_ok) {
-                    let _ = events.send(QueueEvent::Queued);
-                }
-                for (outcome, answer) in inserted.into_iter().zip(answers) {
-                    let _ = answer.send(outcome);
-                }
-            }
-            Ok(Err(e)) => answer_all(answers, QueueError::Sqlite(e)),
-            Err(e) => answer_all(answers, QueueError::Task(e)),
-        }
-    }
-}
-
-/// Inserts the group in one transaction; for each job, whether it was new
-/// or why not (its id, or its `Idempotency-Key`, already present or twice
-/// in the group).
-fn insert_all(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<Inserted>> {
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let inserted = insert_durably(conn, jobs);
-    let normal = conn.pragma_update(None, "synchronous", "NORMAL");
-    let inserted = inserted?;
-    normal?;
-    Ok(inserted)
-}
-
-/// [`insert_all`]'s transaction, committed with the fsync.
-fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<Inserted>> {
-    let tx = conn.transaction()?;
+/// Inserts `jobs` in `tx`; for each, whether it was new or why not.
+fn insert_all(tx: &Transaction, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<Inserted>> {
     let mut inserted = Vec::with_capacity(jobs.len());
-    let ranks = fair_ranks(&tx, jobs)?;
+    let ranks = fair_ranks(tx, jobs)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO jobs (id, status, payload, webhook, execution_timeout_ms,
@@ -154,7 +81,6 @@ fn insert_durably(conn: &mut Connection, jobs: &[NewJob<Json>]) -> rusqlite::Res
             inserted.push(Err(refusal(job, existing)));
         }
     }
-    tx.commit()?;
     Ok(inserted)
 }
 
@@ -197,22 +123,11 @@ fn fair_ranks(tx: &Transaction, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<i
 }
 
 /// A submission's outcome: inserted, or why not.
-type Inserted = Result<(), QueueError>;
-
-/// Tells every caller of a group that failed why.
-fn answer_all(answers: Vec<oneshot::Sender<Result<(), QueueError>>>, error: QueueError) {
-    tracing::error!(
-        "queue database error: {error}; {} submissions refused",
-        answers.len()
-    );
-    let error = Arc::new(error);
-    for answer in answers {
-        let _ = answer.send(Err(QueueError::Shared(error.clone())));
-    }
-}
+pub(super) type Inserted = Result<(), QueueError>;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::super::sqlite::SqliteQueue;
