@@ -194,15 +194,15 @@ fn finalize(
 ) -> rusqlite::Result<()> {
     let now = now_ms();
     let output_text = output.as_ref().map(|output| output.text());
-    let webhook: Option<Option<String>> = tx
-        .query_row(
-            "UPDATE jobs SET status = ?2, output = ?3, error = ?4, finished_at = ?5,
+    let webhook: Option<Option<String>> = cached_row(
+        tx,
+        "UPDATE jobs SET status = ?2, output = ?3, error = ?4, finished_at = ?5,
                 expires_at = ?5 + retention_ms, lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?1 RETURNING webhook",
-            params![id, status.as_str(), output_text.as_deref(), error, now],
-            |row| row.get(0),
-        )
-        .optional()?;
+        params![id, status.as_str(), output_text.as_deref(), error, now],
+        |row| row.get(0),
+    )
+    .optional()?;
     if let Some(Some(url)) = webhook {
         let body = webhook_body(id, status, &output, &error);
         cached_execute(tx,
@@ -252,9 +252,13 @@ fn end_failed(
 /// `now`: higher priority first, then by fair rank (see
 /// [`super::fairness`]), first in, first out within one. Each
 /// endpoint is one ordered scan of `jobs_take` that stops after `count`
-/// rows; a worker serving several endpoints merges their heads. (The
-/// limit is `?3 + 0`: a bare parameter as the limit makes SQLite plan the
-/// statement again at every run, for the value bound.)
+/// rows; a worker serving several endpoints merges their heads.
+///
+/// The parameters are written `+?1` and `?3 + 0`: a bare parameter as the
+/// limit, or compared with a column that a partial index's condition also
+/// names, makes SQLite plan the statement again at every run, for the
+/// value bound (it checks whether that value satisfies the condition);
+/// an expression keeps one plan, and the same index.
 fn next_jobs(
     tx: &Transaction,
     endpoints: &[String],
@@ -263,7 +267,7 @@ fn next_jobs(
 ) -> rusqlite::Result<Vec<String>> {
     let mut stmt = tx.prepare_cached(
         "SELECT priority, fair_rank, queued_at, rowid, id FROM jobs
-          WHERE endpoint = ?1 AND status = 'IN_QUEUE' AND run_after <= ?2 AND queued_at + ttl_ms > ?2
+          WHERE endpoint = +?1 AND status = 'IN_QUEUE' AND run_after <= +?2 AND queued_at + ttl_ms > +?2
             AND (max_running IS NULL
                  OR (SELECT count(*) FROM jobs AS r
                       WHERE coalesce(r.tenant, '') = coalesce(jobs.tenant, '')

@@ -85,7 +85,9 @@ fn insert_all(tx: &Transaction, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<I
 }
 
 /// The fair ranks of `jobs` (see [`super::fairness`]), from the head of
-/// each endpoint's queue and each tenant's last waiting job.
+/// each endpoint's queue and each tenant's last waiting job. (`+?1`: see
+/// `next_jobs` in sqlite.rs; a bare parameter would make SQLite plan
+/// these statements again at every run.)
 fn fair_ranks(tx: &Transaction, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<i64>> {
     let mut heads = HashMap::new();
     let mut highest = HashMap::new();
@@ -94,7 +96,7 @@ fn fair_ranks(tx: &Transaction, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<i
         if !heads.contains_key(&job.endpoint) {
             let head: Option<i64> = tx
                 .prepare_cached(
-                    "SELECT fair_rank FROM jobs WHERE endpoint = ?1 AND status = 'IN_QUEUE'
+                    "SELECT fair_rank FROM jobs WHERE endpoint = +?1 AND status = 'IN_QUEUE'
                       ORDER BY priority DESC, fair_rank LIMIT 1",
                 )?
                 .query_row([&job.endpoint], |row| row.get(0))
@@ -106,7 +108,7 @@ fn fair_ranks(tx: &Transaction, jobs: &[NewJob<Json>]) -> rusqlite::Result<Vec<i
             let top: Option<i64> = tx
                 .prepare_cached(
                     "SELECT MAX(fair_rank) FROM jobs
-                      WHERE endpoint = ?1 AND coalesce(tenant, '') = ?2 AND status = 'IN_QUEUE'",
+                      WHERE endpoint = +?1 AND coalesce(tenant, '') = +?2 AND status = 'IN_QUEUE'",
                 )?
                 .query_row(params![entry.key().0, entry.key().1], |row| row.get(0))?;
             if let Some(top) = top {
