@@ -69,6 +69,7 @@ mod postgres_schema;
 mod postgres_typed;
 pub mod sqlite;
 mod sqlite_attempts;
+mod sqlite_cached;
 mod sqlite_listing;
 mod sqlite_schema;
 mod sqlite_submit;

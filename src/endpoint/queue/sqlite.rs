@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 
 use super::attempts::{after_failure, lost_lease, FailedAttempt, Next};
 use super::sqlite_attempts;
+use super::sqlite_cached::{cached_execute, cached_row};
 use super::sqlite_listing::{self, status_of};
 use super::sqlite_submit;
 use super::sqlite_writer::Writer;
@@ -160,27 +161,6 @@ fn open_blocking(path: &Path) -> Result<SqliteQueue, QueueError> {
         events,
         _lock: lock,
     })
-}
-
-/// `sql` run with `params` as a prepared statement kept in the
-/// connection's cache: parsing a statement (and the triggers it fires)
-/// again at every call would cost more than running it.
-pub(super) fn cached_execute(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute(params)
-}
-
-/// [`cached_execute`] for a statement that returns one row.
-pub(super) fn cached_row<T>(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    conn.prepare_cached(sql)?.query_row(params, f)
 }
 
 /// Writes a job's one final status and queues its webhook, in `tx`.

@@ -66,7 +66,7 @@ fn summary(row: &Row) -> rusqlite::Result<JobSummary> {
 /// Everything kept of job `id`, its attempts too (read on the one
 /// connection, so with the row as it stands).
 pub(super) fn detail(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobDetail>> {
-    super::sqlite::cached_row(
+    super::sqlite_cached::cached_row(
         conn,
         "SELECT id, endpoint, status, output, error, attempts, worker_id, created_at, started_at,
                 finished_at, payload, webhook, priority, max_attempts, queued_at,
@@ -175,7 +175,7 @@ pub(super) fn workers(
 
 /// `endpoint`'s jobs waiting (index jobs_take) and leased (jobs_leases).
 pub(super) fn depth(conn: &Connection, endpoint: &str, now: i64) -> rusqlite::Result<Depth> {
-    let (waiting, running, oldest): (i64, i64, Option<i64>) = super::sqlite::cached_row(
+    let (waiting, running, oldest): (i64, i64, Option<i64>) = super::sqlite_cached::cached_row(
         conn,
         "SELECT (SELECT COUNT(*) FROM jobs WHERE endpoint = ?1 AND status = 'IN_QUEUE'),
                 (SELECT COUNT(*) FROM jobs WHERE lease_expires_at IS NOT NULL AND +endpoint = ?1),
