@@ -130,6 +130,7 @@ pub async fn run(config: QueueSourceConfig, ctx: SourceContext) -> Result<u8, Fa
             target_wait: config.target_wait,
             rollup: Arc::new(Rollup::new()),
             objects: ctx.objects.clone(),
+            ends: Arc::new(api::Ends::start(&queue, api_stop.clone())),
         };
         tasks.spawn(rollup::sample(
             queue.clone(),

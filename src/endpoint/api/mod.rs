@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+pub use self::ends::Ends;
 use crate::endpoint::keys::KeyRing;
 use crate::endpoint::queue::Queue;
 use crate::endpoint::rollup::Rollup;
@@ -35,6 +36,7 @@ pub use conn::{serve, Limits, SlowBody};
 mod auth;
 mod conn;
 mod endpoint_name;
+mod ends;
 mod error;
 mod inline;
 mod jobs;
@@ -74,6 +76,8 @@ pub struct ApiState {
     /// The object store (`--object-store`) that `POST /uploads` signs
     /// upload URLs for.
     pub objects: Option<Arc<Store>>,
+    /// `/runsync` callers waiting for their job's end.
+    pub ends: Arc<Ends>,
 }
 
 /// The endpoint API's routes, under `/v2/{endpoint_id}/` and at the root.

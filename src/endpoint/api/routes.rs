@@ -10,15 +10,15 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::endpoint_name::EndpointName;
+use super::ends::{Heard, Watch};
 use super::error::ApiError;
 use super::inline;
 use super::request::parse_job;
 use super::{ApiState, RUNSYNC_BODY_LIMIT, RUN_BODY_LIMIT};
 use crate::endpoint::keys::Tenant;
-use crate::endpoint::queue::{JobRecord, JobStatus, NewJob, QueueError, QueueEvent, RetryOutcome};
+use crate::endpoint::queue::{JobRecord, JobStatus, NewJob, QueueError, RetryOutcome};
 use crate::json::{self, Json as JsonText};
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -137,9 +137,10 @@ pub(crate) async fn runsync(
         awaited: true,
         ..job
     };
-    // Subscribed before the job exists, so its end cannot be missed.
-    let mut events = state.queue.subscribe();
+    // Watched before the job exists, so its end cannot be missed.
+    let watch = state.ends.watch(&job.id);
     let (id, new) = submit(&state, job).await?;
+    let mut watch = if new { watch } else { state.ends.watch(&id) };
     // A job submitted before under the same Idempotency-Key may have
     // ended already, or (sent to /run) may not announce its end: look at
     // it now, and then now and then.
@@ -150,7 +151,7 @@ pub(crate) async fn runsync(
             .await?
             .is_none_or(|r| r.status.is_final());
     if !ended {
-        wait_for_end(&state, &mut events, &id, wait).await?;
+        wait_for_end(&state, &mut watch, &id, wait).await?;
     }
     match state.queue.status_raw(&id).await? {
         Some(mut record) => {
@@ -170,7 +171,7 @@ pub(crate) async fn runsync(
 /// been missed, and now and then in any case.
 async fn wait_for_end(
     state: &ApiState,
-    events: &mut tokio::sync::broadcast::Receiver<QueueEvent>,
+    watch: &mut Watch,
     id: &str,
     wait: Duration,
 ) -> Result<(), ApiError> {
@@ -179,16 +180,14 @@ async fn wait_for_end(
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     loop {
         tokio::select! {
-            event = events.recv() => match event {
-                Ok(QueueEvent::Finished(done)) if done == id => break,
+            heard = watch.heard() => match heard {
+                Heard::Ended => break,
                 // Missed or unheard events: look at the job itself.
-                Ok(QueueEvent::Poll) | Err(RecvError::Lagged(_)) => {
+                Heard::LookAgain => {
                     if state.queue.status_raw(id).await?.is_none_or(|r| r.status.is_final()) {
                         break;
                     }
                 }
-                Ok(_) => {}
-                Err(RecvError::Closed) => break,
             },
             _ = &mut deadline => break,
             _ = state.closing.cancelled() => break,
