@@ -7,8 +7,7 @@
 use rusqlite::Connection;
 
 /// `sql` run with `params` as a prepared statement kept in the
-/// connection's cache: parsing a statement (and the triggers it fires)
-/// again at every call would cost more than running it.
+/// connection's cache.
 pub(super) fn cached_execute(
     conn: &Connection,
     sql: &str,

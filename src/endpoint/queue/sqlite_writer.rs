@@ -43,6 +43,8 @@ use super::{QueueError, QueueEvent};
 const BATCH_MAX: usize = 512;
 /// Writes waiting for the writer; more wait for room (back-pressure).
 const WAITING_MAX: usize = 4096;
+/// Committed batches whose durable writes wait for the syncer.
+const SYNCS_WAITING_MAX: usize = 64;
 
 /// The handle to the writer thread. Dropping it ends the thread once the
 /// writes sent before are committed, and waits for that, so the file is
@@ -165,7 +167,9 @@ impl Writer {
         events: broadcast::Sender<QueueEvent>,
     ) -> std::io::Result<Writer> {
         let (requests, receiver) = mpsc::channel(WAITING_MAX);
-        let (syncs, synced) = sync_mpsc::channel();
+        // Batches waiting for a sync; when the disk falls behind, the
+        // writer waits for room (back-pressure) rather than queue more.
+        let (syncs, synced) = sync_mpsc::sync_channel(SYNCS_WAITING_MAX);
         let syncer = std::thread::Builder::new()
             .name("jobpipe-fsync".into())
             .spawn(move || sync_log(&log, synced))?;
@@ -218,7 +222,7 @@ fn write_batches(
     mut conn: Connection,
     mut receiver: mpsc::Receiver<Request>,
     events: broadcast::Sender<QueueEvent>,
-    syncs: sync_mpsc::Sender<Unsynced>,
+    syncs: sync_mpsc::SyncSender<Unsynced>,
 ) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while let Some(first) = receiver.blocking_recv() {
@@ -239,7 +243,7 @@ fn commit(
     conn: &mut Connection,
     batch: Vec<Request>,
     events: &broadcast::Sender<QueueEvent>,
-    syncs: &sync_mpsc::Sender<Unsynced>,
+    syncs: &sync_mpsc::SyncSender<Unsynced>,
 ) {
     let mut happened = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
