@@ -681,6 +681,16 @@ async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
     want.sort();
     assert_eq!(hooked, want);
     assert!(hooks.contains(r#""output":{"done":"r0"}"#), "{hooks}");
+    for line in hooks.lines() {
+        let (id, body) = line.split_once('|').unwrap();
+        let body: serde_json::Value = serde_json::from_str(body).expect("the body is JSON");
+        let want = if failed(id) {
+            json!({"id": id, "status": "FAILED", "error": "no"})
+        } else {
+            json!({"id": id, "status": "COMPLETED", "output": {"done": id}})
+        };
+        assert_eq!(body, want, "{id}");
+    }
 }
 
 /// Submissions that arrive together are committed together; when a

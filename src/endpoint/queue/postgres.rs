@@ -34,7 +34,7 @@ use super::postgres_conn::{Reachability, CONNECT_TIMEOUT};
 use super::postgres_group::{Write, Writer};
 use super::postgres_listing as listing;
 use super::postgres_ops as ops;
-use super::postgres_typed::p;
+use super::postgres_typed::{p, query};
 use super::{
     to_ms, Depth, Ended, Ending, Health, JobDetail, JobFilter, JobRecord, JobStatus, JobSummary,
     Lease, NewJob, Queue, QueueError, QueueEvent, RetryOutcome, Swept, WebhookPost, WorkerInfo,
@@ -364,27 +364,35 @@ impl Queue for PgQueue {
         busy: usize,
     ) -> Result<(), QueueError> {
         let (capacity, busy) = (count_i32(capacity), count_i32(busy));
+        let how = self.db.target.statements();
         self.db
             .call(|client| async move {
+                // A heartbeat lost to a crash costs nothing (the next one
+                // comes within seconds), so its commit does not wait for
+                // the WAL flush: a worker reports busy and idle around
+                // every job it runs, and those flushes would queue with
+                // the job's own.
                 let sql = "INSERT INTO jobpipe.workers
                         (id, capacity, busy, seen_at, endpoints, hostname, version, started_at)
-                 VALUES ($1, $2, $3, jobpipe.now_ms(), $4, $5, $6, jobpipe.now_ms())
+                 SELECT $1, $2, $3, jobpipe.now_ms(), $4, $5, $6, jobpipe.now_ms()
+                   FROM set_config('synchronous_commit', 'off', true) AS s
                  ON CONFLICT (id) DO UPDATE
                  SET capacity = $2, busy = $3, seen_at = jobpipe.now_ms(), endpoints = $4";
                 let version = env!("CARGO_PKG_VERSION");
-                client
-                    .execute_typed(
-                        sql,
-                        &[
-                            p(&worker.id),
-                            p(&capacity),
-                            p(&busy),
-                            p(&worker.endpoints),
-                            p(&worker.hostname),
-                            p(&version),
-                        ],
-                    )
-                    .await?;
+                query(
+                    &client,
+                    how,
+                    sql,
+                    &[
+                        p(&worker.id),
+                        p(&capacity),
+                        p(&busy),
+                        p(&worker.endpoints),
+                        p(&worker.hostname),
+                        p(&version),
+                    ],
+                )
+                .await?;
                 Ok(())
             })
             .await

@@ -14,10 +14,8 @@ use deadpool_postgres::Transaction;
 use super::attempts::{bounded, Failure, RetryOn};
 use super::postgres_fair::fair_ranks;
 use super::postgres_ops::{running_cap, Events, Fault};
-use super::postgres_typed::{p, query, Statements};
-use super::{
-    duration_ms, refusal, webhook_body, Ending, JobStatus, NewJob, QueueError, QueueEvent,
-};
+use super::postgres_typed::{p, query, Statements, Typed};
+use super::{duration_ms, refusal, Ending, JobStatus, NewJob, QueueError, QueueEvent};
 use crate::json::Json;
 
 /// Inserts `jobs` in one statement; for each, in order, whether it was
@@ -218,20 +216,22 @@ impl<'a> PlainEnd<'a> {
 }
 
 /// Writes `ends` in one statement, each under its lease token, recording
-/// each attempt in the job's history, and queues the webhooks of those
-/// jobs that have one; for each, in order, whether it was written. A
+/// each attempt in the job's history and queueing the webhooks of those
+/// jobs that have one; for each, in order, whether it was written. Being
+/// one statement, it needs no transaction of its own: a lone end is one
+/// round trip. A
 /// failure the job's policy retries is not written here (nor is an end
 /// whose lease is gone): [`super::postgres_ops::finish_in`] tells which,
 /// and writes the first.
 pub(super) async fn finish_many(
-    tx: &Transaction<'_>,
+    client: &impl Typed,
     how: Statements,
     ends: &[PlainEnd<'_>],
     events: &mut Events,
 ) -> Result<Vec<bool>, Fault> {
     // `retried` is the failure's bit of `retry_on` (0 for an output): a
     // job whose policy retries the failure is left alone.
-    let sql = "WITH ended AS (
+    let sql = r#"WITH ended AS (
                  UPDATE jobpipe.jobs AS j
                     SET status = u.status, output = u.output, error = u.error,
                         finished_at = now.t, expires_at = now.t + j.retention_ms,
@@ -243,14 +243,25 @@ pub(super) async fn finish_many(
                   WHERE j.id = u.id AND j.lease_token = u.token AND j.status = 'IN_PROGRESS'
                     AND COALESCE(j.retry_on, $9) & u.retried = 0
               RETURNING j.id, j.webhook, j.finished_at, j.attempts, j.worker_id, j.started_at,
-                        u.outcome, u.detail, j.awaited),
+                        u.outcome, u.detail, j.awaited,
+                        -- The body `super::webhook_body` writes, for a job with a webhook.
+                        CASE WHEN j.webhook IS NOT NULL THEN
+                          '{' || concat_ws(',', '"error":' || to_json(u.error)::text,
+                                                '"id":' || to_json(j.id)::text,
+                                                '"output":' || u.output,
+                                                '"status":' || to_json(u.status)::text) || '}'
+                        END AS hook_body),
                recorded AS (
                  INSERT INTO jobpipe.attempts
                         (job_id, attempt, worker_id, started_at, ended_at, outcome, detail)
                  SELECT id, attempts, worker_id, started_at, finished_at, outcome, detail
                    FROM ended
-                 ON CONFLICT (job_id, attempt) DO NOTHING)
-            SELECT id, webhook, finished_at, awaited FROM ended";
+                 ON CONFLICT (job_id, attempt) DO NOTHING),
+               hooked AS (
+                 INSERT INTO jobpipe.webhooks (job_id, url, body, next_at, created_at)
+                 SELECT id, webhook, hook_body, finished_at, finished_at
+                   FROM ended WHERE webhook IS NOT NULL)
+            SELECT id, webhook IS NOT NULL, awaited FROM ended"#;
     let ids: Vec<&str> = ends.iter().map(|end| end.id).collect();
     let tokens: Vec<&str> = ends.iter().map(|end| end.token).collect();
     let statuses: Vec<&str> = ends.iter().map(|end| end.status.as_str()).collect();
@@ -266,7 +277,7 @@ pub(super) async fn finish_many(
         .map(|end| end.failure.map_or(0, |f| RetryOn::of([f]).bits()))
         .collect();
     let rows = query(
-        tx,
+        client,
         how,
         sql,
         &[
@@ -283,35 +294,16 @@ pub(super) async fn finish_many(
     )
     .await?;
     let mut written = HashSet::with_capacity(rows.len());
-    let (mut hook_ids, mut urls, mut bodies, mut times) = (vec![], vec![], vec![], vec![]);
+    let mut hooked = false;
     for row in &rows {
         let id: String = row.get(0);
-        if let Some(url) = row.get::<_, Option<String>>(1) {
-            let end = ends
-                .iter()
-                .find(|end| end.id == id)
-                .expect("a row we wrote");
-            let output = end.output.cloned();
-            let error = end.error.map(str::to_owned);
-            let body = webhook_body(&id, end.status, &output, &error);
-            hook_ids.push(id.clone());
-            urls.push(url);
-            bodies.push(body.text().into_owned());
-            times.push(row.get::<_, i64>(2));
-        }
-        if row.get::<_, bool>(3) {
+        hooked |= row.get::<_, bool>(1);
+        if row.get::<_, bool>(2) {
             events.push(QueueEvent::Finished(id.clone()));
         }
         written.insert(id);
     }
-    if !hook_ids.is_empty() {
-        tx.execute_typed(
-            "INSERT INTO jobpipe.webhooks (job_id, url, body, next_at, created_at)
-             SELECT u.id, u.url, u.body, u.at, u.at
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) AS u (id, url, body, at)",
-            &[p(&hook_ids), p(&urls), p(&bodies), p(&times)],
-        )
-        .await?;
+    if hooked {
         events.push(QueueEvent::WebhookDue);
     }
     Ok(ends.iter().map(|end| written.contains(end.id)).collect())

@@ -19,14 +19,12 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::Transaction;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
 use super::postgres_batch::{enqueue_many, finish_many, PlainEnd};
 use super::postgres_call::Db;
 use super::postgres_ops::{self as ops, Events, Fault};
-use super::postgres_typed::Statements;
 use super::{Ending, NewJob, QueueError};
 
 use crate::json::Json;
@@ -118,10 +116,18 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
             .await?
             .map(|()| true),
         Write::Finish { id, token, ending } => {
+            let how = db.target.statements();
             db.call_announcing(|mut client, mut events| async move {
+                // A usual end is one statement, so it commits alone.
+                if let Some(end) = PlainEnd::of(id, token, ending) {
+                    if finish_many(&client, how, &[end], &mut events).await?[0] {
+                        return Ok((true, events));
+                    }
+                }
+                // The rest (or a usual end that statement left alone), on
+                // the path that locks the row first.
                 let tx = client.transaction().await?;
-                let written =
-                    finish_one(&tx, db.target.statements(), id, token, ending, &mut events).await?;
+                let written = ops::finish_in(&tx, id, token, ending.clone(), &mut events).await?;
                 if written {
                     tx.commit().await?;
                 }
@@ -130,25 +136,6 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
             .await
         }
     }
-}
-
-/// Ends one job held with `token` in `tx`: a usual end in one statement,
-/// and the rest (or a usual end that statement left alone) on the path
-/// that locks the row first.
-async fn finish_one(
-    tx: &Transaction<'_>,
-    how: Statements,
-    id: &str,
-    token: &str,
-    ending: &Ending<Json>,
-    events: &mut Events,
-) -> Result<bool, Fault> {
-    if let Some(end) = PlainEnd::of(id, token, ending) {
-        if finish_many(tx, how, &[end], events).await?[0] {
-            return Ok(true);
-        }
-    }
-    ops::finish_in(tx, id, token, ending.clone(), events).await
 }
 
 /// Every write of the group in one transaction: the submissions in one

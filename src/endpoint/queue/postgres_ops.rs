@@ -104,14 +104,22 @@ pub(super) async fn enqueue(
     job: &NewJob<Json>,
     events: &mut Events,
 ) -> Result<Result<(), QueueError>, Fault> {
-    let rank = super::postgres_fair::fair_ranks(client, how, &[job]).await?[0];
+    // The fair rank (see `super::fairness::assign`) is worked out in the
+    // statement itself: a lone submission is one round trip.
     let sql = "INSERT INTO jobpipe.jobs (id, status, payload, webhook, execution_timeout_ms,
                 ttl_ms, max_attempts, retention_ms, created_at, queued_at, run_after,
                 stall_timeout_ms, priority, idempotency_key, request_hash, endpoint, tenant,
                 fair_rank, retry_on, retry_backoff_ms, retry_max_backoff_ms, max_running, awaited)
             SELECT $1, 'IN_QUEUE', $2, $3, $4, $5, $6, $7, t, t + $9, t + $9, $8, $10, $11, $12,
-                   $13, $14, $15, $16, $17, $18, $19, $20
-              FROM (SELECT jobpipe.now_ms() AS t) AS now
+                   $13, $14, CASE WHEN top IS NULL THEN head ELSE GREATEST(top + 1, head) END,
+                   $15, $16, $17, $18, $19
+              FROM (SELECT jobpipe.now_ms() AS t,
+                           COALESCE((SELECT j.fair_rank FROM jobpipe.jobs AS j
+                                      WHERE j.endpoint = $13 AND j.status = 'IN_QUEUE'
+                                      ORDER BY j.priority DESC, j.fair_rank LIMIT 1), 0) AS head,
+                           (SELECT MAX(j.fair_rank) FROM jobpipe.jobs AS j
+                             WHERE j.endpoint = $13 AND coalesce(j.tenant, '') = coalesce($14, '')
+                               AND j.status = 'IN_QUEUE') AS top) AS now
             ON CONFLICT DO NOTHING
             RETURNING id";
     let (key, hash) = match &job.idempotency {
@@ -140,7 +148,6 @@ pub(super) async fn enqueue(
             p(&hash),
             p(&job.endpoint),
             p(&job.tenant),
-            p(&rank),
             p(&policy.retry.on.bits()),
             p(&duration_ms(policy.retry.backoff)),
             p(&duration_ms(policy.retry.max_backoff)),
