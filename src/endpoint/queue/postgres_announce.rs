@@ -95,6 +95,19 @@ impl Announcer {
         self.wake.notify_one();
     }
 
+    /// [`Self::announce`] for the events of a write whose queued job was
+    /// already notified to the other processes (pipelined behind the
+    /// write): that event is only heard here.
+    pub(super) fn announce_queued_sent(&self, events: Vec<QueueEvent>) {
+        let (queued, rest): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|event| matches!(event, QueueEvent::Queued));
+        for event in queued {
+            let _ = self.local.send(event);
+        }
+        self.announce(rest);
+    }
+
     fn take(&self) -> Vec<String> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let mut payloads = std::mem::take(&mut pending.payloads);
@@ -138,13 +151,15 @@ async fn send(pool: &Pool, how: Statements, payloads: &[String]) -> Result<(), S
 
 async fn send_now(pool: &Pool, how: Statements, payloads: &[String]) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
-    // A notification carries no data that must survive a crash, so its
-    // commit does not wait for the WAL flush, and the lock NOTIFY takes
-    // at commit is held for less.
-    let sql = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p,
-                      set_config('synchronous_commit', 'off', true) AS s";
-    query(&client, how, sql, &[p(&CHANNEL), p(&payloads)])
+    query(&client, how, NOTIFY, &[p(&CHANNEL), p(&payloads)])
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// Notifies each payload of `$2` on the channel `$1`, in a transaction of
+/// its own. A notification carries no data that must survive a crash, so
+/// its commit does not wait for the WAL flush, and the lock NOTIFY takes
+/// at commit is held for less.
+pub(super) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p,
+                      set_config('synchronous_commit', 'off', true) AS s";

@@ -107,14 +107,23 @@ async fn commit_groups(
 /// statement, no transaction).
 async fn alone(db: &Db, write: &Write) -> Outcome {
     match write {
-        Write::Enqueue(job) => db
-            .call_announcing(|client, mut events| async move {
-                let inserted =
-                    ops::enqueue(&client, db.target.statements(), job, &mut events).await?;
-                Ok((inserted, events))
-            })
-            .await?
-            .map(|()| true),
+        Write::Enqueue(job) => {
+            let how = db.target.statements();
+            let (inserted, events, notified) = db
+                .call(|client| async move {
+                    let (mut events, mut notified) = (Events::new(), false);
+                    let inserted =
+                        ops::enqueue(&client, how, job, &mut events, &mut notified).await?;
+                    Ok((inserted, events, notified))
+                })
+                .await?;
+            if notified {
+                db.announcer.announce_queued_sent(events);
+            } else {
+                db.announcer.announce(events);
+            }
+            inserted.map(|()| true)
+        }
         Write::Finish { id, token, ending } => {
             let how = db.target.statements();
             db.call_announcing(|mut client, mut events| async move {

@@ -10,8 +10,10 @@ use deadpool_postgres::{GenericClient, Object, Transaction};
 use tokio_postgres::Row;
 
 use super::attempts::{after_failure, lost_lease, FailedAttempt, Next};
+use super::postgres_announce::NOTIFY;
 use super::postgres_attempts;
-use super::postgres_typed::{p, query, Statements, Typed};
+use super::postgres_listen as listen;
+use super::postgres_typed::{p, query, query_then, Statements, Typed};
 
 use super::{
     duration_ms, is_empty_output, partials_output, refusal, stored_json, stored_partials,
@@ -96,13 +98,16 @@ fn count(value: i64) -> u64 {
 pub(super) type Events = Vec<QueueEvent>;
 
 /// Inserts `job` unless a job with its id or its `Idempotency-Key`
-/// exists (then the inner error says which). On a pooled connection or in
-/// a group's transaction alike.
+/// exists (then the inner error says which), in a statement of its own.
+/// With prepared statements, the notification of a queued job is
+/// pipelined right behind the insert, so idle workers elsewhere hear of it
+/// without waiting for our round trip; `notified` says whether it went.
 pub(super) async fn enqueue(
     client: &impl Typed,
     how: Statements,
     job: &NewJob<Json>,
     events: &mut Events,
+    notified: &mut bool,
 ) -> Result<Result<(), QueueError>, Fault> {
     // The fair rank (see `super::fairness::assign`) is worked out in the
     // statement itself: a lone submission is one round trip.
@@ -129,33 +134,45 @@ pub(super) async fn enqueue(
     let policy = job.policy;
     let max_attempts = i32::try_from(policy.max_attempts).unwrap_or(i32::MAX);
     let payload = job.payload.text();
-    let rows = query(
-        client,
-        how,
-        sql,
-        &[
-            p(&job.id),
-            p(&&*payload),
-            p(&job.webhook),
-            p(&policy.execution_timeout.map(duration_ms)),
-            p(&duration_ms(policy.ttl)),
-            p(&max_attempts),
-            p(&duration_ms(policy.retention)),
-            p(&policy.stall_timeout.map(duration_ms)),
-            p(&duration_ms(policy.delay)),
-            p(&policy.priority),
-            p(&key),
-            p(&hash),
-            p(&job.endpoint),
-            p(&job.tenant),
-            p(&policy.retry.on.bits()),
-            p(&duration_ms(policy.retry.backoff)),
-            p(&duration_ms(policy.retry.max_backoff)),
-            p(&running_cap(job)),
-            p(&job.awaited),
-        ],
-    )
-    .await?;
+    let payload = &*payload;
+    let execution = policy.execution_timeout.map(duration_ms);
+    let (ttl, retention) = (duration_ms(policy.ttl), duration_ms(policy.retention));
+    let stall = policy.stall_timeout.map(duration_ms);
+    let delay = duration_ms(policy.delay);
+    let retry_on = policy.retry.on.bits();
+    let backoff = duration_ms(policy.retry.backoff);
+    let max_backoff = duration_ms(policy.retry.max_backoff);
+    let cap = running_cap(job);
+    let params = [
+        p(&job.id),
+        p(&payload),
+        p(&job.webhook),
+        p(&execution),
+        p(&ttl),
+        p(&max_attempts),
+        p(&retention),
+        p(&stall),
+        p(&delay),
+        p(&policy.priority),
+        p(&key),
+        p(&hash),
+        p(&job.endpoint),
+        p(&job.tenant),
+        p(&retry_on),
+        p(&backoff),
+        p(&max_backoff),
+        p(&cap),
+        p(&job.awaited),
+    ];
+    let rows = if how == Statements::Prepared {
+        let payloads = vec![listen::payload(&QueueEvent::Queued)];
+        let notify = [p(&listen::CHANNEL), p(&payloads)];
+        let (rows, after) = query_then(client, sql, &params, NOTIFY, &notify).await;
+        *notified = after.is_ok();
+        rows?
+    } else {
+        query(client, how, sql, &params).await?
+    };
     if !rows.is_empty() {
         events.push(QueueEvent::Queued);
         return Ok(Ok(()));

@@ -78,10 +78,9 @@ pub(super) async fn query(
     match how {
         Statements::Unnamed => client.unnamed(sql, params).await,
         Statements::Prepared => {
-            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let types = types(params);
             let statement = client.prepare_typed_cached(sql, &types).await?;
-            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-            let rows = client.query(&statement, &values).await;
+            let rows = client.query(&statement, &values(params)).await;
             if let Err(e) = &rows {
                 let stale = [
                     SqlState::FEATURE_NOT_SUPPORTED,
@@ -94,6 +93,51 @@ pub(super) async fn query(
             rows
         }
     }
+}
+
+/// [`query`], with `then` pipelined right behind it on the same
+/// connection: both are sent before either is answered, and the server
+/// runs `then` once `sql` (and its commit) is done, without waiting for the
+/// round trip back to us. `then`'s outcome is the second value; its rows
+/// are dropped. Prepared statements only (the caller checks `how`): both
+/// are prepared first, so the two executions are sent in order, which a
+/// pooler in transaction mode would not keep (they could run on two
+/// server connections).
+pub(super) async fn query_then(
+    client: &impl Typed,
+    sql: &str,
+    params: &[Param<'_>],
+    then: &str,
+    then_params: &[Param<'_>],
+) -> (Result<Vec<Row>, Error>, Result<(), Error>) {
+    let first = match client.prepare_typed_cached(sql, &types(params)).await {
+        Ok(statement) => statement,
+        Err(e) => return (Err(e), Ok(())),
+    };
+    let second = match client.prepare_typed_cached(then, &types(then_params)).await {
+        Ok(statement) => statement,
+        Err(e) => {
+            return (
+                query(client, Statements::Prepared, sql, params).await,
+                Err(e),
+            )
+        }
+    };
+    let (first_values, second_values) = (values(params), values(then_params));
+    // `join!` polls in order: the first execution is sent first.
+    let (rows, after) = futures_util::join!(
+        client.query(&first, &first_values),
+        client.query(&second, &second_values)
+    );
+    (rows, after.map(drop))
+}
+
+fn types(params: &[Param<'_>]) -> Vec<Type> {
+    params.iter().map(|(_, t)| t.clone()).collect()
+}
+
+fn values<'a>(params: &[Param<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|(v, _)| *v).collect()
 }
 
 /// A parameter and its type, as `query_typed` takes them.
