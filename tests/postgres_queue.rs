@@ -693,6 +693,38 @@ async fn a_stale_token_in_a_group_of_results_refuses_only_that_result() {
     }
 }
 
+/// An end written on its own (one statement, no transaction around it)
+/// queues the job's webhook with it, and a second end of the same attempt
+/// changes nothing.
+#[tokio::test]
+async fn an_end_written_alone_queues_its_webhook_once() {
+    let Some(db) = postgres::database() else {
+        return;
+    };
+    let queue = open(&db).await;
+    let mut hooked = job("alone", 3);
+    hooked.webhook = Some("http://127.0.0.1:9/hook".into());
+    queue.enqueue(hooked).await.unwrap();
+    let lease = queue.take("w1", &ep(), 1, LONG).await.unwrap().remove(0);
+    let ending = || Ending::Failed {
+        error: "bad \"input\"\n".into(),
+        output: Some(json!({"partial": [1, 2]})),
+    };
+    assert!(queue.finish("alone", &lease.token, ending()).await.unwrap());
+    assert!(!queue.finish("alone", &lease.token, ending()).await.unwrap());
+    let hooks = db.psql("SELECT url, body FROM jobpipe.webhooks WHERE job_id = 'alone'");
+    let (url, body) = hooks.split_once('|').expect("one webhook row");
+    assert_eq!(url, "http://127.0.0.1:9/hook");
+    let body: serde_json::Value = serde_json::from_str(body).expect("the body is JSON");
+    assert_eq!(
+        body,
+        json!({"id": "alone", "status": "FAILED", "error": "bad \"input\"\n",
+               "output": {"partial": [1, 2]}})
+    );
+    let record = queue.status("alone").await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Failed);
+}
+
 /// Submissions that arrive together are committed together; when a
 /// statement or the commit of the group fails, no caller is told its job
 /// was queued unless it is: the failing one gets an error, every other
