@@ -33,6 +33,8 @@
 //! endpoints `["*"]`) and the throughput run's job `i` is posted with
 //! tenant `i % T`'s key (the bench's other calls use a master `--api-key`).
 
+#[path = "bench_endpoints/cpu.rs"]
+mod cpu;
 #[allow(dead_code)]
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
@@ -50,6 +52,8 @@ use clap::Parser;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
+
+use cpu::{cpu_fields, own_children_cpu, tree_cpu};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -604,51 +608,6 @@ UPDATE floor_jobs SET status = 'COMPLETED', output = payload, lease_token = NULL
         String::from_utf8_lossy(&output.stderr)
     );
     text.into_owned()
-}
-
-/// CPU seconds (user and system) of a process, the children it waited
-/// for, and its live children: for the postmaster, the whole server,
-/// backends that exited included.
-fn tree_cpu(pid: i32) -> f64 {
-    let (own, waited) = cpu_fields(pid);
-    let live: f64 = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&child| parent_of(child) == Some(pid))
-        .map(|child| cpu_fields(child).0)
-        .sum();
-    own + waited + live
-}
-
-/// CPU seconds of the children this benchmark waited for (pgbench).
-fn own_children_cpu() -> f64 {
-    cpu_fields(std::process::id() as i32).1
-}
-
-/// A process's own CPU seconds and its waited-for children's, from
-/// /proc/PID/stat (utime, stime, cutime, cstime).
-fn cpu_fields(pid: i32) -> (f64, f64) {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return (0.0, 0.0);
-    };
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return (0.0, 0.0);
-    };
-    let fields: Vec<f64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    let ticks = 100.0; // USER_HZ on Linux
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0) / ticks;
-    (at(11) + at(12), at(13) + at(14))
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 async fn post(client: &reqwest::Client, base: &str, key: Option<String>, input: Value) -> String {

@@ -8,7 +8,13 @@
 //!
 //! K clients each send `/runsync` calls one after another until N jobs are
 //! done; every answer must be COMPLETED with the input echoed back. Prints
-//! throughput and latency percentiles; see docs/benchmark.md.
+//! throughput and latency percentiles, the floors (SQLite alone doing a
+//! job's three transactions), and where each run's CPU went; see
+//! docs/benchmark.md.
+
+#[allow(dead_code)] // own_children_cpu is bench_postgres's
+#[path = "bench_endpoints/cpu.rs"]
+mod cpu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -118,6 +124,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let next = Arc::new(AtomicUsize::new(0));
+    let own = std::process::id() as i32;
+    let cpu_before = (cpu::tree_cpu(child.id() as i32), cpu::cpu_fields(own).0);
     let started = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..options.clients {
@@ -150,6 +158,8 @@ async fn main() {
         latencies.extend(client.await.expect("client"));
     }
     let elapsed = started.elapsed();
+    let jobpipe_cpu = cpu::tree_cpu(child.id() as i32) - cpu_before.0;
+    let client_cpu = cpu::cpu_fields(own).0 - cpu_before.1;
     latencies.sort();
     let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
         .ok()
@@ -187,11 +197,21 @@ async fn main() {
     println!("jobpipe peak RSS {rss}; exit status {status}");
     assert!(status.success(), "jobpipe exited with {status}");
     let rate = options.jobs as f64 / elapsed.as_secs_f64();
+    let per_job = |seconds: f64| seconds * 1000.0 / options.jobs as f64;
+    println!(
+        "CPU per job, jobpipe's run: jobpipe and its handlers {:.3} ms, this benchmark's HTTP client {:.3} ms, together {:.3} ms; {:.2} cores busy",
+        per_job(jobpipe_cpu),
+        per_job(client_cpu),
+        per_job(jobpipe_cpu + client_cpu),
+        (jobpipe_cpu + client_cpu) / elapsed.as_secs_f64()
+    );
     for synchronous in ["NORMAL", "FULL"] {
+        let before = cpu::cpu_fields(own).0;
         let floor = sqlite_floor(dir.path(), synchronous, options.jobs);
         println!(
-            "floor: SQLite alone (rusqlite, WAL, synchronous={synchronous}, one connection), insert + take + complete: {floor:.0} jobs/s; jobpipe / floor = {:.2}",
-            rate / floor
+            "floor: SQLite alone (rusqlite, WAL, synchronous={synchronous}, one connection), insert + take + complete: {floor:.0} jobs/s; jobpipe / floor = {:.2}; CPU per job {:.3} ms",
+            rate / floor,
+            per_job(cpu::cpu_fields(own).0 - before)
         );
     }
 }

@@ -300,9 +300,6 @@ async fn take_loop(
             // The job object goes to the handler as it was queued.
             runner.start_leased(lease.payload.into_bytes(), lease.stall_timeout, slot);
         }
-        // The jobs just started go to their handlers before the heartbeat
-        // takes its round trip to the database.
-        tokio::task::yield_now().await;
         report_slots(queue, &me, &ctx.pool, &mut reported).await;
     }
 }
