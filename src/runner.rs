@@ -72,6 +72,8 @@ pub const UPDATE_BUDGET: Duration = Duration::from_secs(10);
 /// large payloads holds one job's input or output at a time, not the next
 /// job's input beside the last one's output.
 pub const RESULT_BYTES_IN_FLIGHT: usize = 8 << 20;
+/// How long taking may wait for results to be delivered before it says so.
+const UNDELIVERED_WARNING: Duration = Duration::from_secs(1);
 /// How long a final result's first post may take before the result is
 /// written to the spool anyway (the post goes on).
 pub const SPOOL_AFTER: Duration = Duration::from_secs(2);
@@ -196,24 +198,36 @@ impl<S: ResultSink> Runner<S> {
         loop {
             let load = self.shared.undelivered.load();
             if !load.fits(max, RESULT_BYTES_IN_FLIGHT) {
-                if load.count >= max {
-                    tracing::warn!(
-                        "{} results are not yet delivered (--max-undelivered {max}); taking no more jobs until delivery resumes",
-                        load.count
-                    );
-                } else {
-                    tracing::debug!(
-                        "{} bytes of results are on their way; the next job is taken once they are delivered",
-                        load.bytes
-                    );
-                }
-                tokio::select! {
-                    _ = self.shared.undelivered.fits(max, RESULT_BYTES_IN_FLIGHT) => {
-                        if load.count >= max {
-                            tracing::info!("results are being delivered again; taking jobs");
-                        }
-                    }
+                tracing::debug!(
+                    "{} results ({} bytes) are on their way; the next job is taken once they are delivered",
+                    load.count,
+                    load.bytes
+                );
+                let delivered = self.shared.undelivered.fits(max, RESULT_BYTES_IN_FLIGHT);
+                tokio::pin!(delivered);
+                // A full house of results for a moment is how a fast
+                // handler meets a busy database (they are written in
+                // groups): only a wait that lasts is worth a warning.
+                let waited = tokio::select! {
+                    _ = &mut delivered => false,
+                    _ = tokio::time::sleep(UNDELIVERED_WARNING) => true,
                     _ = take.cancelled() => return None,
+                };
+                if waited {
+                    let count = self.shared.undelivered.load().count;
+                    let warned = count >= max;
+                    if warned {
+                        tracing::warn!(
+                            "{count} results have not been delivered for {}s (--max-undelivered {max}); taking no more jobs until delivery resumes",
+                            UNDELIVERED_WARNING.as_secs()
+                        );
+                    }
+                    tokio::select! {
+                        _ = &mut delivered => if warned {
+                            tracing::info!("results are being delivered again; taking jobs");
+                        },
+                        _ = take.cancelled() => return None,
+                    }
                 }
             }
             let slots = tokio::select! {
