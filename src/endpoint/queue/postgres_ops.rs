@@ -167,8 +167,8 @@ pub(super) async fn enqueue(
     let rows = if how == Statements::Prepared {
         let payloads = vec![listen::payload(&QueueEvent::Queued)];
         let notify = [p(&listen::CHANNEL), p(&payloads)];
-        let (rows, after) = query_then(client, sql, &params, NOTIFY, &notify).await;
-        *notified = after.is_ok();
+        let (rows, sent) = query_then(client, sql, &params, NOTIFY, &notify).await;
+        *notified = sent;
         rows?
     } else {
         query(client, how, sql, &params).await?

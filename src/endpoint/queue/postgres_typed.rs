@@ -81,15 +81,7 @@ pub(super) async fn query(
             let types = types(params);
             let statement = client.prepare_typed_cached(sql, &types).await?;
             let rows = client.query(&statement, &values(params)).await;
-            if let Err(e) = &rows {
-                let stale = [
-                    SqlState::FEATURE_NOT_SUPPORTED,
-                    SqlState::INVALID_SQL_STATEMENT_NAME,
-                ];
-                if e.code().is_some_and(|code| stale.contains(code)) {
-                    client.cache().remove(sql, &types);
-                }
-            }
+            forget_if_stale(client, sql, &types, &rows);
             rows
         }
     }
@@ -98,10 +90,10 @@ pub(super) async fn query(
 /// [`query`], with `then` pipelined right behind it on the same
 /// connection: both are sent before either is answered, and the server
 /// runs `then` once `sql` (and its commit) is done, without waiting for the
-/// round trip back to us. `then`'s outcome is the second value; its rows
-/// are dropped. Prepared statements only (the caller checks `how`): both
-/// are prepared first, so the two executions are sent in order, which a
-/// pooler in transaction mode would not keep (they could run on two
+/// round trip back to us. The second value says whether `then` ran; its
+/// rows are dropped. Prepared statements only (the caller checks `how`):
+/// both are prepared first, so the two executions are sent in order, which
+/// a pooler in transaction mode would not keep (they could run on two
 /// server connections).
 pub(super) async fn query_then(
     client: &impl Typed,
@@ -109,27 +101,43 @@ pub(super) async fn query_then(
     params: &[Param<'_>],
     then: &str,
     then_params: &[Param<'_>],
-) -> (Result<Vec<Row>, Error>, Result<(), Error>) {
-    let first = match client.prepare_typed_cached(sql, &types(params)).await {
+) -> (Result<Vec<Row>, Error>, bool) {
+    let (types, then_types) = (types(params), types(then_params));
+    let first = match client.prepare_typed_cached(sql, &types).await {
         Ok(statement) => statement,
-        Err(e) => return (Err(e), Ok(())),
+        Err(e) => return (Err(e), false),
     };
-    let second = match client.prepare_typed_cached(then, &types(then_params)).await {
-        Ok(statement) => statement,
-        Err(e) => {
-            return (
-                query(client, Statements::Prepared, sql, params).await,
-                Err(e),
-            )
-        }
+    let Ok(second) = client.prepare_typed_cached(then, &then_types).await else {
+        return (
+            query(client, Statements::Prepared, sql, params).await,
+            false,
+        );
     };
-    let (first_values, second_values) = (values(params), values(then_params));
+    let (values, then_values) = (values(params), values(then_params));
     // `join!` polls in order: the first execution is sent first.
     let (rows, after) = futures_util::join!(
-        client.query(&first, &first_values),
-        client.query(&second, &second_values)
+        client.query(&first, &values),
+        client.query(&second, &then_values)
     );
-    (rows, after.map(drop))
+    forget_if_stale(client, sql, &types, &rows);
+    forget_if_stale(client, then, &then_types, &after);
+    (rows, after.is_ok())
+}
+
+/// Drops a prepared statement the server no longer has, or whose result
+/// changed shape (a newer jobpipe migrated the schema meanwhile), from the
+/// connection's cache when `outcome` says so, so the next try prepares it
+/// afresh.
+fn forget_if_stale<T>(client: &impl Typed, sql: &str, types: &[Type], outcome: &Result<T, Error>) {
+    let stale = [
+        SqlState::FEATURE_NOT_SUPPORTED,
+        SqlState::INVALID_SQL_STATEMENT_NAME,
+    ];
+    if let Err(e) = outcome {
+        if e.code().is_some_and(|code| stale.contains(code)) {
+            client.cache().remove(sql, types);
+        }
+    }
 }
 
 fn types(params: &[Param<'_>]) -> Vec<Type> {
