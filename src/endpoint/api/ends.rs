@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -47,8 +47,12 @@ pub struct Watch {
 impl Ends {
     /// Starts the task that hears `queue`'s events until `stop`.
     pub fn start(queue: &Arc<dyn Queue>, stop: CancellationToken) -> Ends {
+        Ends::hearing(queue.subscribe(), stop)
+    }
+
+    fn hearing(events: broadcast::Receiver<QueueEvent>, stop: CancellationToken) -> Ends {
         let waiting = Arc::new(Mutex::new((0, Waiting::new())));
-        tokio::spawn(dispatch(queue.subscribe(), Arc::downgrade(&waiting), stop));
+        tokio::spawn(dispatch(events, Arc::downgrade(&waiting), stop));
         Ends { waiting }
     }
 
@@ -107,7 +111,7 @@ fn lock(waiting: &Mutex<(u64, Waiting)>) -> std::sync::MutexGuard<'_, (u64, Wait
 
 /// Hands the queue's events to the callers they concern.
 async fn dispatch(
-    mut events: tokio::sync::broadcast::Receiver<QueueEvent>,
+    mut events: broadcast::Receiver<QueueEvent>,
     waiting: Weak<Mutex<(u64, Waiting)>>,
     stop: CancellationToken,
 ) {
@@ -141,18 +145,10 @@ async fn dispatch(
 mod tests {
     use std::time::Duration;
 
-    use tokio::sync::broadcast;
-
     use super::*;
 
     fn ends(events: &broadcast::Sender<QueueEvent>) -> Ends {
-        let waiting = Arc::new(Mutex::new((0, Waiting::new())));
-        tokio::spawn(dispatch(
-            events.subscribe(),
-            Arc::downgrade(&waiting),
-            CancellationToken::new(),
-        ));
-        Ends { waiting }
+        Ends::hearing(events.subscribe(), CancellationToken::new())
     }
 
     async fn nothing_heard(watch: &mut Watch) -> bool {

@@ -22,7 +22,9 @@ use std::collections::HashMap;
 
 /// The ranks of `jobs` (endpoint, tenant), in order, given each
 /// endpoint's head rank and each tenant's highest waiting rank; the
-/// tenants' highest ranks are raised as the jobs are ranked.
+/// tenants' highest ranks are raised as the jobs are ranked. (A lone
+/// PostgreSQL submission works out its rank by this rule in its `INSERT`:
+/// `postgres_ops::enqueue`.)
 pub(crate) fn assign<'a>(
     jobs: impl IntoIterator<Item = (&'a str, &'a str)>,
     heads: &HashMap<String, i64>,

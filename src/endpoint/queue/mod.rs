@@ -731,7 +731,9 @@ pub(crate) fn stored_partials(mut rows: Vec<(i64, String)>) -> Vec<Json> {
 }
 
 /// The body of a job's webhook post: the final job object, the output as
-/// its text, keys in alphabetical order.
+/// its text, keys in alphabetical order. PostgreSQL's one-statement end
+/// (`postgres_batch::finish_many`) builds the same body in SQL, so a
+/// change here is a change there.
 pub(crate) fn webhook_body(
     id: &str,
     status: JobStatus,

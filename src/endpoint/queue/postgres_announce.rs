@@ -95,17 +95,12 @@ impl Announcer {
         self.wake.notify_one();
     }
 
-    /// [`Self::announce`] for the events of a write whose queued job was
-    /// already notified to the other processes (pipelined behind the
-    /// write): that event is only heard here.
-    pub(super) fn announce_queued_sent(&self, events: Vec<QueueEvent>) {
-        let (queued, rest): (Vec<_>, Vec<_>) = events
-            .into_iter()
-            .partition(|event| matches!(event, QueueEvent::Queued));
-        for event in queued {
+    /// Events whose notification already went out to the other processes
+    /// (pipelined behind the write that made them): heard here only.
+    pub(super) fn hear_here(&self, events: Vec<QueueEvent>) {
+        for event in events {
             let _ = self.local.send(event);
         }
-        self.announce(rest);
     }
 
     fn take(&self) -> Vec<String> {

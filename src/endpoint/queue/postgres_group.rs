@@ -103,8 +103,8 @@ async fn commit_groups(
     }
 }
 
-/// One write in a transaction of its own (a lone submission is one
-/// statement, no transaction).
+/// One write on its own: a submission or a usual end is one statement,
+/// which commits alone; the other ends take a transaction.
 async fn alone(db: &Db, write: &Write) -> Outcome {
     match write {
         Write::Enqueue(job) => {
@@ -118,7 +118,7 @@ async fn alone(db: &Db, write: &Write) -> Outcome {
                 })
                 .await?;
             if notified {
-                db.announcer.announce_queued_sent(events);
+                db.announcer.hear_here(events);
             } else {
                 db.announcer.announce(events);
             }

@@ -101,7 +101,9 @@ pub(super) type Events = Vec<QueueEvent>;
 /// exists (then the inner error says which), in a statement of its own.
 /// With prepared statements, the notification of a queued job is
 /// pipelined right behind the insert, so idle workers elsewhere hear of it
-/// without waiting for our round trip; `notified` says whether it went.
+/// without waiting for our round trip; `notified` says whether it went
+/// (then `events`, which holds at most that `Queued`, is for this process
+/// alone).
 pub(super) async fn enqueue(
     client: &impl Typed,
     how: Statements,
